@@ -1,0 +1,219 @@
+//! Configuring a cache.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use crate::cache::Engine;
+use crate::cache::key::{DEFAULT_IGNORED_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
+use crate::cache::policy::{ExpireAfter, Rules};
+use crate::store::Store;
+use crate::{CacheMiddleware, Error};
+
+/// Builds a [`CacheMiddleware`]. Every option has a default; see each method.
+///
+/// ```
+/// use std::time::Duration;
+/// use edgecache::{CacheMiddleware, ExpireAfter, store::MemoryStore};
+///
+/// let cache = CacheMiddleware::builder()
+///     .store(MemoryStore::default())
+///     .expire_after(Duration::from_secs(3600))
+///     .urls_expire_after([("api.example.com/static", ExpireAfter::Never)])
+///     .ignored_parameters(["api_key", "Authorization"])
+///     .build()?;
+/// # Ok::<(), edgecache::Error>(())
+/// ```
+#[must_use]
+pub struct CacheBuilder {
+    store: Option<Arc<dyn Store>>,
+    expire_after: ExpireAfter,
+    urls_expire_after: Vec<(String, ExpireAfter)>,
+    allowed_methods: Vec<Method>,
+    allowed_statuses: Vec<u16>,
+    filter: Option<crate::cache::policy::ResponseFilter>,
+    ignored_parameters: Vec<String>,
+    match_headers: MatchHeaders,
+    key_fn: Option<crate::cache::key::KeyFn>,
+    cache_control: bool,
+    x_cache_header: bool,
+    max_body_size: usize,
+}
+
+impl fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("expire_after", &self.expire_after)
+            .field("urls_expire_after", &self.urls_expire_after)
+            .field("allowed_methods", &self.allowed_methods)
+            .field("allowed_statuses", &self.allowed_statuses)
+            .field("ignored_parameters", &self.ignored_parameters)
+            .field("match_headers", &self.match_headers)
+            .field("cache_control", &self.cache_control)
+            .field("max_body_size", &self.max_body_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            expire_after: ExpireAfter::Never,
+            urls_expire_after: Vec::new(),
+            allowed_methods: vec![Method::GET, Method::HEAD],
+            allowed_statuses: vec![200],
+            filter: None,
+            ignored_parameters: DEFAULT_IGNORED_PARAMETERS
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect(),
+            match_headers: MatchHeaders::None,
+            key_fn: None,
+            cache_control: true,
+            x_cache_header: true,
+            max_body_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Where entries are kept. Default: a [`SqliteStore`](crate::store::SqliteStore)
+    /// at `http_cache.sqlite` in the working directory (with the `sqlite`
+    /// feature; a [`MemoryStore`](crate::store::MemoryStore) without it).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store shared with other code (for example, to inspect it directly).
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The cache-wide expiry, for responses whose headers don't say.
+    /// Default: [`ExpireAfter::Never`].
+    pub fn expire_after(mut self, expire_after: impl Into<ExpireAfter>) -> Self {
+        self.expire_after = expire_after.into();
+        self
+    }
+
+    /// Expiry per URL pattern: a glob over the URL without its scheme, matched
+    /// as a prefix (`site.com/static` covers `https://site.com/static/app.js`).
+    /// The first matching pattern wins. Patterns are checked by
+    /// [`build`](Self::build). Default: none.
+    pub fn urls_expire_after<P, E>(mut self, patterns: impl IntoIterator<Item = (P, E)>) -> Self
+    where
+        P: Into<String>,
+        E: Into<ExpireAfter>,
+    {
+        self.urls_expire_after = patterns.into_iter().map(|(p, e)| (p.into(), e.into())).collect();
+        self
+    }
+
+    /// Methods whose responses are cached. Default: `GET`, `HEAD`.
+    ///
+    /// A successful request with any other unsafe method (`POST`, `PUT`,
+    /// `PATCH`, `DELETE`, …) invalidates the entries of its URL.
+    pub fn allowed_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.allowed_methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Status codes whose responses are cached. Default: `200`.
+    pub fn allowed_statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        self.allowed_statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// A predicate on the response head; `false` keeps the response out of
+    /// the cache. Default: none.
+    pub fn filter(mut self, keep: impl Fn(&http::response::Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Arc::new(keep));
+        self
+    }
+
+    /// Parameters left out of cache keys and never stored: query and
+    /// form/JSON body parameter names (exact), and header names
+    /// (case-insensitive). Replaces the default list,
+    /// [`DEFAULT_IGNORED_PARAMETERS`]; include it to extend it.
+    pub fn ignored_parameters<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.ignored_parameters = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Request headers that take part in the key. Default:
+    /// [`MatchHeaders::None`] (a response's `Vary` applies regardless).
+    pub fn match_headers(mut self, match_headers: MatchHeaders) -> Self {
+        self.match_headers = match_headers;
+        self
+    }
+
+    /// Replaces the built-in key computation. `Vary` still applies.
+    pub fn key_fn(mut self, key_fn: impl Fn(&RequestHead<'_>) -> String + Send + Sync + 'static) -> Self {
+        self.key_fn = Some(Arc::new(key_fn));
+        self
+    }
+
+    /// Whether response `Cache-Control`/`Expires` headers decide expiry
+    /// (RFC 9111, private cache). With `false`, only the configured expiry
+    /// counts; `no-store` is honoured either way. Default: `true`.
+    pub fn cache_control(mut self, honor: bool) -> Self {
+        self.cache_control = honor;
+        self
+    }
+
+    /// Whether responses carry an `x-cache` header (`HIT`, `MISS`,
+    /// `REVALIDATED`, `STALE`). [`CacheInfo`](crate::CacheInfo) is in the
+    /// extensions either way. Default: `true`.
+    pub fn x_cache_header(mut self, enabled: bool) -> Self {
+        self.x_cache_header = enabled;
+        self
+    }
+
+    /// Responses with larger bodies stream through to the caller and are not
+    /// stored. Default: 16 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Checks the configuration, opens the default store if none was given,
+    /// and builds the cache.
+    pub fn build(self) -> Result<CacheMiddleware, Error> {
+        let allowed_statuses = self
+            .allowed_statuses
+            .iter()
+            .map(|&code| StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code)))
+            .collect::<Result<_, _>>()?;
+        let rules = Rules::new(
+            self.expire_after,
+            self.urls_expire_after,
+            self.allowed_methods,
+            allowed_statuses,
+            self.filter,
+            self.cache_control,
+        )?;
+        let keys = KeyRules::new(self.ignored_parameters, self.match_headers, self.key_fn);
+        let store = match self.store {
+            Some(store) => store,
+            None => default_store()?,
+        };
+        let engine = Engine::new(store, keys, rules, self.x_cache_header, self.max_body_size);
+        Ok(CacheMiddleware {
+            engine: Arc::new(engine),
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn default_store() -> Result<Arc<dyn Store>, Error> {
+    Ok(Arc::new(crate::store::SqliteStore::open("http_cache.sqlite")?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn default_store() -> Result<Arc<dyn Store>, Error> {
+    Ok(Arc::new(crate::store::MemoryStore::default()))
+}

@@ -1,0 +1,212 @@
+//! A stored response and its on-store encoding.
+//!
+//! The encoding is ours and versioned: a 4-byte magic, a format version, the
+//! length of the metadata, the metadata (serde, `postcard`), then the body as
+//! raw bytes. Decoding validates every length and never executes anything, so
+//! a tampered store yields an error, never code or a panic.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"edgc";
+const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+
+/// A response as the cache keeps it.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// The response status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The response body.
+    pub body: Bytes,
+    /// The normalized request URL, with ignored parameters removed.
+    pub url: String,
+    /// The request method.
+    pub method: http::Method,
+    /// When the response was stored (or last revalidated).
+    pub created_at: SystemTime,
+    /// When it stops being fresh; `None` means never.
+    pub expires: Option<SystemTime>,
+    /// Request headers named by the response's `Vary`, lower-cased.
+    pub(crate) vary_names: Vec<String>,
+    /// Digest of the request's values for `vary_names`.
+    pub(crate) vary_digest: [u8; 16],
+}
+
+impl StoredResponse {
+    /// Whether the entry is past its expiry at `now`.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|expires| expires <= now)
+    }
+}
+
+/// Why stored bytes could not be decoded into an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes do not start with the entry magic.
+    #[error("not a cache entry (bad magic)")]
+    BadMagic,
+    /// Written by a format this version does not know.
+    #[error("unsupported cache entry format version {0}")]
+    UnsupportedVersion(u8),
+    /// Shorter than its own lengths say.
+    #[error("truncated cache entry")]
+    Truncated,
+    /// The metadata did not decode.
+    #[error("corrupt cache entry metadata: {0}")]
+    Metadata(#[from] postcard::Error),
+    /// A header, status or method in the metadata is invalid.
+    #[error("corrupt cache entry: invalid {0}")]
+    Invalid(&'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Metadata<'a> {
+    status: u16,
+    #[serde(borrow)]
+    method: &'a str,
+    #[serde(borrow)]
+    url: &'a str,
+    created_at_ms: u64,
+    expires_at_ms: Option<u64>,
+    #[serde(borrow)]
+    headers: Vec<(&'a str, &'a [u8])>,
+    vary_names: Vec<String>,
+    vary_digest: [u8; 16],
+}
+
+pub(crate) fn to_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+pub(crate) fn from_millis(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+impl StoredResponse {
+    /// Encodes the entry for a store.
+    pub fn encode(&self) -> Bytes {
+        let metadata = Metadata {
+            status: self.status.as_u16(),
+            method: self.method.as_str(),
+            url: &self.url,
+            created_at_ms: to_millis(self.created_at),
+            expires_at_ms: self.expires.map(to_millis),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect(),
+            vary_names: self.vary_names.clone(),
+            vary_digest: self.vary_digest,
+        };
+        // Serializing plain strings, integers and byte slices cannot fail.
+        let metadata = postcard::to_stdvec(&metadata).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(HEADER_LEN + metadata.len() + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u8(FORMAT_VERSION);
+        out.put_u32_le(metadata.len() as u32);
+        out.put_slice(&metadata);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes an entry; the body shares `bytes`' buffer (no copy).
+    pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
+        let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
+        if &header[..4] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if header[4] != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(header[4]));
+        }
+        let metadata_len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+        let body_start = HEADER_LEN.checked_add(metadata_len).ok_or(DecodeError::Truncated)?;
+        let metadata = bytes.get(HEADER_LEN..body_start).ok_or(DecodeError::Truncated)?;
+        let metadata: Metadata<'_> = postcard::from_bytes(metadata)?;
+
+        let mut headers = HeaderMap::with_capacity(metadata.headers.len());
+        for (name, value) in metadata.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| DecodeError::Invalid("header name"))?;
+            let value = HeaderValue::from_bytes(value).map_err(|_| DecodeError::Invalid("header value"))?;
+            headers.append(name, value);
+        }
+        Ok(StoredResponse {
+            status: StatusCode::from_u16(metadata.status).map_err(|_| DecodeError::Invalid("status"))?,
+            method: metadata.method.parse().map_err(|_| DecodeError::Invalid("method"))?,
+            url: metadata.url.to_owned(),
+            headers,
+            body: bytes.slice(body_start..),
+            created_at: from_millis(metadata.created_at_ms),
+            expires: metadata.expires_at_ms.map(from_millis),
+            vary_names: metadata.vary_names,
+            vary_digest: metadata.vary_digest,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        StoredResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"hello"),
+            url: "http://example.com/".into(),
+            method: http::Method::GET,
+            created_at: from_millis(1_700_000_000_000),
+            expires: Some(from_millis(1_700_000_060_000)),
+            vary_names: vec!["accept".into()],
+            vary_digest: [7; 16],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let entry = sample();
+        let decoded = StoredResponse::decode(&entry.encode()).expect("decodes");
+        assert_eq!(decoded.status, entry.status);
+        assert_eq!(decoded.headers, entry.headers);
+        assert_eq!(decoded.body, entry.body);
+        assert_eq!(decoded.url, entry.url);
+        assert_eq!(decoded.created_at, entry.created_at);
+        assert_eq!(decoded.expires, entry.expires);
+        assert_eq!(decoded.vary_names, entry.vary_names);
+        assert_eq!(decoded.vary_digest, entry.vary_digest);
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_an_error_or_a_value_never_a_panic() {
+        let encoded = sample().encode();
+        for len in 0..encoded.len() {
+            let _ = StoredResponse::decode(&encoded.slice(..len));
+        }
+        for index in 0..encoded.len() {
+            for bit in 0..8 {
+                let mut bytes = encoded.to_vec();
+                bytes[index] ^= 1 << bit;
+                let _ = StoredResponse::decode(&Bytes::from(bytes));
+            }
+        }
+        assert!(matches!(
+            StoredResponse::decode(&Bytes::from_static(b"edgc")),
+            Err(DecodeError::Truncated)
+        ));
+        assert!(matches!(
+            StoredResponse::decode(&Bytes::from_static(b"junkjunkjunk")),
+            Err(DecodeError::BadMagic)
+        ));
+    }
+}

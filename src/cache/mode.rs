@@ -1,0 +1,86 @@
+//! Per-request cache modes and the cache's report on each response.
+
+use std::time::SystemTime;
+
+use super::key::CacheKey;
+
+/// How one request uses the cache. Pass it as a request extension; without
+/// one, [`CacheMode::Default`] applies.
+///
+/// ```
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use edgecache::CacheMode;
+///
+/// let fresh = client.get("https://example.com/").with_extension(CacheMode::Refresh).send().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Serve fresh entries, revalidate stale ones, store what is cacheable.
+    #[default]
+    Default,
+    /// Revalidate with the origin before using a stored entry, even a fresh one.
+    Refresh,
+    /// Ignore any stored entry; fetch and store the new response.
+    ForceRefresh,
+    /// Answer only from the cache (stale entries included, marked `STALE`);
+    /// a miss answers `504 Gateway Timeout` without touching the network.
+    OnlyIfCached,
+    /// Bypass the cache entirely: neither read nor write.
+    NoStore,
+}
+
+/// Where a response came from, as the `x-cache` header says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the cache without contacting the origin.
+    Hit,
+    /// Fetched from the origin (stored or not).
+    Miss,
+    /// A stale entry the origin confirmed with `304 Not Modified`.
+    Revalidated,
+    /// A stale entry served without contacting the origin.
+    Stale,
+}
+
+impl CacheStatus {
+    /// The `x-cache` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Revalidated => "REVALIDATED",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// The cache's report on a response, found in its extensions.
+///
+/// ```
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use edgecache::CacheInfo;
+///
+/// let response = client.get("https://example.com/").send().await?;
+/// let info = response.extensions().get::<CacheInfo>().expect("set on every response");
+/// println!("from cache: {}, expires: {:?}", info.from_cache, info.expires);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    /// Where the response came from.
+    pub status: CacheStatus,
+    /// Whether the body came from the cache (a hit, a revalidation, or stale).
+    pub from_cache: bool,
+    /// When the entry was stored or last revalidated; `None` if not stored.
+    pub created_at: Option<SystemTime>,
+    /// When the entry stops being fresh; `None` if never or not stored.
+    pub expires: Option<SystemTime>,
+    /// Whether the entry served was past its expiry.
+    pub is_expired: bool,
+    /// Whether the origin confirmed the entry with `304 Not Modified`.
+    pub revalidated: bool,
+    /// The key the request was looked up under; `None` when the cache did
+    /// not consider the request (method not cached, streaming body, `NoStore`).
+    pub cache_key: Option<CacheKey>,
+}

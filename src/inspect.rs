@@ -1,0 +1,82 @@
+//! Looking into and managing what a cache holds.
+
+use std::time::{Duration, SystemTime};
+
+use url::Url;
+
+use crate::store::{EntryInfo, StoreStats};
+use crate::{CacheMiddleware, Error};
+
+impl CacheMiddleware {
+    /// The distinct URLs with stored entries, sorted (normalized, ignored
+    /// parameters removed).
+    pub async fn urls(&self) -> Result<Vec<String>, Error> {
+        let mut urls: Vec<String> = self.entries().await?.into_iter().map(|entry| entry.url).collect();
+        urls.sort();
+        urls.dedup();
+        Ok(urls)
+    }
+
+    /// Every stored entry's key, URL, times and size.
+    pub async fn entries(&self) -> Result<Vec<EntryInfo>, Error> {
+        Ok(self.engine.store.entries().await?)
+    }
+
+    /// Whether any entry is stored for `url` (any method or variant).
+    pub async fn contains_url(&self, url: &str) -> Result<bool, Error> {
+        let url = self.normalize(url)?;
+        Ok(self.engine.store.contains_url(&url).await?)
+    }
+
+    /// Deletes every entry stored for `url`; how many were deleted.
+    pub async fn delete_url(&self, url: &str) -> Result<u64, Error> {
+        let url = self.normalize(url)?;
+        Ok(self.engine.store.remove_url(&url).await?)
+    }
+
+    /// Deletes entries past their expiry; how many were deleted. Expired
+    /// entries are otherwise kept, because they can still be revalidated.
+    pub async fn delete_expired(&self) -> Result<u64, Error> {
+        Ok(self.engine.store.remove_expired(SystemTime::now()).await?)
+    }
+
+    /// Deletes entries stored (or last revalidated) more than `age` ago; how
+    /// many were deleted.
+    pub async fn delete_older_than(&self, age: Duration) -> Result<u64, Error> {
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(self.engine.store.remove_created_before(cutoff).await?)
+    }
+
+    /// Deletes every entry.
+    pub async fn clear(&self) -> Result<(), Error> {
+        Ok(self.engine.store.clear().await?)
+    }
+
+    /// The number of stored entries.
+    pub async fn len(&self) -> Result<u64, Error> {
+        Ok(self.stats().await?.entries)
+    }
+
+    /// Whether nothing is stored.
+    pub async fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// The total size of stored entries in bytes.
+    pub async fn size_bytes(&self) -> Result<u64, Error> {
+        Ok(self.stats().await?.bytes)
+    }
+
+    /// Entry count and total bytes, in one call.
+    pub async fn stats(&self) -> Result<StoreStats, Error> {
+        Ok(self.engine.store.stats().await?)
+    }
+
+    fn normalize(&self, url: &str) -> Result<String, Error> {
+        let parsed = Url::parse(url).map_err(|source| Error::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        Ok(self.engine.keys.normalize_url(&parsed))
+    }
+}

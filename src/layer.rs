@@ -1,0 +1,173 @@
+//! The tower adapter: [`CacheMiddleware`] as a `tower::Layer`, producing
+//! [`CacheService`].
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use edgecache::{CacheMiddleware, store::MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let cache = CacheMiddleware::builder().store(MemoryStore::default()).build()?;
+//! let origin = tower::service_fn(|_request: http::Request<Full<Bytes>>| async {
+//!     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("hello"))))
+//! });
+//! let service = ServiceBuilder::new().layer(cache).service(origin);
+//!
+//! let request = http::Request::get("http://example.com/").body(Full::default())?;
+//! let response = service.clone().oneshot(request).await?;
+//! assert_eq!(response.headers()["x-cache"], "MISS");
+//! let request = http::Request::get("http://example.com/").body(Full::default())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.headers()["x-cache"], "HIT");
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+use url::Url;
+
+use crate::CacheMiddleware;
+use crate::cache::body::CacheBody;
+use crate::cache::{Engine, Plan};
+
+/// The error type of [`CacheService`]: the inner service's or body's error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S> Layer<S> for CacheMiddleware {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService {
+            inner,
+            engine: Arc::clone(&self.engine),
+        }
+    }
+}
+
+/// A tower service that answers from the cache, or calls the inner service
+/// and stores what it may. Built by layering a [`CacheMiddleware`].
+///
+/// Requests may carry an absolute URI, or an origin-form URI with a `Host`
+/// header (taken as `http`); a request with neither bypasses the cache.
+/// Request bodies are read ahead only for methods the cache considers.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    engine: Arc<Engine>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> CacheService<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CacheService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<CacheBody<ResBody>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The ready service goes into the future; a clone stays behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let engine = Arc::clone(&self.engine);
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let url = request_url(&parts);
+            let (body_bytes, body) = match &url {
+                Some(_) if engine.considers(&parts.method, &parts.extensions) => {
+                    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                    (Some(bytes.clone()), ReqBody::from(bytes))
+                }
+                _ => (None, body),
+            };
+            let plan = match &url {
+                Some(url) => {
+                    engine
+                        .plan(
+                            &parts.method,
+                            url,
+                            &parts.headers,
+                            body_bytes.as_deref(),
+                            &parts.extensions,
+                        )
+                        .await
+                }
+                None => engine.plan_unaddressable(),
+            };
+            match plan {
+                Plan::Respond(response) => Ok(response.map(CacheBody::full)),
+                Plan::Pass(pass) => {
+                    let response = inner
+                        .call(http::Request::from_parts(parts, body))
+                        .await
+                        .map_err(Into::into)?;
+                    let (mut parts, body) = response.into_parts();
+                    let info = engine.after_pass(pass, parts.status).await;
+                    engine.mark(&mut parts.headers, &info);
+                    parts.extensions.insert(info);
+                    Ok(http::Response::from_parts(
+                        parts,
+                        CacheBody::streaming(Bytes::new(), body),
+                    ))
+                }
+                Plan::Fetch(fetch) => {
+                    for (name, value) in fetch.conditional_headers() {
+                        parts.headers.insert(name, value.clone());
+                    }
+                    let response = inner
+                        .call(http::Request::from_parts(parts, body))
+                        .await
+                        .map_err(Into::into)?;
+                    engine.finish(fetch, response).await.map_err(Into::into)
+                }
+            }
+        })
+    }
+}
+
+/// The absolute URL of a request: its URI if absolute, else `http://` with
+/// the `Host` header and the URI's path and query.
+fn request_url(parts: &http::request::Parts) -> Option<Url> {
+    if parts.uri.scheme().is_some() {
+        return Url::parse(&parts.uri.to_string()).ok();
+    }
+    let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+    Url::parse(&format!("http://{host}{path}")).ok()
+}

@@ -1,0 +1,91 @@
+//! HTTP caching for reqwest clients and tower services.
+//!
+//! `edgecache` answers repeated HTTP requests from a store — in memory, in a
+//! SQLite file shared by processes — under explicit expiry and filter rules,
+//! with RFC 9111 semantics for `Cache-Control`, `Expires` and revalidation.
+//! One [`CacheMiddleware`] is both a [`reqwest_middleware::Middleware`] and a
+//! [`tower::Layer`]; the rules live once, in the engine behind both.
+//!
+//! # Wrapping a reqwest client
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use edgecache::{CacheInfo, CacheMiddleware, ExpireAfter, store::SqliteStore};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = CacheMiddleware::builder()
+//!     .store(SqliteStore::open("http_cache.sqlite")?) // the default store when none is given
+//!     .expire_after(Duration::from_secs(3600))        // when responses don't say
+//!     .urls_expire_after([("api.example.com/static", ExpireAfter::Never)])
+//!     .ignored_parameters(["api_key"])                 // not in keys, never stored
+//!     .build()?;
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(cache.clone())
+//!     .build();
+//!
+//! let response = client.get("https://api.example.com/items?api_key=s3cret").send().await?;
+//! let info = response.extensions().get::<CacheInfo>().expect("always present");
+//! println!("from cache: {}", info.from_cache);
+//! # Ok(()) }
+//! ```
+//!
+//! # Stacking it on a tower service
+//!
+//! ```
+//! # fn stack<S>(cache: edgecache::CacheMiddleware, any_http_service: S) -> edgecache::CacheService<S> {
+//! let service = tower::ServiceBuilder::new().layer(cache.clone()).service(any_http_service);
+//! # service }
+//! ```
+//!
+//! See [`CacheService`] for the bounds and a runnable example.
+//!
+//! # The rules
+//!
+//! * **Keys** ([`cache::key`]): upper-cased method; the URL normalized
+//!   (lower-case scheme and host, default port dropped, fragment dropped,
+//!   query parameters sorted); matched request headers ([`MatchHeaders`]) and
+//!   the response's `Vary`; a canonical digest of the body (JSON keys sorted).
+//!   Ignored parameters are left out of keys and out of stores.
+//! * **Expiry** ([`cache::policy`]): `no-store` is never stored; a response's
+//!   own freshness headers decide when present (turn that off with
+//!   [`CacheBuilder::cache_control`]); otherwise the per-request
+//!   [`ExpireAfter`], then the first matching URL pattern, then the default.
+//! * **Filters**: methods (default `GET`, `HEAD`), status codes (default
+//!   `200`), and a predicate on the response.
+//! * **Revalidation**: a stale entry with `ETag`/`Last-Modified` is sent as a
+//!   conditional request; a `304` serves the stored body with updated headers.
+//! * **Invalidation**: a successful `POST`/`PUT`/`PATCH`/`DELETE` deletes the
+//!   entries of its URL.
+//! * **Per request**: a [`CacheMode`] and an [`ExpireAfter`] as request
+//!   extensions. Every response carries a [`CacheInfo`] extension and an
+//!   `x-cache` header (`HIT`, `MISS`, `REVALIDATED`, `STALE`).
+//!
+//! A cache never makes a request fail: when its store fails, it logs one
+//! warning and lets requests through to the origin until the store recovers.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `sqlite` | yes | [`store::SqliteStore`], the default store |
+//! | `cli` | yes | the `edgecache` command-line tool |
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod builder;
+pub mod cache;
+mod error;
+mod inspect;
+mod layer;
+mod middleware;
+pub mod store;
+
+pub use builder::CacheBuilder;
+pub use cache::body::CacheBody;
+pub use cache::key::{CacheKey, DEFAULT_IGNORED_PARAMETERS, MatchHeaders, RequestHead};
+pub use cache::mode::{CacheInfo, CacheMode, CacheStatus};
+pub use cache::policy::{ExpireAfter, ParseExpireAfterError};
+pub use error::Error;
+pub use layer::{BoxError, CacheService};
+pub use middleware::CacheMiddleware;

@@ -1,0 +1,112 @@
+//! The reqwest adapter: [`CacheMiddleware`] as a `reqwest-middleware` middleware.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Extensions;
+use reqwest::ResponseBuilderExt;
+use reqwest_middleware::{Middleware, Next};
+use url::Url;
+
+use crate::builder::CacheBuilder;
+use crate::cache::body::CacheBody;
+use crate::cache::{Engine, Plan};
+
+/// An HTTP cache for reqwest clients and tower services.
+///
+/// Add it to a [`reqwest_middleware::ClientBuilder`] with `.with(cache)`, or
+/// stack it on any tower service with `.layer(cache)` (see
+/// [`CacheService`](crate::CacheService)); clones share one configuration
+/// and one store, so one cache can serve both at once. It is also the way to
+/// inspect and manage what is stored ([`urls`](Self::urls),
+/// [`delete_url`](Self::delete_url), [`clear`](Self::clear), …).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use edgecache::{CacheMiddleware, store::SqliteStore};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = CacheMiddleware::builder()
+///     .store(SqliteStore::open("http_cache.sqlite")?)
+///     .expire_after(Duration::from_secs(3600))
+///     .build()?;
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(cache.clone()).build();
+///
+/// let response = client.get("https://example.com/").send().await?;
+/// println!("{:?}", response.headers().get("x-cache")); // MISS, then HIT
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CacheMiddleware {
+    pub(crate) engine: Arc<Engine>,
+}
+
+impl fmt::Debug for CacheMiddleware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheMiddleware").finish_non_exhaustive()
+    }
+}
+
+impl CacheMiddleware {
+    /// Starts configuring a cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+}
+
+#[async_trait]
+impl Middleware for CacheMiddleware {
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let engine = &self.engine;
+        // Reading a streaming body ahead would consume it: such requests bypass the cache.
+        let body = match request.body() {
+            None => Some(&[][..]),
+            Some(body) if engine.considers(request.method(), extensions) => body.as_bytes(),
+            Some(_) => None,
+        };
+        let plan = engine
+            .plan(request.method(), request.url(), request.headers(), body, extensions)
+            .await;
+        match plan {
+            Plan::Respond(response) => Ok(into_reqwest(response.map(reqwest::Body::from), request.url())),
+            Plan::Pass(pass) => {
+                let mut response = next.run(request, extensions).await?;
+                let info = engine.after_pass(pass, response.status()).await;
+                engine.mark(response.headers_mut(), &info);
+                response.extensions_mut().insert(info);
+                Ok(response)
+            }
+            Plan::Fetch(fetch) => {
+                for (name, value) in fetch.conditional_headers() {
+                    request.headers_mut().insert(name, value.clone());
+                }
+                let url = request.url().clone();
+                let response: http::Response<reqwest::Body> = next.run(request, extensions).await?.into();
+                let response = engine.finish(fetch, response).await?;
+                Ok(into_reqwest(response.map(into_reqwest_body), &url))
+            }
+        }
+    }
+}
+
+fn into_reqwest_body(body: CacheBody<reqwest::Body>) -> reqwest::Body {
+    match body.into_bytes() {
+        Ok(bytes) => reqwest::Body::from(bytes),
+        Err(streaming) => reqwest::Body::wrap(streaming),
+    }
+}
+
+/// Converts to a `reqwest::Response` that reports the request's URL (not
+/// reqwest's placeholder for responses built from `http` types).
+fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -> reqwest::Response {
+    let (mut parts, body) = response.into_parts();
+    let mut carrier = http::Response::builder().url(url.clone()).body(()).unwrap_or_default();
+    parts.extensions.extend(std::mem::take(carrier.extensions_mut()));
+    reqwest::Response::from(http::Response::from_parts(parts, body))
+}

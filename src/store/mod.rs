@@ -1,0 +1,129 @@
+//! Where cached responses live.
+//!
+//! A [`Store`] keeps encoded entries (opaque bytes) under their cache key,
+//! together with the little metadata the cache needs to manage them without
+//! decoding: the normalized URL (to invalidate or list by URL), when the entry
+//! was stored, and when it expires.
+//!
+//! | store | scope | notes |
+//! | --- | --- | --- |
+//! | [`MemoryStore`] | one process | bounded in bytes, evicts least recently used |
+//! | [`SqliteStore`] | processes sharing a file | the default; WAL, multi-process safe |
+//!
+//! A store that fails never fails a request: the cache logs one warning and
+//! lets requests through to the origin until the store recovers.
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use self::memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteStore;
+
+/// An error from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The SQLite store failed; `path` is its file.
+    #[cfg(feature = "sqlite")]
+    #[error("SQLite cache {}: {source}", path.display())]
+    Sqlite {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer release with a schema this one
+    /// does not know.
+    #[error(
+        "cache {location}: schema version {found} is newer than the supported version {supported}; upgrade edgecache"
+    )]
+    SchemaTooNew {
+        /// The store's location.
+        location: String,
+        /// The version found.
+        found: i64,
+        /// The newest version this release reads.
+        supported: i64,
+    },
+    /// A store's background task ended before answering.
+    #[error("cache store task failed: {0}")]
+    Task(String),
+    /// An error from a store outside this crate.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An encoded entry with the metadata stores index.
+#[derive(Debug, Clone)]
+pub struct StoreEntry {
+    /// The cache key.
+    pub key: String,
+    /// The normalized request URL (secrets already removed).
+    pub url: String,
+    /// When the entry was stored.
+    pub created_at: SystemTime,
+    /// When it stops being fresh; `None` means never.
+    pub expires: Option<SystemTime>,
+    /// The encoded entry.
+    pub value: Bytes,
+}
+
+/// What listing a store tells about one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The cache key.
+    pub key: String,
+    /// The normalized request URL.
+    pub url: String,
+    /// When the entry was stored.
+    pub created_at: SystemTime,
+    /// When it stops being fresh; `None` means never.
+    pub expires: Option<SystemTime>,
+    /// Size of the encoded entry in bytes.
+    pub size: u64,
+}
+
+/// Entry count and total size of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Number of entries.
+    pub entries: u64,
+    /// Total size of the encoded entries in bytes.
+    pub bytes: u64,
+}
+
+/// A backend that keeps encoded cache entries.
+///
+/// Implementations must be safe to share between tasks; every method may be
+/// called concurrently.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The entry stored under `key`.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Stores an entry, replacing any under the same key.
+    async fn put(&self, entry: StoreEntry) -> Result<(), StoreError>;
+    /// Removes the entry under `key`; whether there was one.
+    async fn remove(&self, key: &str) -> Result<bool, StoreError>;
+    /// Whether any entry is stored for this normalized URL.
+    async fn contains_url(&self, url: &str) -> Result<bool, StoreError>;
+    /// Removes every entry stored for this normalized URL (any method or
+    /// variant); how many.
+    async fn remove_url(&self, url: &str) -> Result<u64, StoreError>;
+    /// Removes entries that expired at or before `now`; how many.
+    async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError>;
+    /// Removes entries stored before `time`; how many.
+    async fn remove_created_before(&self, time: SystemTime) -> Result<u64, StoreError>;
+    /// Removes every entry.
+    async fn clear(&self) -> Result<(), StoreError>;
+    /// Lists every entry (without its value).
+    async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError>;
+    /// Counts entries and their bytes.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+}

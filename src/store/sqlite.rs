@@ -1,0 +1,286 @@
+//! The embedded default store: one SQLite file, shareable by processes.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats};
+use crate::cache::entry::{from_millis, to_millis};
+
+/// The schema this release writes; older files are migrated on open, newer
+/// ones are refused rather than misread.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another connection (or process) to finish.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle connections kept for reuse.
+const MAX_IDLE_CONNECTIONS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS responses (
+    key        TEXT PRIMARY KEY NOT NULL,
+    url        TEXT NOT NULL,
+    created_at INTEGER NOT NULL,  -- unix milliseconds
+    expires_at INTEGER,           -- unix milliseconds; NULL = never
+    size       INTEGER NOT NULL,
+    value      BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_url ON responses (url);
+CREATE INDEX IF NOT EXISTS responses_expires_at ON responses (expires_at);
+CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
+";
+
+/// Keeps entries in a SQLite database file.
+///
+/// The file uses write-ahead logging and a busy timeout, so several
+/// processes (and many tasks) can read and write it at once. Calls run on
+/// tokio's blocking pool, never on the async runtime's threads, so a tokio
+/// runtime must be running when the store is used (opening needs none).
+///
+/// Cloning is cheap and clones share connections.
+///
+/// ```no_run
+/// use edgecache::store::SqliteStore;
+///
+/// let store = SqliteStore::open("http_cache.sqlite")?;
+/// # Ok::<(), edgecache::store::StoreError>(())
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, and creates or
+    /// migrates its schema. A file that is not a SQLite database, or that a
+    /// newer release wrote, is an error naming the file; nothing is written
+    /// to it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut connection = connect(&path)?;
+        migrate(&mut connection, &path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                idle: Mutex::new(vec![connection]),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `operation` on a pooled connection on the blocking thread pool.
+    async fn run<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let mut connection = match pooled {
+                Some(connection) => connection,
+                None => connect(&inner.path)?,
+            };
+            let result = operation(&mut connection).map_err(|source| sqlite_error(&inner.path, source));
+            let mut idle = inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_CONNECTIONS {
+                idle.push(connection);
+            }
+            result
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+}
+
+fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let configure = || -> rusqlite::Result<Connection> {
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        // Reading the journal mode back is the first real read of the file:
+        // it is what turns "not a database" into an error here.
+        let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(connection)
+    };
+    configure().map_err(|source| sqlite_error(path, source))
+}
+
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|source| sqlite_error(path, source))?;
+    let version: i64 = transaction
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|source| sqlite_error(path, source))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            location: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < SCHEMA_VERSION {
+        transaction
+            .execute_batch(SCHEMA)
+            .map_err(|source| sqlite_error(path, source))?;
+        transaction
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|source| sqlite_error(path, source))?;
+    }
+    transaction.commit().map_err(|source| sqlite_error(path, source))
+}
+
+fn millis(time: SystemTime) -> i64 {
+    i64::try_from(to_millis(time)).unwrap_or(i64::MAX)
+}
+
+fn time(millis: i64) -> SystemTime {
+    from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let key = key.to_owned();
+        self.run(move |connection| {
+            connection
+                .prepare_cached("SELECT value FROM responses WHERE key = ?1")?
+                .query_row([key], |row| row.get::<_, Vec<u8>>(0))
+                .optional()
+                .map(|value| value.map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
+        self.run(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO responses (key, url, created_at, expires_at, size, value)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (key) DO UPDATE SET url = excluded.url, created_at = excluded.created_at,
+                         expires_at = excluded.expires_at, size = excluded.size, value = excluded.value",
+                )?
+                .execute(params![
+                    entry.key,
+                    entry.url,
+                    millis(entry.created_at),
+                    entry.expires.map(millis),
+                    entry.value.len() as i64,
+                    &entry.value[..],
+                ])
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached("DELETE FROM responses WHERE key = ?1")?
+                .execute([key])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn contains_url(&self, url: &str) -> Result<bool, StoreError> {
+        let url = url.to_owned();
+        self.run(move |connection| {
+            connection
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM responses WHERE url = ?1)")?
+                .query_row([url], |row| row.get(0))
+        })
+        .await
+    }
+
+    async fn remove_url(&self, url: &str) -> Result<u64, StoreError> {
+        let url = url.to_owned();
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached("DELETE FROM responses WHERE url = ?1")?
+                .execute([url])? as u64)
+        })
+        .await
+    }
+
+    async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
+        self.run(move |connection| {
+            let sql = "DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?1";
+            Ok(connection.execute(sql, [millis(now)])? as u64)
+        })
+        .await
+    }
+
+    async fn remove_created_before(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.run(move |connection| {
+            Ok(connection.execute("DELETE FROM responses WHERE created_at < ?1", [millis(before)])? as u64)
+        })
+        .await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.run(|connection| connection.execute("DELETE FROM responses", []).map(drop))
+            .await
+    }
+
+    async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
+        self.run(|connection| {
+            let mut statement =
+                connection.prepare("SELECT key, url, created_at, expires_at, size FROM responses ORDER BY url, key")?;
+            let rows = statement.query_map([], |row| {
+                Ok(EntryInfo {
+                    key: row.get(0)?,
+                    url: row.get(1)?,
+                    created_at: time(row.get(2)?),
+                    expires: row.get::<_, Option<i64>>(3)?.map(time),
+                    size: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.run(|connection| {
+            connection.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM responses", [], |row| {
+                Ok(StoreStats {
+                    entries: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                    bytes: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                })
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,181 @@
+//! A real origin on 127.0.0.1 that counts and records what reaches it.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use edgecache::CacheMiddleware;
+use http::{HeaderMap, StatusCode};
+use reqwest_middleware::ClientWithMiddleware;
+
+/// What the origin saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Seen>>>);
+
+pub struct Origin {
+    pub address: SocketAddr,
+    log: Log,
+}
+
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+
+impl Origin {
+    /// Starts an origin whose behaviour is chosen by the path:
+    ///
+    /// - `/max-age/N`: `Cache-Control: max-age=N`
+    /// - `/no-store`: `Cache-Control: no-store`
+    /// - `/etag`: `ETag: "v1"`, `Cache-Control: no-cache`; 304 to `If-None-Match: "v1"`
+    /// - `/fresh-etag`: `ETag: "v1"`, `max-age=60`; 304 to `If-None-Match: "v1"`
+    /// - `/last-modified`: `Last-Modified`, `max-age=0`; 304 to a matching `If-Modified-Since`
+    /// - `/status/N`: status N
+    /// - `/vary`: `Vary: Accept-Language`, echoes it
+    /// - `/large/N`: N bytes, streamed in 8 KiB chunks without a length
+    /// - anything else: 200 without caching headers
+    ///
+    /// Every body is `METHOD PATH #COUNT`, where COUNT counts the requests
+    /// to that path, so a test can tell responses apart.
+    pub async fn start() -> Origin {
+        let log = Log::default();
+        let app = Router::new().fallback(answer).with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let address = listener.local_addr().expect("origin address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Origin { address, log }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.address, path_and_query)
+    }
+
+    /// Requests that reached the origin for this path (query ignored).
+    pub fn hits(&self, path: &str) -> usize {
+        self.seen(path).len()
+    }
+
+    pub fn seen(&self, path: &str) -> Vec<Seen> {
+        self.log
+            .0
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|seen| seen.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn total_hits(&self) -> usize {
+        self.log.0.lock().expect("log").len()
+    }
+}
+
+async fn answer(State(log): State<Log>, request: Request) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let count = {
+        let mut log = log.0.lock().expect("log");
+        log.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            headers: headers.clone(),
+        });
+        log.iter().filter(|seen| seen.path == path).count()
+    };
+    let body = format!("{method} {path} #{count}");
+    let mut response = Response::builder();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
+    match segments.as_slice() {
+        ["max-age", seconds] => response = response.header("cache-control", format!("max-age={seconds}")),
+        ["no-store"] => response = response.header("cache-control", "no-store"),
+        ["etag"] | ["fresh-etag"] => {
+            let cache_control = if segments[0] == "etag" {
+                "no-cache"
+            } else {
+                "max-age=60"
+            };
+            response = response.header("etag", "\"v1\"").header("cache-control", cache_control);
+            if header("if-none-match") == "\"v1\"" {
+                return response
+                    .status(StatusCode::NOT_MODIFIED)
+                    .body(Body::empty())
+                    .expect("response");
+            }
+        }
+        ["last-modified"] => {
+            response = response
+                .header("last-modified", LAST_MODIFIED)
+                .header("cache-control", "max-age=0");
+            if header("if-modified-since") == LAST_MODIFIED {
+                return response
+                    .status(StatusCode::NOT_MODIFIED)
+                    .body(Body::empty())
+                    .expect("response");
+            }
+        }
+        ["status", code] => {
+            response = response.status(code.parse::<u16>().expect("status code in path"));
+        }
+        ["vary"] => {
+            response = response.header("vary", "Accept-Language");
+            let body = format!("{body} lang={}", header("accept-language"));
+            return response.body(Body::from(body)).expect("response");
+        }
+        ["large", size] => {
+            let size: usize = size.parse().expect("size in path");
+            let chunks = (0..size.div_ceil(8192)).map(move |index| {
+                let len = 8192.min(size - index * 8192);
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; len]))
+            });
+            return response
+                .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                .expect("response");
+        }
+        _ => {}
+    }
+    response.body(Body::from(body)).expect("response")
+}
+
+pub fn client(cache: &CacheMiddleware) -> ClientWithMiddleware {
+    reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(cache.clone())
+        .build()
+}
+
+/// GETs a URL and returns (x-cache, body).
+pub async fn get(client: &ClientWithMiddleware, url: &str) -> (String, String) {
+    let response = client.get(url).send().await.expect("request");
+    let x_cache = response
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default();
+    (x_cache, response.text().await.expect("body"))
+}
+
+/// Every byte of every file in a directory (the database, its WAL, …).
+pub fn all_bytes_in(directory: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(directory).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(&path).expect("read file"));
+        }
+    }
+    bytes
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle.as_bytes())
+}

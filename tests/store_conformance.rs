@@ -1,0 +1,160 @@
+//! One set of behaviours every `Store` must have, run against each store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use edgecache::store::{MemoryStore, SqliteStore, Store, StoreEntry, StoreError};
+
+fn entry(key: &str, url: &str, created_at: SystemTime, expires: Option<SystemTime>) -> StoreEntry {
+    StoreEntry {
+        key: key.into(),
+        url: url.into(),
+        created_at,
+        expires,
+        value: Bytes::from(format!("value of {key}")),
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    // Stores may keep times at millisecond precision.
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
+    let now = UNIX_EPOCH + Duration::from_millis(since_epoch.as_millis() as u64);
+    let hour = Duration::from_secs(3600);
+    assert_eq!(store.get("missing").await.expect("get"), None);
+
+    store.put(entry("k1", "http://a/", now, None)).await.expect("put");
+    store
+        .put(entry("k2", "http://a/", now - hour, Some(now - hour)))
+        .await
+        .expect("put");
+    store
+        .put(entry("k3", "http://b/", now, Some(now + hour)))
+        .await
+        .expect("put");
+    assert_eq!(store.get("k1").await.expect("get"), Some(Bytes::from("value of k1")));
+
+    // Replacing keeps one entry under the key.
+    store.put(entry("k1", "http://a/", now, None)).await.expect("put");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.entries, 3);
+    assert_eq!(stats.bytes, ("value of k1".len() * 3) as u64);
+
+    let mut listed = store.entries().await.expect("entries");
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<_> = listed
+        .iter()
+        .map(|entry| (entry.key.as_str(), entry.url.as_str()))
+        .collect();
+    assert_eq!(keys, [("k1", "http://a/"), ("k2", "http://a/"), ("k3", "http://b/")]);
+    assert_eq!(
+        listed[2]
+            .expires
+            .map(|t| t.duration_since(now).expect("later").as_secs()),
+        Some(3600)
+    );
+
+    assert!(store.contains_url("http://a/").await.expect("contains"));
+    assert!(!store.contains_url("http://c/").await.expect("contains"));
+
+    assert_eq!(store.remove_expired(now).await.expect("expired"), 1);
+    assert_eq!(store.get("k2").await.expect("get"), None);
+    assert_eq!(store.remove_created_before(now - hour).await.expect("older"), 0);
+
+    assert_eq!(store.remove_url("http://a/").await.expect("remove url"), 1);
+    assert!(!store.contains_url("http://a/").await.expect("contains"));
+    assert!(store.remove("k3").await.expect("remove"));
+    assert!(!store.remove("k3").await.expect("remove"));
+
+    store.put(entry("k4", "http://d/", now, None)).await.expect("put");
+    assert_eq!(store.remove_created_before(now + hour).await.expect("older"), 1);
+    store.put(entry("k5", "http://e/", now, None)).await.expect("put");
+    store.clear().await.expect("clear");
+    assert_eq!(store.stats().await.expect("stats").entries, 0);
+    assert!(store.entries().await.expect("entries").is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    conformance(Arc::new(
+        SqliteStore::open(directory.path().join("c.sqlite")).expect("open"),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_entries_survive_reopening_and_are_shared_between_handles() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("c.sqlite");
+    let writer = SqliteStore::open(&path).expect("open");
+    let reader = SqliteStore::open(&path).expect("open twice");
+    let tasks: Vec<_> = (0..32)
+        .map(|index| {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let key = format!("k{index}");
+                writer
+                    .put(entry(&key, "http://a/", SystemTime::now(), None))
+                    .await
+                    .expect("put");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(reader.stats().await.expect("stats").entries, 32);
+    drop((writer, reader));
+    let reopened = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(reopened.get("k7").await.expect("get"), Some(Bytes::from("value of k7")));
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_release_is_refused_untouched() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("future.sqlite");
+    drop(SqliteStore::open(&path).expect("create"));
+    rusqlite::Connection::open(&path)
+        .expect("open")
+        .pragma_update(None, "user_version", 99)
+        .expect("set version");
+    let error = SqliteStore::open(&path).expect_err("a newer schema is refused");
+    assert!(
+        matches!(
+            error,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("future.sqlite"), "{error}");
+}
+
+#[tokio::test]
+async fn memory_store_stays_within_its_byte_bound() {
+    let store = MemoryStore::new(64 * 1024);
+    for index in 0..1000 {
+        let value = Bytes::from(vec![b'v'; 1024]);
+        let key = format!("k{index}");
+        let stored = StoreEntry {
+            key,
+            url: format!("http://x/{index}"),
+            created_at: SystemTime::now(),
+            expires: None,
+            value,
+        };
+        store.put(stored).await.expect("put");
+    }
+    let stats = store.stats().await.expect("stats");
+    assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+    assert!(stats.entries > 0);
+}
