@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use url::Url;
 
 use crate::store::{EntryInfo, StoreStats};
-use crate::{CacheMiddleware, Error};
+use crate::{CacheKey, CacheMiddleware, Error, RequestHead};
 
 impl CacheMiddleware {
     /// The distinct URLs with stored entries, sorted (normalized, ignored
@@ -70,6 +70,12 @@ impl CacheMiddleware {
     /// Entry count and total bytes, in one call.
     pub async fn stats(&self) -> Result<StoreStats, Error> {
         Ok(self.engine.store.stats().await?)
+    }
+
+    /// The key this cache files a request under (a response's `Vary` is
+    /// checked separately), e.g. to find it with [`Store::get`](crate::store::Store::get).
+    pub fn key_for(&self, request: &RequestHead<'_>) -> CacheKey {
+        self.engine.keys.key(request)
     }
 
     fn normalize(&self, url: &str) -> Result<String, Error> {

@@ -419,7 +419,7 @@ async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
     let directory = tempfile::tempdir().expect("tempdir");
     let path = directory.path().join("cache.sqlite");
     let cache = CacheMiddleware::builder()
-        .store(SqliteStore::open(&path).expect("open"))
+        .store(SqliteStore::open(&path).expect("open").without_memory_tier())
         .build()
         .expect("cache");
     let client = client(&cache);

@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use edgecache::store::{MemoryStore, SqliteStore, Store, StoreEntry, StoreError};
+use edgecache::store::{MemoryStore, SqliteStore, Store, StoreEntry, StoreError, StoredValue};
+
+fn bytes(value: Result<Option<StoredValue>, StoreError>) -> Option<Bytes> {
+    value.expect("store call").map(|value| value.bytes().clone())
+}
 
 fn entry(key: &str, url: &str, created_at: SystemTime, expires: Option<SystemTime>) -> StoreEntry {
     StoreEntry {
@@ -12,7 +16,7 @@ fn entry(key: &str, url: &str, created_at: SystemTime, expires: Option<SystemTim
         url: url.into(),
         created_at,
         expires,
-        value: Bytes::from(format!("value of {key}")),
+        value: Bytes::from(format!("value of {key}")).into(),
     }
 }
 
@@ -21,7 +25,7 @@ async fn conformance(store: Arc<dyn Store>) {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970");
     let now = UNIX_EPOCH + Duration::from_millis(since_epoch.as_millis() as u64);
     let hour = Duration::from_secs(3600);
-    assert_eq!(store.get("missing").await.expect("get"), None);
+    assert_eq!(bytes(store.get("missing").await), None);
 
     store.put(entry("k1", "http://a/", now, None)).await.expect("put");
     store
@@ -32,7 +36,7 @@ async fn conformance(store: Arc<dyn Store>) {
         .put(entry("k3", "http://b/", now, Some(now + hour)))
         .await
         .expect("put");
-    assert_eq!(store.get("k1").await.expect("get"), Some(Bytes::from("value of k1")));
+    assert_eq!(bytes(store.get("k1").await), Some(Bytes::from("value of k1")));
 
     // Replacing keeps one entry under the key.
     store.put(entry("k1", "http://a/", now, None)).await.expect("put");
@@ -58,7 +62,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert!(!store.contains_url("http://c/").await.expect("contains"));
 
     assert_eq!(store.remove_expired(now).await.expect("expired"), 1);
-    assert_eq!(store.get("k2").await.expect("get"), None);
+    assert_eq!(bytes(store.get("k2").await), None);
     assert_eq!(store.remove_created_before(now - hour).await.expect("older"), 0);
 
     assert_eq!(store.remove_url("http://a/").await.expect("remove url"), 1);
@@ -86,6 +90,10 @@ async fn sqlite_store_conforms() {
         SqliteStore::open(directory.path().join("c.sqlite")).expect("open"),
     ))
     .await;
+    let untiered = SqliteStore::open(directory.path().join("u.sqlite"))
+        .expect("open")
+        .without_memory_tier();
+    conformance(Arc::new(untiered)).await;
 }
 
 #[tokio::test]
@@ -112,7 +120,7 @@ async fn sqlite_entries_survive_reopening_and_are_shared_between_handles() {
     assert_eq!(reader.stats().await.expect("stats").entries, 32);
     drop((writer, reader));
     let reopened = SqliteStore::open(&path).expect("reopen");
-    assert_eq!(reopened.get("k7").await.expect("get"), Some(Bytes::from("value of k7")));
+    assert_eq!(bytes(reopened.get("k7").await), Some(Bytes::from("value of k7")));
 }
 
 #[tokio::test]
@@ -143,7 +151,7 @@ async fn a_database_from_a_newer_release_is_refused_untouched() {
 async fn memory_store_stays_within_its_byte_bound() {
     let store = MemoryStore::new(64 * 1024);
     for index in 0..1000 {
-        let value = Bytes::from(vec![b'v'; 1024]);
+        let value = Bytes::from(vec![b'v'; 1024]).into();
         let key = format!("k{index}");
         let stored = StoreEntry {
             key,
@@ -157,4 +165,30 @@ async fn memory_store_stays_within_its_byte_bound() {
     let stats = store.stats().await.expect("stats");
     assert!(stats.bytes <= 64 * 1024, "{stats:?}");
     assert!(stats.entries > 0);
+}
+
+#[tokio::test]
+async fn another_handles_delete_is_seen_within_the_tier_time_to_live() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("c.sqlite");
+    // Two handles on one file behave as two processes would.
+    let reader = SqliteStore::open(&path)
+        .expect("open")
+        .memory_tier(1 << 20, Duration::from_millis(200));
+    let other = SqliteStore::open(&path).expect("open").without_memory_tier();
+    other
+        .put(entry("k", "http://a/", SystemTime::now(), None))
+        .await
+        .expect("put");
+    assert!(
+        bytes(reader.get("k").await).is_some(),
+        "the other handle's write is seen at once"
+    );
+    assert!(other.remove("k").await.expect("remove"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        bytes(reader.get("k").await),
+        None,
+        "the delete is seen once the tier entry expires"
+    );
 }

@@ -134,7 +134,9 @@ impl StoredResponse {
         let mut headers = HeaderMap::with_capacity(metadata.headers.len());
         for (name, value) in metadata.headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| DecodeError::Invalid("header name"))?;
-            let value = HeaderValue::from_bytes(value).map_err(|_| DecodeError::Invalid("header value"))?;
+            // Shares the entry's buffer instead of copying each value.
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(value))
+                .map_err(|_| DecodeError::Invalid("header value"))?;
             headers.append(name, value);
         }
         Ok(StoredResponse {

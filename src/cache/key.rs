@@ -5,6 +5,7 @@
 //! parameters take no part in it, and they are removed from the URL that is
 //! stored beside the entry, so secrets never reach a store.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -115,47 +116,66 @@ impl KeyRules {
 
     /// The URL as keys and stores see it: lower-case scheme and host, default
     /// port dropped, empty path as `/`, no fragment, query parameters sorted
-    /// by name then value (duplicates kept), ignored parameters removed.
+    /// by name then value (duplicates kept) and form-encoded canonically,
+    /// ignored parameters removed.
     pub(crate) fn normalize_url(&self, url: &Url) -> String {
         // `Url` already lower-cases scheme and host, drops default ports and
         // turns an empty path into `/`; what is left is the query.
-        let mut normalized = String::with_capacity(url.as_str().len());
-        normalized.push_str(&url[..url::Position::AfterPath]);
-        if url.query().is_some_and(|query| !query.is_empty()) {
-            let mut pairs: Vec<_> = url
-                .query_pairs()
-                .filter(|(name, _)| !self.is_ignored_param(name))
-                .collect();
-            if !pairs.is_empty() {
-                pairs.sort();
-                normalized.push('?');
-                let query_start = normalized.len();
-                let mut query = url::form_urlencoded::Serializer::for_suffix(normalized, query_start);
-                query.extend_pairs(pairs);
-                normalized = query.finish();
+        let base = &url[..url::Position::AfterPath];
+        let mut normalized = String::with_capacity(url.as_str().len() + 8);
+        normalized.push_str(base);
+        let Some(query) = url.query() else { return normalized };
+        let mut pairs: Vec<(FormPart<'_>, FormPart<'_>)> = Vec::with_capacity(16);
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = FormPart::decode(name);
+            if !self.is_ignored_param(&name.text) {
+                pairs.push((name, FormPart::decode(value)));
             }
+        }
+        // Names mostly differ in their first byte: compare it inline before
+        // calling into a full comparison.
+        let quick = |a: &str, b: &str| match (a.as_bytes().first(), b.as_bytes().first()) {
+            (Some(x), Some(y)) if x != y => x.cmp(y),
+            _ => a.cmp(b),
+        };
+        pairs.sort_unstable_by(|(a_name, a_value), (b_name, b_value)| {
+            quick(&a_name.text, &b_name.text).then_with(|| quick(&a_value.text, &b_value.text))
+        });
+        for (index, (name, value)) in pairs.iter().enumerate() {
+            normalized.push(if index == 0 { '?' } else { '&' });
+            name.encode_into(&mut normalized);
+            normalized.push('=');
+            value.encode_into(&mut normalized);
         }
         normalized
     }
 
-    /// Computes the key of a request whose URL was already normalized.
-    pub(crate) fn key(&self, head: &RequestHead<'_>, normalized_url: &str) -> CacheKey {
+    /// Computes the key of a request.
+    pub(crate) fn key(&self, head: &RequestHead<'_>) -> CacheKey {
         if let Some(key_fn) = &self.key_fn {
             return CacheKey::new(key_fn(head));
         }
         let mut hasher = Sha256::new();
-        hasher.update(head.method.as_str().to_ascii_uppercase());
+        let method = head.method.as_str();
+        if method.bytes().any(|byte| byte.is_ascii_lowercase()) {
+            hasher.update(method.to_ascii_uppercase());
+        } else {
+            hasher.update(method);
+        }
         hasher.update([0]);
-        hasher.update(normalized_url);
+        hasher.update(self.normalize_url(head.url));
         hasher.update([0]);
         self.hash_headers(head.headers, &mut hasher);
         hasher.update([0]);
         if !head.body.is_empty() {
             self.hash_body(head.headers, head.body, &mut hasher);
         }
-        let digest = hasher.finalize();
+        let digest: [u8; 32] = hasher.finalize().into();
+        let mut short = [0; 16];
+        short.copy_from_slice(&digest[..16]);
         // 128 bits: collision-free for any realistic cache, half the text.
-        CacheKey::new(hex::encode(&digest[..16]))
+        CacheKey(hex_lower(&short))
     }
 
     fn hash_headers(&self, headers: &HeaderMap, hasher: &mut Sha256) {
@@ -228,6 +248,67 @@ impl KeyRules {
     }
 }
 
+/// Bytes the form encoding keeps as they are: ASCII letters, digits, `*-._`.
+const KEPT_AS_IS: [bool; 256] = {
+    let mut kept = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        kept[byte] = b.is_ascii_alphanumeric() || b == b'*' || b == b'-' || b == b'.' || b == b'_';
+        byte += 1;
+    }
+    kept
+};
+
+/// One decoded `application/x-www-form-urlencoded` name or value.
+struct FormPart<'a> {
+    text: Cow<'a, str>,
+    /// Whether `text` holds only bytes the form encoding keeps as they are,
+    /// so it is its own canonical encoding (the common case).
+    plain: bool,
+}
+
+impl<'a> FormPart<'a> {
+    fn decode(raw: &'a str) -> Self {
+        if raw.bytes().all(|byte| KEPT_AS_IS[usize::from(byte)]) {
+            return FormPart {
+                text: Cow::Borrowed(raw),
+                plain: true,
+            };
+        }
+        let text = if raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
+            let plus_as_space = raw.replace('+', " ");
+            Cow::Owned(
+                percent_encoding::percent_decode_str(&plus_as_space)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        } else {
+            Cow::Borrowed(raw)
+        };
+        FormPart { text, plain: false }
+    }
+
+    fn encode_into(&self, out: &mut String) {
+        if self.plain {
+            out.push_str(&self.text);
+        } else {
+            out.extend(url::form_urlencoded::byte_serialize(self.text.as_bytes()));
+        }
+    }
+}
+
+/// Lower-case hex of a 16-byte digest, allocated once, straight into the key's `Arc`.
+fn hex_lower(bytes: &[u8; 16]) -> Arc<str> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (index, byte) in bytes.iter().enumerate() {
+        text[2 * index] = DIGITS[usize::from(byte >> 4)];
+        text[2 * index + 1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    Arc::from(std::str::from_utf8(&text).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +334,17 @@ mod tests {
         assert_eq!(normalize("http://e.com/p?api_key=s3cret&x=1"), "http://e.com/p?x=1");
         assert_eq!(normalize("http://e.com/p?api_key=s3cret"), "http://e.com/p");
         assert_eq!(normalize("http://e.com/p?"), "http://e.com/p");
+        assert_eq!(
+            normalize("http://e.com/p?q=a%20b&r=a+b&s=a,b"),
+            "http://e.com/p?q=a+b&r=a+b&s=a%2Cb"
+        );
+        assert_eq!(normalize("http://e.com/p?flag&&x="), "http://e.com/p?flag=&x=");
+        assert_eq!(normalize("http://e.com/p?caf%C3%A9=1"), "http://e.com/p?caf%C3%A9=1");
+        assert_eq!(
+            normalize("http://e.com/p?api%5Fkey=s3cret"),
+            "http://e.com/p",
+            "ignored names match decoded"
+        );
     }
 
     fn key_of(method: &str, url: &str, headers: &HeaderMap, body: &[u8]) -> CacheKey {
@@ -265,7 +357,7 @@ mod tests {
             headers,
             body,
         };
-        rules.key(&head, &rules.normalize_url(&url))
+        rules.key(&head)
     }
 
     #[test]

@@ -27,9 +27,9 @@ use self::entry::StoredResponse;
 use self::key::{CacheKey, KeyRules, RequestHead};
 use self::mode::{CacheInfo, CacheMode, CacheStatus};
 use self::policy::{ExpireAfter, Lifetime, Rules, has_directive, has_validator};
-use crate::store::{Store, StoreEntry, StoreError};
+use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
-const X_CACHE: &str = "x-cache";
+const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 
 /// Headers that describe one connection, not the response: never stored.
 const HOP_BY_HOP: &[header::HeaderName] = &[
@@ -94,7 +94,7 @@ pub(crate) struct Fetch {
     url: String,
     request: http::request::Parts,
     configured: ExpireAfter,
-    stale: Option<StoredResponse>,
+    stale: Option<Arc<StoredResponse>>,
     conditional: HeaderMap,
 }
 
@@ -162,16 +162,12 @@ impl Engine {
             mode = CacheMode::Refresh;
         }
 
-        let normalized = self.keys.normalize_url(url);
-        let key = self.keys.key(
-            &RequestHead {
-                method,
-                url,
-                headers,
-                body,
-            },
-            &normalized,
-        );
+        let key = self.keys.key(&RequestHead {
+            method,
+            url,
+            headers,
+            body,
+        });
         let now = SystemTime::now();
         let stored = match mode {
             CacheMode::ForceRefresh => None,
@@ -184,7 +180,7 @@ impl Engine {
                 } else {
                     CacheStatus::Hit
                 };
-                Plan::Respond(self.response_from(entry, key, status, now))
+                Plan::Respond(self.response_from(&entry, key, status, now))
             }
             (None, CacheMode::OnlyIfCached) => {
                 let mut response = http::Response::new(Bytes::new());
@@ -194,10 +190,10 @@ impl Engine {
                 Plan::Respond(http::Response::from_parts(parts, body))
             }
             (Some(entry), CacheMode::Default) if !entry.is_expired(now) => {
-                Plan::Respond(self.response_from(entry, key, CacheStatus::Hit, now))
+                Plan::Respond(self.response_from(&entry, key, CacheStatus::Hit, now))
             }
             (stale, _) => {
-                let conditional = stale.as_ref().map(conditional_headers).unwrap_or_default();
+                let conditional = stale.as_deref().map(conditional_headers).unwrap_or_default();
                 let mut request = http::Request::new(());
                 *request.method_mut() = method.clone();
                 *request.uri_mut() = url.as_str().parse().unwrap_or_default();
@@ -208,7 +204,7 @@ impl Engine {
                     .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
                 Plan::Fetch(Box::new(Fetch {
                     key,
-                    url: normalized,
+                    url: self.keys.normalize_url(url),
                     request,
                     configured,
                     stale,
@@ -303,8 +299,9 @@ impl Engine {
             vary_names,
             vary_digest,
         };
-        self.save(&key, &entry).await;
-        self.annotate(&mut parts.headers, &mut parts.extensions, miss(Some(key), Some(&entry)));
+        let info = miss(Some(key.clone()), Some(&entry));
+        self.save(&key, Arc::new(entry)).await;
+        self.annotate(&mut parts.headers, &mut parts.extensions, info);
         Ok(http::Response::from_parts(parts, CacheBody::full(body)))
     }
 
@@ -315,10 +312,11 @@ impl Engine {
         key: CacheKey,
         request: &http::request::Parts,
         configured: ExpireAfter,
-        mut entry: StoredResponse,
+        stale: Arc<StoredResponse>,
         not_modified: &HeaderMap,
         now: SystemTime,
     ) -> http::Response<Bytes> {
+        let mut entry = Arc::unwrap_or_clone(stale);
         for (name, value) in not_modified {
             if !KEPT_ON_REVALIDATION.contains(name) && !HOP_BY_HOP.contains(name) {
                 entry.headers.insert(name, value.clone());
@@ -332,21 +330,23 @@ impl Engine {
             Lifetime::Until(expires) => {
                 entry.created_at = now;
                 entry.expires = expires;
-                self.save(&key, &entry).await;
+                let entry = Arc::new(entry);
+                self.save(&key, Arc::clone(&entry)).await;
+                self.response_from(&entry, key, CacheStatus::Revalidated, now)
             }
             Lifetime::DoNotStore => {
                 let removed = self.store.remove(key.as_str()).await;
                 self.note_store_result(removed, "remove");
+                self.response_from(&entry, key, CacheStatus::Revalidated, now)
             }
         }
-        self.response_from(entry, key, CacheStatus::Revalidated, now)
     }
 
     /// Reads and decodes an entry. Store failures and corrupt entries count
     /// as misses: the cache steps aside rather than failing the request.
-    async fn load(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<StoredResponse> {
-        let bytes = self.note_store_result(self.store.get(key.as_str()).await, "read")??;
-        let entry = match StoredResponse::decode(&bytes) {
+    async fn load(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<Arc<StoredResponse>> {
+        let value = self.note_store_result(self.store.get(key.as_str()).await, "read")??;
+        let entry = match value.decoded(StoredResponse::decode) {
             Ok(entry) => entry,
             Err(error) => {
                 tracing::warn!(key = %key, %error, "dropping undecodable cache entry");
@@ -360,13 +360,13 @@ impl Engine {
         matches_vary.then_some(entry)
     }
 
-    async fn save(&self, key: &CacheKey, entry: &StoredResponse) {
+    async fn save(&self, key: &CacheKey, entry: Arc<StoredResponse>) {
         let record = StoreEntry {
             key: key.as_str().to_owned(),
             url: entry.url.clone(),
             created_at: entry.created_at,
             expires: entry.expires,
-            value: entry.encode(),
+            value: StoredValue::with_decoded(entry.encode(), Arc::clone(&entry)),
         };
         let saved = self.store.put(record).await;
         self.note_store_result(saved, "write");
@@ -393,7 +393,7 @@ impl Engine {
 
     fn response_from(
         &self,
-        entry: StoredResponse,
+        entry: &StoredResponse,
         key: CacheKey,
         status: CacheStatus,
         now: SystemTime,
@@ -407,9 +407,9 @@ impl Engine {
             revalidated: status == CacheStatus::Revalidated,
             cache_key: Some(key),
         };
-        let mut response = http::Response::new(entry.body);
+        let mut response = http::Response::new(entry.body.clone());
         *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers;
+        *response.headers_mut() = entry.headers.clone();
         let (mut parts, body) = response.into_parts();
         self.annotate(&mut parts.headers, &mut parts.extensions, info);
         http::Response::from_parts(parts, body)

@@ -3,21 +3,21 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use moka::future::Cache;
 use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
-use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats};
+use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 
 /// Bytes an entry costs beyond its key, URL and value (bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
 
 #[derive(Clone)]
 struct MemoryEntry {
-    value: Bytes,
+    value: StoredValue,
     url: Arc<str>,
     created_at: SystemTime,
     expires: Option<SystemTime>,
@@ -38,7 +38,7 @@ type UrlIndex = Arc<Mutex<HashMap<Arc<str>, HashSet<String>>>>;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Cache<String, MemoryEntry>,
+    entries: Cache<String, MemoryEntry, foldhash::fast::RandomState>,
     by_url: UrlIndex,
 }
 
@@ -62,21 +62,38 @@ impl MemoryStore {
     /// A store that holds at most `max_bytes` of entries (keys, URLs and
     /// encoded responses, plus a small per-entry overhead).
     pub fn new(max_bytes: u64) -> Self {
+        Self::build(max_bytes, None)
+    }
+
+    /// A store whose entries also leave `time_to_live` after they are written.
+    pub(crate) fn with_time_to_live(max_bytes: u64, time_to_live: Duration) -> Self {
+        Self::build(max_bytes, Some(time_to_live))
+    }
+
+    fn build(max_bytes: u64, time_to_live: Option<Duration>) -> Self {
         let by_url: UrlIndex = Arc::default();
         let index = Arc::clone(&by_url);
-        let entries = Cache::builder()
+        let mut builder = Cache::builder();
+        if let Some(time_to_live) = time_to_live {
+            builder = builder.time_to_live(time_to_live);
+        }
+        let entries = builder
+            // Plain LRU: a response just fetched is kept, never refused
+            // admission the way TinyLFU refuses new keys when full.
+            .eviction_policy(EvictionPolicy::lru())
             .max_capacity(max_bytes)
             .weigher(|key: &String, entry: &MemoryEntry| {
-                let weight = key.len() + entry.url.len() + entry.value.len() + ENTRY_OVERHEAD;
+                let weight = key.len() + entry.url.len() + entry.value.bytes().len() + ENTRY_OVERHEAD;
                 u32::try_from(weight).unwrap_or(u32::MAX)
             })
             .eviction_listener(move |key: Arc<String>, entry: MemoryEntry, cause| {
-                // A replacement re-indexes in `put`; anything else leaves.
+                // A replaced entry's key stays indexed: `put` indexed it again.
                 if cause != RemovalCause::Replaced {
                     unindex(&index, &entry.url, &key);
                 }
             })
-            .build();
+            // Keys are digests (or the user's own): a fast hasher is safe.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self { entries, by_url }
     }
 
@@ -84,7 +101,7 @@ impl MemoryStore {
         self.by_url.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn remove_where(&self, remove: impl Fn(&MemoryEntry) -> bool) -> u64 {
+    fn remove_where(&self, remove: impl Fn(&MemoryEntry) -> bool) -> u64 {
         let doomed: Vec<_> = self
             .entries
             .iter()
@@ -93,7 +110,7 @@ impl MemoryStore {
             .collect();
         let mut removed = 0;
         for key in doomed {
-            removed += u64::from(self.entries.remove(key.as_str()).await.is_some());
+            removed += u64::from(self.entries.remove(key.as_str()).is_some());
         }
         removed
     }
@@ -111,18 +128,16 @@ fn unindex(index: &UrlIndex, url: &str, key: &str) {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.entries.get(key).await.map(|entry| entry.value))
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        Ok(self.entries.get(key).map(|entry| entry.value))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         let key = entry.key;
         let url: Arc<str> = entry.url.into();
-        if let Some(previous) = self.entries.get(&key).await
-            && previous.url != url
-        {
-            unindex(&self.by_url, &previous.url, &key);
-        }
+        // A key filed under another URL before (only possible with a custom
+        // key function) keeps that index entry too: deleting by the old URL
+        // then drops this entry as well, which is safe, and spares a lookup.
         self.index().entry(Arc::clone(&url)).or_default().insert(key.clone());
         let stored = MemoryEntry {
             value: entry.value,
@@ -130,12 +145,12 @@ impl Store for MemoryStore {
             created_at: entry.created_at,
             expires: entry.expires,
         };
-        self.entries.insert(key, stored).await;
+        self.entries.insert(key, stored);
         Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.entries.remove(key).await.is_some())
+        Ok(self.entries.remove(key).is_some())
     }
 
     async fn contains_url(&self, url: &str) -> Result<bool, StoreError> {
@@ -160,30 +175,28 @@ impl Store for MemoryStore {
             .unwrap_or_default();
         let mut removed = 0;
         for key in keys {
-            removed += u64::from(self.entries.remove(&key).await.is_some());
+            removed += u64::from(self.entries.remove(&key).is_some());
         }
         Ok(removed)
     }
 
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
-        Ok(self
-            .remove_where(|entry| entry.expires.is_some_and(|expires| expires <= now))
-            .await)
+        Ok(self.remove_where(|entry| entry.expires.is_some_and(|expires| expires <= now)))
     }
 
     async fn remove_created_before(&self, time: SystemTime) -> Result<u64, StoreError> {
-        Ok(self.remove_where(|entry| entry.created_at < time).await)
+        Ok(self.remove_where(|entry| entry.created_at < time))
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.entries.invalidate_all();
-        self.entries.run_pending_tasks().await;
+        self.entries.run_pending_tasks();
         self.index().clear();
         Ok(())
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
-        self.entries.run_pending_tasks().await;
+        self.entries.run_pending_tasks();
         Ok(self
             .entries
             .iter()
@@ -192,18 +205,18 @@ impl Store for MemoryStore {
                 url: entry.url.to_string(),
                 created_at: entry.created_at,
                 expires: entry.expires,
-                size: entry.value.len() as u64,
+                size: entry.value.bytes().len() as u64,
             })
             .collect())
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         // moka applies evictions lazily; count what the bound leaves.
-        self.entries.run_pending_tasks().await;
+        self.entries.run_pending_tasks();
         let mut stats = StoreStats::default();
         for (_, entry) in self.entries.iter() {
             stats.entries += 1;
-            stats.bytes += entry.value.len() as u64;
+            stats.bytes += entry.value.bytes().len() as u64;
         }
         Ok(stats)
     }

@@ -17,10 +17,14 @@ mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use crate::cache::entry::StoredResponse;
 
 pub use self::memory::MemoryStore;
 #[cfg(feature = "sqlite")]
@@ -60,6 +64,67 @@ pub enum StoreError {
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// An encoded entry, as stores keep it.
+///
+/// Cloning is cheap (the bytes are shared). The cache decodes a value at
+/// most once: a store that hands out clones of the values it holds (like
+/// [`MemoryStore`]) saves the decoding on every later hit.
+#[derive(Clone)]
+pub struct StoredValue {
+    bytes: Bytes,
+    decoded: Arc<OnceLock<Arc<StoredResponse>>>,
+}
+
+impl StoredValue {
+    /// Wraps encoded bytes read from a store.
+    pub fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            decoded: Arc::default(),
+        }
+    }
+
+    /// A value whose decoded form is already known (the cache writing it).
+    pub(crate) fn with_decoded(bytes: Bytes, decoded: Arc<StoredResponse>) -> Self {
+        Self {
+            bytes,
+            decoded: Arc::new(OnceLock::from(decoded)),
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The decoded entry, decoding (and checking) with `decode` only the
+    /// first time; a failed decode is not remembered.
+    pub(crate) fn decoded<E>(
+        &self,
+        decode: impl FnOnce(&Bytes) -> Result<StoredResponse, E>,
+    ) -> Result<Arc<StoredResponse>, E> {
+        if let Some(decoded) = self.decoded.get() {
+            return Ok(Arc::clone(decoded));
+        }
+        let decoded = Arc::new(decode(&self.bytes)?);
+        Ok(Arc::clone(self.decoded.get_or_init(|| decoded)))
+    }
+}
+
+impl fmt::Debug for StoredValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredValue")
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Bytes> for StoredValue {
+    fn from(bytes: Bytes) -> Self {
+        Self::new(bytes)
+    }
+}
+
 /// An encoded entry with the metadata stores index.
 #[derive(Debug, Clone)]
 pub struct StoreEntry {
@@ -72,7 +137,7 @@ pub struct StoreEntry {
     /// When it stops being fresh; `None` means never.
     pub expires: Option<SystemTime>,
     /// The encoded entry.
-    pub value: Bytes,
+    pub value: StoredValue,
 }
 
 /// What listing a store tells about one entry.
@@ -106,7 +171,7 @@ pub struct StoreStats {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The entry stored under `key`.
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError>;
     /// Stores an entry, replacing any under the same key.
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError>;
     /// Removes the entry under `key`; whether there was one.

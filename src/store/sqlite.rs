@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats};
+use super::{EntryInfo, MemoryStore, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 use crate::cache::entry::{from_millis, to_millis};
 
 /// The schema this release writes; older files are migrated on open, newer
@@ -21,6 +21,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle connections kept for reuse.
 const MAX_IDLE_CONNECTIONS: usize = 4;
+
+/// The default in-process tier: its size, and how long it may serve an entry
+/// without looking at the file (so, how long another process's delete or
+/// update may go unseen here).
+const DEFAULT_TIER_BYTES: u64 = 32 * 1024 * 1024;
+const DEFAULT_TIER_TIME_TO_LIVE: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS responses (
@@ -43,7 +49,14 @@ CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 /// tokio's blocking pool, never on the async runtime's threads, so a tokio
 /// runtime must be running when the store is used (opening needs none).
 ///
-/// Cloning is cheap and clones share connections.
+/// Handing work to another thread costs tens of microseconds, far more than
+/// the lookup. So recently used entries are also kept in a small in-process
+/// tier (32 MiB, each entry for at most 1 s by default; see
+/// [`memory_tier`](Self::memory_tier)): writes and deletes made through this
+/// store reach it at once, while another process's delete or update of the
+/// same entry is seen here within that second.
+///
+/// Cloning is cheap and clones share connections and the tier.
 ///
 /// ```no_run
 /// use edgecache::store::SqliteStore;
@@ -54,6 +67,7 @@ CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    tier: Option<MemoryStore>,
 }
 
 struct Inner {
@@ -63,7 +77,10 @@ struct Inner {
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("memory_tier", &self.tier.is_some())
+            .finish()
     }
 }
 
@@ -76,12 +93,29 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         let mut connection = connect(&path)?;
         migrate(&mut connection, &path)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                idle: Mutex::new(vec![connection]),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            path,
+            idle: Mutex::new(vec![connection]),
+        });
+        let tier = Some(MemoryStore::with_time_to_live(
+            DEFAULT_TIER_BYTES,
+            DEFAULT_TIER_TIME_TO_LIVE,
+        ));
+        Ok(Self { inner, tier })
+    }
+
+    /// Sizes the in-process tier: at most `max_bytes`, each entry served from
+    /// it for at most `time_to_live` before the file is read again.
+    pub fn memory_tier(mut self, max_bytes: u64, time_to_live: Duration) -> Self {
+        self.tier = Some(MemoryStore::with_time_to_live(max_bytes, time_to_live));
+        self
+    }
+
+    /// Reads every lookup from the file: other processes' changes are seen
+    /// at once, at the cost of a thread hand-off per lookup.
+    pub fn without_memory_tier(mut self) -> Self {
+        self.tier = None;
+        self
     }
 
     /// The database file.
@@ -169,19 +203,47 @@ fn time(millis: i64) -> SystemTime {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let key = key.to_owned();
-        self.run(move |connection| {
-            connection
-                .prepare_cached("SELECT value FROM responses WHERE key = ?1")?
-                .query_row([key], |row| row.get::<_, Vec<u8>>(0))
-                .optional()
-                .map(|value| value.map(Bytes::from))
-        })
-        .await
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        if let Some(tier) = &self.tier
+            && let Some(value) = tier.get(key).await?
+        {
+            return Ok(Some(value));
+        }
+        let owned_key = key.to_owned();
+        let row = self
+            .run(move |connection| {
+                connection
+                    .prepare_cached("SELECT value, url, created_at, expires_at FROM responses WHERE key = ?1")?
+                    .query_row([owned_key], |row| {
+                        Ok((
+                            row.get::<_, Vec<u8>>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, Option<i64>>(3)?,
+                        ))
+                    })
+                    .optional()
+            })
+            .await?;
+        let Some((bytes, url, created_at, expires_at)) = row else {
+            return Ok(None);
+        };
+        let value = StoredValue::new(Bytes::from(bytes));
+        if let Some(tier) = &self.tier {
+            let entry = StoreEntry {
+                key: key.to_owned(),
+                url,
+                created_at: time(created_at),
+                expires: expires_at.map(time),
+                value: value.clone(),
+            };
+            tier.put(entry).await?;
+        }
+        Ok(Some(value))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
+        let written = entry.clone();
         self.run(move |connection| {
             connection
                 .prepare_cached(
@@ -191,19 +253,26 @@ impl Store for SqliteStore {
                          expires_at = excluded.expires_at, size = excluded.size, value = excluded.value",
                 )?
                 .execute(params![
-                    entry.key,
-                    entry.url,
-                    millis(entry.created_at),
-                    entry.expires.map(millis),
-                    entry.value.len() as i64,
-                    &entry.value[..],
+                    written.key,
+                    written.url,
+                    millis(written.created_at),
+                    written.expires.map(millis),
+                    written.value.bytes().len() as i64,
+                    &written.value.bytes()[..],
                 ])
                 .map(drop)
         })
-        .await
+        .await?;
+        match &self.tier {
+            Some(tier) => tier.put(entry).await,
+            None => Ok(()),
+        }
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove(key).await?;
+        }
         let key = key.to_owned();
         self.run(move |connection| {
             Ok(connection
@@ -225,6 +294,9 @@ impl Store for SqliteStore {
     }
 
     async fn remove_url(&self, url: &str) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove_url(url).await?;
+        }
         let url = url.to_owned();
         self.run(move |connection| {
             Ok(connection
@@ -235,6 +307,9 @@ impl Store for SqliteStore {
     }
 
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove_expired(now).await?;
+        }
         self.run(move |connection| {
             let sql = "DELETE FROM responses WHERE expires_at IS NOT NULL AND expires_at <= ?1";
             Ok(connection.execute(sql, [millis(now)])? as u64)
@@ -243,6 +318,9 @@ impl Store for SqliteStore {
     }
 
     async fn remove_created_before(&self, before: SystemTime) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove_created_before(before).await?;
+        }
         self.run(move |connection| {
             Ok(connection.execute("DELETE FROM responses WHERE created_at < ?1", [millis(before)])? as u64)
         })
@@ -250,6 +328,9 @@ impl Store for SqliteStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.clear().await?;
+        }
         self.run(|connection| connection.execute("DELETE FROM responses", []).map(drop))
             .await
     }
