@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::cache::Engine;
 use crate::cache::key::{DEFAULT_IGNORED_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
+use crate::cache::policy::StaleWindow;
 use crate::cache::policy::{ExpireAfter, Rules};
+use crate::cache::sign::EntrySigner;
+use crate::cache::{Engine, EngineOptions};
 use crate::store::Store;
 use crate::{CacheMiddleware, Error};
 
@@ -39,6 +41,12 @@ pub struct CacheBuilder {
     cache_control: bool,
     x_cache_header: bool,
     max_body_size: usize,
+    secret_key: Option<Vec<u8>>,
+    old_secret_keys: Vec<Vec<u8>>,
+    salt: Vec<u8>,
+    stale_if_error: StaleWindow,
+    stale_while_revalidate: StaleWindow,
+    refresh_client: Option<reqwest::Client>,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -52,6 +60,10 @@ impl fmt::Debug for CacheBuilder {
             .field("match_headers", &self.match_headers)
             .field("cache_control", &self.cache_control)
             .field("max_body_size", &self.max_body_size)
+            // Whether entries are signed, never the keys.
+            .field("signed_entries", &self.secret_key.is_some())
+            .field("stale_if_error", &self.stale_if_error)
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
             .finish_non_exhaustive()
     }
 }
@@ -74,6 +86,12 @@ impl Default for CacheBuilder {
             cache_control: true,
             x_cache_header: true,
             max_body_size: 16 * 1024 * 1024,
+            secret_key: None,
+            old_secret_keys: Vec::new(),
+            salt: Vec::new(),
+            stale_if_error: StaleWindow::Never,
+            stale_while_revalidate: StaleWindow::Never,
+            refresh_client: None,
         }
     }
 }
@@ -180,6 +198,57 @@ impl CacheBuilder {
         self
     }
 
+    /// Signs every stored entry with HMAC-SHA256 under this key. Entries
+    /// whose signature fails, or that carry none, are treated as misses,
+    /// deleted, and reported once each with a `tracing` warning. Default: off.
+    ///
+    /// Use it when the store can be written by anything but this program (a
+    /// shared SQLite file, Redis). The key never appears in `Debug` output.
+    pub fn secret_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.secret_key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// Keys that signed entries before the current [`secret_key`](Self::secret_key):
+    /// their entries still verify, so keys can be rotated without a cold cache.
+    pub fn old_secret_keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.old_secret_keys = keys.into_iter().map(|key| key.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// Mixed into every signature, so one key can serve several caches that
+    /// must not accept each other's entries. Default: empty.
+    pub fn salt(mut self, salt: impl AsRef<[u8]>) -> Self {
+        self.salt = salt.as_ref().to_vec();
+        self
+    }
+
+    /// On a transport error or a `5xx`, answer with the stored entry (marked
+    /// `STALE`) if it is no staler than this; otherwise the error passes
+    /// through unchanged. `true` means however stale. Responses' own
+    /// `stale-if-error=N` is honoured either way. Default: off.
+    pub fn stale_if_error(mut self, window: impl Into<StaleWindow>) -> Self {
+        self.stale_if_error = window.into();
+        self
+    }
+
+    /// Answer with an expired entry at once (marked `STALE`) if it is no
+    /// staler than this, and refresh it in the background, once per key
+    /// however many requests arrive. Responses' own
+    /// `stale-while-revalidate=N` is honoured either way. Default: off.
+    pub fn stale_while_revalidate(mut self, window: impl Into<StaleWindow>) -> Self {
+        self.stale_while_revalidate = window.into();
+        self
+    }
+
+    /// The client that sends background refreshes for reqwest requests (a
+    /// tower stack uses its own inner service). Default: a
+    /// `reqwest::Client` with default settings, made when first needed.
+    pub fn refresh_client(mut self, client: reqwest::Client) -> Self {
+        self.refresh_client = Some(client);
+        self
+    }
+
     /// Checks the configuration, opens the default store if none was given,
     /// and builds the cache.
     pub fn build(self) -> Result<CacheMiddleware, Error> {
@@ -201,9 +270,23 @@ impl CacheBuilder {
             Some(store) => store,
             None => default_store()?,
         };
-        let engine = Engine::new(store, keys, rules, self.x_cache_header, self.max_body_size);
+        let options = EngineOptions {
+            x_cache_header: self.x_cache_header,
+            max_body_size: self.max_body_size,
+            signer: self
+                .secret_key
+                .map(|key| EntrySigner::new(&key, &self.old_secret_keys, &self.salt)),
+            stale_if_error: self.stale_if_error,
+            stale_while_revalidate: self.stale_while_revalidate,
+        };
+        let engine = Engine::new(store, keys, rules, options);
+        let refresh_client = Arc::new(std::sync::OnceLock::new());
+        if let Some(client) = self.refresh_client {
+            let _ = refresh_client.set(client);
+        }
         Ok(CacheMiddleware {
             engine: Arc::new(engine),
+            refresh_client,
         })
     }
 }

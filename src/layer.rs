@@ -132,6 +132,25 @@ where
             };
             match plan {
                 Plan::Respond(response) => Ok(response.map(CacheBody::full)),
+                Plan::RespondAndRefresh(response, fetch) => {
+                    // The ready inner service sends the refresh; the caller has its answer.
+                    for (name, value) in fetch.conditional_headers() {
+                        parts.headers.insert(name, value.clone());
+                    }
+                    let refresh = inner.call(http::Request::from_parts(parts, body));
+                    tokio::spawn(async move {
+                        let refreshed: Result<_, BoxError> = refresh.await.map_err(Into::into);
+                        match refreshed {
+                            Ok(response) => {
+                                if let Err(error) = engine.finish(fetch, response).await {
+                                    tracing::debug!(error = %error.into(), "background refresh failed reading the body");
+                                }
+                            }
+                            Err(error) => tracing::debug!(%error, "background refresh failed"),
+                        }
+                    });
+                    Ok(response.map(CacheBody::full))
+                }
                 Plan::Pass(pass) => {
                     let response = inner
                         .call(http::Request::from_parts(parts, body))
@@ -150,10 +169,15 @@ where
                     for (name, value) in fetch.conditional_headers() {
                         parts.headers.insert(name, value.clone());
                     }
-                    let response = inner
-                        .call(http::Request::from_parts(parts, body))
-                        .await
-                        .map_err(Into::into)?;
+                    let response = match inner.call(http::Request::from_parts(parts, body)).await {
+                        Ok(response) => response,
+                        Err(error) => {
+                            return match engine.fetch_failed(&fetch) {
+                                Some(stale) => Ok(stale.map(CacheBody::full)),
+                                None => Err(error.into()),
+                            };
+                        }
+                    };
                     engine.finish(fetch, response).await.map_err(Into::into)
                 }
             }

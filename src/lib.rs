@@ -60,8 +60,23 @@
 //!   extensions. Every response carries a [`CacheInfo`] extension and an
 //!   `x-cache` header (`HIT`, `MISS`, `REVALIDATED`, `STALE`).
 //!
-//! A cache never makes a request fail: when its store fails, it logs one
-//! warning and lets requests through to the origin until the store recovers.
+//! # Under load and faults
+//!
+//! * **Coalescing**: concurrent requests for one key make one trip to the
+//!   origin; the others get its response. Different keys never wait on each
+//!   other.
+//! * **Stale answers**: [`CacheBuilder::stale_if_error`] serves a stored
+//!   entry (marked `STALE`) when the origin fails or answers `5xx`;
+//!   [`CacheBuilder::stale_while_revalidate`] serves it at once and refreshes
+//!   it in the background, once per key. The responses' own
+//!   `stale-if-error=N` / `stale-while-revalidate=N` are honoured too.
+//! * **Bounds**: bodies over [`CacheBuilder::max_body_size`] stream through
+//!   unbuffered and unstored; [`store::MemoryStore`] is bounded in bytes.
+//! * **Signed entries**: with [`CacheBuilder::secret_key`], entries carry an
+//!   HMAC-SHA256; tampered or unsigned ones are refused and deleted.
+//! * **Failing stores**: a cache never makes a request fail. When its store
+//!   fails, it logs one warning and lets requests through to the origin until
+//!   the store recovers.
 //!
 //! # Features
 //!
@@ -85,7 +100,7 @@ pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;
 pub use cache::key::{CacheKey, DEFAULT_IGNORED_PARAMETERS, MatchHeaders, RequestHead};
 pub use cache::mode::{CacheInfo, CacheMode, CacheStatus};
-pub use cache::policy::{ExpireAfter, ParseExpireAfterError};
+pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use error::Error;
 pub use layer::{BoxError, CacheService};
 pub use middleware::CacheMiddleware;

@@ -1,7 +1,7 @@
 //! The reqwest adapter: [`CacheMiddleware`] as a `reqwest-middleware` middleware.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use http::Extensions;
@@ -40,6 +40,8 @@ use crate::cache::{Engine, Plan};
 #[derive(Clone)]
 pub struct CacheMiddleware {
     pub(crate) engine: Arc<Engine>,
+    /// Sends background refreshes of reqwest requests.
+    pub(crate) refresh_client: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl fmt::Debug for CacheMiddleware {
@@ -75,6 +77,10 @@ impl Middleware for CacheMiddleware {
             .await;
         match plan {
             Plan::Respond(response) => Ok(into_reqwest(response.map(reqwest::Body::from), request.url())),
+            Plan::RespondAndRefresh(response, fetch) => {
+                self.refresh_in_background(&request, fetch);
+                Ok(into_reqwest(response.map(reqwest::Body::from), request.url()))
+            }
             Plan::Pass(pass) => {
                 let mut response = next.run(request, extensions).await?;
                 let info = engine.after_pass(pass, response.status()).await;
@@ -87,11 +93,44 @@ impl Middleware for CacheMiddleware {
                     request.headers_mut().insert(name, value.clone());
                 }
                 let url = request.url().clone();
-                let response: http::Response<reqwest::Body> = next.run(request, extensions).await?.into();
+                let response: http::Response<reqwest::Body> = match next.run(request, extensions).await {
+                    Ok(response) => response.into(),
+                    Err(error) => {
+                        return match engine.fetch_failed(&fetch) {
+                            Some(stale) => Ok(into_reqwest(stale.map(reqwest::Body::from), &url)),
+                            None => Err(error),
+                        };
+                    }
+                };
                 let response = engine.finish(fetch, response).await?;
                 Ok(into_reqwest(response.map(into_reqwest_body), &url))
             }
         }
+    }
+}
+
+impl CacheMiddleware {
+    /// Sends a copy of `request` (with the refresh's conditional headers) on
+    /// the refresh client, and stores what comes back.
+    fn refresh_in_background(&self, request: &reqwest::Request, fetch: Box<crate::cache::Fetch>) {
+        let Some(mut refresh) = request.try_clone() else {
+            return;
+        };
+        for (name, value) in fetch.conditional_headers() {
+            refresh.headers_mut().insert(name, value.clone());
+        }
+        let client = self.refresh_client.get_or_init(reqwest::Client::new).clone();
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            match client.execute(refresh).await {
+                Ok(response) => {
+                    if let Err(error) = engine.finish(fetch, response.into()).await {
+                        tracing::debug!(%error, "background refresh failed reading the body");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "background refresh failed"),
+            }
+        });
     }
 }
 

@@ -1,9 +1,10 @@
 //! A stored response and its on-store encoding.
 //!
-//! The encoding is ours and versioned: a 4-byte magic, a format version, the
-//! length of the metadata, the metadata (serde, `postcard`), then the body as
-//! raw bytes. Decoding validates every length and never executes anything, so
-//! a tampered store yields an error, never code or a panic.
+//! The encoding is ours and versioned: a 4-byte magic, a format version, a
+//! flags byte, the length of the metadata, the metadata (serde, `postcard`),
+//! the body as raw bytes, and, for signed entries, an HMAC-SHA256 tag over
+//! all that precedes it. Decoding validates every length and never executes
+//! anything, so a tampered store yields an error, never code or a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,9 +12,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::sign::{EntrySigner, TAG_LEN};
+
 const MAGIC: &[u8; 4] = b"edgc";
 const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = MAGIC.len() + 1 + 4;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 1 + 4;
+/// Flag: the entry ends with a signature tag.
+const SIGNED: u8 = 1;
 
 /// A response as the cache keeps it.
 #[derive(Debug, Clone)]
@@ -63,6 +68,12 @@ pub enum DecodeError {
     /// A header, status or method in the metadata is invalid.
     #[error("corrupt cache entry: invalid {0}")]
     Invalid(&'static str),
+    /// Entries must be signed, and this one is not.
+    #[error("unsigned cache entry (entries must be signed)")]
+    Unsigned,
+    /// The signature does not match the entry under any configured key.
+    #[error("cache entry signature does not match (tampered, or signed with an unknown key)")]
+    BadSignature,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -90,8 +101,8 @@ pub(crate) fn from_millis(millis: u64) -> SystemTime {
 }
 
 impl StoredResponse {
-    /// Encodes the entry for a store.
-    pub fn encode(&self) -> Bytes {
+    /// Encodes the entry for a store, signed when a signer is given.
+    pub(crate) fn encode(&self, signer: Option<&EntrySigner>) -> Bytes {
         let metadata = Metadata {
             status: self.status.as_u16(),
             method: self.method.as_str(),
@@ -108,17 +119,30 @@ impl StoredResponse {
         };
         // Serializing plain strings, integers and byte slices cannot fail.
         let metadata = postcard::to_stdvec(&metadata).unwrap_or_default();
-        let mut out = BytesMut::with_capacity(HEADER_LEN + metadata.len() + self.body.len());
+        let mut out = BytesMut::with_capacity(HEADER_LEN + metadata.len() + self.body.len() + TAG_LEN);
         out.put_slice(MAGIC);
         out.put_u8(FORMAT_VERSION);
+        out.put_u8(if signer.is_some() { SIGNED } else { 0 });
         out.put_u32_le(metadata.len() as u32);
         out.put_slice(&metadata);
         out.put_slice(&self.body);
+        if let Some(signer) = signer {
+            let tag = signer.tag(&out);
+            out.put_slice(&tag);
+        }
         out.freeze()
     }
 
-    /// Decodes an entry; the body shares `bytes`' buffer (no copy).
+    /// Decodes an entry, without checking any signature; the body shares
+    /// `bytes`' buffer (no copy). Any input gives a value or an error, never
+    /// a panic.
     pub fn decode(bytes: &Bytes) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, None)
+    }
+
+    /// Decodes an entry; with a signer, only entries signed under one of its
+    /// keys decode.
+    pub(crate) fn decode_with(bytes: &Bytes, signer: Option<&EntrySigner>) -> Result<Self, DecodeError> {
         let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
         if &header[..4] != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -126,7 +150,21 @@ impl StoredResponse {
         if header[4] != FORMAT_VERSION {
             return Err(DecodeError::UnsupportedVersion(header[4]));
         }
-        let metadata_len = u32::from_le_bytes([header[5], header[6], header[7], header[8]]) as usize;
+        let signed = header[5] & SIGNED != 0;
+        let bytes = &if signed {
+            let payload_len = bytes.len().checked_sub(TAG_LEN).ok_or(DecodeError::Truncated)?;
+            if let Some(signer) = signer
+                && !signer.verify(&bytes[..payload_len], &bytes[payload_len..])
+            {
+                return Err(DecodeError::BadSignature);
+            }
+            bytes.slice(..payload_len)
+        } else if signer.is_some() {
+            return Err(DecodeError::Unsigned);
+        } else {
+            bytes.clone()
+        };
+        let metadata_len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
         let body_start = HEADER_LEN.checked_add(metadata_len).ok_or(DecodeError::Truncated)?;
         let metadata = bytes.get(HEADER_LEN..body_start).ok_or(DecodeError::Truncated)?;
         let metadata: Metadata<'_> = postcard::from_bytes(metadata)?;
@@ -178,7 +216,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let entry = sample();
-        let decoded = StoredResponse::decode(&entry.encode()).expect("decodes");
+        let decoded = StoredResponse::decode_with(&entry.encode(None), None).expect("decodes");
         assert_eq!(decoded.status, entry.status);
         assert_eq!(decoded.headers, entry.headers);
         assert_eq!(decoded.body, entry.body);
@@ -191,23 +229,59 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bit_flip_is_an_error_or_a_value_never_a_panic() {
-        let encoded = sample().encode();
+        let signer = EntrySigner::new(b"secret", &[], b"salt");
+        let encoded = sample().encode(None);
+        let signed = sample().encode(Some(&signer));
         for len in 0..encoded.len() {
-            let _ = StoredResponse::decode(&encoded.slice(..len));
+            let _ = StoredResponse::decode_with(&encoded.slice(..len), None);
         }
         for index in 0..encoded.len() {
             for bit in 0..8 {
                 let mut bytes = encoded.to_vec();
                 bytes[index] ^= 1 << bit;
-                let _ = StoredResponse::decode(&Bytes::from(bytes));
+                let _ = StoredResponse::decode_with(&Bytes::from(bytes), None);
             }
         }
+        // Signed: every flipped bit is caught (flipping the flag makes it unsigned).
+        for index in 0..signed.len() {
+            for bit in 0..8 {
+                let mut bytes = signed.to_vec();
+                bytes[index] ^= 1 << bit;
+                let decoded = StoredResponse::decode_with(&Bytes::from(bytes), Some(&signer));
+                assert!(decoded.is_err(), "byte {index} bit {bit}");
+            }
+        }
+        assert!(StoredResponse::decode_with(&signed, Some(&signer)).is_ok());
         assert!(matches!(
-            StoredResponse::decode(&Bytes::from_static(b"edgc")),
+            StoredResponse::decode_with(&encoded, Some(&signer)),
+            Err(DecodeError::Unsigned)
+        ));
+        let other = EntrySigner::new(b"other", &[], b"salt");
+        assert!(matches!(
+            StoredResponse::decode_with(&signed, Some(&other)),
+            Err(DecodeError::BadSignature)
+        ));
+        let other_salt = EntrySigner::new(b"secret", &[], b"pepper");
+        assert!(matches!(
+            StoredResponse::decode_with(&signed, Some(&other_salt)),
+            Err(DecodeError::BadSignature)
+        ));
+        let rotated = EntrySigner::new(b"new", &[b"secret".to_vec()], b"salt");
+        assert!(
+            StoredResponse::decode_with(&signed, Some(&rotated)).is_ok(),
+            "older keys still verify"
+        );
+        assert!(
+            StoredResponse::decode_with(&signed, None).is_ok(),
+            "without a signer the tag is ignored"
+        );
+        assert!(matches!(
+            StoredResponse::decode_with(&Bytes::from_static(b"edgc"), None),
             Err(DecodeError::Truncated)
         ));
+        let junk = Bytes::from_static(b"junkjunkjunk");
         assert!(matches!(
-            StoredResponse::decode(&Bytes::from_static(b"junkjunkjunk")),
+            StoredResponse::decode_with(&junk, None),
             Err(DecodeError::BadMagic)
         ));
     }

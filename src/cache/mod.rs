@@ -8,10 +8,12 @@
 //! [`CacheService`](crate::CacheService) for tower) only convert types.
 
 pub(crate) mod body;
+mod coalesce;
 pub mod entry;
 pub mod key;
 pub(crate) mod mode;
 pub mod policy;
+pub(crate) mod sign;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,10 +25,12 @@ use http_body::Body;
 use url::Url;
 
 use self::body::{CacheBody, Collected, collect_limited};
+use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::entry::StoredResponse;
 use self::key::{CacheKey, KeyRules, RequestHead};
 use self::mode::{CacheInfo, CacheMode, CacheStatus};
-use self::policy::{ExpireAfter, Lifetime, Rules, has_directive, has_validator};
+use self::policy::{ExpireAfter, Lifetime, Rules, StaleWindow, has_directive, has_validator};
+use self::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
 const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
@@ -64,11 +68,20 @@ pub(crate) struct Engine {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: KeyRules,
     pub(crate) rules: Rules,
-    pub(crate) x_cache_header: bool,
-    pub(crate) max_body_size: usize,
+    options: EngineOptions,
+    inflight: Arc<Inflight>,
     /// Set while the store is failing, so a broken store logs one warning,
     /// not one per request.
     store_failing: AtomicBool,
+}
+
+/// How the engine answers, beyond what to store.
+pub(crate) struct EngineOptions {
+    pub(crate) x_cache_header: bool,
+    pub(crate) max_body_size: usize,
+    pub(crate) signer: Option<EntrySigner>,
+    pub(crate) stale_if_error: StaleWindow,
+    pub(crate) stale_while_revalidate: StaleWindow,
 }
 
 /// What an adapter does with a request.
@@ -77,6 +90,9 @@ pub(crate) enum Plan {
     Pass(Pass),
     /// Answer with this response without touching the network.
     Respond(http::Response<Bytes>),
+    /// Answer with this (stale) response now, and send the [`Fetch`] in the
+    /// background, handing its response to [`Engine::finish`].
+    RespondAndRefresh(http::Response<Bytes>, Box<Fetch>),
     /// Send it, with [`Fetch::conditional_headers`] added, and hand the
     /// response to [`Engine::finish`].
     Fetch(Box<Fetch>),
@@ -96,6 +112,8 @@ pub(crate) struct Fetch {
     configured: ExpireAfter,
     stale: Option<Arc<StoredResponse>>,
     conditional: HeaderMap,
+    /// Set when this request fetches on behalf of concurrent ones.
+    leader: Option<Leader>,
 }
 
 impl Fetch {
@@ -106,19 +124,13 @@ impl Fetch {
 }
 
 impl Engine {
-    pub(crate) fn new(
-        store: Arc<dyn Store>,
-        keys: KeyRules,
-        rules: Rules,
-        x_cache_header: bool,
-        max_body_size: usize,
-    ) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, keys: KeyRules, rules: Rules, options: EngineOptions) -> Self {
         Self {
             store,
             keys,
             rules,
-            x_cache_header,
-            max_body_size,
+            options,
+            inflight: Arc::default(),
             store_failing: AtomicBool::new(false),
         }
     }
@@ -192,26 +204,81 @@ impl Engine {
             (Some(entry), CacheMode::Default) if !entry.is_expired(now) => {
                 Plan::Respond(self.response_from(&entry, key, CacheStatus::Hit, now))
             }
-            (stale, _) => {
-                let conditional = stale.as_deref().map(conditional_headers).unwrap_or_default();
-                let mut request = http::Request::new(());
-                *request.method_mut() = method.clone();
-                *request.uri_mut() = url.as_str().parse().unwrap_or_default();
-                *request.headers_mut() = headers.clone();
-                let (request, ()) = request.into_parts();
-                let configured = self
-                    .rules
-                    .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
-                Plan::Fetch(Box::new(Fetch {
-                    key,
-                    url: self.keys.normalize_url(url),
-                    request,
-                    configured,
-                    stale,
-                    conditional,
-                }))
+            (stale, mode) => {
+                let fetch = |key, stale, leader| {
+                    let conditional = Option::as_deref(&stale).map(conditional_headers).unwrap_or_default();
+                    let mut request = http::Request::new(());
+                    *request.method_mut() = method.clone();
+                    *request.uri_mut() = url.as_str().parse().unwrap_or_default();
+                    *request.headers_mut() = headers.clone();
+                    let (request, ()) = request.into_parts();
+                    let configured = self
+                        .rules
+                        .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
+                    let url = self.keys.normalize_url(url);
+                    Box::new(Fetch {
+                        key,
+                        url,
+                        request,
+                        configured,
+                        stale,
+                        conditional,
+                        leader,
+                    })
+                };
+                // Stale, but allowed to serve while a background refresh runs
+                // (one refresh per key, however many callers).
+                if mode == CacheMode::Default
+                    && let Some(entry) = &stale
+                    && self.may_serve_stale(
+                        entry,
+                        now,
+                        self.options.stale_while_revalidate,
+                        "stale-while-revalidate",
+                    )
+                {
+                    let response = self.response_from(entry, key.clone(), CacheStatus::Stale, now);
+                    return match self.inflight.join(&key) {
+                        Turn::Lead(leader) => Plan::RespondAndRefresh(response, fetch(key, stale, Some(leader))),
+                        Turn::Follow(_) => Plan::Respond(response),
+                    };
+                }
+                let leader = match mode {
+                    CacheMode::ForceRefresh => None,
+                    _ => match self.inflight.join(&key) {
+                        Turn::Lead(leader) => Some(leader),
+                        Turn::Follow(flight) => {
+                            if let Some(entry) = follow(flight).await
+                                && matches_vary(&entry, headers)
+                            {
+                                let now = SystemTime::now();
+                                return Plan::Respond(self.response_from(&entry, key, CacheStatus::Hit, now));
+                            }
+                            // The leader had nothing to share: fetch alone.
+                            None
+                        }
+                    },
+                };
+                Plan::Fetch(fetch(key, stale, leader))
             }
         }
+    }
+
+    /// A stale answer when sending a [`Fetch`] failed, if `stale_if_error`
+    /// (or the entry's own directive) allows one; `None` lets the error through.
+    pub(crate) fn fetch_failed(&self, fetch: &Fetch) -> Option<http::Response<Bytes>> {
+        let now = SystemTime::now();
+        let stale = fetch.stale.as_ref()?;
+        self.may_serve_stale(stale, now, self.options.stale_if_error, "stale-if-error")
+            .then(|| self.response_from(stale, fetch.key.clone(), CacheStatus::Stale, now))
+    }
+
+    fn may_serve_stale(&self, entry: &StoredResponse, now: SystemTime, window: StaleWindow, directive: &str) -> bool {
+        let staleness = entry
+            .expires
+            .and_then(|expires| now.duration_since(expires).ok())
+            .unwrap_or_default();
+        window.allows(staleness, &entry.headers, directive)
     }
 
     /// Invalidates the URL after a successful unsafe request the cache let
@@ -232,34 +299,38 @@ impl Engine {
     /// too large to keep.
     pub(crate) async fn finish<B>(
         &self,
-        fetch: Box<Fetch>,
+        mut fetch: Box<Fetch>,
         response: http::Response<B>,
     ) -> Result<http::Response<CacheBody<B>>, B::Error>
     where
         B: Body<Data = Bytes> + Unpin,
     {
+        if response.status().is_server_error()
+            && let Some(stale) = self.fetch_failed(&fetch)
+        {
+            return Ok(stale.map(CacheBody::full));
+        }
+        let now = SystemTime::now();
+        if response.status() == StatusCode::NOT_MODIFIED
+            && let Some(stale) = fetch.stale.take()
+        {
+            let response = self.revalidated(*fetch, stale, response.headers(), now).await;
+            return Ok(response.map(CacheBody::full));
+        }
         let Fetch {
             key,
             url,
             request,
             configured,
-            mut stale,
+            stale,
+            leader,
             ..
         } = *fetch;
         let (mut parts, body) = response.into_parts();
-        let now = SystemTime::now();
-
-        if parts.status == StatusCode::NOT_MODIFIED
-            && let Some(stale) = stale.take()
-        {
-            let response = self
-                .revalidated(key, &request, configured, stale, &parts.headers, now)
-                .await;
-            return Ok(response.map(CacheBody::full));
-        }
 
         let lifetime = self.rules.lifetime(&request, &parts, configured, now);
-        let too_large = content_length(&parts.headers).is_some_and(|length| length > self.max_body_size as u64);
+        let max_body_size = self.options.max_body_size;
+        let too_large = content_length(&parts.headers).is_some_and(|length| length > max_body_size as u64);
         let expires = match lifetime {
             Lifetime::Until(expires) if !too_large => expires,
             _ => {
@@ -276,7 +347,7 @@ impl Engine {
             }
         };
 
-        let body = match collect_limited(body, self.max_body_size).await? {
+        let body = match collect_limited(body, max_body_size).await? {
             Collected::Complete(body) => body,
             Collected::TooLarge(body) => {
                 self.annotate(&mut parts.headers, &mut parts.extensions, miss(Some(key), None));
@@ -300,7 +371,12 @@ impl Engine {
             vary_digest,
         };
         let info = miss(Some(key.clone()), Some(&entry));
-        self.save(&key, Arc::new(entry)).await;
+        tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
+        let entry = Arc::new(entry);
+        self.save(&key, Arc::clone(&entry)).await;
+        if let Some(leader) = leader {
+            leader.share(entry);
+        }
         self.annotate(&mut parts.headers, &mut parts.extensions, info);
         Ok(http::Response::from_parts(parts, CacheBody::full(body)))
     }
@@ -309,13 +385,18 @@ impl Engine {
     /// updated from the 304, and a refreshed expiry.
     async fn revalidated(
         &self,
-        key: CacheKey,
-        request: &http::request::Parts,
-        configured: ExpireAfter,
+        fetch: Fetch,
         stale: Arc<StoredResponse>,
         not_modified: &HeaderMap,
         now: SystemTime,
     ) -> http::Response<Bytes> {
+        let Fetch {
+            key,
+            request,
+            configured,
+            leader,
+            ..
+        } = fetch;
         let mut entry = Arc::unwrap_or_clone(stale);
         for (name, value) in not_modified {
             if !KEPT_ON_REVALIDATION.contains(name) && !HOP_BY_HOP.contains(name) {
@@ -326,13 +407,17 @@ impl Engine {
         *merged.status_mut() = entry.status;
         *merged.headers_mut() = entry.headers.clone();
         let (merged, ()) = merged.into_parts();
-        match self.rules.lifetime(request, &merged, configured, now) {
+        match self.rules.lifetime(&request, &merged, configured, now) {
             Lifetime::Until(expires) => {
                 entry.created_at = now;
                 entry.expires = expires;
                 let entry = Arc::new(entry);
                 self.save(&key, Arc::clone(&entry)).await;
-                self.response_from(&entry, key, CacheStatus::Revalidated, now)
+                let response = self.response_from(&entry, key, CacheStatus::Revalidated, now);
+                if let Some(leader) = leader {
+                    leader.share(entry);
+                }
+                response
             }
             Lifetime::DoNotStore => {
                 let removed = self.store.remove(key.as_str()).await;
@@ -346,7 +431,7 @@ impl Engine {
     /// as misses: the cache steps aside rather than failing the request.
     async fn load(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<Arc<StoredResponse>> {
         let value = self.note_store_result(self.store.get(key.as_str()).await, "read")??;
-        let entry = match value.decoded(StoredResponse::decode) {
+        let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
             Ok(entry) => entry,
             Err(error) => {
                 tracing::warn!(key = %key, %error, "dropping undecodable cache entry");
@@ -355,9 +440,7 @@ impl Engine {
                 return None;
             }
         };
-        let matches_vary = entry.vary_names.is_empty()
-            || KeyRules::vary_digest(&entry.vary_names, request_headers) == entry.vary_digest;
-        matches_vary.then_some(entry)
+        matches_vary(&entry, request_headers).then_some(entry)
     }
 
     async fn save(&self, key: &CacheKey, entry: Arc<StoredResponse>) {
@@ -366,7 +449,7 @@ impl Engine {
             url: entry.url.clone(),
             created_at: entry.created_at,
             expires: entry.expires,
-            value: StoredValue::with_decoded(entry.encode(), Arc::clone(&entry)),
+            value: StoredValue::with_decoded(entry.encode(self.options.signer.as_ref()), Arc::clone(&entry)),
         };
         let saved = self.store.put(record).await;
         self.note_store_result(saved, "write");
@@ -417,7 +500,7 @@ impl Engine {
 
     /// Sets the `x-cache` header, unless turned off.
     pub(crate) fn mark(&self, headers: &mut HeaderMap, info: &CacheInfo) {
-        if self.x_cache_header {
+        if self.options.x_cache_header {
             headers.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
         }
     }
@@ -426,6 +509,12 @@ impl Engine {
         self.mark(headers, &info);
         extensions.insert(info);
     }
+}
+
+/// Whether a stored entry answers a request with these headers, given the
+/// response's `Vary`.
+fn matches_vary(entry: &StoredResponse, request_headers: &HeaderMap) -> bool {
+    entry.vary_names.is_empty() || KeyRules::vary_digest(&entry.vary_names, request_headers) == entry.vary_digest
 }
 
 fn miss(cache_key: Option<CacheKey>, stored: Option<&StoredResponse>) -> CacheInfo {

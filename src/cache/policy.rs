@@ -108,6 +108,75 @@ impl fmt::Display for ExpireAfter {
     }
 }
 
+/// How stale an entry may be and still be served: for `stale_if_error` (the
+/// origin failed) and `stale_while_revalidate` (refresh in the background).
+///
+/// `Never` still honours the response's own `stale-if-error=N` /
+/// `stale-while-revalidate=N` directives (RFC 5861).
+///
+/// ```
+/// use std::time::Duration;
+/// use edgecache::StaleWindow;
+///
+/// assert_eq!(StaleWindow::from(true), StaleWindow::Always);
+/// assert_eq!(StaleWindow::from(Duration::from_secs(60)), StaleWindow::Within(Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StaleWindow {
+    /// Only as the response's directive allows (the default).
+    #[default]
+    Never,
+    /// However stale.
+    Always,
+    /// Up to this long past expiry.
+    Within(Duration),
+}
+
+impl From<bool> for StaleWindow {
+    fn from(enabled: bool) -> Self {
+        if enabled {
+            StaleWindow::Always
+        } else {
+            StaleWindow::Never
+        }
+    }
+}
+
+impl From<Duration> for StaleWindow {
+    fn from(duration: Duration) -> Self {
+        StaleWindow::Within(duration)
+    }
+}
+
+impl StaleWindow {
+    /// Whether an entry `staleness` past its expiry may be served, given the
+    /// stored response's headers (for the `directive=N` form).
+    pub(crate) fn allows(self, staleness: Duration, headers: &HeaderMap, directive: &str) -> bool {
+        match self {
+            StaleWindow::Always => true,
+            StaleWindow::Within(max) => staleness <= max,
+            StaleWindow::Never => {
+                directive_seconds(headers, directive).is_some_and(|max| staleness <= Duration::from_secs(max))
+            }
+        }
+    }
+}
+
+/// The value of a `Cache-Control` directive of the form `name=N`.
+fn directive_seconds(headers: &HeaderMap, directive: &str) -> Option<u64> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|part| {
+            let (name, value) = part.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case(directive)
+                .then(|| value.trim().trim_matches('"').parse().ok())?
+        })
+}
+
 /// What storing a response comes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lifetime {

@@ -2,7 +2,9 @@
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -21,11 +23,13 @@ pub struct Seen {
 }
 
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Seen>>>);
+struct Log(Arc<Mutex<Vec<Seen>>>, Arc<AtomicBool>);
 
 pub struct Origin {
     pub address: SocketAddr,
     log: Log,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
@@ -41,6 +45,12 @@ impl Origin {
     /// - `/status/N`: status N
     /// - `/vary`: `Vary: Accept-Language`, echoes it
     /// - `/large/N`: N bytes, streamed in 8 KiB chunks without a length
+    /// - `/slow/N`: after N ms, `max-age=60`
+    /// - `/stale`: `ETag`, `max-age=0` (stored already stale); with
+    ///   `?directive` also `stale-if-error=600`
+    /// - `/refreshes` and `/refreshes-slowly`: `ETag`, `max-age=0` the first
+    ///   time, `max-age=60` after (the latter after 300 ms)
+    /// - anything, while [`Origin::fail`] is on: `500`
     /// - anything else: 200 without caching headers
     ///
     /// Every body is `METHOD PATH #COUNT`, where COUNT counts the requests
@@ -50,8 +60,35 @@ impl Origin {
         let app = Router::new().fallback(answer).with_state(log.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let address = listener.local_addr().expect("origin address");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Origin { address, log }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Origin {
+            address,
+            log,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Answers `500` to everything while on.
+    pub fn fail(&self, failing: bool) {
+        self.log.1.store(failing, Ordering::SeqCst);
+    }
+
+    /// Stops listening and closes connections: requests then fail to connect.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -93,6 +130,12 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
         log.iter().filter(|seen| seen.path == path).count()
     };
     let body = format!("{method} {path} #{count}");
+    if log.1.load(Ordering::SeqCst) {
+        return Response::builder()
+            .status(500)
+            .body(Body::from("origin failure"))
+            .expect("response");
+    }
     let mut response = Response::builder();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or("");
@@ -123,6 +166,30 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                     .body(Body::empty())
                     .expect("response");
             }
+        }
+        ["slow", millis] => {
+            tokio::time::sleep(Duration::from_millis(millis.parse().expect("millis in path"))).await;
+            response = response.header("cache-control", "max-age=60");
+        }
+        ["stale"] => {
+            let directive = request.uri().query() == Some("directive");
+            let cache_control = if directive {
+                "max-age=0, stale-if-error=600"
+            } else {
+                "max-age=0"
+            };
+            response = response
+                .header("etag", format!("\"s{count}\""))
+                .header("cache-control", cache_control);
+        }
+        ["refreshes"] | ["refreshes-slowly"] => {
+            if count > 1 && segments[0] == "refreshes-slowly" {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let cache_control = if count == 1 { "max-age=0" } else { "max-age=60" };
+            response = response
+                .header("etag", format!("\"r{count}\""))
+                .header("cache-control", cache_control);
         }
         ["status", code] => {
             response = response.status(code.parse::<u16>().expect("status code in path"));
