@@ -66,6 +66,7 @@ impl MemoryStore {
     }
 
     /// A store whose entries also leave `time_to_live` after they are written.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn with_time_to_live(max_bytes: u64, time_to_live: Duration) -> Self {
         Self::build(max_bytes, Some(time_to_live))
     }
