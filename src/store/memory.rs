@@ -3,17 +3,19 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
+use quick_cache::{Lifecycle, Weighter};
 
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 
 /// Bytes an entry costs beyond its key, URL and value (bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
+
+/// A rough entry size, to size the table up front.
+const TYPICAL_ENTRY: u64 = 4096;
 
 #[derive(Clone)]
 struct MemoryEntry {
@@ -21,13 +23,40 @@ struct MemoryEntry {
     url: Arc<str>,
     created_at: SystemTime,
     expires: Option<SystemTime>,
+    /// When this store stops serving the entry, if it has a time-to-live.
+    leaves_at: Option<Instant>,
 }
 
 /// Keys stored per URL, so invalidating a URL needs no scan.
 type UrlIndex = Arc<Mutex<HashMap<Arc<str>, HashSet<String>>>>;
 
-/// Keeps entries in this process's memory, up to a total size in bytes;
-/// least recently used entries are evicted first (via `moka`).
+/// Weighs an entry by the bytes it holds.
+#[derive(Clone)]
+struct EntryBytes;
+
+impl Weighter<String, MemoryEntry> for EntryBytes {
+    fn weight(&self, key: &String, entry: &MemoryEntry) -> u64 {
+        (key.len() + entry.url.len() + entry.value.bytes().len() + ENTRY_OVERHEAD) as u64
+    }
+}
+
+/// Keeps the URL index in step with evictions.
+#[derive(Clone)]
+struct Unindex(UrlIndex);
+
+impl Lifecycle<String, MemoryEntry> for Unindex {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), key: String, entry: MemoryEntry) {
+        unindex(&self.0, &entry.url, &key);
+    }
+}
+
+/// Keeps entries in this process's memory, up to a total size in bytes.
+///
+/// Eviction (via `quick_cache`, S3-FIFO) favours entries that are used
+/// again: one-off responses leave first, popular ones stay. A new entry is
+/// always admitted.
 ///
 /// Cloning is cheap and clones share the same entries.
 ///
@@ -38,15 +67,17 @@ type UrlIndex = Arc<Mutex<HashMap<Arc<str>, HashSet<String>>>>;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Cache<String, MemoryEntry, foldhash::fast::RandomState>,
+    entries: Arc<Cache<String, MemoryEntry, EntryBytes, foldhash::fast::RandomState, Unindex>>,
     by_url: UrlIndex,
+    time_to_live: Option<Duration>,
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.entries.entry_count())
-            .field("max_bytes", &self.entries.policy().max_capacity())
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.entries.weight())
+            .field("max_bytes", &self.entries.capacity())
             .finish()
     }
 }
@@ -73,47 +104,44 @@ impl MemoryStore {
 
     fn build(max_bytes: u64, time_to_live: Option<Duration>) -> Self {
         let by_url: UrlIndex = Arc::default();
-        let index = Arc::clone(&by_url);
-        let mut builder = Cache::builder();
-        if let Some(time_to_live) = time_to_live {
-            builder = builder.time_to_live(time_to_live);
-        }
-        let entries = builder
-            // Plain LRU: a response just fetched is kept, never refused
-            // admission the way TinyLFU refuses new keys when full.
-            .eviction_policy(EvictionPolicy::lru())
-            .max_capacity(max_bytes)
-            .weigher(|key: &String, entry: &MemoryEntry| {
-                let weight = key.len() + entry.url.len() + entry.value.bytes().len() + ENTRY_OVERHEAD;
-                u32::try_from(weight).unwrap_or(u32::MAX)
-            })
-            .eviction_listener(move |key: Arc<String>, entry: MemoryEntry, cause| {
-                // A replaced entry's key stays indexed: `put` indexed it again.
-                if cause != RemovalCause::Replaced {
-                    unindex(&index, &entry.url, &key);
-                }
-            })
+        let estimated_entries = usize::try_from((max_bytes / TYPICAL_ENTRY).clamp(16, 1 << 20)).unwrap_or(1 << 20);
+        let entries = Cache::with(
+            estimated_entries,
+            max_bytes,
+            EntryBytes,
             // Keys are digests (or the user's own): a fast hasher is safe.
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Self { entries, by_url }
+            foldhash::fast::RandomState::default(),
+            Unindex(Arc::clone(&by_url)),
+        );
+        Self {
+            entries: Arc::new(entries),
+            by_url,
+            time_to_live,
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashSet<String>>> {
         self.by_url.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn remove_key(&self, key: &str) -> bool {
+        match self.entries.remove(key) {
+            Some((key, entry)) => {
+                unindex(&self.by_url, &entry.url, &key);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn remove_where(&self, remove: impl Fn(&MemoryEntry) -> bool) -> u64 {
-        let doomed: Vec<_> = self
+        let doomed: Vec<String> = self
             .entries
             .iter()
             .filter(|(_, entry)| remove(entry))
             .map(|(key, _)| key)
             .collect();
-        let mut removed = 0;
-        for key in doomed {
-            removed += u64::from(self.entries.remove(key.as_str()).is_some());
-        }
-        removed
+        doomed.iter().map(|key| u64::from(self.remove_key(key))).sum()
     }
 }
 
@@ -130,28 +158,36 @@ fn unindex(index: &UrlIndex, url: &str, key: &str) {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
-        Ok(self.entries.get(key).map(|entry| entry.value))
+        let Some(entry) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        if entry.leaves_at.is_some_and(|leaves_at| leaves_at <= Instant::now()) {
+            self.remove_key(key);
+            return Ok(None);
+        }
+        Ok(Some(entry.value))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         let key = entry.key;
         let url: Arc<str> = entry.url.into();
-        // A key filed under another URL before (only possible with a custom
-        // key function) keeps that index entry too: deleting by the old URL
-        // then drops this entry as well, which is safe, and spares a lookup.
-        self.index().entry(Arc::clone(&url)).or_default().insert(key.clone());
         let stored = MemoryEntry {
             value: entry.value,
-            url,
+            url: Arc::clone(&url),
             created_at: entry.created_at,
             expires: entry.expires,
+            leaves_at: self.time_to_live.map(|time_to_live| Instant::now() + time_to_live),
         };
-        self.entries.insert(key, stored);
+        self.entries.insert(key.clone(), stored);
+        // Indexed after inserting: replacing a value unindexes the old one.
+        // An index entry left behind by a race is harmless, as lookups by URL
+        // check the cache itself.
+        self.index().entry(url).or_default().insert(key);
         Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.entries.remove(key).is_some())
+        Ok(self.remove_key(key))
     }
 
     async fn contains_url(&self, url: &str) -> Result<bool, StoreError> {
@@ -160,25 +196,19 @@ impl Store for MemoryStore {
             .get(url)
             .map(|keys| keys.iter().cloned().collect())
             .unwrap_or_default();
-        for key in keys {
-            if self.entries.contains_key(&key) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(keys.iter().any(|key| self.entries.peek(key).is_some()))
     }
 
     async fn remove_url(&self, url: &str) -> Result<u64, StoreError> {
-        let keys: Vec<_> = self
+        let keys: Vec<String> = self
             .index()
             .remove(url)
             .map(|keys| keys.into_iter().collect())
             .unwrap_or_default();
-        let mut removed = 0;
-        for key in keys {
-            removed += u64::from(self.entries.remove(&key).is_some());
-        }
-        Ok(removed)
+        Ok(keys
+            .iter()
+            .map(|key| u64::from(self.entries.remove(key.as_str()).is_some()))
+            .sum())
     }
 
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
@@ -190,19 +220,17 @@ impl Store for MemoryStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        self.entries.invalidate_all();
-        self.entries.run_pending_tasks();
+        self.entries.clear();
         self.index().clear();
         Ok(())
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
-        self.entries.run_pending_tasks();
         Ok(self
             .entries
             .iter()
             .map(|(key, entry)| EntryInfo {
-                key: key.as_ref().clone(),
+                key,
                 url: entry.url.to_string(),
                 created_at: entry.created_at,
                 expires: entry.expires,
@@ -212,8 +240,6 @@ impl Store for MemoryStore {
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        // moka applies evictions lazily; count what the bound leaves.
-        self.entries.run_pending_tasks();
         let mut stats = StoreStats::default();
         for (_, entry) in self.entries.iter() {
             stats.entries += 1;

@@ -7,7 +7,7 @@
 //!
 //! | store | scope | notes |
 //! | --- | --- | --- |
-//! | [`MemoryStore`] | one process | bounded in bytes, evicts least recently used |
+//! | [`MemoryStore`] | one process | bounded in bytes; keeps entries that are used again |
 //! | [`SqliteStore`] | processes sharing a file | the default; WAL, multi-process safe |
 //!
 //! A store that fails never fails a request: the cache logs one warning and
