@@ -392,28 +392,6 @@ async fn inspection_lists_counts_and_deletes() {
 }
 
 #[tokio::test]
-async fn a_failing_store_steps_aside_and_requests_still_succeed() {
-    let origin = Origin::start().await;
-    let directory = tempfile::tempdir().expect("tempdir");
-    let path = directory.path().join("cache.sqlite");
-    let cache = CacheMiddleware::builder()
-        .store(SqliteStore::open(&path).expect("open"))
-        .build()
-        .expect("cache");
-    let client = client(&cache);
-    // Break the store behind the cache's back.
-    rusqlite::Connection::open(&path)
-        .expect("open")
-        .execute_batch("DROP TABLE responses")
-        .expect("drop");
-    for attempt in 1..=2 {
-        let (x_cache, body) = get(&client, &origin.url("/plain")).await;
-        assert_eq!((x_cache.as_str(), body), ("MISS", format!("GET /plain #{attempt}")));
-    }
-    assert!(cache.len().await.is_err(), "inspection reports the failure");
-}
-
-#[tokio::test]
 async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
     let origin = Origin::start().await;
     let directory = tempfile::tempdir().expect("tempdir");

@@ -183,9 +183,11 @@ async fn a_failing_store_logs_one_warning_not_one_per_request() {
         .expect("open")
         .execute_batch("DROP TABLE responses")
         .expect("drop");
-    for _ in 0..5 {
-        assert_eq!(get(&client, &origin.url("/plain")).await.0, "MISS");
+    for attempt in 1..=5 {
+        let (x_cache, body) = get(&client, &origin.url("/plain")).await;
+        assert_eq!((x_cache.as_str(), body), ("MISS", format!("GET /plain #{attempt}")));
     }
+    assert!(cache.len().await.is_err(), "inspection reports the failure");
     assert_eq!(
         origin.hits("/plain"),
         5,

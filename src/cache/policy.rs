@@ -164,17 +164,9 @@ impl StaleWindow {
 
 /// The value of a `Cache-Control` directive of the form `name=N`.
 fn directive_seconds(headers: &HeaderMap, directive: &str) -> Option<u64> {
-    headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .find_map(|part| {
-            let (name, value) = part.split_once('=')?;
-            name.trim()
-                .eq_ignore_ascii_case(directive)
-                .then(|| value.trim().trim_matches('"').parse().ok())?
-        })
+    cache_control(headers)
+        .find(|(name, _)| name.eq_ignore_ascii_case(directive))
+        .and_then(|(_, value)| value?.trim_matches('"').parse().ok())
 }
 
 /// What storing a response comes to.
@@ -315,14 +307,19 @@ fn url_glob(pattern: &str) -> String {
 
 /// Whether a `Cache-Control` header carries `directive`.
 pub(crate) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    cache_control(headers).any(|(name, _)| name.eq_ignore_ascii_case(directive))
+}
+
+/// The directives of every `Cache-Control` header, as `(name, value)`.
+fn cache_control(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
     headers
         .get_all(http::header::CACHE_CONTROL)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|part| {
-            let name = part.split('=').next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case(directive)
+        .map(|part| match part.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim())),
+            None => (part.trim(), None),
         })
 }
 

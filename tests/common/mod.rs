@@ -23,7 +23,7 @@ pub struct Seen {
 }
 
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Seen>>>, Arc<AtomicBool>);
+struct Log(Arc<Mutex<Vec<Seen>>>, Arc<AtomicBool>, Arc<tokio::sync::Notify>);
 
 pub struct Origin {
     pub address: SocketAddr,
@@ -50,6 +50,7 @@ impl Origin {
     ///   `?directive` also `stale-if-error=600`
     /// - `/refreshes` and `/refreshes-slowly`: `ETag`, `max-age=0` the first
     ///   time, `max-age=60` after (the latter after 300 ms)
+    /// - `/gate`: answers only once [`Origin::open_gate`] is called
     /// - anything, while [`Origin::fail`] is on: `500`
     /// - anything else: 200 without caching headers
     ///
@@ -74,6 +75,12 @@ impl Origin {
             stop: Some(stop),
             server: Some(server),
         }
+    }
+
+    /// Lets the requests waiting at `/gate` through.
+    pub fn open_gate(&self) {
+        // A stored permit: the request need not be waiting yet.
+        self.log.2.notify_one();
     }
 
     /// Answers `500` to everything while on.
@@ -166,6 +173,10 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                     .body(Body::empty())
                     .expect("response");
             }
+        }
+        ["gate"] => {
+            log.2.notified().await;
+            response = response.header("cache-control", "max-age=60");
         }
         ["slow", millis] => {
             tokio::time::sleep(Duration::from_millis(millis.parse().expect("millis in path"))).await;
