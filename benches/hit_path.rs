@@ -87,6 +87,49 @@ impl Middleware for Floor {
     }
 }
 
+/// A `redis-server` on a free loopback port, if one is installed; killed on drop.
+struct Redis(std::process::Child, String);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_redis() -> Option<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        println!("redis-server not installed: the Redis row is skipped");
+        return None;
+    };
+    let redis = Redis(child, format!("redis://127.0.0.1:{port}"));
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Some(redis);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    None
+}
+
 fn with(middleware: impl Middleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(middleware)
@@ -147,6 +190,17 @@ fn get_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             with(CacheMiddleware::builder().store(untiered).build().expect("cache")),
         ),
     ];
+    let redis = runtime.block_on(start_redis());
+    let mut clients = clients;
+    if let Some(redis) = &redis {
+        let store = runtime
+            .block_on(edgecache::store::RedisStore::open(&redis.1))
+            .expect("redis");
+        clients.push((
+            "edgecache_redis",
+            with(CacheMiddleware::builder().store(store).build().expect("cache")),
+        ));
+    }
     let mut group = c.benchmark_group(GROUP);
     for (name, client) in &clients {
         runtime.block_on(fetch(client, &url)); // warm: the next ones are hits
@@ -245,6 +299,7 @@ fn memory_report(runtime: &tokio::runtime::Runtime) -> f64 {
                 url: format!("https://example.com/items/{index}"),
                 created_at: SystemTime::now(),
                 expires: None,
+                tags: Vec::new(),
                 value: Bytes::from(vec![b'x'; 1024]).into(),
             };
             store.put(entry).await.expect("put");
@@ -283,11 +338,13 @@ fn print_ratios(memory_ratio: f64) {
     };
     let key = mean_ns(&target, "key_10_params_5_headers").unwrap_or(f64::NAN);
     let untiered = get("edgecache_sqlite_untiered").unwrap_or(f64::NAN);
+    let redis = get("edgecache_redis").unwrap_or(f64::NAN);
     println!("\n== ratios from this run (target in brackets)");
     println!("memory hit / floor            {:>6.2}x  [<= 2]", memory / floor);
     println!("http-cache-reqwest / memory   {:>6.2}x  [>= 5]", peer / memory);
     println!("sqlite hit / floor            {:>6.2}x  [<= 4]", sqlite / floor);
     println!("sqlite (no tier) hit / floor  {:>6.2}x  [reported]", untiered / floor);
+    println!("redis hit / memory hit        {:>6.2}x  [reported]", redis / memory);
     println!("miss / plain reqwest          {:>6.2}x  [<= 1.10]", miss / plain);
     if let (Some(stub), Some(stub_miss)) = (get("stub_unique"), get("edgecache_miss_on_stub")) {
         let added = stub_miss - stub;

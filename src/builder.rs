@@ -47,6 +47,7 @@ pub struct CacheBuilder {
     stale_if_error: StaleWindow,
     stale_while_revalidate: StaleWindow,
     refresh_client: Option<reqwest::Client>,
+    tag_header: http::HeaderName,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -92,6 +93,7 @@ impl Default for CacheBuilder {
             stale_if_error: StaleWindow::Never,
             stale_while_revalidate: StaleWindow::Never,
             refresh_client: None,
+            tag_header: http::HeaderName::from_static("edge-cache-tag"),
         }
     }
 }
@@ -249,6 +251,13 @@ impl CacheBuilder {
         self
     }
 
+    /// The response header whose comma-separated values are the entry's
+    /// cache tags. Default: `Edge-Cache-Tag` (Akamai's).
+    pub fn tag_header(mut self, name: http::HeaderName) -> Self {
+        self.tag_header = name;
+        self
+    }
+
     /// Checks the configuration, opens the default store if none was given,
     /// and builds the cache.
     pub fn build(self) -> Result<CacheMiddleware, Error> {
@@ -278,6 +287,7 @@ impl CacheBuilder {
                 .map(|key| EntrySigner::new(&key, &self.old_secret_keys, &self.salt)),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
+            tag_header: self.tag_header,
         };
         let engine = Engine::new(store, keys, rules, options);
         let refresh_client = Arc::new(std::sync::OnceLock::new());

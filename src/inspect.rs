@@ -34,6 +34,12 @@ impl CacheMiddleware {
         Ok(self.engine.store.remove_url(&url).await?)
     }
 
+    /// Deletes every entry filed under `tag` (from the tag header or a
+    /// [`CacheTags`](crate::CacheTags) extension); how many were deleted.
+    pub async fn delete_tag(&self, tag: &str) -> Result<u64, Error> {
+        Ok(self.engine.store.remove_tag(tag).await?)
+    }
+
     /// Deletes entries past their expiry; how many were deleted. Expired
     /// entries are otherwise kept, because they can still be revalidated.
     pub async fn delete_expired(&self) -> Result<u64, Error> {

@@ -55,7 +55,9 @@
 //! * **Revalidation**: a stale entry with `ETag`/`Last-Modified` is sent as a
 //!   conditional request; a `304` serves the stored body with updated headers.
 //! * **Invalidation**: a successful `POST`/`PUT`/`PATCH`/`DELETE` deletes the
-//!   entries of its URL.
+//!   entries of its URL; [`CacheMiddleware::delete_tag`] deletes every entry
+//!   filed under a cache tag (from the `Edge-Cache-Tag` response header or a
+//!   [`CacheTags`] request extension).
 //! * **Per request**: a [`CacheMode`] and an [`ExpireAfter`] as request
 //!   extensions. Every response carries a [`CacheInfo`] extension and an
 //!   `x-cache` header (`HIT`, `MISS`, `REVALIDATED`, `STALE`).
@@ -83,6 +85,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `sqlite` | yes | [`store::SqliteStore`], the default store |
+//! | `redis` | yes (via `cli`) | `store::RedisStore`, shared by many machines |
 //! | `cli` | yes | the `edgecache` command-line tool |
 
 #![deny(missing_docs)]
@@ -99,7 +102,7 @@ pub mod store;
 pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;
 pub use cache::key::{CacheKey, DEFAULT_IGNORED_PARAMETERS, MatchHeaders, RequestHead};
-pub use cache::mode::{CacheInfo, CacheMode, CacheStatus};
+pub use cache::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags};
 pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use error::Error;
 pub use layer::{BoxError, CacheService};

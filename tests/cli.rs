@@ -125,7 +125,7 @@ async fn bad_input_is_a_clear_one_line_error() {
 
     let run = edgecache(&["get", &url, "--cache", "bogus:x"]).await;
     assert!(
-        !run.success && run.stderr.contains("expected `sqlite:PATH` or `memory`"),
+        !run.success && run.stderr.contains("expected `sqlite:PATH`, `memory`"),
         "{}",
         run.stderr
     );

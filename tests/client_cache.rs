@@ -415,3 +415,29 @@ async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
         ("HIT".into(), "GET /plain #2".into())
     );
 }
+
+#[tokio::test]
+async fn tags_from_the_header_and_the_request_delete_together() {
+    let origin = Origin::start().await;
+    let cache = memory_cache();
+    let client = client(&cache);
+    get(&client, &origin.url("/tagged/product-1,sale")).await;
+    get(&client, &origin.url("/tagged/product-2")).await;
+    let tagged = client
+        .get(origin.url("/plain"))
+        .with_extension(edgecache::CacheTags(vec!["sale".into()]));
+    tagged.send().await.expect("request");
+    assert_eq!(cache.len().await.expect("len"), 3);
+
+    assert_eq!(
+        cache.delete_tag("sale").await.expect("delete tag"),
+        2,
+        "header and extension tags alike"
+    );
+    assert_eq!(get(&client, &origin.url("/plain")).await.0, "MISS");
+    assert_eq!(
+        get(&client, &origin.url("/tagged/product-2")).await.0,
+        "HIT",
+        "other tags stay"
+    );
+}

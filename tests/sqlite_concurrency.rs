@@ -35,6 +35,7 @@ async fn workload(path: &str, process: &str) -> u64 {
                         key,
                         created_at: SystemTime::now(),
                         expires: None,
+                        tags: Vec::new(),
                         value: Bytes::from(vec![b'v'; 512]).into(),
                     };
                     if let Err(error) = store.put(entry(key.clone())).await {

@@ -1,5 +1,7 @@
 //! One set of behaviours every `Store` must have, run against each store.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +18,7 @@ fn entry(key: &str, url: &str, created_at: SystemTime, expires: Option<SystemTim
         url: url.into(),
         created_at,
         expires,
+        tags: Vec::new(),
         value: Bytes::from(format!("value of {key}")).into(),
     }
 }
@@ -72,6 +75,31 @@ async fn conformance(store: Arc<dyn Store>) {
 
     store.put(entry("k4", "http://d/", now, None)).await.expect("put");
     assert_eq!(store.remove_created_before(now + hour).await.expect("older"), 1);
+    // Tags: deleting by tag reaches entries of any URL; replacing an entry
+    // replaces its tags.
+    let tagged = |key: &str, url: &str, tags: &[&str]| StoreEntry {
+        tags: tags.iter().map(|tag| tag.to_string()).collect(),
+        ..entry(key, url, now, None)
+    };
+    store
+        .put(tagged("t1", "http://t/1", &["red", "blue"]))
+        .await
+        .expect("put");
+    store.put(tagged("t2", "http://t/2", &["red"])).await.expect("put");
+    store.put(tagged("t3", "http://t/3", &["blue"])).await.expect("put");
+    store.put(tagged("t3", "http://t/3", &["green"])).await.expect("put");
+    assert_eq!(store.remove_tag("red").await.expect("remove tag"), 2);
+    assert_eq!(bytes(store.get("t1").await), None);
+    assert_eq!(bytes(store.get("t2").await), None);
+    assert_eq!(
+        store.remove_tag("blue").await.expect("remove tag"),
+        0,
+        "t3 is no longer blue"
+    );
+    assert!(bytes(store.get("t3").await).is_some());
+    assert_eq!(store.remove_tag("green").await.expect("remove tag"), 1);
+    assert_eq!(store.remove_tag("red").await.expect("remove tag"), 0);
+
     store.put(entry("k5", "http://e/", now, None)).await.expect("put");
     store.clear().await.expect("clear");
     assert_eq!(store.stats().await.expect("stats").entries, 0);
@@ -138,7 +166,7 @@ async fn a_database_from_a_newer_release_is_refused_untouched() {
             error,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -158,6 +186,7 @@ async fn memory_store_stays_within_its_byte_bound() {
             url: format!("http://x/{index}"),
             created_at: SystemTime::now(),
             expires: None,
+            tags: Vec::new(),
             value,
         };
         store.put(stored).await.expect("put");
@@ -191,4 +220,37 @@ async fn another_handles_delete_is_seen_within_the_tier_time_to_live() {
         None,
         "the delete is seen once the tier entry expires"
     );
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_and_keeps_its_entries() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("v1.sqlite");
+    let connection = rusqlite::Connection::open(&path).expect("open");
+    connection
+        .execute_batch(
+            "CREATE TABLE responses (key TEXT PRIMARY KEY NOT NULL, url TEXT NOT NULL, created_at INTEGER NOT NULL,
+                                     expires_at INTEGER, size INTEGER NOT NULL, value BLOB NOT NULL);
+             INSERT INTO responses VALUES ('old', 'http://a/', 0, NULL, 3, x'616263');
+             PRAGMA user_version = 1;",
+        )
+        .expect("a version 1 file");
+    drop(connection);
+    let store = SqliteStore::open(&path).expect("migrates").without_memory_tier();
+    assert_eq!(bytes(store.get("old").await), Some(Bytes::from("abc")));
+    assert!(store.remove("old").await.expect("remove"));
+    conformance(Arc::new(store)).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_store_conforms() {
+    let Some(server) = common::redis_server::RedisServer::start().await else {
+        return;
+    };
+    let store = edgecache::store::RedisStore::open(&server.url())
+        .await
+        .expect("connect")
+        .prefix("conformance:");
+    conformance(Arc::new(store)).await;
 }

@@ -41,6 +41,8 @@ pub struct StoredResponse {
     pub(crate) vary_names: Vec<String>,
     /// Digest of the request's values for `vary_names`.
     pub(crate) vary_digest: [u8; 16],
+    /// Cache tags, for deleting by tag.
+    pub tags: Vec<String>,
 }
 
 impl StoredResponse {
@@ -89,6 +91,7 @@ struct Metadata<'a> {
     headers: Vec<(&'a str, &'a [u8])>,
     vary_names: Vec<String>,
     vary_digest: [u8; 16],
+    tags: Vec<String>,
 }
 
 pub(crate) fn to_millis(time: SystemTime) -> u64 {
@@ -116,6 +119,7 @@ impl StoredResponse {
                 .collect(),
             vary_names: self.vary_names.clone(),
             vary_digest: self.vary_digest,
+            tags: self.tags.clone(),
         };
         // Serializing plain strings, integers and byte slices cannot fail.
         let metadata = postcard::to_stdvec(&metadata).unwrap_or_default();
@@ -187,6 +191,7 @@ impl StoredResponse {
             expires: metadata.expires_at_ms.map(from_millis),
             vary_names: metadata.vary_names,
             vary_digest: metadata.vary_digest,
+            tags: metadata.tags,
         })
     }
 }
@@ -210,6 +215,7 @@ mod tests {
             expires: Some(from_millis(1_700_000_060_000)),
             vary_names: vec!["accept".into()],
             vary_digest: [7; 16],
+            tags: vec!["product-1".into()],
         }
     }
 

@@ -1,9 +1,9 @@
 //! The cache engine: every cache rule, written once, for both adapters.
 //!
-//! The engine never sees a transport. An adapter asks it for a [`Plan`]
+//! The engine never sees a transport. An adapter asks it for a `Plan`
 //! before sending a request, sends the request if the plan says so (with any
 //! conditional headers the plan adds), and hands the response back to
-//! [`Engine::finish`] or [`Engine::after_pass`]. The adapters
+//! `Engine::finish` or `Engine::after_pass`. The adapters
 //! ([`CacheMiddleware`](crate::CacheMiddleware) for reqwest,
 //! [`CacheService`](crate::CacheService) for tower) only convert types.
 
@@ -28,7 +28,7 @@ use self::body::{CacheBody, Collected, collect_limited};
 use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::entry::StoredResponse;
 use self::key::{CacheKey, KeyRules, RequestHead};
-use self::mode::{CacheInfo, CacheMode, CacheStatus};
+use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags};
 use self::policy::{ExpireAfter, Lifetime, Rules, StaleWindow, has_directive, has_validator};
 use self::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
@@ -82,6 +82,8 @@ pub(crate) struct EngineOptions {
     pub(crate) signer: Option<EntrySigner>,
     pub(crate) stale_if_error: StaleWindow,
     pub(crate) stale_while_revalidate: StaleWindow,
+    /// The response header that carries cache tags.
+    pub(crate) tag_header: header::HeaderName,
 }
 
 /// What an adapter does with a request.
@@ -114,6 +116,8 @@ pub(crate) struct Fetch {
     conditional: HeaderMap,
     /// Set when this request fetches on behalf of concurrent ones.
     leader: Option<Leader>,
+    /// Tags from the request's [`CacheTags`] extension.
+    tags: Vec<String>,
 }
 
 impl Fetch {
@@ -216,6 +220,10 @@ impl Engine {
                         .rules
                         .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
                     let url = self.keys.normalize_url(url);
+                    let tags = extensions
+                        .get::<CacheTags>()
+                        .map(|tags| tags.0.clone())
+                        .unwrap_or_default();
                     Box::new(Fetch {
                         key,
                         url,
@@ -224,6 +232,7 @@ impl Engine {
                         stale,
                         conditional,
                         leader,
+                        tags,
                     })
                 };
                 // Stale, but allowed to serve while a background refresh runs
@@ -324,6 +333,7 @@ impl Engine {
             configured,
             stale,
             leader,
+            tags,
             ..
         } = *fetch;
         let (mut parts, body) = response.into_parts();
@@ -369,6 +379,7 @@ impl Engine {
             expires,
             vary_names,
             vary_digest,
+            tags: self.tags(tags, &parts.headers),
         };
         let info = miss(Some(key.clone()), Some(&entry));
         tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
@@ -449,6 +460,7 @@ impl Engine {
             url: entry.url.clone(),
             created_at: entry.created_at,
             expires: entry.expires,
+            tags: entry.tags.clone(),
             value: StoredValue::with_decoded(entry.encode(self.options.signer.as_ref()), Arc::clone(&entry)),
         };
         let saved = self.store.put(record).await;
@@ -508,6 +520,24 @@ impl Engine {
     fn annotate(&self, headers: &mut HeaderMap, extensions: &mut http::Extensions, info: CacheInfo) {
         self.mark(headers, &info);
         extensions.insert(info);
+    }
+}
+
+impl Engine {
+    /// The request's tags and those in the response's tag header, each once.
+    fn tags(&self, mut tags: Vec<String>, response_headers: &HeaderMap) -> Vec<String> {
+        let from_header = response_headers
+            .get_all(&self.options.tag_header)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_owned);
+        tags.extend(from_header);
+        tags.sort();
+        tags.dedup();
+        tags
     }
 }
 

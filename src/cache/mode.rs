@@ -30,6 +30,25 @@ pub enum CacheMode {
     NoStore,
 }
 
+/// Cache tags for one request's response, passed as a request extension.
+/// They are added to those in the response's tag header (`Edge-Cache-Tag` by
+/// default), and [`CacheMiddleware::delete_tag`](crate::CacheMiddleware::delete_tag)
+/// deletes every entry filed under a tag.
+///
+/// ```
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
+/// use edgecache::CacheTags;
+///
+/// let response = client
+///     .get("https://example.com/products/42")
+///     .with_extension(CacheTags(vec!["product-42".into()]))
+///     .send()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheTags(pub Vec<String>);
+
 /// Where a response came from, as the `x-cache` header says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {

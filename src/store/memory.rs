@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -23,12 +23,40 @@ struct MemoryEntry {
     url: Arc<str>,
     created_at: SystemTime,
     expires: Option<SystemTime>,
+    tags: Arc<[Arc<str>]>,
     /// When this store stops serving the entry, if it has a time-to-live.
     leaves_at: Option<Instant>,
 }
 
-/// Keys stored per URL, so invalidating a URL needs no scan.
-type UrlIndex = Arc<Mutex<HashMap<Arc<str>, HashSet<String>>>>;
+/// Keys stored per URL and per tag, so deleting either needs no scan.
+#[derive(Default)]
+struct Indexes {
+    by_url: HashMap<Arc<str>, HashSet<String>>,
+    by_tag: HashMap<Arc<str>, HashSet<String>>,
+}
+
+type SharedIndexes = Arc<Mutex<Indexes>>;
+
+fn lock(indexes: &SharedIndexes) -> MutexGuard<'_, Indexes> {
+    indexes.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unindex(indexes: &SharedIndexes, entry: &MemoryEntry, key: &str) {
+    let mut indexes = lock(indexes);
+    let Indexes { by_url, by_tag } = &mut *indexes;
+    let forget = |index: &mut HashMap<Arc<str>, HashSet<String>>, name: &str| {
+        if let Some(keys) = index.get_mut(name) {
+            keys.remove(key);
+            if keys.is_empty() {
+                index.remove(name);
+            }
+        }
+    };
+    forget(by_url, &entry.url);
+    for tag in entry.tags.iter() {
+        forget(by_tag, tag);
+    }
+}
 
 /// Weighs an entry by the bytes it holds.
 #[derive(Clone)]
@@ -40,15 +68,15 @@ impl Weighter<String, MemoryEntry> for EntryBytes {
     }
 }
 
-/// Keeps the URL index in step with evictions.
+/// Keeps the indexes in step with evictions.
 #[derive(Clone)]
-struct Unindex(UrlIndex);
+struct Unindex(SharedIndexes);
 
 impl Lifecycle<String, MemoryEntry> for Unindex {
     type RequestState = ();
 
     fn on_evict(&self, _: &mut (), key: String, entry: MemoryEntry) {
-        unindex(&self.0, &entry.url, &key);
+        unindex(&self.0, &entry, &key);
     }
 }
 
@@ -68,7 +96,7 @@ impl Lifecycle<String, MemoryEntry> for Unindex {
 #[derive(Clone)]
 pub struct MemoryStore {
     entries: Arc<Cache<String, MemoryEntry, EntryBytes, foldhash::fast::RandomState, Unindex>>,
-    by_url: UrlIndex,
+    indexes: SharedIndexes,
     time_to_live: Option<Duration>,
 }
 
@@ -103,7 +131,7 @@ impl MemoryStore {
     }
 
     fn build(max_bytes: u64, time_to_live: Option<Duration>) -> Self {
-        let by_url: UrlIndex = Arc::default();
+        let indexes = SharedIndexes::default();
         let estimated_entries = usize::try_from((max_bytes / TYPICAL_ENTRY).clamp(16, 1 << 20)).unwrap_or(1 << 20);
         let entries = Cache::with(
             estimated_entries,
@@ -111,23 +139,19 @@ impl MemoryStore {
             EntryBytes,
             // Keys are digests (or the user's own): a fast hasher is safe.
             foldhash::fast::RandomState::default(),
-            Unindex(Arc::clone(&by_url)),
+            Unindex(Arc::clone(&indexes)),
         );
         Self {
             entries: Arc::new(entries),
-            by_url,
+            indexes,
             time_to_live,
         }
-    }
-
-    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashSet<String>>> {
-        self.by_url.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn remove_key(&self, key: &str) -> bool {
         match self.entries.remove(key) {
             Some((key, entry)) => {
-                unindex(&self.by_url, &entry.url, &key);
+                unindex(&self.indexes, &entry, &key);
                 true
             }
             None => false,
@@ -143,15 +167,12 @@ impl MemoryStore {
             .collect();
         doomed.iter().map(|key| u64::from(self.remove_key(key))).sum()
     }
-}
 
-fn unindex(index: &UrlIndex, url: &str, key: &str) {
-    let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(keys) = index.get_mut(url) {
-        keys.remove(key);
-        if keys.is_empty() {
-            index.remove(url);
-        }
+    fn remove_indexed(&self, keys: Option<HashSet<String>>) -> u64 {
+        keys.unwrap_or_default()
+            .iter()
+            .map(|key| u64::from(self.remove_key(key)))
+            .sum()
     }
 }
 
@@ -171,18 +192,24 @@ impl Store for MemoryStore {
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         let key = entry.key;
         let url: Arc<str> = entry.url.into();
+        let tags: Arc<[Arc<str>]> = entry.tags.into_iter().map(Arc::from).collect();
         let stored = MemoryEntry {
             value: entry.value,
             url: Arc::clone(&url),
             created_at: entry.created_at,
             expires: entry.expires,
+            tags: Arc::clone(&tags),
             leaves_at: self.time_to_live.map(|time_to_live| Instant::now() + time_to_live),
         };
         self.entries.insert(key.clone(), stored);
         // Indexed after inserting: replacing a value unindexes the old one.
-        // An index entry left behind by a race is harmless, as lookups by URL
-        // check the cache itself.
-        self.index().entry(url).or_default().insert(key);
+        // An index entry left behind by a race is harmless, as deleting by URL
+        // or tag goes through the cache itself.
+        let mut indexes = lock(&self.indexes);
+        for tag in tags.iter() {
+            indexes.by_tag.entry(Arc::clone(tag)).or_default().insert(key.clone());
+        }
+        indexes.by_url.entry(url).or_default().insert(key);
         Ok(())
     }
 
@@ -191,24 +218,22 @@ impl Store for MemoryStore {
     }
 
     async fn contains_url(&self, url: &str) -> Result<bool, StoreError> {
-        let keys: Vec<String> = self
-            .index()
+        let keys: Vec<String> = lock(&self.indexes)
+            .by_url
             .get(url)
             .map(|keys| keys.iter().cloned().collect())
             .unwrap_or_default();
-        Ok(keys.iter().any(|key| self.entries.peek(key).is_some()))
+        Ok(keys.iter().any(|key| self.entries.peek(key.as_str()).is_some()))
     }
 
     async fn remove_url(&self, url: &str) -> Result<u64, StoreError> {
-        let keys: Vec<String> = self
-            .index()
-            .remove(url)
-            .map(|keys| keys.into_iter().collect())
-            .unwrap_or_default();
-        Ok(keys
-            .iter()
-            .map(|key| u64::from(self.entries.remove(key.as_str()).is_some()))
-            .sum())
+        let keys = lock(&self.indexes).by_url.remove(url);
+        Ok(self.remove_indexed(keys))
+    }
+
+    async fn remove_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        let keys = lock(&self.indexes).by_tag.remove(tag);
+        Ok(self.remove_indexed(keys))
     }
 
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
@@ -221,7 +246,7 @@ impl Store for MemoryStore {
 
     async fn clear(&self) -> Result<(), StoreError> {
         self.entries.clear();
-        self.index().clear();
+        *lock(&self.indexes) = Indexes::default();
         Ok(())
     }
 

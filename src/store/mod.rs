@@ -9,11 +9,14 @@
 //! | --- | --- | --- |
 //! | [`MemoryStore`] | one process | bounded in bytes; keeps entries that are used again |
 //! | [`SqliteStore`] | processes sharing a file | the default; WAL, multi-process safe |
+//! | `RedisStore` (feature `redis`) | processes on many machines | TTLs with a grace period, `SCAN`-based listing |
 //!
 //! A store that fails never fails a request: the cache logs one warning and
 //! lets requests through to the origin until the store recovers.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -27,6 +30,8 @@ use bytes::Bytes;
 use crate::cache::entry::StoredResponse;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 
@@ -42,6 +47,16 @@ pub enum StoreError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The Redis store failed; `location` is its URL without any password.
+    #[cfg(feature = "redis")]
+    #[error("Redis cache {location}: {source}")]
+    Redis {
+        /// The server's URL, password removed.
+        location: String,
+        /// What Redis (or the connection) said.
+        #[source]
+        source: ::redis::RedisError,
     },
     /// The database was written by a newer release with a schema this one
     /// does not know.
@@ -136,6 +151,8 @@ pub struct StoreEntry {
     pub created_at: SystemTime,
     /// When it stops being fresh; `None` means never.
     pub expires: Option<SystemTime>,
+    /// Cache tags to index the entry under.
+    pub tags: Vec<String>,
     /// The encoded entry.
     pub value: StoredValue,
 }
@@ -181,6 +198,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every entry stored for this normalized URL (any method or
     /// variant); how many.
     async fn remove_url(&self, url: &str) -> Result<u64, StoreError>;
+    /// Removes every entry indexed under `tag`; how many. Stores keep a tag
+    /// index: this must not scan all entries.
+    async fn remove_tag(&self, tag: &str) -> Result<u64, StoreError>;
     /// Removes entries that expired at or before `now`; how many.
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError>;
     /// Removes entries stored before `time`; how many.

@@ -14,7 +14,7 @@ use crate::cache::entry::{from_millis, to_millis};
 
 /// The schema this release writes; older files are migrated on open, newer
 /// ones are refused rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a writer waits for another connection (or process) to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +40,17 @@ CREATE TABLE IF NOT EXISTS responses (
 CREATE INDEX IF NOT EXISTS responses_url ON responses (url);
 CREATE INDEX IF NOT EXISTS responses_expires_at ON responses (expires_at);
 CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at);
+-- Version 2: cache tags.
+CREATE TABLE IF NOT EXISTS tags (
+    tag TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (tag, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_key ON tags (key);
+CREATE TRIGGER IF NOT EXISTS responses_forget_tags AFTER DELETE ON responses
+BEGIN
+    DELETE FROM tags WHERE key = old.key;
+END;
 ";
 
 /// Keeps entries in a SQLite database file.
@@ -213,19 +224,24 @@ impl Store for SqliteStore {
         let row = self
             .run(move |connection| {
                 connection
-                    .prepare_cached("SELECT value, url, created_at, expires_at FROM responses WHERE key = ?1")?
+                    .prepare_cached(
+                        "SELECT value, url, created_at, expires_at,
+                                (SELECT group_concat(tag, char(10)) FROM tags WHERE tags.key = responses.key)
+                         FROM responses WHERE key = ?1",
+                    )?
                     .query_row([owned_key], |row| {
                         Ok((
                             row.get::<_, Vec<u8>>(0)?,
                             row.get::<_, String>(1)?,
                             row.get::<_, i64>(2)?,
                             row.get::<_, Option<i64>>(3)?,
+                            row.get::<_, Option<String>>(4)?,
                         ))
                     })
                     .optional()
             })
             .await?;
-        let Some((bytes, url, created_at, expires_at)) = row else {
+        let Some((bytes, url, created_at, expires_at, tags)) = row else {
             return Ok(None);
         };
         let value = StoredValue::new(Bytes::from(bytes));
@@ -235,6 +251,9 @@ impl Store for SqliteStore {
                 url,
                 created_at: time(created_at),
                 expires: expires_at.map(time),
+                tags: tags
+                    .map(|tags| tags.split('\n').map(str::to_owned).collect())
+                    .unwrap_or_default(),
                 value: value.clone(),
             };
             tier.put(entry).await?;
@@ -245,7 +264,9 @@ impl Store for SqliteStore {
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         let written = entry.clone();
         self.run(move |connection| {
-            connection
+            // The row and its tags change together, or not at all.
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            transaction
                 .prepare_cached(
                     "INSERT INTO responses (key, url, created_at, expires_at, size, value)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -259,8 +280,17 @@ impl Store for SqliteStore {
                     written.expires.map(millis),
                     written.value.bytes().len() as i64,
                     &written.value.bytes()[..],
-                ])
-                .map(drop)
+                ])?;
+            transaction
+                .prepare_cached("DELETE FROM tags WHERE key = ?1")?
+                .execute([&written.key])?;
+            {
+                let mut tag = transaction.prepare_cached("INSERT OR IGNORE INTO tags (tag, key) VALUES (?1, ?2)")?;
+                for name in &written.tags {
+                    tag.execute([name, &written.key])?;
+                }
+            }
+            transaction.commit()
         })
         .await?;
         match &self.tier {
@@ -289,6 +319,18 @@ impl Store for SqliteStore {
             connection
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM responses WHERE url = ?1)")?
                 .query_row([url], |row| row.get(0))
+        })
+        .await
+    }
+
+    async fn remove_tag(&self, tag: &str) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove_tag(tag).await?;
+        }
+        let tag = tag.to_owned();
+        self.run(move |connection| {
+            let sql = "DELETE FROM responses WHERE key IN (SELECT key FROM tags WHERE tag = ?1)";
+            Ok(connection.prepare_cached(sql)?.execute([tag])? as u64)
         })
         .await
     }

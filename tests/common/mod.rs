@@ -1,6 +1,9 @@
 //! A real origin on 127.0.0.1 that counts and records what reaches it.
 #![allow(dead_code)] // each test file uses a different part
 
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +53,7 @@ impl Origin {
     ///   `?directive` also `stale-if-error=600`
     /// - `/refreshes` and `/refreshes-slowly`: `ETag`, `max-age=0` the first
     ///   time, `max-age=60` after (the latter after 300 ms)
+    /// - `/tagged/T1,T2`: `Edge-Cache-Tag: T1,T2`, `max-age=60`
     /// - `/gate`: answers only once [`Origin::open_gate`] is called
     /// - anything, while [`Origin::fail`] is on: `500`
     /// - anything else: 200 without caching headers
@@ -177,6 +181,11 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
         ["gate"] => {
             log.2.notified().await;
             response = response.header("cache-control", "max-age=60");
+        }
+        ["tagged", tags] => {
+            response = response
+                .header("edge-cache-tag", *tags)
+                .header("cache-control", "max-age=60");
         }
         ["slow", millis] => {
             tokio::time::sleep(Duration::from_millis(millis.parse().expect("millis in path"))).await;

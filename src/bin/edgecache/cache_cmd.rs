@@ -10,7 +10,7 @@ use crate::spec::{CacheSpec, DEFAULT_CACHE};
 
 #[derive(Args)]
 pub struct CacheArgs {
-    /// The cache: `sqlite:PATH` or `memory`.
+    /// The cache: `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]`.
     #[arg(long, default_value = DEFAULT_CACHE, env = "EDGECACHE_CACHE", global = true)]
     cache: CacheSpec,
     #[command(subcommand)]
@@ -28,6 +28,11 @@ enum Action {
         /// The URL, as it was requested.
         url: String,
     },
+    /// Delete every entry filed under a cache tag (`Edge-Cache-Tag`).
+    DeleteTag {
+        /// The tag.
+        tag: String,
+    },
     /// Delete entries past their expiry.
     DeleteExpired,
     /// Delete every entry.
@@ -35,7 +40,9 @@ enum Action {
 }
 
 pub async fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
-    let cache = CacheMiddleware::builder().shared_store(args.cache.open()?).build()?;
+    let cache = CacheMiddleware::builder()
+        .shared_store(args.cache.open().await?)
+        .build()?;
     match args.action {
         Action::List => {
             let now = SystemTime::now();
@@ -53,6 +60,7 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
             println!("entries: {}\nbytes: {}", stats.entries, stats.bytes);
         }
         Action::Delete { url } => println!("deleted {} entries", cache.delete_url(&url).await?),
+        Action::DeleteTag { tag } => println!("deleted {} entries", cache.delete_tag(&tag).await?),
         Action::DeleteExpired => println!("deleted {} expired entries", cache.delete_expired().await?),
         Action::Clear => {
             cache.clear().await?;

@@ -26,7 +26,7 @@ pub struct GetArgs {
     /// A request body.
     #[arg(short = 'd', long)]
     data: Option<String>,
-    /// The cache: `sqlite:PATH` or `memory`.
+    /// The cache: `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]`.
     #[arg(long, default_value = DEFAULT_CACHE, env = "EDGECACHE_CACHE")]
     cache: CacheSpec,
     /// Expiry when the response doesn't say: `30s`, `5m`, `2h`, `1d`, `never`, `0`.
@@ -81,7 +81,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         .map(|text| parse_header(text))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut builder = CacheMiddleware::builder().shared_store(args.cache.open()?);
+    let mut builder = CacheMiddleware::builder().shared_store(args.cache.open().await?);
     if let Some(expire_after) = args.expire_after {
         builder = builder.expire_after(expire_after);
     }

@@ -1,0 +1,130 @@
+//! Many machines, one cache: the Redis store against a real `redis-server`.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{Origin, client, get};
+use edgecache::store::RedisStore;
+use edgecache::{CacheMiddleware, CacheTags};
+
+async fn machine(server: &RedisServer) -> CacheMiddleware {
+    let store = RedisStore::open(&server.url()).await.expect("connect").prefix("app:");
+    CacheMiddleware::builder().store(store).build().expect("cache")
+}
+
+#[tokio::test]
+async fn two_machines_share_entries_ttls_and_tags() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (first, second) = (machine(&server).await, machine(&server).await);
+    let (a, b) = (client(&first), client(&second));
+
+    let url = origin.url("/tagged/product-1,sale");
+    assert_eq!(get(&a, &url).await.0, "MISS");
+    assert_eq!(
+        get(&b, &url).await,
+        ("HIT".into(), "GET /tagged/product-1,sale #1".into())
+    );
+
+    // Redis expires the entry at its max-age (60 s) plus the grace period (24 h).
+    let key = &second.entries().await.expect("entries")[0].key;
+    let mut connection = server.connection().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("app:e:{key}"))
+        .query_async(&mut connection)
+        .await
+        .expect("pttl");
+    assert!(
+        (24 * 3600 * 1000..=(24 * 3600 + 60) * 1000).contains(&ttl),
+        "PTTL {ttl}"
+    );
+
+    // A tag from the request, deleted from the other machine.
+    let campaign = a
+        .get(origin.url("/plain"))
+        .with_extension(CacheTags(vec!["campaign".into()]));
+    campaign.send().await.expect("request");
+    assert_eq!(get(&b, &origin.url("/plain")).await.0, "HIT");
+    assert_eq!(second.delete_tag("campaign").await.expect("delete tag"), 1);
+    assert_eq!(
+        get(&a, &origin.url("/plain")).await,
+        ("MISS".into(), "GET /plain #2".into())
+    );
+
+    // A tag from the response header.
+    assert_eq!(first.delete_tag("product-1").await.expect("delete tag"), 1);
+    assert_eq!(
+        get(&b, &url).await,
+        ("MISS".into(), "GET /tagged/product-1,sale #2".into())
+    );
+    assert_eq!(second.delete_tag("no-such-tag").await.expect("delete tag"), 0);
+}
+
+#[tokio::test]
+async fn requests_succeed_while_redis_is_down_and_caching_resumes_when_it_returns() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let cache = machine(&server).await;
+    let client = client(&cache);
+    assert_eq!(get(&client, &origin.url("/max-age/60")).await.0, "MISS");
+    assert_eq!(get(&client, &origin.url("/max-age/60")).await.0, "HIT");
+
+    server.kill();
+    for attempt in 2..=4 {
+        let (x_cache, body) = get(&client, &origin.url("/max-age/60")).await;
+        assert_eq!(
+            (x_cache.as_str(), body),
+            ("MISS", format!("GET /max-age/60 #{attempt}"))
+        );
+    }
+
+    server.restart().await;
+    let mut resumed = false;
+    for _ in 0..100 {
+        if get(&client, &origin.url("/resumed")).await.0 == "HIT" {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed, "the cache stores and serves again once Redis is back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_shares_a_redis_cache_between_runs() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let url = origin.url("/tagged/cli");
+    let cache = server.url();
+    let run = |args: Vec<String>| async move {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+            .args(args)
+            .output()
+            .await
+            .expect("run edgecache");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let get = |url: &str| vec!["get".into(), "-i".into(), url.into(), "--cache".into(), cache.clone()];
+    assert!(run(get(&url)).await.contains("x-cache: MISS"));
+    assert!(run(get(&url)).await.contains("x-cache: HIT"));
+    let deleted = run(vec![
+        "cache".into(),
+        "--cache".into(),
+        cache.clone(),
+        "delete-tag".into(),
+        "cli".into(),
+    ])
+    .await;
+    assert_eq!(deleted.trim(), "deleted 1 entries");
+    assert!(run(get(&url)).await.contains("x-cache: MISS"));
+    assert_eq!(origin.hits("/tagged/cli"), 2);
+}
