@@ -119,7 +119,16 @@ impl CacheMiddleware {
         for (name, value) in fetch.conditional_headers() {
             refresh.headers_mut().insert(name, value.clone());
         }
-        let client = self.refresh_client.get_or_init(reqwest::Client::new).clone();
+        let client = match self.refresh_client.get() {
+            Some(client) => client.clone(),
+            None => match reqwest::Client::builder().build() {
+                Ok(client) => self.refresh_client.get_or_init(|| client).clone(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot build the client for background refreshes; set one with refresh_client");
+                    return;
+                }
+            },
+        };
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move {
             match client.execute(refresh).await {

@@ -66,6 +66,35 @@ async fn two_machines_share_entries_ttls_and_tags() {
 }
 
 #[tokio::test]
+async fn a_unix_socket_url_reaches_the_same_cache() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let over_tcp = client(&machine(&server).await);
+    let store = RedisStore::open(&server.unix_url())
+        .await
+        .expect("connect over the socket")
+        .prefix("app:");
+    let over_socket = client(&CacheMiddleware::builder().store(store).build().expect("cache"));
+    assert_eq!(get(&over_tcp, &origin.url("/plain")).await.0, "MISS");
+    assert_eq!(get(&over_socket, &origin.url("/plain")).await.0, "HIT");
+}
+
+#[tokio::test]
+async fn a_password_never_appears_in_errors_or_debug_output() {
+    let error = RedisStore::open("redis://user:hunter2@127.0.0.1:1/")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+    assert!(
+        error.to_string().contains("127.0.0.1:1"),
+        "the error says where: {error}"
+    );
+}
+
+#[tokio::test]
 async fn requests_succeed_while_redis_is_down_and_caching_resumes_when_it_returns() {
     let Some(mut server) = RedisServer::start().await else {
         return;

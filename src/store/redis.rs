@@ -360,6 +360,7 @@ impl Store for RedisStore {
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
         let keys = self.entry_keys().await?;
+        let entry_prefix = format!("{}e:", self.prefix);
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(BATCH) {
             let mut pipeline = redis::pipe();
@@ -369,14 +370,16 @@ impl Store for RedisStore {
             }
             let rows: Vec<redis::Value> = self.query_pipeline(&pipeline).await?;
             for (key, pair) in batch.iter().zip(rows.chunks(2)) {
-                let (Ok((Some(url), Some(created), expires)), Ok(size)) = (
-                    redis::from_redis_value::<(Option<String>, Option<u64>, Option<String>)>(pair[0].clone()),
-                    redis::from_redis_value::<u64>(pair[1].clone()),
+                let [fields, size] = pair else { continue };
+                let (Ok((Some(url), Some(created), expires)), Ok(size), Some(key)) = (
+                    redis::from_redis_value::<(Option<String>, Option<u64>, Option<String>)>(fields.clone()),
+                    redis::from_redis_value::<u64>(size.clone()),
+                    key.strip_prefix(&entry_prefix),
                 ) else {
                     continue; // expired between SCAN and HMGET
                 };
                 entries.push(EntryInfo {
-                    key: key[self.prefix.len() + 2..].to_owned(),
+                    key: key.to_owned(),
                     url,
                     created_at: from_millis(created),
                     expires: expires.and_then(|expires| expires.parse().ok()).map(from_millis),

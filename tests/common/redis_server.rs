@@ -43,6 +43,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    fn socket(&self) -> std::path::PathBuf {
+        self.directory.path().join("redis.sock")
+    }
+
+    /// The same server, through its Unix socket.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
     /// Kills the server (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -67,6 +76,8 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.directory.path())
+            .arg("--unixsocket")
+            .arg(self.socket())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
