@@ -80,6 +80,12 @@
 //!   fails, it logs one warning and lets requests through to the origin until
 //!   the store recovers.
 //!
+//! # Akamai EdgeGrid
+//!
+//! [`edgegrid::EdgeGridAuth`] signs Akamai OPEN API calls made through a
+//! reqwest client (EG1-HMAC-SHA256, credentials from `.edgerc` or the
+//! environment); it stacks with the cache in one client.
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
@@ -93,6 +99,7 @@
 
 mod builder;
 pub mod cache;
+pub mod edgegrid;
 mod error;
 mod inspect;
 mod layer;

@@ -152,7 +152,7 @@ fn into_reqwest_body(body: CacheBody<reqwest::Body>) -> reqwest::Body {
 
 /// Converts to a `reqwest::Response` that reports the request's URL (not
 /// reqwest's placeholder for responses built from `http` types).
-fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -> reqwest::Response {
+pub(crate) fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -> reqwest::Response {
     let (mut parts, body) = response.into_parts();
     let mut carrier = http::Response::builder().url(url.clone()).body(()).unwrap_or_default();
     parts.extensions.extend(std::mem::take(carrier.extensions_mut()));
