@@ -104,6 +104,7 @@ mod error;
 mod inspect;
 mod layer;
 mod middleware;
+pub mod purge;
 pub mod store;
 
 pub use builder::CacheBuilder;

@@ -1,6 +1,8 @@
 //! EdgeGrid signing against the reference client's vectors, `.edgerc`
 //! loading, and the middleware against a stand-in that checks signatures.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -142,26 +144,7 @@ async fn stand_in(State(state): State<StandIn>, request: Request) -> Response {
     .expect("url");
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
-    let verified = parts
-        .headers
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|header| {
-            let field = |name: &str| {
-                header
-                    .split(';')
-                    .find_map(|part| part.trim_start_matches("EG1-HMAC-SHA256 ").strip_prefix(name))
-            };
-            let (Some(timestamp), Some(nonce)) = (field("timestamp="), field("nonce=")) else {
-                return false;
-            };
-            let mut headers = parts.headers.clone();
-            headers.remove("host"); // signed as the URL's authority
-            header
-                == state
-                    .signer
-                    .authorization_at(&parts.method, &url, &headers, &body, timestamp, nonce)
-        });
+    let verified = common::edgegrid_verified(&state.signer, &parts, &body);
     state.seen.lock().expect("log").push((url.path().to_owned(), verified));
     let response = Response::builder();
     match url.path() {

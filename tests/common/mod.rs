@@ -234,6 +234,28 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
     response.body(Body::from(body)).expect("response")
 }
 
+/// Whether a request carries a valid EdgeGrid signature for `signer`'s
+/// credentials, recomputed from its own timestamp and nonce.
+pub fn edgegrid_verified(signer: &edgecache::edgegrid::Signer, parts: &http::request::Parts, body: &[u8]) -> bool {
+    let Ok(url) = url::Url::parse(&format!("http://{}{}", signer.credentials().host(), parts.uri)) else {
+        return false;
+    };
+    let Some(header) = parts.headers.get("authorization").and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let field = |name: &str| {
+        header
+            .split(';')
+            .find_map(|part| part.trim_start_matches("EG1-HMAC-SHA256 ").strip_prefix(name))
+    };
+    let (Some(timestamp), Some(nonce)) = (field("timestamp="), field("nonce=")) else {
+        return false;
+    };
+    let mut headers = parts.headers.clone();
+    headers.remove("host"); // signed as the URL's authority
+    header == signer.authorization_at(&parts.method, &url, &headers, body, timestamp, nonce)
+}
+
 pub fn client(cache: &CacheMiddleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(cache.clone())

@@ -1,0 +1,578 @@
+//! Akamai Fast Purge v3: invalidate or delete by URL, cache tag or CP code.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{Backoff, TokenBucket};
+use crate::CacheMiddleware;
+use crate::edgegrid::{Credentials, EdgeGridAuth};
+
+/// Bodies stay under Akamai's 50,000-byte limit (413 above it).
+const MAX_BODY: usize = 49_000;
+
+/// What the objects are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    /// Full URLs (`https://www.example.com/path`).
+    Url,
+    /// Cache tags (`Edge-Cache-Tag`).
+    Tag,
+    /// CP codes (numbers).
+    CpCode,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Url => "url",
+            ObjectKind::Tag => "tag",
+            ObjectKind::CpCode => "cpcode",
+        })
+    }
+}
+
+/// What to do with cached copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Action {
+    /// Mark stale: the edge revalidates with the origin.
+    Invalidate,
+    /// Remove: the edge fetches anew (the reference client's default).
+    #[default]
+    Delete,
+}
+
+/// Which Akamai network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The staging network.
+    Staging,
+    /// The production network (the default).
+    #[default]
+    Production,
+}
+
+/// Client-side limits, as Akamai documents them per account: a burst size
+/// and a sustained rate for requests and for objects of each kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// Requests: burst, per second.
+    pub requests: (u32, f64),
+    /// URL objects: burst, per second.
+    pub urls: (u32, f64),
+    /// CP code objects: burst, per second.
+    pub cpcodes: (u32, f64),
+    /// Tag objects: burst, per second.
+    pub tags: (u32, f64),
+}
+
+impl Default for RateLimits {
+    /// Akamai's: 100 requests burst, 50/s; 10,000 URLs burst, 12,000/min;
+    /// 300 CP codes burst, 30/min; 5,000 tags burst, 500/min.
+    fn default() -> Self {
+        Self {
+            requests: (100, 50.0),
+            urls: (10_000, 12_000.0 / 60.0),
+            cpcodes: (300, 30.0 / 60.0),
+            tags: (5_000, 500.0 / 60.0),
+        }
+    }
+}
+
+/// An object that cannot be purged as given; nothing is sent when any is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvalidObject {
+    /// Its position in the list, from 0.
+    pub index: usize,
+    /// The object as given.
+    pub object: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Why a purge did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    /// Some objects are invalid: nothing was sent.
+    #[error("{} invalid object(s), nothing sent; first: {:?}: {}", .0.len(), .0[0].object, .0[0].reason)]
+    Invalid(Vec<InvalidObject>),
+}
+
+/// Akamai's answer to an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    /// The purge's id.
+    #[serde(default)]
+    pub purge_id: String,
+    /// Quote it to Akamai support.
+    #[serde(default)]
+    pub support_id: String,
+    /// Seconds until the purge is done everywhere.
+    #[serde(default)]
+    pub estimated_seconds: u64,
+}
+
+/// Why a request failed for good (after any retries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The HTTP status, or `None` for a transport error.
+    pub status: Option<u16>,
+    /// Akamai's problem title and detail, or the transport error.
+    pub detail: String,
+    /// Quote it to Akamai support.
+    pub support_id: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// One request's objects and what became of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// The objects sent together.
+    pub objects: Vec<String>,
+    /// Accepted, or why not.
+    pub outcome: Result<Accepted, Failure>,
+}
+
+/// The result of a purge: a report per request, every object accounted for.
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgeReport {
+    /// What the objects are.
+    pub kind: ObjectKind,
+    /// One per request sent.
+    pub batches: Vec<BatchReport>,
+}
+
+impl PurgeReport {
+    /// Whether every object was accepted.
+    pub fn is_success(&self) -> bool {
+        self.batches.iter().all(|batch| batch.outcome.is_ok())
+    }
+
+    /// Objects accepted.
+    pub fn accepted(&self) -> usize {
+        self.batches
+            .iter()
+            .filter(|batch| batch.outcome.is_ok())
+            .map(|batch| batch.objects.len())
+            .sum()
+    }
+
+    /// Each object that failed, with why.
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &Failure)> {
+        self.batches
+            .iter()
+            .filter_map(|batch| batch.outcome.as_ref().err().map(|failure| (batch, failure)))
+            .flat_map(|(batch, failure)| batch.objects.iter().map(move |object| (object.as_str(), failure)))
+    }
+
+    /// Resolves once Akamai's largest estimate has passed: the purge is then
+    /// done (Fast Purge has no status endpoint).
+    pub async fn wait(&self) {
+        let longest = self
+            .batches
+            .iter()
+            .filter_map(|batch| batch.outcome.as_ref().ok())
+            .map(|a| a.estimated_seconds)
+            .max();
+        if let Some(seconds) = longest {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+        }
+    }
+}
+
+/// Called as each request completes.
+pub type Progress = Arc<dyn Fn(&BatchReport) + Send + Sync>;
+
+/// Purges objects from Akamai with Fast Purge v3: packs them into requests
+/// under the body limit, keeps to the documented rate limits on the client
+/// side, runs up to 10 requests at once, retries `429`, `5xx` and transport
+/// errors (honouring `Retry-After`), never retries other errors, and reports
+/// every object.
+///
+/// ```no_run
+/// use edgecache::edgegrid::Credentials;
+/// use edgecache::purge::akamai::FastPurgeClient;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let purge = FastPurgeClient::new(Credentials::load(None, None)?)?;
+/// let report = purge.purge_urls(["https://www.example.com/a", "https://www.example.com/b"]).await?;
+/// for (object, failure) in report.failed() {
+///     eprintln!("{object}: {}", failure.detail);
+/// }
+/// report.wait().await; // until Akamai's estimate has passed
+/// # Ok(()) }
+/// ```
+pub struct FastPurgeClient {
+    client: reqwest_middleware::ClientWithMiddleware,
+    host: String,
+    scheme: String,
+    action: Action,
+    network: Network,
+    concurrency: usize,
+    backoff: Backoff,
+    max_attempts: u32,
+    requests: TokenBucket,
+    urls: TokenBucket,
+    cpcodes: TokenBucket,
+    tags: TokenBucket,
+    cache: Option<CacheMiddleware>,
+    progress: Option<Progress>,
+}
+
+impl fmt::Debug for FastPurgeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastPurgeClient")
+            .field("host", &self.host)
+            .field("action", &self.action)
+            .field("network", &self.network)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastPurgeClient {
+    /// A client for these credentials: `https`, production, `delete`.
+    pub fn new(credentials: Credentials) -> Result<Self, reqwest::Error> {
+        let host = credentials.host().to_owned();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let client = reqwest_middleware::ClientBuilder::new(http)
+            .with(EdgeGridAuth::new(credentials))
+            .build();
+        Ok(Self {
+            client,
+            host,
+            scheme: "https".into(),
+            action: Action::default(),
+            network: Network::default(),
+            concurrency: 10,
+            backoff: Backoff::default(),
+            max_attempts: 10,
+            cache: None,
+            progress: None,
+            requests: TokenBucket::new(1, 1.0),
+            urls: TokenBucket::new(1, 1.0),
+            cpcodes: TokenBucket::new(1, 1.0),
+            tags: TokenBucket::new(1, 1.0),
+        }
+        .rate_limits(RateLimits::default()))
+    }
+
+    /// `http` to talk to a local stand-in (the port goes in the host).
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.scheme = scheme.into();
+        self
+    }
+
+    /// Invalidate or delete. Default: delete.
+    pub fn action(mut self, action: Action) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// Staging or production. Default: production.
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Requests in flight at once. Default: 10.
+    pub fn concurrency(mut self, requests: usize) -> Self {
+        self.concurrency = requests.max(1);
+        self
+    }
+
+    /// The client-side rate limits. Default: Akamai's documented ones.
+    pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+        self.requests = TokenBucket::new(limits.requests.0, limits.requests.1);
+        self.urls = TokenBucket::new(limits.urls.0, limits.urls.1);
+        self.cpcodes = TokenBucket::new(limits.cpcodes.0, limits.cpcodes.1);
+        self.tags = TokenBucket::new(limits.tags.0, limits.tags.1);
+        self
+    }
+
+    /// Delays between retries. Default: 0.5 s doubling to 30 s, with jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Attempts per request before giving up. Default: 10.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Also deletes purged URLs (or tags) from this cache: one call purges
+    /// everywhere.
+    pub fn cache(mut self, cache: CacheMiddleware) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Called as each request completes (for progress bars).
+    pub fn on_progress(mut self, progress: impl Fn(&BatchReport) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Purges URLs.
+    pub async fn purge_urls<S: Into<String>>(
+        &self,
+        urls: impl IntoIterator<Item = S>,
+    ) -> Result<PurgeReport, PurgeError> {
+        self.purge(ObjectKind::Url, urls.into_iter().map(Into::into).collect())
+            .await
+    }
+
+    /// Purges cache tags.
+    pub async fn purge_tags<S: Into<String>>(
+        &self,
+        tags: impl IntoIterator<Item = S>,
+    ) -> Result<PurgeReport, PurgeError> {
+        self.purge(ObjectKind::Tag, tags.into_iter().map(Into::into).collect())
+            .await
+    }
+
+    /// Purges CP codes.
+    pub async fn purge_cpcodes(&self, codes: impl IntoIterator<Item = u64>) -> Result<PurgeReport, PurgeError> {
+        self.purge(
+            ObjectKind::CpCode,
+            codes.into_iter().map(|code| code.to_string()).collect(),
+        )
+        .await
+    }
+
+    /// Purges objects of one kind. Every object is checked first; if any is
+    /// invalid, nothing is sent.
+    pub async fn purge(&self, kind: ObjectKind, objects: Vec<String>) -> Result<PurgeReport, PurgeError> {
+        let invalid = validate(kind, &objects);
+        if !invalid.is_empty() {
+            return Err(PurgeError::Invalid(invalid));
+        }
+        let batches = pack(kind, objects, self.bucket(kind).capacity() as usize);
+        let batches = futures_util::stream::iter(batches)
+            .map(|objects| self.send(kind, objects))
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        Ok(PurgeReport { kind, batches })
+    }
+
+    fn bucket(&self, kind: ObjectKind) -> &TokenBucket {
+        match kind {
+            ObjectKind::Url => &self.urls,
+            ObjectKind::Tag => &self.tags,
+            ObjectKind::CpCode => &self.cpcodes,
+        }
+    }
+
+    async fn send(&self, kind: ObjectKind, objects: Vec<String>) -> BatchReport {
+        let outcome = self.attempt(kind, &objects).await;
+        if outcome.is_ok()
+            && let Some(cache) = &self.cache
+        {
+            for object in &objects {
+                let deleted = match kind {
+                    ObjectKind::Url => cache.delete_url(object).await,
+                    ObjectKind::Tag => cache.delete_tag(object).await,
+                    ObjectKind::CpCode => Ok(0),
+                };
+                if let Err(error) = deleted {
+                    tracing::warn!(%error, object, "purged at Akamai, but the local cache could not delete it");
+                }
+            }
+        }
+        let report = BatchReport { objects, outcome };
+        if let Some(progress) = &self.progress {
+            progress(&report);
+        }
+        report
+    }
+
+    async fn attempt(&self, kind: ObjectKind, objects: &[String]) -> Result<Accepted, Failure> {
+        let action = match self.action {
+            Action::Invalidate => "invalidate",
+            Action::Delete => "delete",
+        };
+        let network = match self.network {
+            Network::Staging => "staging",
+            Network::Production => "production",
+        };
+        let url = format!("{}://{}/ccu/v3/{action}/{kind}/{network}", self.scheme, self.host);
+        let body = body(kind, objects);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.requests.take(1).await;
+            self.bucket(kind).take(objects.len() as u32).await;
+            let sent = self
+                .client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let (failure, retry_after) = match sent {
+                Ok(response) if response.status().as_u16() == 201 => {
+                    let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
+                    return serde_json::from_slice::<Accepted>(&bytes).map_err(|error| Failure {
+                        status: Some(201),
+                        detail: format!("accepted, but the answer did not parse: {error}"),
+                        support_id: None,
+                        attempts,
+                    });
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.trim().parse().ok())
+                        .map(Duration::from_secs);
+                    let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
+                    let problem = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+                    let text = |field: &str| problem.get(field).and_then(|value| value.as_str()).map(str::to_owned);
+                    let detail = [text("title"), text("detail")]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ");
+                    let failure = Failure {
+                        status: Some(status.as_u16()),
+                        detail: if detail.is_empty() { status.to_string() } else { detail },
+                        support_id: text("supportId"),
+                        attempts,
+                    };
+                    if status.as_u16() != 429 && !status.is_server_error() {
+                        return Err(failure); // a 400 or 403 will not change with retrying
+                    }
+                    (failure, retry_after)
+                }
+                Err(error) => {
+                    let failure = Failure {
+                        status: None,
+                        detail: error.to_string(),
+                        support_id: None,
+                        attempts,
+                    };
+                    (failure, None)
+                }
+            };
+            if attempts >= self.max_attempts {
+                return Err(failure);
+            }
+            tracing::debug!(status = ?failure.status, detail = %failure.detail, attempts, "retrying a purge request");
+            tokio::time::sleep(self.backoff.delay(attempts - 1, retry_after)).await;
+        }
+    }
+}
+
+/// `{"objects":[…]}`, CP codes as JSON numbers.
+fn body(kind: ObjectKind, objects: &[String]) -> Vec<u8> {
+    let objects: Vec<serde_json::Value> = objects
+        .iter()
+        .map(|object| match kind {
+            ObjectKind::CpCode => object.parse::<u64>().map(serde_json::Value::from).unwrap_or_default(),
+            _ => serde_json::Value::from(object.as_str()),
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "objects": objects })).unwrap_or_default()
+}
+
+/// Packs objects greedily into batches whose bodies stay under the limit
+/// (JSON escaping counted) and whose size fits the rate-limit burst.
+fn pack(kind: ObjectKind, objects: Vec<String>, max_objects: usize) -> Vec<Vec<String>> {
+    const WRAPPER: usize = r#"{"objects":[]}"#.len();
+    let mut batches = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = WRAPPER;
+    for object in objects {
+        let encoded = match kind {
+            ObjectKind::CpCode => object.len(),
+            _ => serde_json::to_string(&object).map_or(object.len() + 2, |json| json.len()),
+        };
+        let added = encoded + usize::from(!batch.is_empty());
+        if !batch.is_empty() && (size + added > MAX_BODY || batch.len() >= max_objects) {
+            batches.push(std::mem::take(&mut batch));
+            size = WRAPPER;
+        }
+        size += encoded + usize::from(!batch.is_empty());
+        batch.push(object);
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+fn validate(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject> {
+    let reason = |object: &str| -> Option<String> {
+        match kind {
+            ObjectKind::Url => match url::Url::parse(object) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => None,
+                Ok(_) => Some("not an http(s) URL with a host".into()),
+                Err(error) => Some(format!("not a URL: {error}")),
+            },
+            ObjectKind::CpCode => object.parse::<u64>().err().map(|_| "not a CP code (a number)".into()),
+            ObjectKind::Tag if object.is_empty() => Some("empty tag".into()),
+            ObjectKind::Tag if object.len() > 128 => Some("longer than 128 characters".into()),
+            ObjectKind::Tag if object.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Some("tags have no spaces or control characters".into())
+            }
+            ObjectKind::Tag => None,
+        }
+    };
+    let mut invalid = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        if let Some(reason) = reason(object) {
+            invalid.push(InvalidObject {
+                index,
+                object: object.clone(),
+                reason,
+            });
+        }
+    }
+    if objects.is_empty() {
+        invalid.push(InvalidObject {
+            index: 0,
+            object: String::new(),
+            reason: "nothing to purge".into(),
+        });
+    }
+    invalid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_pack_greedily_under_the_body_limit_with_escaping_counted() {
+        let urls: Vec<String> = (0..5000)
+            .map(|index| format!("https://example.com/\"quoted\"/{index}"))
+            .collect();
+        let batches = pack(ObjectKind::Url, urls.clone(), 10_000);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), urls.len());
+        for batch in &batches {
+            assert!(body(ObjectKind::Url, batch).len() <= MAX_BODY);
+        }
+        // Greedy: only the last batch may be short of the limit by more than one object.
+        for batch in &batches[..batches.len() - 1] {
+            assert!(body(ObjectKind::Url, batch).len() > MAX_BODY - 50);
+        }
+        assert_eq!(
+            pack(ObjectKind::CpCode, (0..1000).map(|n| n.to_string()).collect(), 300).len(),
+            4
+        );
+        assert_eq!(body(ObjectKind::CpCode, &["12345".into()]), br#"{"objects":[12345]}"#);
+    }
+}

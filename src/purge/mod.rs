@@ -1,0 +1,132 @@
+//! CDN invalidation clients, and what they share: client-side rate limits
+//! (token buckets), retries with capped exponential backoff and jitter, and
+//! reading object lists from files with `file:line` errors.
+//!
+//! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3.
+
+pub mod akamai;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A token bucket: `capacity` tokens at most, refilled continuously at
+/// `per_second`. Waiting for tokens keeps a client within a documented rate
+/// limit instead of learning it from `429`s.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(capacity: u32, per_second: f64) -> Self {
+        let capacity = f64::from(capacity.max(1));
+        Self {
+            capacity,
+            per_second,
+            state: Mutex::new((capacity, Instant::now())),
+        }
+    }
+
+    /// The bucket's size.
+    pub fn capacity(&self) -> u32 {
+        self.capacity as u32
+    }
+
+    /// Waits until `tokens` (at most the capacity) are available, and takes them.
+    pub async fn take(&self, tokens: u32) {
+        while let Err(wait) = self.try_take(tokens) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Takes `tokens` (at most the capacity) if they are there now; otherwise
+    /// says how long until they will be, and takes nothing.
+    pub fn try_take(&self, tokens: u32) -> Result<(), Duration> {
+        let wanted = f64::from(tokens).min(self.capacity);
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let (available, last) = *state;
+        let available = (available + now.duration_since(last).as_secs_f64() * self.per_second).min(self.capacity);
+        if available >= wanted {
+            *state = (available - wanted, now);
+            return Ok(());
+        }
+        *state = (available, now);
+        Err(Duration::from_secs_f64((wanted - available) / self.per_second))
+    }
+}
+
+/// Capped exponential backoff with jitter: attempt `n` waits a random time
+/// between half and all of `min(cap, base · 2ⁿ)`, or what the server asked
+/// for (`Retry-After`), whichever is longer.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first delay.
+    pub base: Duration,
+    /// The longest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (from 0).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exponential = self.base.saturating_mul(1 << attempt.min(16)).min(self.cap);
+        let jitter = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
+        let jittered = exponential.mul_f64(0.5 + jitter / 2.0);
+        retry_after.map_or(jittered, |asked| asked.max(jittered))
+    }
+}
+
+/// An object to purge, and where it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcedObject {
+    /// The object, trimmed.
+    pub text: String,
+    /// `file:line`, `-:line` for standard input, or `argument N`.
+    pub origin: String,
+}
+
+/// Reads objects one per line from files (`-` for standard input), skipping
+/// blank lines and `#` comments, after the objects given directly.
+pub fn read_objects(arguments: &[String], files: &[impl AsRef<Path>]) -> std::io::Result<Vec<SourcedObject>> {
+    let mut objects: Vec<SourcedObject> = arguments
+        .iter()
+        .enumerate()
+        .map(|(index, text)| SourcedObject {
+            text: text.trim().to_owned(),
+            origin: format!("argument {}", index + 1),
+        })
+        .collect();
+    for file in files {
+        let file = file.as_ref();
+        let text = if file == Path::new("-") {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(file)
+                .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", file.display())))?
+        };
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                objects.push(SourcedObject {
+                    text: line.to_owned(),
+                    origin: format!("{}:{}", file.display(), index + 1),
+                });
+            }
+        }
+    }
+    Ok(objects)
+}
