@@ -85,6 +85,8 @@
 //! [`edgegrid::EdgeGridAuth`] signs Akamai OPEN API calls made through a
 //! reqwest client (EG1-HMAC-SHA256, credentials from `.edgerc` or the
 //! environment); it stacks with the cache in one client.
+//! [`purge::akamai::FastPurgeClient`] purges by URL, tag or CP code within
+//! Akamai's limits, and can purge a [`CacheMiddleware`] in the same call.
 //!
 //! # Features
 //!

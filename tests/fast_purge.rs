@@ -305,3 +305,69 @@ async fn cp_codes_go_as_json_numbers_and_one_call_also_purges_the_local_cache() 
         "purged from the local cache too"
     );
 }
+
+struct CliRun {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn purge_cli(state: &StandIn, directory: &std::path::Path, args: &[&str]) -> CliRun {
+    let edgerc = directory.join(".edgerc");
+    let host = state.signer.credentials().host();
+    std::fs::write(
+        &edgerc,
+        format!("[default]\nhost = {host}\nclient_token = akab-client\nclient_secret = secret=\naccess_token = akab-access\n"),
+    )
+    .expect("write .edgerc");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(["purge", "akamai", "--edgerc"])
+        .arg(&edgerc)
+        .args(["--scheme", "http"])
+        .args(args)
+        .env_remove("AKAMAI_HOST")
+        .output()
+        .await
+        .expect("run edgecache");
+    CliRun {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_files_validates_first_and_reports() {
+    let (state, _client) = start().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let list = directory.path().join("urls.txt");
+    std::fs::write(
+        &list,
+        "# to purge\nhttps://www.example.com/a\n\nhttps://www.example.com/b\n",
+    )
+    .expect("write");
+    let list = list.to_str().expect("utf-8");
+
+    let run = purge_cli(&state, directory.path(), &["-r", list, "https://www.example.com/c"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(run.stdout.contains("accepted          3 url"), "{}", run.stdout);
+    assert_eq!(state.accepted.lock().expect("accepted").len(), 3);
+
+    let bad = directory.path().join("bad.txt");
+    std::fs::write(&bad, "https://www.example.com/ok\nftp://nope/\nnot a url\n").expect("write");
+    let sent_before = state.seen.load(Ordering::SeqCst);
+    let run = purge_cli(&state, directory.path(), &["-r", bad.to_str().expect("utf-8")]).await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("bad.txt:2: not an http(s) URL with a host"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("bad.txt:3: not a URL"), "{}", run.stderr);
+    assert_eq!(state.seen.load(Ordering::SeqCst), sent_before, "nothing was sent");
+
+    let run = purge_cli(&state, directory.path(), &["https://bad.example/", "--json"]).await;
+    assert!(!run.success, "a failed object fails the run");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    assert_eq!(report["batches"][0]["outcome"]["Err"]["status"], 400);
+}

@@ -2,6 +2,7 @@
 
 mod cache_cmd;
 mod get;
+mod purge;
 mod spec;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Command {
     Get(get::GetArgs),
     /// Inspect or manage a cache.
     Cache(cache_cmd::CacheArgs),
+    /// Purge objects from a CDN.
+    Purge(purge::PurgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Get(args) => get::run(args).await,
             Command::Cache(args) => cache_cmd::run(args).await,
+            Command::Purge(args) => purge::run(args).await,
         }
     });
     match result {

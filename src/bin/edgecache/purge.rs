@@ -1,0 +1,198 @@
+//! `edgecache purge akamai …`: purge objects from a CDN, with progress and a summary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use edgecache::edgegrid::Credentials;
+use edgecache::purge::akamai::{Action, FastPurgeClient, Network, ObjectKind, PurgeError, PurgeReport};
+use edgecache::purge::read_objects;
+
+#[derive(Args)]
+pub struct PurgeArgs {
+    #[command(subcommand)]
+    cdn: Cdn,
+}
+
+#[derive(Subcommand)]
+enum Cdn {
+    /// Akamai Fast Purge v3.
+    Akamai(AkamaiArgs),
+}
+
+#[derive(Args)]
+struct AkamaiArgs {
+    /// Objects to purge (URLs, tags or CP codes).
+    objects: Vec<String>,
+    /// Read objects from a file, one per line (`-` for standard input; blank lines and `#` comments skipped).
+    #[arg(short = 'r', long = "file")]
+    files: Vec<PathBuf>,
+    /// The `.edgerc` file [default: $AKAMAI_EDGERC or ~/.edgerc].
+    #[arg(long)]
+    edgerc: Option<PathBuf>,
+    /// The `.edgerc` section [default: $AKAMAI_EDGERC_SECTION or `default`].
+    #[arg(long)]
+    section: Option<String>,
+    /// Purge on the staging network instead of production.
+    #[arg(long)]
+    staging: bool,
+    /// What to do with cached copies.
+    #[arg(long, value_enum, default_value_t = ActionArg::Delete)]
+    action: ActionArg,
+    /// What the objects are.
+    #[arg(long = "type", value_enum, default_value_t = KindArg::Url)]
+    kind: KindArg,
+    /// The scheme to reach the API with (`http` for a local stand-in).
+    #[arg(long, default_value = "https")]
+    scheme: String,
+    /// Wait until Akamai's estimate says the purge is done.
+    #[arg(long)]
+    wait: bool,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ActionArg {
+    Invalidate,
+    Delete,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Url,
+    Tag,
+    Cpcode,
+}
+
+pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    match args.cdn {
+        Cdn::Akamai(args) => akamai(args).await,
+    }
+}
+
+async fn akamai(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
+    let objects = read_objects(&args.objects, &args.files).context("reading objects")?;
+    if objects.is_empty() {
+        bail!("nothing to purge: give objects as arguments or with -r FILE");
+    }
+    let kind = match args.kind {
+        KindArg::Url => ObjectKind::Url,
+        KindArg::Tag => ObjectKind::Tag,
+        KindArg::Cpcode => ObjectKind::CpCode,
+    };
+    let credentials = Credentials::load(args.edgerc.as_deref(), args.section.as_deref())?;
+    let progress = Progress::new(objects.len() as u64);
+    let reporter = progress.clone();
+    let client = FastPurgeClient::new(credentials)?
+        .scheme(args.scheme)
+        .network(if args.staging {
+            Network::Staging
+        } else {
+            Network::Production
+        })
+        .action(match args.action {
+            ActionArg::Invalidate => Action::Invalidate,
+            ActionArg::Delete => Action::Delete,
+        })
+        .on_progress(move |batch| reporter.batch(batch.objects.len(), batch.outcome.is_ok()));
+    let texts = objects.iter().map(|object| object.text.clone()).collect();
+    let report = match client.purge(kind, texts).await {
+        Ok(report) => report,
+        Err(PurgeError::Invalid(invalid)) => {
+            progress.finish();
+            for object in &invalid {
+                let origin = objects
+                    .get(object.index)
+                    .map_or("input", |object| object.origin.as_str());
+                eprintln!("{origin}: {}: {:?}", object.reason, object.object);
+            }
+            bail!("{} invalid object(s); nothing was sent", invalid.len());
+        }
+    };
+    progress.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        summary(&report);
+    }
+    if args.wait && report.accepted() > 0 {
+        eprintln!("waiting for Akamai's estimate to pass…");
+        report.wait().await;
+    }
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn summary(report: &PurgeReport) {
+    let failed: Vec<_> = report.failed().collect();
+    let longest = report
+        .batches
+        .iter()
+        .filter_map(|batch| batch.outcome.as_ref().ok())
+        .map(|a| a.estimated_seconds)
+        .max();
+    println!("requests   {:>8}", report.batches.len());
+    println!("accepted   {:>8} {}", report.accepted(), report.kind);
+    println!("failed     {:>8}", failed.len());
+    if let Some(seconds) = longest {
+        println!("done in    {seconds:>7}s (Akamai's estimate)");
+    }
+    for batch in &report.batches {
+        if let Ok(accepted) = &batch.outcome {
+            println!(
+                "  {} objects: purgeId {} supportId {}",
+                batch.objects.len(),
+                accepted.purge_id,
+                accepted.support_id
+            );
+        }
+    }
+    for (object, failure) in failed {
+        let status = failure
+            .status
+            .map_or_else(|| "transport error".to_owned(), |status| status.to_string());
+        let support = failure
+            .support_id
+            .as_deref()
+            .map(|id| format!(" (supportId {id})"))
+            .unwrap_or_default();
+        eprintln!("FAILED {object}: {status}: {}{support}", failure.detail);
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+#[derive(Clone)]
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} objects {msg}") {
+            bar.set_style(style);
+        }
+        Progress(Some(bar))
+    }
+
+    fn batch(&self, objects: usize, accepted: bool) {
+        match &self.0 {
+            Some(bar) => bar.inc(objects as u64),
+            None => eprintln!("{} {objects} objects", if accepted { "accepted" } else { "FAILED" }),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
