@@ -432,11 +432,18 @@ impl FastPurgeClient {
                 }
                 Ok(response) => {
                     let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.trim().parse().ok())
+                    // `Retry-After`, else when Akamai says the limit refreshes.
+                    let seconds = |name: &str| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|value| value.to_str().ok())?
+                            .trim()
+                            .parse()
+                            .ok()
+                    };
+                    let retry_after = seconds("retry-after")
+                        .or_else(|| seconds("x-ratelimit-seconds-to-refresh-limit"))
                         .map(Duration::from_secs);
                     let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
                     let problem = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
