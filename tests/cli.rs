@@ -4,27 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::Origin;
-
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn edgecache(args: &[&str]) -> Run {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
-        .args(args)
-        .env_remove("EDGECACHE_CACHE")
-        .output()
-        .await
-        .expect("run edgecache");
-    Run {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use common::{CliRun as Run, Origin, edgecache};
 
 fn sqlite_spec(path: &Path) -> String {
     format!("sqlite:{}", path.display())

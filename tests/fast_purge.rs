@@ -306,13 +306,7 @@ async fn cp_codes_go_as_json_numbers_and_one_call_also_purges_the_local_cache() 
     );
 }
 
-struct CliRun {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn purge_cli(state: &StandIn, directory: &std::path::Path, args: &[&str]) -> CliRun {
+async fn purge_cli(state: &StandIn, directory: &std::path::Path, args: &[&str]) -> common::CliRun {
     let edgerc = directory.join(".edgerc");
     let host = state.signer.credentials().host();
     std::fs::write(
@@ -320,20 +314,10 @@ async fn purge_cli(state: &StandIn, directory: &std::path::Path, args: &[&str]) 
         format!("[default]\nhost = {host}\nclient_token = akab-client\nclient_secret = secret=\naccess_token = akab-access\n"),
     )
     .expect("write .edgerc");
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
-        .args(["purge", "akamai", "--edgerc"])
-        .arg(&edgerc)
-        .args(["--scheme", "http"])
-        .args(args)
-        .env_remove("AKAMAI_HOST")
-        .output()
-        .await
-        .expect("run edgecache");
-    CliRun {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let edgerc = edgerc.to_str().expect("utf-8 path");
+    let mut arguments = vec!["purge", "akamai", "--edgerc", edgerc, "--scheme", "http"];
+    arguments.extend(args);
+    common::edgecache(arguments).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

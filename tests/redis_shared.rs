@@ -134,14 +134,7 @@ async fn the_cli_shares_a_redis_cache_between_runs() {
     let origin = Origin::start().await;
     let url = origin.url("/tagged/cli");
     let cache = server.url();
-    let run = |args: Vec<String>| async move {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
-            .args(args)
-            .output()
-            .await
-            .expect("run edgecache");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let run = |args: Vec<String>| async move { common::edgecache(args).await.stdout };
     let get = |url: &str| vec!["get".into(), "-i".into(), url.into(), "--cache".into(), cache.clone()];
     assert!(run(get(&url)).await.contains("x-cache: MISS"));
     assert!(run(get(&url)).await.contains("x-cache: HIT"));

@@ -256,6 +256,30 @@ pub fn edgegrid_verified(signer: &edgecache::edgegrid::Signer, parts: &http::req
     header == signer.authorization_at(&parts.method, &url, &headers, body, timestamp, nonce)
 }
 
+/// What a run of the `edgecache` binary printed.
+pub struct CliRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `edgecache` binary as a user would, without the environment
+/// variables that would change its defaults.
+pub async fn edgecache<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> CliRun {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
+        .args(args)
+        .env_remove("EDGECACHE_CACHE")
+        .env_remove("AKAMAI_HOST")
+        .output()
+        .await
+        .expect("run edgecache");
+    CliRun {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 pub fn client(cache: &CacheMiddleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(cache.clone())
