@@ -88,6 +88,14 @@
 //! [`purge::akamai::FastPurgeClient`] purges by URL, tag or CP code within
 //! Akamai's limits, and can purge a [`CacheMiddleware`] in the same call.
 //!
+//! # Alibaba Cloud CDN
+//!
+//! [`purge::alibaba::AlibabaCdnClient`] refreshes and prefetches URL lists of
+//! any length: it validates every line first, checks the day's quota, packs
+//! calls to the API's limits, submits them concurrently within the call rate,
+//! journals what was accepted so an interrupted run resumes without paying
+//! twice, polls the tasks and reports every URL (ACS3-HMAC-SHA256 signing).
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
@@ -101,8 +109,10 @@
 
 mod builder;
 pub mod cache;
+mod clock;
 pub mod edgegrid;
 mod error;
+mod ini;
 mod inspect;
 mod layer;
 mod middleware;

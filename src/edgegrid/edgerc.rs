@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+
+use crate::ini::{IniError, unquote};
 
 /// Default `max_body`: how much of a POST body the signature covers.
 pub const DEFAULT_MAX_BODY: usize = 131_072;
@@ -206,8 +207,18 @@ impl Credentials {
             path: path.to_path_buf(),
             source,
         })?;
-        warn_if_shared(path);
-        let values = parse_section(path, &text, section)?;
+        crate::ini::warn_if_shared(path);
+        let values = crate::ini::section(&text, section).map_err(|error| match error {
+            IniError::Syntax { line, reason } => CredentialsError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                reason: reason.to_owned(),
+            },
+            IniError::MissingSection => CredentialsError::MissingSection {
+                path: path.to_path_buf(),
+                section: section.to_owned(),
+            },
+        })?;
         let location = path.display().to_string();
         let get = |key: &'static str| {
             values
@@ -259,61 +270,6 @@ impl Credentials {
     }
 }
 
-/// `(key, value, line)` of one section, values unquoted.
-fn parse_section(path: &Path, text: &str, wanted: &str) -> Result<Vec<(String, String, usize)>, CredentialsError> {
-    let mut current: Option<String> = None;
-    let mut found = false;
-    let mut values = Vec::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let syntax = |reason: &str| CredentialsError::Syntax {
-            path: path.to_path_buf(),
-            line: index + 1,
-            reason: reason.to_owned(),
-        };
-        if let Some(name) = line.strip_prefix('[') {
-            let name = name
-                .strip_suffix(']')
-                .ok_or_else(|| syntax("a section header must end with `]`"))?;
-            found |= name.trim() == wanted;
-            current = Some(name.trim().to_owned());
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| syntax("expected `key = value`, a `[section]` or a comment"))?;
-        if current.is_none() {
-            return Err(syntax("a value before any `[section]`"));
-        }
-        if current.as_deref() == Some(wanted) {
-            values.push((
-                key.trim().to_ascii_lowercase(),
-                unquote(value.trim()).to_owned(),
-                index + 1,
-            ));
-        }
-    }
-    if !found {
-        return Err(CredentialsError::MissingSection {
-            path: path.to_path_buf(),
-            section: wanted.to_owned(),
-        });
-    }
-    Ok(values)
-}
-
-fn unquote(value: &str) -> &str {
-    for quote in ['"', '\''] {
-        if let Some(inner) = value.strip_prefix(quote).and_then(|rest| rest.strip_suffix(quote)) {
-            return inner;
-        }
-    }
-    value
-}
-
 /// `akab-x.luna.akamaiapis.net`, from that or `https://akab-x…/`.
 fn normalize_host(host: &str) -> Result<String, String> {
     let host = unquote(host.trim());
@@ -332,19 +288,3 @@ fn normalize_host(host: &str) -> Result<String, String> {
     }
     Ok(host.to_ascii_lowercase())
 }
-
-#[cfg(unix)]
-fn warn_if_shared(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    static WARNED: Once = Once::new();
-    if let Ok(metadata) = std::fs::metadata(path)
-        && metadata.permissions().mode() & 0o077 != 0
-    {
-        WARNED.call_once(|| {
-            tracing::warn!(path = %path.display(), "the .edgerc file is readable by other users: chmod 600 it");
-        });
-    }
-}
-
-#[cfg(not(unix))]
-fn warn_if_shared(_: &Path) {}

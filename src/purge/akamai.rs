@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+pub use super::InvalidObject;
 use super::{Backoff, TokenBucket};
 use crate::CacheMiddleware;
 use crate::edgegrid::{Credentials, EdgeGridAuth};
@@ -81,17 +82,6 @@ impl Default for RateLimits {
             tags: (5_000, 500.0 / 60.0),
         }
     }
-}
-
-/// An object that cannot be purged as given; nothing is sent when any is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InvalidObject {
-    /// Its position in the list, from 0.
-    pub index: usize,
-    /// The object as given.
-    pub object: String,
-    /// What is wrong with it.
-    pub reason: String,
 }
 
 /// Why a purge did not start.

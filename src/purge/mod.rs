@@ -3,8 +3,10 @@
 //! reading object lists from files with `file:line` errors.
 //!
 //! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3.
+//! - [`alibaba::AlibabaCdnClient`]: Alibaba Cloud CDN refresh and prefetch.
 
 pub mod akamai;
+pub mod alibaba;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -88,6 +90,17 @@ impl Backoff {
         let jittered = exponential.mul_f64(0.5 + jitter / 2.0);
         retry_after.map_or(jittered, |asked| asked.max(jittered))
     }
+}
+
+/// An object that cannot be sent as given; nothing is sent when any is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InvalidObject {
+    /// Its position in the list, from 0.
+    pub index: usize,
+    /// The object as given.
+    pub object: String,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// An object to purge, and where it came from (for error messages).

@@ -266,18 +266,40 @@ pub struct CliRun {
 /// Runs the `edgecache` binary as a user would, without the environment
 /// variables that would change its defaults.
 pub async fn edgecache<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> CliRun {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"))
-        .args(args)
-        .env_remove("EDGECACHE_CACHE")
-        .env_remove("AKAMAI_HOST")
-        .output()
-        .await
-        .expect("run edgecache");
+    edgecache_with_env(args, &[]).await
+}
+
+/// Runs the `edgecache` binary with these environment variables added.
+pub async fn edgecache_with_env<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    env: &[(&str, &str)],
+) -> CliRun {
+    let output = command(args, env).output().await.expect("run edgecache");
     CliRun {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// The `edgecache` command, not yet started: defaults-changing variables
+/// removed, these added.
+pub fn command<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"));
+    command
+        .args(args)
+        .env_remove("EDGECACHE_CACHE")
+        .env_remove("AKAMAI_HOST");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ALIBABA_CLOUD_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
 }
 
 pub fn client(cache: &CacheMiddleware) -> ClientWithMiddleware {

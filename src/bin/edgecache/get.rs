@@ -61,7 +61,7 @@ impl From<Mode> for CacheMode {
     }
 }
 
-fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
+pub(crate) fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
     let Some((name, value)) = text.split_once(':') else {
         bail!("invalid header {text:?}: expected `Name: value`");
     };

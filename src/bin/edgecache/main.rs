@@ -3,6 +3,7 @@
 mod cache_cmd;
 mod get;
 mod purge;
+mod purge_alibaba;
 mod spec;
 
 use std::process::ExitCode;

@@ -20,6 +20,8 @@ pub struct PurgeArgs {
 enum Cdn {
     /// Akamai Fast Purge v3.
     Akamai(AkamaiArgs),
+    /// Alibaba Cloud CDN refresh and prefetch.
+    Alibaba(crate::purge_alibaba::AlibabaArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +73,7 @@ enum KindArg {
 pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     match args.cdn {
         Cdn::Akamai(args) => akamai(args).await,
+        Cdn::Alibaba(args) => crate::purge_alibaba::run(args).await,
     }
 }
 
@@ -85,7 +88,7 @@ async fn akamai(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
         KindArg::Cpcode => ObjectKind::CpCode,
     };
     let credentials = Credentials::load(args.edgerc.as_deref(), args.section.as_deref())?;
-    let progress = Progress::new(objects.len() as u64);
+    let progress = ProgressBar::new(objects.len() as u64, "objects");
     let reporter = progress.clone();
     let client = FastPurgeClient::new(credentials)?
         .scheme(args.scheme)
@@ -98,7 +101,13 @@ async fn akamai(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
             ActionArg::Invalidate => Action::Invalidate,
             ActionArg::Delete => Action::Delete,
         })
-        .on_progress(move |batch| reporter.batch(batch.objects.len(), batch.outcome.is_ok()));
+        .on_progress(move |batch| {
+            let verdict = if batch.outcome.is_ok() { "accepted" } else { "FAILED" };
+            reporter.advance(
+                batch.objects.len(),
+                &format!("{verdict} {} objects", batch.objects.len()),
+            );
+        });
     let texts = objects.iter().map(|object| object.text.clone()).collect();
     let report = match client.purge(kind, texts).await {
         Ok(report) => report,
@@ -169,28 +178,42 @@ fn summary(report: &PurgeReport) {
 
 /// A progress bar on a terminal, plain lines otherwise.
 #[derive(Clone)]
-struct Progress(Option<indicatif::ProgressBar>);
+pub struct ProgressBar(Option<indicatif::ProgressBar>);
 
-impl Progress {
-    fn new(total: u64) -> Self {
+impl ProgressBar {
+    pub fn new(total: u64, unit: &str) -> Self {
         if !std::io::stderr().is_terminal() {
-            return Progress(None);
+            return ProgressBar(None);
         }
         let bar = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} objects {msg}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} {{msg}}"))
+        {
             bar.set_style(style);
         }
-        Progress(Some(bar))
+        ProgressBar(Some(bar))
     }
 
-    fn batch(&self, objects: usize, accepted: bool) {
+    /// `done` more are finished; `line` is the bar's message, or a line of its own when there is no bar.
+    pub fn advance(&self, done: usize, line: &str) {
         match &self.0 {
-            Some(bar) => bar.inc(objects as u64),
-            None => eprintln!("{} {objects} objects", if accepted { "accepted" } else { "FAILED" }),
+            Some(bar) => {
+                bar.inc(done as u64);
+                bar.set_message(line.to_owned());
+            }
+            None => eprintln!("{line}"),
         }
     }
 
-    fn finish(&self) {
+    /// A step that finishes nothing: the bar's message, or a line.
+    pub fn note(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(line.to_owned()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
         }

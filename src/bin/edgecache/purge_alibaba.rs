@@ -1,0 +1,270 @@
+//! `edgecache purge alibaba refresh|prefetch …`: a URL list through Alibaba
+//! Cloud CDN, validated, quota-checked, journaled, polled and reported.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use edgecache::ExpireAfter;
+use edgecache::purge::alibaba::{
+    AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions, Progress,
+    RunReport,
+};
+use edgecache::purge::{SourcedObject, read_objects};
+
+use crate::purge::ProgressBar;
+
+#[derive(Args)]
+pub struct AlibabaArgs {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Refresh (purge) cached copies of URLs, directories or patterns.
+    Refresh(RefreshArgs),
+    /// Prefetch (warm) URLs into the CDN's cache.
+    Prefetch(PrefetchArgs),
+}
+
+#[derive(Args)]
+struct RefreshArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// What the paths are.
+    #[arg(long, value_enum, default_value_t = ObjectTypeArg::File)]
+    object_type: ObjectTypeArg,
+    /// Refresh even when the origin's copy has not changed.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct PrefetchArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where to prefetch [default: the domain's setting].
+    #[arg(long, value_enum)]
+    area: Option<AreaArg>,
+    /// Also warm the L2 (origin shield) nodes.
+    #[arg(long)]
+    l2_preload: bool,
+    /// A header the CDN sends with its prefetch requests (`Name: value`; repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// URLs (or patterns, with --object-type regex).
+    urls: Vec<String>,
+    /// Read URLs from a file, one per line (`-` for standard input; blank lines and `#` comments skipped).
+    #[arg(short = 'r', long = "file")]
+    files: Vec<PathBuf>,
+    /// URLs per call [default: the API's maximum: 1000 URLs, 100 directories, 100 prefetches].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Return once every batch is accepted, without waiting for the tasks.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for tasks to finish (`90s`, `10m`, `2h`).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Record accepted batches here as they are accepted, so an interrupted run can be resumed.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Continue the run recorded in --journal: URLs it accepted are polled, not sent again.
+    #[arg(long, requires = "journal")]
+    resume: bool,
+    /// The credentials file's profile [default: $ALIBABA_CLOUD_PROFILE or `default`].
+    #[arg(long)]
+    profile: Option<String>,
+    /// The API endpoint (another region, or a local stand-in).
+    #[arg(long, default_value = edgecache::purge::alibaba::DEFAULT_ENDPOINT)]
+    endpoint: reqwest::Url,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ObjectTypeArg {
+    File,
+    Directory,
+    Regex,
+    IgnoreParams,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AreaArg {
+    Domestic,
+    Overseas,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.parse::<ExpireAfter>() {
+        Ok(ExpireAfter::After(duration)) => Ok(duration),
+        _ => Err(format!("{text:?} is not a duration such as 90s, 10m or 2h")),
+    }
+}
+
+pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
+    let (common, operation) = match args.task {
+        Task::Refresh(args) => {
+            let object_type = match args.object_type {
+                ObjectTypeArg::File => ObjectType::File,
+                ObjectTypeArg::Directory => ObjectType::Directory,
+                ObjectTypeArg::Regex => ObjectType::Regex,
+                ObjectTypeArg::IgnoreParams => ObjectType::IgnoreParams,
+            };
+            let operation = Operation::Refresh {
+                object_type,
+                force: args.force,
+            };
+            (args.common, operation)
+        }
+        Task::Prefetch(args) => {
+            let mut headers = BTreeMap::new();
+            for header in &args.headers {
+                let (name, value) = crate::get::parse_header(header)?;
+                headers.insert(name.to_string(), value.to_str().unwrap_or_default().to_owned());
+            }
+            let options = PrefetchOptions {
+                area: args.area.map(|area| match area {
+                    AreaArg::Domestic => Area::Domestic,
+                    AreaArg::Overseas => Area::Overseas,
+                }),
+                l2_preload: args.l2_preload,
+                headers,
+            };
+            (args.common, Operation::Prefetch(options))
+        }
+    };
+    let objects = read_objects(&common.urls, &common.files).context("reading URLs")?;
+    if objects.is_empty() {
+        bail!("nothing to send: give URLs as arguments or with -r FILE");
+    }
+    let credentials = Credentials::load(common.profile.as_deref())?;
+    let client = AlibabaCdnClient::new(credentials)?.endpoint(common.endpoint);
+
+    let bar = ProgressBar::new(objects.len() as u64, "URLs");
+    let reporter = bar.clone();
+    let counts = std::sync::Mutex::new([0usize; 3]);
+    let mut job = client
+        .batch(operation)
+        .wait(!common.no_wait)
+        .timeout(common.timeout)
+        .on_progress(move |step| {
+            let mut counts = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (slot, urls) = match step {
+                Progress::Submitted(urls) => (0, urls),
+                Progress::Completed(urls) => (1, urls),
+                Progress::Failed(urls) => (2, urls),
+            };
+            counts[slot] += urls;
+            let [submitted, completed, failed] = *counts;
+            let line = format!("submitted {submitted} · completed {completed} · failed {failed}");
+            if slot == 0 {
+                reporter.note(&line);
+            } else {
+                reporter.advance(urls, &line);
+            }
+        })
+        .stop_when(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted: finishing the calls in flight, sending nothing more (Ctrl-C again to quit now)"
+                );
+                tokio::spawn(async {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(130);
+                    }
+                });
+            }
+        });
+    if let Some(size) = common.batch_size {
+        job = job.batch_size(size);
+    }
+    if let Some(journal) = &common.journal {
+        job = job.journal(journal, common.resume);
+    }
+    let started = Instant::now();
+    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
+    let report = job.run(texts).await;
+    bar.finish();
+    let report = match report {
+        Ok(report) => report,
+        Err(BatchError::Invalid(invalid)) => {
+            for object in &invalid {
+                eprintln!(
+                    "{}: {}: {:?}",
+                    origin(&objects, object.index),
+                    object.reason,
+                    object.object
+                );
+            }
+            bail!("{} invalid line(s); nothing was sent", invalid.len());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    summary(&report, &objects, started.elapsed(), common.journal.as_deref());
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn origin(objects: &[SourcedObject], index: usize) -> &str {
+    objects.get(index).map_or("input", |object| object.origin.as_str())
+}
+
+/// Counts on standard error, then each URL that did not end as asked.
+fn summary(report: &RunReport, objects: &[SourcedObject], elapsed: Duration, journal: Option<&std::path::Path>) {
+    let count = |wanted: fn(&Outcome) -> bool| report.count(wanted);
+    let resumed = report.urls.iter().filter(|url| url.resumed).count();
+    eprintln!("URLs          {:>8}", report.urls.len());
+    if report.duplicates > 0 {
+        eprintln!("duplicates    {:>8} (skipped)", report.duplicates);
+    }
+    if resumed > 0 {
+        eprintln!("from journal  {resumed:>8} (not sent again)");
+    }
+    eprintln!("calls         {:>8}", report.calls);
+    eprintln!("complete      {:>8}", count(|o| matches!(o, Outcome::Complete)));
+    eprintln!(
+        "accepted      {:>8} (not waited for)",
+        count(|o| matches!(o, Outcome::Accepted))
+    );
+    eprintln!("failed        {:>8}", count(|o| matches!(o, Outcome::Failed { .. })));
+    eprintln!("timed out     {:>8}", count(|o| matches!(o, Outcome::TimedOut)));
+    eprintln!("rejected      {:>8}", count(|o| matches!(o, Outcome::Rejected { .. })));
+    eprintln!("not sent      {:>8}", count(|o| matches!(o, Outcome::NotSubmitted)));
+    eprintln!("elapsed       {:>7.1}s", elapsed.as_secs_f64());
+    for url in report.unsuccessful() {
+        let why = match &url.outcome {
+            Outcome::Failed { reason } => format!("failed: {reason}"),
+            Outcome::TimedOut => format!("still refreshing at the timeout (task {})", url.task_ids.join(",")),
+            Outcome::Rejected { message, .. } => format!("rejected: {message}"),
+            Outcome::NotSubmitted => "not sent".to_owned(),
+            Outcome::Complete | Outcome::Accepted => continue,
+        };
+        eprintln!("{}: {}: {why}", origin(objects, url.index), url.url);
+    }
+    if report.stopped {
+        match journal {
+            Some(journal) => eprintln!(
+                "stopped early; continue with the same command plus --resume (journal {})",
+                journal.display()
+            ),
+            None => eprintln!("stopped early; use --journal next time to resume without resubmitting"),
+        }
+    }
+}
