@@ -535,16 +535,23 @@ async fn a_list_beyond_the_remaining_quota_is_refused_with_the_numbers() {
         ..Config::default()
     })
     .await;
-    let urls: Vec<String> = (0..150).map(|n| format!("https://example.com/{n}")).collect();
-    let mut args = vec![
-        "purge".to_owned(),
-        "alibaba".into(),
-        "refresh".into(),
-        "--endpoint".into(),
-        format!("http://{address}"),
-    ];
-    args.extend(urls);
-    let run = common::edgecache_with_env(&args, &credentials_env()).await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let journal = directory.path().join("refresh.journal");
+    let run_with = |count: usize| {
+        let mut args = vec![
+            "purge".to_owned(),
+            "alibaba".into(),
+            "refresh".into(),
+            "--no-wait".into(),
+            "--journal".into(),
+            journal.display().to_string(),
+            "--endpoint".into(),
+            format!("http://{address}"),
+        ];
+        args.extend((0..count).map(|n| format!("https://example.com/{n}")));
+        async move { common::edgecache_with_env(&args, &credentials_env()).await }
+    };
+    let run = run_with(150).await;
     assert!(!run.success);
     assert!(
         run.stderr
@@ -552,9 +559,16 @@ async fn a_list_beyond_the_remaining_quota_is_refused_with_the_numbers() {
         "{}",
         run.stderr
     );
-    let seen = stand_in.seen();
-    assert_eq!(seen.actions, ["DescribeRefreshQuota"]);
-    assert_eq!(seen.accepted_calls, 0);
+    {
+        let seen = stand_in.seen();
+        assert_eq!(seen.actions, ["DescribeRefreshQuota"]);
+        assert_eq!(seen.accepted_calls, 0);
+    }
+
+    // The refused run's journal records nothing, so it does not stand in the way.
+    let run = run_with(60).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(stand_in.seen().accepted_calls, 1);
 }
 
 #[tokio::test]
@@ -634,10 +648,11 @@ async fn an_interrupted_run_resumes_without_resubmitting_anything_accepted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = child.id().expect("pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+    // Ctrl-C, through the shell's own `kill` (procps may not be installed).
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {pid}")])
         .status()
-        .expect("kill");
+        .expect("sh");
     assert!(killed.success());
     let output = child.wait_with_output().await.expect("exit");
     let stderr = String::from_utf8_lossy(&output.stderr);

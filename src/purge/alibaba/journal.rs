@@ -85,7 +85,7 @@ pub(crate) struct Journal {
 impl Journal {
     /// Opens a journal for `header`'s kind of run, with the batches an
     /// earlier run recorded when `resume` is set. Without `resume`, an
-    /// existing journal with records is an error: it may hold accepted work.
+    /// existing journal with records is an error: it records accepted work.
     pub(crate) fn open(path: &Path, header: &Header, resume: bool) -> Result<(Self, Vec<Accepted>), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
@@ -96,24 +96,30 @@ impl Journal {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(error) => return Err(io(error)),
         };
-        let mut accepted = Vec::new();
-        if !text.trim().is_empty() {
-            if !resume {
+        // A journal with no records (say, the quota check refused the run) holds nothing to lose.
+        let has_records = text.lines().skip(1).any(|line| !line.trim().is_empty());
+        let accepted = match (has_records, resume) {
+            (false, _) => Vec::new(),
+            (true, false) => {
                 return Err(JournalError::Exists {
                     path: path.to_path_buf(),
                 });
             }
-            accepted = read(path, &text, header)?;
-        }
+            (true, true) => read(path, &text, header)?,
+        };
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .truncate(false)
             .open(path)
             .map_err(io)?;
-        if text.trim().is_empty() {
+        if !has_records {
             let mut line = serde_json::to_vec(header).unwrap_or_default();
             line.push(b'\n');
-            file.write_all(&line).and_then(|()| file.sync_data()).map_err(io)?;
+            file.set_len(0)
+                .and_then(|()| file.write_all(&line))
+                .and_then(|()| file.sync_data())
+                .map_err(io)?;
         } else if !text.ends_with('\n') {
             // A torn last line (the process died mid-write): start the next on its own line.
             file.write_all(b"\n").map_err(io)?;
