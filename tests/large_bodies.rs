@@ -5,39 +5,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use common::{Origin, client};
 use edgecache::CacheMiddleware;
 use edgecache::store::MemoryStore;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(live, Ordering::SeqCst);
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(pointer, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-}
+#[path = "common/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 const BODY: usize = 64 * 1024 * 1024;
 const LIMIT: usize = 1024 * 1024;
@@ -53,8 +29,8 @@ async fn a_64_mib_body_streams_through_with_flat_memory_and_is_not_stored() {
     let client = client(&cache);
     let url = origin.url(&format!("/large/{BODY}"));
 
-    let baseline = LIVE.load(Ordering::SeqCst);
-    PEAK.store(baseline, Ordering::SeqCst);
+    let baseline = counting::live();
+    counting::reset_peak();
     let mut response = client.get(&url).send().await.expect("request");
     assert_eq!(response.headers()["x-cache"], "MISS");
     let mut received = 0;
@@ -62,7 +38,7 @@ async fn a_64_mib_body_streams_through_with_flat_memory_and_is_not_stored() {
         assert!(chunk.iter().all(|byte| *byte == b'x'));
         received += chunk.len();
     }
-    let peak_growth = PEAK.load(Ordering::SeqCst) - baseline;
+    let peak_growth = counting::peak() - baseline;
 
     assert_eq!(received, BODY, "every byte arrives");
     // Buffering would need 64 MiB; streaming needs the limit plus transport buffers.

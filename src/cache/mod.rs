@@ -461,7 +461,10 @@ impl Engine {
             created_at: entry.created_at,
             expires: entry.expires,
             tags: entry.tags.clone(),
-            value: StoredValue::with_decoded(entry.encode(self.options.signer.as_ref()), Arc::clone(&entry)),
+            // Not memoizing `entry`: its body and header values are slices of the
+            // transport's read buffer (8 KiB or more), which the store would pin
+            // for as long as it keeps the entry. The first hit decodes instead.
+            value: StoredValue::new(entry.encode(self.options.signer.as_ref())),
         };
         let saved = self.store.put(record).await;
         self.note_store_result(saved, "write");

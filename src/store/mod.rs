@@ -99,14 +99,6 @@ impl StoredValue {
         }
     }
 
-    /// A value whose decoded form is already known (the cache writing it).
-    pub(crate) fn with_decoded(bytes: Bytes, decoded: Arc<StoredResponse>) -> Self {
-        Self {
-            bytes,
-            decoded: Arc::new(OnceLock::from(decoded)),
-        }
-    }
-
     /// The encoded bytes.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
