@@ -300,13 +300,18 @@ impl<'a> FormPart<'a> {
 
 /// Lower-case hex of a 16-byte digest, allocated once, straight into the key's `Arc`.
 fn hex_lower(bytes: &[u8; 16]) -> Arc<str> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 32];
-    for (index, byte) in bytes.iter().enumerate() {
-        text[2 * index] = DIGITS[usize::from(byte >> 4)];
-        text[2 * index + 1] = DIGITS[usize::from(byte & 0xf)];
-    }
+    hex_lower_into(bytes, &mut text);
     Arc::from(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+/// Writes the lower-case hex digits of `bytes` into `out`, which is twice as long.
+pub(crate) fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::Credentials;
+use crate::cache::key::hex_lower_into;
 use crate::edgegrid::hmac_sha256;
 
 /// Everything but `A–Z a–z 0–9 - _ . ~` is encoded (RFC 3986 unreserved).
@@ -166,13 +167,9 @@ pub fn date(time: SystemTime) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    let mut text = vec![0; bytes.len() * 2];
+    hex_lower_into(bytes, &mut text);
+    String::from_utf8(text).unwrap_or_default()
 }
 
 #[cfg(test)]
