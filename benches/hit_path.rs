@@ -87,48 +87,9 @@ impl Middleware for Floor {
     }
 }
 
-/// A `redis-server` on a free loopback port, if one is installed; killed on drop.
-struct Redis(std::process::Child, String);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_redis() -> Option<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        println!("redis-server not installed: the Redis row is skipped");
-        return None;
-    };
-    let redis = Redis(child, format!("redis://127.0.0.1:{port}"));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some(redis);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    None
-}
+#[path = "../tests/common/redis_server.rs"]
+#[allow(dead_code)] // the tests use more of it
+mod redis_server;
 
 fn with(middleware: impl Middleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
@@ -190,11 +151,11 @@ fn get_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
             with(CacheMiddleware::builder().store(untiered).build().expect("cache")),
         ),
     ];
-    let redis = runtime.block_on(start_redis());
+    let redis = runtime.block_on(redis_server::RedisServer::start());
     let mut clients = clients;
     if let Some(redis) = &redis {
         let store = runtime
-            .block_on(edgecache::store::RedisStore::open(&redis.1))
+            .block_on(edgecache::store::RedisStore::open(&redis.url()))
             .expect("redis");
         clients.push((
             "edgecache_redis",
