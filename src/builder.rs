@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
-use crate::cache::key::{DEFAULT_IGNORED_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
-use crate::cache::policy::StaleWindow;
-use crate::cache::policy::{ExpireAfter, Rules};
+use std::time::Duration;
+
+use crate::cache::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
+use crate::cache::policy::{ExpireAfter, RuleOptions, Rules, StaleWindow};
 use crate::cache::sign::EntrySigner;
 use crate::cache::{Engine, EngineOptions};
 use crate::store::Store;
@@ -23,23 +24,27 @@ use crate::{CacheMiddleware, Error};
 ///     .store(MemoryStore::default())
 ///     .expire_after(Duration::from_secs(3600))
 ///     .urls_expire_after([("api.example.com/static", ExpireAfter::Never)])
-///     .ignored_parameters(["api_key", "Authorization"])
+///     .ignored_parameters(["utm_source", "_"])
 ///     .build()?;
 /// # Ok::<(), edgecache::Error>(())
 /// ```
 #[must_use]
 pub struct CacheBuilder {
     store: Option<Arc<dyn Store>>,
-    expire_after: ExpireAfter,
+    expire_after: Option<ExpireAfter>,
     urls_expire_after: Vec<(String, ExpireAfter)>,
     allowed_methods: Vec<Method>,
-    allowed_statuses: Vec<u16>,
+    allowed_statuses: Option<Vec<u16>>,
     filter: Option<crate::cache::policy::ResponseFilter>,
+    credential_parameters: Vec<String>,
     ignored_parameters: Vec<String>,
     match_headers: MatchHeaders,
     key_fn: Option<crate::cache::key::KeyFn>,
     cache_control: bool,
+    shared: bool,
+    heuristic_max: Duration,
     x_cache_header: bool,
+    cache_status_header: bool,
     max_body_size: usize,
     secret_key: Option<Vec<u8>>,
     old_secret_keys: Vec<Vec<u8>>,
@@ -57,9 +62,12 @@ impl fmt::Debug for CacheBuilder {
             .field("urls_expire_after", &self.urls_expire_after)
             .field("allowed_methods", &self.allowed_methods)
             .field("allowed_statuses", &self.allowed_statuses)
+            .field("credential_parameters", &self.credential_parameters)
             .field("ignored_parameters", &self.ignored_parameters)
             .field("match_headers", &self.match_headers)
             .field("cache_control", &self.cache_control)
+            .field("shared", &self.shared)
+            .field("heuristic_max", &self.heuristic_max)
             .field("max_body_size", &self.max_body_size)
             // Whether entries are signed, never the keys.
             .field("signed_entries", &self.secret_key.is_some())
@@ -73,19 +81,23 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         Self {
             store: None,
-            expire_after: ExpireAfter::Never,
+            expire_after: None,
             urls_expire_after: Vec::new(),
             allowed_methods: vec![Method::GET, Method::HEAD],
-            allowed_statuses: vec![200],
+            allowed_statuses: None,
             filter: None,
-            ignored_parameters: DEFAULT_IGNORED_PARAMETERS
+            credential_parameters: DEFAULT_CREDENTIAL_PARAMETERS
                 .iter()
                 .map(|name| (*name).to_owned())
                 .collect(),
+            ignored_parameters: Vec::new(),
             match_headers: MatchHeaders::None,
             key_fn: None,
             cache_control: true,
+            shared: false,
+            heuristic_max: Duration::from_secs(86_400),
             x_cache_header: true,
+            cache_status_header: true,
             max_body_size: 16 * 1024 * 1024,
             secret_key: None,
             old_secret_keys: Vec::new(),
@@ -113,10 +125,35 @@ impl CacheBuilder {
         self
     }
 
-    /// The cache-wide expiry, for responses whose headers don't say.
-    /// Default: [`ExpireAfter::Never`].
+    /// The cache-wide expiry, for responses whose headers don't say how
+    /// long they stay fresh. Default: none, and RFC 9111 applies: heuristic
+    /// freshness where allowed (see [`heuristic_max`](Self::heuristic_max)),
+    /// else the response is stored only with a validator and revalidated
+    /// before each use. [`ExpireAfter::Never`] caches everything for good,
+    /// as requests-cache does.
     pub fn expire_after(mut self, expire_after: impl Into<ExpireAfter>) -> Self {
-        self.expire_after = expire_after.into();
+        self.expire_after = Some(expire_after.into());
+        self
+    }
+
+    /// The longest heuristic freshness (RFC 9111 §4.2.2): a response with
+    /// `Last-Modified` but no freshness of its own, and no configured
+    /// expiry, stays fresh for 10 % of its age, at most this. Default: one day.
+    pub fn heuristic_max(mut self, max: Duration) -> Self {
+        self.heuristic_max = max;
+        self
+    }
+
+    /// Follow RFC 9111's rules for a **shared** cache: `s-maxage` and
+    /// `proxy-revalidate` count, `private` responses are never stored, and
+    /// responses to requests with `Authorization` are stored only when
+    /// `public`, `s-maxage` or `must-revalidate` allows it (§3.5).
+    ///
+    /// Turn it on when one store answers many users: a tower layer in front
+    /// of a server, or a Redis store shared by services acting for different
+    /// users. Default: `false` (a private cache, for one user's client).
+    pub fn shared(mut self, shared: bool) -> Self {
+        self.shared = shared;
         self
     }
 
@@ -142,9 +179,13 @@ impl CacheBuilder {
         self
     }
 
-    /// Status codes whose responses are cached. Default: `200`.
+    /// Status codes whose responses are cached. Default: as RFC 9111
+    /// allows: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414 and 501
+    /// (heuristically cacheable), plus 302, 307 and other 4xx when the
+    /// response gives its own freshness. Never 206: partial content passes
+    /// through unstored. Setting a list replaces those rules.
     pub fn allowed_statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
-        self.allowed_statuses = statuses.into_iter().collect();
+        self.allowed_statuses = Some(statuses.into_iter().collect());
         self
     }
 
@@ -155,10 +196,22 @@ impl CacheBuilder {
         self
     }
 
-    /// Parameters left out of cache keys and never stored: query and
-    /// form/JSON body parameter names (exact), and header names
-    /// (case-insensitive). Replaces the default list,
-    /// [`DEFAULT_IGNORED_PARAMETERS`]; include it to extend it.
+    /// Parameters that carry credentials: query and form/JSON body parameter
+    /// names (exact), and header names (case-insensitive). They separate
+    /// entries — the key includes a keyed digest of their values, so users
+    /// never get each other's responses — and their values are never stored
+    /// or logged. The URL's userinfo always counts as one. Replaces the
+    /// default list, [`DEFAULT_CREDENTIAL_PARAMETERS`]; include it to extend it.
+    pub fn credential_parameters<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.credential_parameters = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Parameters left out of cache keys and never stored, so requests that
+    /// differ only in them share an entry: cache-busters, tracking
+    /// parameters. Same matching as
+    /// [`credential_parameters`](Self::credential_parameters); a name given
+    /// here is ignored even if it is a credential. Default: none.
     pub fn ignored_parameters<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.ignored_parameters = names.into_iter().map(Into::into).collect();
         self
@@ -177,9 +230,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Whether response `Cache-Control`/`Expires` headers decide expiry
-    /// (RFC 9111, private cache). With `false`, only the configured expiry
-    /// counts; `no-store` is honoured either way. Default: `true`.
+    /// Whether a response's own `Cache-Control`/`Expires` freshness decides
+    /// its expiry (RFC 9111). With `false`, the configured expiry counts
+    /// instead; `no-store` (and `private` in a shared cache) is honoured
+    /// either way. Default: `true`.
     pub fn cache_control(mut self, honor: bool) -> Self {
         self.cache_control = honor;
         self
@@ -193,6 +247,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether responses carry a `Cache-Status` header (RFC 9211), e.g.
+    /// `edgecache; hit; ttl=42` or `edgecache; fwd=stale; fwd-status=304`.
+    /// [`CacheInfo`](crate::CacheInfo) carries the same facts either way.
+    /// Default: `true`.
+    pub fn cache_status_header(mut self, enabled: bool) -> Self {
+        self.cache_status_header = enabled;
+        self
+    }
+
     /// Responses with larger bodies stream through to the caller and are not
     /// stored. Default: 16 MiB.
     pub fn max_body_size(mut self, bytes: usize) -> Self {
@@ -200,9 +263,12 @@ impl CacheBuilder {
         self
     }
 
-    /// Signs every stored entry with HMAC-SHA256 under this key. Entries
-    /// whose signature fails, or that carry none, are treated as misses,
-    /// deleted, and reported once each with a `tracing` warning. Default: off.
+    /// Signs every stored entry with HMAC-SHA256 under this key; the
+    /// signature covers the entry's key and method, so an entry copied under
+    /// another key is refused too. Entries whose signature fails, or that
+    /// carry none, are treated as misses, deleted, and reported once each
+    /// with a `tracing` warning. The key also keys the digests of
+    /// credentials in cache keys. Default: off.
     ///
     /// Use it when the store can be written by anything but this program (a
     /// shared SQLite file, Redis). The key never appears in `Debug` output.
@@ -263,33 +329,48 @@ impl CacheBuilder {
     pub fn build(self) -> Result<CacheMiddleware, Error> {
         let allowed_statuses = self
             .allowed_statuses
-            .iter()
-            .map(|&code| StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code)))
-            .collect::<Result<_, _>>()?;
+            .map(|statuses| {
+                statuses
+                    .iter()
+                    .map(|&code| StatusCode::from_u16(code).map_err(|_| Error::InvalidStatus(code)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         let rules = Rules::new(
-            self.expire_after,
             self.urls_expire_after,
-            self.allowed_methods,
-            allowed_statuses,
-            self.filter,
-            self.cache_control,
+            RuleOptions {
+                default_expire_after: self.expire_after,
+                allowed_methods: self.allowed_methods,
+                allowed_statuses,
+                filter: self.filter,
+                honor_cache_control: self.cache_control,
+                shared: self.shared,
+                heuristic_max: self.heuristic_max,
+            },
         )?;
-        let keys = KeyRules::new(self.ignored_parameters, self.match_headers, self.key_fn);
+        let keys = KeyRules::new(
+            self.credential_parameters,
+            self.ignored_parameters,
+            self.match_headers,
+            self.key_fn,
+        );
         let store = match self.store {
             Some(store) => store,
             None => default_store()?,
         };
         let options = EngineOptions {
             x_cache_header: self.x_cache_header,
+            cache_status_header: self.cache_status_header,
             max_body_size: self.max_body_size,
             signer: self
                 .secret_key
-                .map(|key| EntrySigner::new(&key, &self.old_secret_keys, &self.salt)),
+                .as_ref()
+                .map(|key| EntrySigner::new(key, &self.old_secret_keys, &self.salt)),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
             tag_header: self.tag_header,
         };
-        let engine = Engine::new(store, keys, rules, options);
+        let engine = Engine::new(store, keys, rules, options, self.secret_key.as_deref());
         let refresh_client = Arc::new(std::sync::OnceLock::new());
         if let Some(client) = self.refresh_client {
             let _ = refresh_client.set(client);

@@ -31,12 +31,15 @@ impl CacheMiddleware {
     /// Deletes every entry stored for `url`; how many were deleted.
     pub async fn delete_url(&self, url: &str) -> Result<u64, Error> {
         let url = self.normalize(url)?;
+        // Fetches under way for this URL won't store what they get.
+        self.engine.fence_url(&url);
         Ok(self.engine.store.remove_url(&url).await?)
     }
 
     /// Deletes every entry filed under `tag` (from the tag header or a
     /// [`CacheTags`](crate::CacheTags) extension); how many were deleted.
     pub async fn delete_tag(&self, tag: &str) -> Result<u64, Error> {
+        self.engine.fence_all();
         Ok(self.engine.store.remove_tag(tag).await?)
     }
 
@@ -50,11 +53,13 @@ impl CacheMiddleware {
     /// many were deleted.
     pub async fn delete_older_than(&self, age: Duration) -> Result<u64, Error> {
         let cutoff = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.engine.fence_all();
         Ok(self.engine.store.remove_created_before(cutoff).await?)
     }
 
     /// Deletes every entry.
     pub async fn clear(&self) -> Result<(), Error> {
+        self.engine.fence_all();
         Ok(self.engine.store.clear().await?)
     }
 
@@ -80,8 +85,25 @@ impl CacheMiddleware {
 
     /// The key this cache files a request under (a response's `Vary` is
     /// checked separately), e.g. to find it with [`Store::get`](crate::store::Store::get).
-    pub fn key_for(&self, request: &RequestHead<'_>) -> CacheKey {
-        self.engine.keys.key(request)
+    pub async fn key_for(&self, request: &RequestHead<'_>) -> CacheKey {
+        self.engine.key(request).await
+    }
+
+    /// `url` as this cache writes it in logs and errors: without userinfo,
+    /// and with the values of credential and ignored parameters replaced by
+    /// `REDACTED`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = edgecache::CacheMiddleware::builder()
+    ///     .store(edgecache::store::MemoryStore::default())
+    ///     .build()?;
+    /// let url = url::Url::parse("https://bob:pw@api.example.com/items?api_key=s3cret&page=2")?;
+    /// assert_eq!(cache.redact_url(&url), "https://api.example.com/items?api_key=REDACTED&page=2");
+    /// # Ok(()) }
+    /// ```
+    pub fn redact_url(&self, url: &Url) -> String {
+        self.engine.keys.redact_url(url)
     }
 
     fn normalize(&self, url: &str) -> Result<String, Error> {

@@ -2,7 +2,6 @@
 //! [`CacheService`].
 //!
 //! ```
-//! use std::convert::Infallible;
 //! use bytes::Bytes;
 //! use http_body_util::Full;
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -12,7 +11,10 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let cache = CacheMiddleware::builder().store(MemoryStore::default()).build()?;
 //! let origin = tower::service_fn(|_request: http::Request<Full<Bytes>>| async {
-//!     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("hello"))))
+//!     let response = http::Response::builder()
+//!         .header("cache-control", "max-age=60")
+//!         .body(Full::new(Bytes::from("hello")))?;
+//!     Ok::<_, http::Error>(response)
 //! });
 //! let service = ServiceBuilder::new().layer(cache).service(origin);
 //!
@@ -157,7 +159,7 @@ where
                         .await
                         .map_err(Into::into)?;
                     let (mut parts, body) = response.into_parts();
-                    let info = engine.after_pass(pass, parts.status).await;
+                    let info = engine.after_pass(pass, parts.status, &parts.headers).await;
                     engine.mark(&mut parts.headers, &info);
                     parts.extensions.insert(info);
                     Ok(http::Response::from_parts(

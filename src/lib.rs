@@ -121,8 +121,8 @@ pub mod store;
 
 pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;
-pub use cache::key::{CacheKey, DEFAULT_IGNORED_PARAMETERS, MatchHeaders, RequestHead};
-pub use cache::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags};
+pub use cache::key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
+pub use cache::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use error::Error;
 pub use layer::{BoxError, CacheService};

@@ -83,7 +83,7 @@ impl Middleware for CacheMiddleware {
             }
             Plan::Pass(pass) => {
                 let mut response = next.run(request, extensions).await?;
-                let info = engine.after_pass(pass, response.status()).await;
+                let info = engine.after_pass(pass, response.status(), response.headers()).await;
                 engine.mark(response.headers_mut(), &info);
                 response.extensions_mut().insert(info);
                 Ok(response)
@@ -130,14 +130,20 @@ impl CacheMiddleware {
             },
         };
         let engine = Arc::clone(&self.engine);
+        // reqwest's errors carry the full URL: log the redacted one instead.
+        let url = self.redact_url(request.url());
         tokio::spawn(async move {
             match client.execute(refresh).await {
                 Ok(response) => {
                     if let Err(error) = engine.finish(fetch, response.into()).await {
-                        tracing::debug!(%error, "background refresh failed reading the body");
+                        let error = error.without_url();
+                        tracing::debug!(%url, %error, "background refresh failed reading the body");
                     }
                 }
-                Err(error) => tracing::debug!(%error, "background refresh failed"),
+                Err(error) => {
+                    let error = error.without_url();
+                    tracing::debug!(%url, %error, "background refresh failed");
+                }
             }
         });
     }

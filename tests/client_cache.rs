@@ -102,36 +102,62 @@ async fn last_modified_revalidation_sends_if_modified_since() {
     assert_eq!(seen[1].headers["if-modified-since"], "Wed, 21 Oct 2015 07:28:00 GMT");
 }
 
+/// Issue: one user got another's response. Credentials separate entries
+/// (a keyed digest in the key) and never reach the file; ignored parameters
+/// share an entry and never reach it either.
 #[tokio::test]
-async fn ignored_parameters_share_an_entry_and_never_reach_the_sqlite_file() {
+async fn credentials_separate_users_ignored_parameters_share_and_neither_reaches_the_sqlite_file() {
     let origin = Origin::start().await;
     let directory = tempfile::tempdir().expect("tempdir");
     let cache = CacheMiddleware::builder()
         .store(SqliteStore::open(directory.path().join("cache.sqlite")).expect("open"))
         .match_headers(MatchHeaders::All)
+        .ignored_parameters(["utm_source"])
         .build()
         .expect("cache");
     let client = client(&cache);
-    let first = client
-        .get(origin.url("/plain?q=1&api_key=SECRET-ONE"))
-        .header("authorization", "Bearer TOKEN-ONE")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(first.headers()["x-cache"], "MISS");
-    let second = client
-        .get(origin.url("/plain?api_key=SECRET-TWO&q=1"))
-        .header("Authorization", "Bearer TOKEN-TWO")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(second.headers()["x-cache"], "HIT");
-    assert_eq!(origin.hits("/plain"), 1);
+    let send = |query: &'static str, token: &'static str| {
+        let client = client.clone();
+        let url = origin.url(&format!("/plain?{query}"));
+        async move {
+            let response = client
+                .get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .expect("request");
+            let x_cache = response.headers()["x-cache"].to_str().expect("ascii").to_owned();
+            (x_cache, response.text().await.expect("body"))
+        }
+    };
+    let alice = send("q=1&api_key=SECRET-ONE&utm_source=mail", "TOKEN-ONE").await;
+    assert_eq!(alice, ("MISS".into(), "GET /plain #1".into()));
+    let bob = send("api_key=SECRET-TWO&q=1&utm_source=web", "TOKEN-TWO").await;
+    assert_eq!(
+        bob,
+        ("MISS".into(), "GET /plain #2".into()),
+        "Bob never gets Alice's response"
+    );
+    let alice_again = send("utm_source=ad&q=1&api_key=SECRET-ONE", "TOKEN-ONE").await;
+    assert_eq!(
+        alice_again,
+        ("HIT".into(), "GET /plain #1".into()),
+        "Alice gets her own"
+    );
+    let bob_other_key = send("api_key=SECRET-ONE&q=1", "TOKEN-TWO").await;
+    assert_eq!(bob_other_key.0, "MISS", "every credential takes part");
     assert_eq!(cache.urls().await.expect("urls"), [origin.url("/plain?q=1")]);
 
     let bytes = all_bytes_in(directory.path());
     assert!(contains(&bytes, "/plain?q=1"), "the test reads the right files");
-    for secret in ["SECRET-ONE", "SECRET-TWO", "TOKEN-ONE", "TOKEN-TWO", "api_key"] {
+    for secret in [
+        "SECRET-ONE",
+        "SECRET-TWO",
+        "TOKEN-ONE",
+        "TOKEN-TWO",
+        "api_key",
+        "utm_source",
+    ] {
         assert!(!contains(&bytes, secret), "{secret} reached the cache file");
     }
 }
@@ -141,7 +167,7 @@ async fn only_allowed_statuses_and_methods_are_cached() {
     let origin = Origin::start().await;
     let client = client(&memory_cache());
     for _ in 0..2 {
-        assert_eq!(get(&client, &origin.url("/status/404")).await.0, "MISS");
+        assert_eq!(get(&client, &origin.url("/status/500")).await.0, "MISS");
         client
             .post(origin.url("/post-default"))
             .body("a")
@@ -149,18 +175,19 @@ async fn only_allowed_statuses_and_methods_are_cached() {
             .await
             .expect("post");
     }
-    assert_eq!(origin.hits("/status/404"), 2);
+    assert_eq!(origin.hits("/status/500"), 2, "5xx is not stored by default");
     assert_eq!(origin.hits("/post-default"), 2);
 
     let cache = CacheMiddleware::builder()
         .store(MemoryStore::default())
-        .allowed_statuses([200, 404])
+        .allowed_statuses([200, 500])
         .allowed_methods([Method::GET, Method::POST])
+        .expire_after(Duration::from_secs(60))
         .build()
         .expect("cache");
     let client = common::client(&cache);
-    assert_eq!(get(&client, &origin.url("/status/404")).await.0, "MISS");
-    assert_eq!(get(&client, &origin.url("/status/404")).await.0, "HIT");
+    assert_eq!(get(&client, &origin.url("/status/500")).await.0, "MISS");
+    assert_eq!(get(&client, &origin.url("/status/500")).await.0, "HIT");
     let post = |body: &'static str| client.post(origin.url("/post-allowed")).body(body).send();
     assert_eq!(post("a").await.expect("post").headers()["x-cache"], "MISS");
     assert_eq!(post("a").await.expect("post").headers()["x-cache"], "HIT");
@@ -228,6 +255,7 @@ async fn response_headers_win_unless_turned_off() {
         &CacheMiddleware::builder()
             .store(MemoryStore::default())
             .cache_control(false)
+            .expire_after(ExpireAfter::Never)
             .build()
             .expect("cache"),
     );
@@ -242,7 +270,7 @@ async fn response_headers_win_unless_turned_off() {
     assert_eq!(
         origin.hits("/max-age/0"),
         3,
-        "with headers ignored, the default (never) applies"
+        "with headers ignored, the configured expiry (never) applies"
     );
 }
 

@@ -3,8 +3,10 @@
 //! The encoding is ours and versioned: a 4-byte magic, a format version, a
 //! flags byte, the length of the metadata, the metadata (serde, `postcard`),
 //! the body as raw bytes, and, for signed entries, an HMAC-SHA256 tag over
-//! all that precedes it. Decoding validates every length and never executes
-//! anything, so a tampered store yields an error, never code or a panic.
+//! all that precedes it. The metadata holds the entry's own key and method,
+//! so a signature also ties the entry to the request it was stored for.
+//! Decoding validates every length and never executes anything, so a
+//! tampered store yields an error, never code or a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::sign::{EntrySigner, TAG_LEN};
 
 const MAGIC: &[u8; 4] = b"edgc";
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 added the key and the initial age; older entries are misses.
+const FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 1 + 4;
 /// Flag: the entry ends with a signature tag.
 const SIGNED: u8 = 1;
@@ -29,7 +32,10 @@ pub struct StoredResponse {
     pub headers: HeaderMap,
     /// The response body.
     pub body: Bytes,
-    /// The normalized request URL, with ignored parameters removed.
+    /// The key it was stored under: an entry found under another key is
+    /// not served.
+    pub key: String,
+    /// The normalized request URL, with credential and ignored parameters removed.
     pub url: String,
     /// The request method.
     pub method: http::Method,
@@ -37,6 +43,8 @@ pub struct StoredResponse {
     pub created_at: SystemTime,
     /// When it stops being fresh; `None` means never.
     pub expires: Option<SystemTime>,
+    /// How old the response already was when stored (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
     /// Request headers named by the response's `Vary`, lower-cased.
     pub(crate) vary_names: Vec<String>,
     /// Digest of the request's values for `vary_names`.
@@ -49,6 +57,13 @@ impl StoredResponse {
     /// Whether the entry is past its expiry at `now`.
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires.is_some_and(|expires| expires <= now)
+    }
+
+    /// Its current age (RFC 9111 §4.2.3): the age it arrived with plus the
+    /// time it has been stored.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age
+            .saturating_add(now.duration_since(self.created_at).unwrap_or_default())
     }
 }
 
@@ -82,11 +97,14 @@ pub enum DecodeError {
 struct Metadata<'a> {
     status: u16,
     #[serde(borrow)]
+    key: &'a str,
+    #[serde(borrow)]
     method: &'a str,
     #[serde(borrow)]
     url: &'a str,
     created_at_ms: u64,
     expires_at_ms: Option<u64>,
+    initial_age_s: u64,
     #[serde(borrow)]
     headers: Vec<(&'a str, &'a [u8])>,
     vary_names: Vec<String>,
@@ -100,7 +118,10 @@ pub(crate) fn to_millis(time: SystemTime) -> u64 {
 }
 
 pub(crate) fn from_millis(millis: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(millis)
+    // Stored bytes may say anything: past the clock's range is "far future".
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(millis))
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64))
 }
 
 impl StoredResponse {
@@ -108,10 +129,12 @@ impl StoredResponse {
     pub(crate) fn encode(&self, signer: Option<&EntrySigner>) -> Bytes {
         let metadata = Metadata {
             status: self.status.as_u16(),
+            key: &self.key,
             method: self.method.as_str(),
             url: &self.url,
             created_at_ms: to_millis(self.created_at),
             expires_at_ms: self.expires.map(to_millis),
+            initial_age_s: self.initial_age.as_secs(),
             headers: self
                 .headers
                 .iter()
@@ -184,11 +207,13 @@ impl StoredResponse {
         Ok(StoredResponse {
             status: StatusCode::from_u16(metadata.status).map_err(|_| DecodeError::Invalid("status"))?,
             method: metadata.method.parse().map_err(|_| DecodeError::Invalid("method"))?,
+            key: metadata.key.to_owned(),
             url: metadata.url.to_owned(),
             headers,
             body: bytes.slice(body_start..),
             created_at: from_millis(metadata.created_at_ms),
             expires: metadata.expires_at_ms.map(from_millis),
+            initial_age: Duration::from_secs(metadata.initial_age_s),
             vary_names: metadata.vary_names,
             vary_digest: metadata.vary_digest,
             tags: metadata.tags,
@@ -209,10 +234,12 @@ mod tests {
             status: StatusCode::OK,
             headers,
             body: Bytes::from_static(b"hello"),
+            key: "0123abcd".into(),
             url: "http://example.com/".into(),
             method: http::Method::GET,
             created_at: from_millis(1_700_000_000_000),
             expires: Some(from_millis(1_700_000_060_000)),
+            initial_age: Duration::from_secs(30),
             vary_names: vec!["accept".into()],
             vary_digest: [7; 16],
             tags: vec!["product-1".into()],
@@ -227,6 +254,8 @@ mod tests {
         assert_eq!(decoded.headers, entry.headers);
         assert_eq!(decoded.body, entry.body);
         assert_eq!(decoded.url, entry.url);
+        assert_eq!(decoded.key, entry.key);
+        assert_eq!(decoded.initial_age, entry.initial_age);
         assert_eq!(decoded.created_at, entry.created_at);
         assert_eq!(decoded.expires, entry.expires);
         assert_eq!(decoded.vary_names, entry.vary_names);

@@ -1,30 +1,48 @@
 //! Cache keys: what makes two requests "the same request".
 //!
 //! A key is a digest of the upper-cased method, the normalized URL, the
-//! matched request headers and a canonical form of the body. Ignored
-//! parameters take no part in it, and they are removed from the URL that is
-//! stored beside the entry, so secrets never reach a store.
+//! matched request headers, a keyed digest of the request's credentials and
+//! a canonical form of the body.
+//!
+//! Two lists of parameter names shape it:
+//!
+//! * **Credentials** ([`DEFAULT_CREDENTIAL_PARAMETERS`], and always the URL's
+//!   userinfo) separate entries: requests with different tokens never share
+//!   one. Their values are never stored or logged; the key holds only an
+//!   HMAC of them, keyed with a secret the store keeps (or the cache's
+//!   `secret_key`), so a weak password cannot be recovered by guessing.
+//! * **Ignored parameters** (none by default) are left out of the key and out
+//!   of what is stored: cache-busters and tracking parameters, where sharing
+//!   an entry is the point. A name listed there is ignored even if it is a
+//!   default credential.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-/// Parameters ignored by default: removed from keys and never stored.
+/// Parameters that identify a user by default: they separate cache entries
+/// (through a keyed digest) and are never stored or logged.
 ///
 /// Query and body parameter names match exactly; header names match
-/// case-insensitively.
-pub const DEFAULT_IGNORED_PARAMETERS: &[&str] = &[
+/// case-insensitively. The URL's userinfo (`user:password@`) is always
+/// treated as a credential.
+pub const DEFAULT_CREDENTIAL_PARAMETERS: &[&str] = &[
     "Authorization",
     "Proxy-Authorization",
+    "Cookie",
     "X-API-Key",
     "access_token",
     "api_key",
     "apikey",
 ];
+
+/// What logs and errors show in place of a secret.
+pub(crate) const REDACTED: &str = "REDACTED";
 
 /// The identity of a cached response.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -39,6 +57,15 @@ impl CacheKey {
     /// The key as text, as stores keep it.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The key of one `Vary` variant of this key's responses.
+    pub(crate) fn variant(&self, vary_digest: &[u8; 16]) -> CacheKey {
+        let mut hasher = Sha256::new();
+        hasher.update(self.0.as_bytes());
+        hasher.update([0]);
+        hasher.update(vary_digest);
+        CacheKey(hex_lower(&truncate(hasher.finalize().into())))
     }
 }
 
@@ -83,64 +110,168 @@ pub enum MatchHeaders {
 /// A user-supplied function that replaces the built-in key computation.
 pub(crate) type KeyFn = Arc<dyn Fn(&RequestHead<'_>) -> String + Send + Sync>;
 
+/// The secret that keys digests of credentials and `Vary` values, so the
+/// store holds nothing a guess could be checked against.
+#[derive(Clone)]
+pub(crate) struct KeySecret(Hmac<Sha256>);
+
+impl KeySecret {
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        // HMAC takes keys of any length; the fallback is never used.
+        Self(Hmac::new_from_slice(secret).unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default())))
+    }
+
+    /// A fresh random secret, for stores that keep none.
+    pub(crate) fn random() -> Self {
+        Self::new(&random_bytes())
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+/// 32 random bytes from the operating system.
+pub(crate) fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back on what differs between processes and runs.
+        let seed = format!(
+            "{:?}{:?}{}",
+            std::time::SystemTime::now(),
+            std::thread::current().id(),
+            std::process::id()
+        );
+        bytes = Sha256::digest(seed.as_bytes()).into();
+    }
+    bytes
+}
+
+/// A set of parameter names: exact for query and body parameters,
+/// case-insensitive for headers.
+#[derive(Clone, Default)]
+struct Names {
+    exact: Vec<String>,
+    headers: Vec<HeaderName>,
+}
+
+impl Names {
+    fn new(names: impl IntoIterator<Item = String>) -> Self {
+        let exact: Vec<String> = names.into_iter().collect();
+        let headers = exact
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        Self { exact, headers }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.exact.iter().any(|exact| exact.as_bytes() == name)
+    }
+
+    fn contains_header(&self, name: &HeaderName) -> bool {
+        self.headers.contains(name)
+    }
+}
+
 /// How keys are computed: the part of the cache configuration that concerns
 /// request identity.
 #[derive(Clone, Default)]
 pub(crate) struct KeyRules {
-    /// Query/body parameter names, matched exactly.
-    pub(crate) ignored: Vec<String>,
-    /// The same names, lower-cased, for header matching.
-    pub(crate) ignored_headers: Vec<String>,
+    credentials: Names,
+    ignored: Names,
     pub(crate) match_headers: MatchHeaders,
     pub(crate) key_fn: Option<KeyFn>,
 }
 
+/// What a query parameter is to the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Plain,
+    Credential,
+    Ignored,
+}
+
 impl KeyRules {
-    pub(crate) fn new(ignored: Vec<String>, match_headers: MatchHeaders, key_fn: Option<KeyFn>) -> Self {
-        let ignored_headers = ignored.iter().map(|name| name.to_ascii_lowercase()).collect();
+    /// `ignored` wins over `credentials`: a name in both is ignored.
+    pub(crate) fn new(
+        credentials: Vec<String>,
+        ignored: Vec<String>,
+        match_headers: MatchHeaders,
+        key_fn: Option<KeyFn>,
+    ) -> Self {
+        let ignored = Names::new(ignored);
+        let mut credentials = Names::new(credentials);
+        credentials.headers.retain(|name| !ignored.contains_header(name));
         Self {
+            credentials,
             ignored,
-            ignored_headers,
             match_headers,
             key_fn,
         }
     }
 
-    fn is_ignored_param(&self, name: &str) -> bool {
-        self.ignored.iter().any(|ignored| ignored == name)
+    fn role(&self, name: &[u8]) -> Role {
+        if self.ignored.contains(name) {
+            Role::Ignored
+        } else if self.credentials.contains(name) {
+            Role::Credential
+        } else {
+            Role::Plain
+        }
     }
 
-    pub(crate) fn is_ignored_header(&self, name: &http::HeaderName) -> bool {
-        self.ignored_headers.iter().any(|ignored| ignored == name.as_str())
+    /// Whether a request header is left out of keys and stores.
+    pub(crate) fn is_ignored_header(&self, name: &HeaderName) -> bool {
+        self.ignored.contains_header(name)
+    }
+
+    /// Whether a request header carries a credential.
+    pub(crate) fn is_credential_header(&self, name: &HeaderName) -> bool {
+        self.credentials.contains_header(name)
     }
 
     /// The URL as keys and stores see it: lower-case scheme and host, default
-    /// port dropped, empty path as `/`, no fragment, query parameters sorted
-    /// by name then value (duplicates kept) and form-encoded canonically,
-    /// ignored parameters removed.
+    /// port dropped, empty path as `/`, no userinfo, no fragment, query
+    /// parameters sorted by name then value (duplicates kept) and
+    /// form-encoded canonically, credential and ignored parameters removed.
     pub(crate) fn normalize_url(&self, url: &Url) -> String {
+        self.normalize(url, |_, _| {})
+    }
+
+    /// Normalizes `url` and hands each credential pair to `credential`.
+    fn normalize(&self, url: &Url, mut credential: impl FnMut(&[u8], &[u8])) -> String {
         // `Url` already lower-cases scheme and host, drops default ports and
-        // turns an empty path into `/`; what is left is the query.
-        let base = &url[..url::Position::AfterPath];
+        // turns an empty path into `/`; userinfo is left out here, and the
+        // query is canonicalized below.
         let mut normalized = String::with_capacity(url.as_str().len() + 8);
-        normalized.push_str(base);
+        normalized.push_str(&url[..url::Position::BeforeUsername]);
+        normalized.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
         let Some(query) = url.query() else { return normalized };
         let mut pairs: Vec<(FormPart<'_>, FormPart<'_>)> = Vec::with_capacity(16);
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = FormPart::decode(name);
-            if !self.is_ignored_param(&name.text) {
-                pairs.push((name, FormPart::decode(value)));
+            match self.role(&name.bytes) {
+                Role::Plain => pairs.push((name, FormPart::decode(value))),
+                Role::Credential => credential(&name.bytes, &FormPart::decode(value).bytes),
+                Role::Ignored => {}
             }
         }
         // Names mostly differ in their first byte: compare it inline before
         // calling into a full comparison.
-        let quick = |a: &str, b: &str| match (a.as_bytes().first(), b.as_bytes().first()) {
+        let quick = |a: &[u8], b: &[u8]| match (a.first(), b.first()) {
             (Some(x), Some(y)) if x != y => x.cmp(y),
             _ => a.cmp(b),
         };
         pairs.sort_unstable_by(|(a_name, a_value), (b_name, b_value)| {
-            quick(&a_name.text, &b_name.text).then_with(|| quick(&a_value.text, &b_value.text))
+            quick(&a_name.bytes, &b_name.bytes).then_with(|| quick(&a_value.bytes, &b_value.bytes))
         });
         for (index, (name, value)) in pairs.iter().enumerate() {
             normalized.push(if index == 0 { '?' } else { '&' });
@@ -151,11 +282,38 @@ impl KeyRules {
         normalized
     }
 
-    /// Computes the key of a request.
-    pub(crate) fn key(&self, head: &RequestHead<'_>) -> CacheKey {
+    /// The URL as logs and errors show it: no userinfo, and the values of
+    /// credential and ignored parameters replaced by `REDACTED`.
+    pub(crate) fn redact_url(&self, url: &Url) -> String {
+        let mut redacted = String::with_capacity(url.as_str().len());
+        redacted.push_str(&url[..url::Position::BeforeUsername]);
+        redacted.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
+        if let Some(query) = url.query() {
+            redacted.push('?');
+            for (index, pair) in query.split('&').enumerate() {
+                if index > 0 {
+                    redacted.push('&');
+                }
+                let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+                if self.role(&FormPart::decode(name).bytes) == Role::Plain {
+                    redacted.push_str(pair);
+                } else {
+                    redacted.push_str(name);
+                    redacted.push('=');
+                    redacted.push_str(REDACTED);
+                }
+            }
+        }
+        redacted
+    }
+
+    /// Computes the key of a request; `secret` keys the digest of its
+    /// credentials.
+    pub(crate) fn key(&self, head: &RequestHead<'_>, secret: &KeySecret) -> CacheKey {
         if let Some(key_fn) = &self.key_fn {
             return CacheKey::new(key_fn(head));
         }
+        let mut credentials = Credentials::new(secret);
         let mut hasher = Sha256::new();
         let method = head.method.as_str();
         if method.bytes().any(|byte| byte.is_ascii_lowercase()) {
@@ -164,18 +322,33 @@ impl KeyRules {
             hasher.update(method);
         }
         hasher.update([0]);
-        hasher.update(self.normalize_url(head.url));
+        hasher.update(self.normalize(head.url, |name, value| credentials.add(b'q', name, value)));
         hasher.update([0]);
         self.hash_headers(head.headers, &mut hasher);
         hasher.update([0]);
-        if !head.body.is_empty() {
-            self.hash_body(head.headers, head.body, &mut hasher);
+        let (user, password) = (head.url.username(), head.url.password());
+        if !user.is_empty() || password.is_some() {
+            credentials.add(b'u', user.as_bytes(), password.unwrap_or_default().as_bytes());
         }
-        let digest: [u8; 32] = hasher.finalize().into();
-        let mut short = [0; 16];
-        short.copy_from_slice(&digest[..16]);
-        // 128 bits: collision-free for any realistic cache, half the text.
-        CacheKey(hex_lower(&short))
+        for name in &self.credentials.headers {
+            for value in head.headers.get_all(name) {
+                credentials.add(b'h', name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        // The body goes last, so it needs no terminator; its credentials are
+        // collected first.
+        let body = (!head.body.is_empty()).then(|| self.canonical_body(head.headers, head.body, &mut credentials));
+        match credentials.finish() {
+            Some(digest) => {
+                hasher.update([1]);
+                hasher.update(digest);
+            }
+            None => hasher.update([0]),
+        }
+        if let Some(body) = body {
+            hasher.update(&*body);
+        }
+        CacheKey(hex_lower(&truncate(hasher.finalize().into())))
     }
 
     fn hash_headers(&self, headers: &HeaderMap, hasher: &mut Sha256) {
@@ -187,65 +360,165 @@ impl KeyRules {
                 hasher.update(b"\n");
             }
         };
+        // Credential headers are keyed through their digest, never hashed plainly.
+        let hashed = |name: &&HeaderName| !self.is_ignored_header(name) && !self.is_credential_header(name);
         match &self.match_headers {
             MatchHeaders::None => {}
-            MatchHeaders::List(names) => names.iter().for_each(&mut hash_one),
+            MatchHeaders::List(names) => names.iter().filter(hashed).for_each(&mut hash_one),
             MatchHeaders::All => {
-                let mut names: Vec<_> = headers.keys().filter(|name| !self.is_ignored_header(name)).collect();
+                let mut names: Vec<_> = headers.keys().filter(hashed).collect();
                 names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                names.dedup();
                 names.into_iter().for_each(hash_one);
             }
         }
     }
 
-    /// Hashes a canonical form of the body: JSON with sorted keys, forms with
-    /// sorted pairs, ignored parameters left out; anything else as is.
-    fn hash_body(&self, headers: &HeaderMap, body: &[u8], hasher: &mut Sha256) {
+    /// A canonical form of the body: JSON with sorted keys, forms with
+    /// sorted pairs, ignored parameters left out and credentials handed to
+    /// the credential digest; anything else as is.
+    fn canonical_body<'b>(
+        &self,
+        headers: &HeaderMap,
+        body: &'b [u8],
+        credentials: &mut Credentials<'_>,
+    ) -> Cow<'b, [u8]> {
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
+            .map(|value| value.as_bytes())
+            .unwrap_or_default()
             .to_ascii_lowercase();
-        if content_type.contains("json") {
+        if content_type.windows(4).any(|window| window == b"json") {
             if let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) {
                 if let Some(object) = json.as_object_mut() {
-                    object.retain(|name, _| !self.is_ignored_param(name));
+                    object.retain(|name, value| match self.role(name.as_bytes()) {
+                        Role::Plain => true,
+                        Role::Ignored => false,
+                        Role::Credential => {
+                            credentials.add(b'j', name.as_bytes(), value.to_string().as_bytes());
+                            false
+                        }
+                    });
                 }
                 // serde_json's map is ordered by key, so this is canonical.
-                hasher.update(json.to_string());
-                return;
+                let mut canonical = b"j".to_vec();
+                canonical.extend_from_slice(json.to_string().as_bytes());
+                return Cow::Owned(canonical);
             }
-        } else if content_type.starts_with("application/x-www-form-urlencoded") {
-            let mut pairs: Vec<_> = url::form_urlencoded::parse(body)
-                .filter(|(name, _)| !self.is_ignored_param(name))
-                .collect();
+        } else if content_type.starts_with(b"application/x-www-form-urlencoded") {
+            let mut pairs = Vec::new();
+            for pair in body.split(|&byte| byte == b'&').filter(|pair| !pair.is_empty()) {
+                let split = pair.iter().position(|&byte| byte == b'=');
+                let (name, value) = match split {
+                    Some(at) => (&pair[..at], &pair[at + 1..]),
+                    None => (pair, &b""[..]),
+                };
+                let name = decode_form(name);
+                match self.role(&name) {
+                    Role::Plain => pairs.push((name, decode_form(value))),
+                    Role::Credential => credentials.add(b'f', &name, &decode_form(value)),
+                    Role::Ignored => {}
+                }
+            }
             pairs.sort();
+            let mut canonical = b"f".to_vec();
             for (name, value) in pairs {
-                hasher.update(name.as_bytes());
-                hasher.update(b"=");
-                hasher.update(value.as_bytes());
-                hasher.update(b"&");
+                length_prefixed(&mut canonical, &name);
+                length_prefixed(&mut canonical, &value);
             }
-            return;
+            return Cow::Owned(canonical);
         }
-        hasher.update(body);
+        let mut raw = Vec::with_capacity(body.len() + 1);
+        raw.push(b'r');
+        raw.extend_from_slice(body);
+        Cow::Owned(raw)
     }
 
-    /// A digest of the request's values for the headers a response varies on.
-    pub(crate) fn vary_digest(names: &[String], headers: &HeaderMap) -> [u8; 16] {
-        let mut hasher = Sha256::new();
+    /// A keyed digest of the request's values for the headers a response
+    /// varies on. Values are compared as lists: whitespace around commas and
+    /// the split into field lines don't matter, nor does case in the
+    /// `Accept*` headers, whose values are case-insensitive.
+    pub(crate) fn vary_digest(names: &[String], headers: &HeaderMap, secret: &KeySecret) -> [u8; 16] {
+        let mut mac = secret.mac();
+        mac.update(b"vary");
+        let mut normalized = Vec::new();
         for name in names {
+            normalized.clear();
+            let fold_case = name.starts_with("accept");
             for value in headers.get_all(name.as_str()) {
-                hasher.update(value.as_bytes());
-                hasher.update(b"\n");
+                for member in value.as_bytes().split(|&byte| byte == b',') {
+                    let member = member.trim_ascii();
+                    if member.is_empty() {
+                        continue;
+                    }
+                    if !normalized.is_empty() {
+                        normalized.push(b',');
+                    }
+                    if fold_case {
+                        normalized.extend(member.iter().map(u8::to_ascii_lowercase));
+                    } else {
+                        normalized.extend_from_slice(member);
+                    }
+                }
             }
-            hasher.update([0]);
+            length_prefixed_mac(&mut mac, name.as_bytes());
+            length_prefixed_mac(&mut mac, &normalized);
         }
-        let digest = hasher.finalize();
-        let mut short = [0; 16];
-        short.copy_from_slice(&digest[..16]);
-        short
+        truncate(mac.finalize().into_bytes().into())
     }
+}
+
+/// Collects a request's credentials into one keyed digest.
+struct Credentials<'s> {
+    secret: &'s KeySecret,
+    /// Query and form pairs, sorted before digesting so their order doesn't matter.
+    pairs: Vec<(u8, Vec<u8>, Vec<u8>)>,
+}
+
+impl<'s> Credentials<'s> {
+    fn new(secret: &'s KeySecret) -> Self {
+        Self {
+            secret,
+            pairs: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, kind: u8, name: &[u8], value: &[u8]) {
+        self.pairs.push((kind, name.to_vec(), value.to_vec()));
+    }
+
+    /// The digest, or `None` when the request carries no credential.
+    fn finish(mut self) -> Option<[u8; 32]> {
+        if self.pairs.is_empty() {
+            return None;
+        }
+        self.pairs.sort();
+        let mut mac = self.secret.mac();
+        mac.update(b"credentials");
+        for (kind, name, value) in &self.pairs {
+            mac.update(&[*kind]);
+            length_prefixed_mac(&mut mac, name);
+            length_prefixed_mac(&mut mac, value);
+        }
+        Some(mac.finalize().into_bytes().into())
+    }
+}
+
+fn length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn length_prefixed_mac(mac: &mut Hmac<Sha256>, bytes: &[u8]) {
+    mac.update(&(bytes.len() as u64).to_le_bytes());
+    mac.update(bytes);
+}
+
+fn truncate(digest: [u8; 32]) -> [u8; 16] {
+    let mut short = [0; 16];
+    short.copy_from_slice(&digest[..16]);
+    // 128 bits: collision-free for any realistic cache, half the text.
+    short
 }
 
 /// Bytes the form encoding keeps as they are: ASCII letters, digits, `*-._`.
@@ -260,40 +533,49 @@ const KEPT_AS_IS: [bool; 256] = {
     kept
 };
 
+/// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space,
+/// `%XX` a byte. Invalid UTF-8 stays as it is, so distinct inputs stay
+/// distinct.
+fn decode_form(raw: &[u8]) -> Vec<u8> {
+    let plus_as_space: Cow<'_, [u8]> = if raw.contains(&b'+') {
+        Cow::Owned(raw.iter().map(|&byte| if byte == b'+' { b' ' } else { byte }).collect())
+    } else {
+        Cow::Borrowed(raw)
+    };
+    percent_encoding::percent_decode(&plus_as_space).collect()
+}
+
 /// One decoded `application/x-www-form-urlencoded` name or value.
 struct FormPart<'a> {
-    text: Cow<'a, str>,
-    /// Whether `text` holds only bytes the form encoding keeps as they are,
+    bytes: Cow<'a, [u8]>,
+    /// Whether `bytes` holds only bytes the form encoding keeps as they are,
     /// so it is its own canonical encoding (the common case).
     plain: bool,
 }
 
 impl<'a> FormPart<'a> {
     fn decode(raw: &'a str) -> Self {
-        if raw.bytes().all(|byte| KEPT_AS_IS[usize::from(byte)]) {
+        let raw = raw.as_bytes();
+        if raw.iter().all(|&byte| KEPT_AS_IS[usize::from(byte)]) {
             return FormPart {
-                text: Cow::Borrowed(raw),
+                bytes: Cow::Borrowed(raw),
                 plain: true,
             };
         }
-        let text = if raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
-            let plus_as_space = raw.replace('+', " ");
-            Cow::Owned(
-                percent_encoding::percent_decode_str(&plus_as_space)
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            )
+        let bytes = if raw.iter().any(|&byte| byte == b'%' || byte == b'+') {
+            Cow::Owned(decode_form(raw))
         } else {
             Cow::Borrowed(raw)
         };
-        FormPart { text, plain: false }
+        FormPart { bytes, plain: false }
     }
 
     fn encode_into(&self, out: &mut String) {
         if self.plain {
-            out.push_str(&self.text);
+            // Only ASCII letters, digits and `*-._`: valid UTF-8.
+            out.extend(self.bytes.iter().map(|&byte| char::from(byte)));
         } else {
-            out.extend(url::form_urlencoded::byte_serialize(self.text.as_bytes()));
+            out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
         }
     }
 }
@@ -311,78 +593,5 @@ pub(crate) fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = DIGITS[usize::from(byte >> 4)];
         pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rules() -> KeyRules {
-        KeyRules::new(
-            DEFAULT_IGNORED_PARAMETERS.iter().map(|name| name.to_string()).collect(),
-            MatchHeaders::None,
-            None,
-        )
-    }
-
-    fn normalize(url: &str) -> String {
-        rules().normalize_url(&Url::parse(url).expect("test URL"))
-    }
-
-    #[test]
-    fn normalization_matches_what_users_expect() {
-        assert_eq!(normalize("HTTP://Example.COM:80"), "http://example.com/");
-        assert_eq!(normalize("https://example.com:443/a#frag"), "https://example.com/a");
-        assert_eq!(normalize("https://example.com:8443/a"), "https://example.com:8443/a");
-        assert_eq!(normalize("http://e.com/p?b=2&a=1&a=0"), "http://e.com/p?a=0&a=1&b=2");
-        assert_eq!(normalize("http://e.com/p?api_key=s3cret&x=1"), "http://e.com/p?x=1");
-        assert_eq!(normalize("http://e.com/p?api_key=s3cret"), "http://e.com/p");
-        assert_eq!(normalize("http://e.com/p?"), "http://e.com/p");
-        assert_eq!(
-            normalize("http://e.com/p?q=a%20b&r=a+b&s=a,b"),
-            "http://e.com/p?q=a+b&r=a+b&s=a%2Cb"
-        );
-        assert_eq!(normalize("http://e.com/p?flag&&x="), "http://e.com/p?flag=&x=");
-        assert_eq!(normalize("http://e.com/p?caf%C3%A9=1"), "http://e.com/p?caf%C3%A9=1");
-        assert_eq!(
-            normalize("http://e.com/p?api%5Fkey=s3cret"),
-            "http://e.com/p",
-            "ignored names match decoded"
-        );
-    }
-
-    fn key_of(method: &str, url: &str, headers: &HeaderMap, body: &[u8]) -> CacheKey {
-        let rules = rules();
-        let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let url = Url::parse(url).expect("url");
-        let head = RequestHead {
-            method: &method,
-            url: &url,
-            headers,
-            body,
-        };
-        rules.key(&head)
-    }
-
-    #[test]
-    fn json_bodies_are_keyed_by_content_not_key_order() {
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::CONTENT_TYPE, "application/json".parse().expect("value"));
-        let a = key_of("POST", "http://e.com/", &headers, br#"{"a":1,"b":2,"api_key":"x"}"#);
-        let b = key_of("POST", "http://e.com/", &headers, br#"{"b":2, "a":1,"api_key":"y"}"#);
-        let c = key_of("POST", "http://e.com/", &headers, br#"{"a":1,"b":3}"#);
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_ne!(a, key_of("PUT", "http://e.com/", &headers, br#"{"a":1,"b":2}"#));
-    }
-
-    #[test]
-    fn methods_are_compared_upper_case() {
-        let headers = HeaderMap::new();
-        assert_eq!(
-            key_of("get", "http://e.com/", &headers, b""),
-            key_of("GET", "http://e.com/", &headers, b"")
-        );
     }
 }

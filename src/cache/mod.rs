@@ -15,53 +15,57 @@ pub(crate) mod mode;
 pub mod policy;
 pub(crate) mod sign;
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body::Body;
+use tokio::sync::OnceCell;
 use url::Url;
 
 use self::body::{CacheBody, Collected, collect_limited};
 use self::coalesce::{Inflight, Leader, Turn, follow};
-use self::entry::StoredResponse;
-use self::key::{CacheKey, KeyRules, RequestHead};
-use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags};
-use self::policy::{ExpireAfter, Lifetime, Rules, StaleWindow, has_directive, has_validator};
+use self::entry::{DecodeError, StoredResponse};
+use self::key::{CacheKey, KeyRules, KeySecret, RequestHead};
+use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
+use self::policy::{ExpireAfter, Lifetime, RequestDirectives, Rules, StaleWindow, has_directive, vary_names};
 use self::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
-const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// Headers that describe one connection, not the response: never stored.
-const HOP_BY_HOP: &[header::HeaderName] = &[
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
+/// Headers that describe one connection, not the response: never stored
+/// (RFC 9111 §3.1), along with any header the `Connection` header names.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
 ];
 
 /// Headers a `304 Not Modified` must not overwrite in the stored response.
-const KEPT_ON_REVALIDATION: &[header::HeaderName] = &[
+const KEPT_ON_REVALIDATION: &[HeaderName] = &[
     header::CONTENT_LENGTH,
     header::CONTENT_ENCODING,
     header::TRANSFER_ENCODING,
     header::CONTENT_RANGE,
 ];
 
-/// Request headers that make a request conditional: the caller validates
-/// its own copy, so the cache stays out of the way.
-const CONDITIONAL: &[header::HeaderName] = &[
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
+/// Request preconditions the cache cannot evaluate for the origin: such
+/// requests go through untouched.
+const PRECONDITIONS: &[HeaderName] = &[header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
+
+/// How many shards the per-URL invalidation counters have.
+const GENERATION_SHARDS: usize = 64;
 
 /// The configured cache: rules, store and response options.
 pub(crate) struct Engine {
@@ -73,17 +77,26 @@ pub(crate) struct Engine {
     /// Set while the store is failing, so a broken store logs one warning,
     /// not one per request.
     store_failing: AtomicBool,
+    /// The secret keying credential and `Vary` digests: the cache's
+    /// `secret_key`, else the store's, fetched on first use.
+    secret: OnceCell<KeySecret>,
+    /// Used while the store can't say its secret, and for stores that keep none.
+    process_secret: KeySecret,
+    /// Bumped by every invalidation, so a fetch that was under way when its
+    /// entry was deleted doesn't store it again.
+    generations: Generations,
 }
 
 /// How the engine answers, beyond what to store.
 pub(crate) struct EngineOptions {
     pub(crate) x_cache_header: bool,
+    pub(crate) cache_status_header: bool,
     pub(crate) max_body_size: usize,
     pub(crate) signer: Option<EntrySigner>,
     pub(crate) stale_if_error: StaleWindow,
     pub(crate) stale_while_revalidate: StaleWindow,
     /// The response header that carries cache tags.
-    pub(crate) tag_header: header::HeaderName,
+    pub(crate) tag_header: HeaderName,
 }
 
 /// What an adapter does with a request.
@@ -102,8 +115,20 @@ pub(crate) enum Plan {
 
 /// A request the cache lets through.
 pub(crate) struct Pass {
-    /// The normalized URL whose entries a successful unsafe request invalidates.
-    invalidate: Option<String>,
+    /// The URL whose entries a successful unsafe request invalidates.
+    invalidate: Option<Url>,
+    forward: Forward,
+    cache_key: Option<CacheKey>,
+}
+
+impl Pass {
+    fn new(forward: Forward) -> Self {
+        Self {
+            invalidate: None,
+            forward,
+            cache_key: None,
+        }
+    }
 }
 
 /// A request the cache wants the origin's answer to.
@@ -111,13 +136,18 @@ pub(crate) struct Fetch {
     key: CacheKey,
     url: String,
     request: http::request::Parts,
-    configured: ExpireAfter,
+    configured: Option<ExpireAfter>,
     stale: Option<Arc<StoredResponse>>,
     conditional: HeaderMap,
     /// Set when this request fetches on behalf of concurrent ones.
     leader: Option<Leader>,
     /// Tags from the request's [`CacheTags`] extension.
     tags: Vec<String>,
+    forward: Forward,
+    /// A `HEAD` answered from, and refreshing, the stored `GET`.
+    head: bool,
+    requested_at: SystemTime,
+    generation: Generation,
 }
 
 impl Fetch {
@@ -127,8 +157,26 @@ impl Fetch {
     }
 }
 
+/// What a lookup found.
+struct Lookup {
+    entry: Option<Arc<StoredResponse>>,
+    /// Something is stored for the key, but for other `Vary` values.
+    vary_miss: bool,
+}
+
 impl Engine {
-    pub(crate) fn new(store: Arc<dyn Store>, keys: KeyRules, rules: Rules, options: EngineOptions) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        keys: KeyRules,
+        rules: Rules,
+        options: EngineOptions,
+        secret_key: Option<&[u8]>,
+    ) -> Self {
+        let secret = match secret_key {
+            // Domain-separated from the entry signatures made with the same key.
+            Some(key) => OnceCell::new_with(Some(KeySecret::new(&[b"edgecache key digests\0", key].concat()))),
+            None => OnceCell::new(),
+        };
         Self {
             store,
             keys,
@@ -136,6 +184,9 @@ impl Engine {
             options,
             inflight: Arc::default(),
             store_failing: AtomicBool::new(false),
+            secret,
+            process_secret: KeySecret::random(),
+            generations: Generations::default(),
         }
     }
 
@@ -147,7 +198,33 @@ impl Engine {
 
     /// The plan for a request whose URL cannot be known: let it through.
     pub(crate) fn plan_unaddressable(&self) -> Plan {
-        Plan::Pass(Pass { invalidate: None })
+        Plan::Pass(Pass::new(Forward::Bypass))
+    }
+
+    /// The secret for key digests, fetching the store's on first use.
+    pub(crate) async fn secret(&self) -> &KeySecret {
+        if let Some(secret) = self.secret.get() {
+            return secret;
+        }
+        match self.store.key_secret().await {
+            Ok(Some(bytes)) => self.secret.get_or_init(|| async { KeySecret::new(&bytes) }).await,
+            Ok(None) => self.secret.get_or_init(|| async { self.process_secret.clone() }).await,
+            Err(error) => {
+                // Entries keyed meanwhile are only misses for other processes.
+                self.note_store_result::<()>(Err(error), "read the key secret");
+                &self.process_secret
+            }
+        }
+    }
+
+    /// The secret once known, for work after a request was planned.
+    fn known_secret(&self) -> &KeySecret {
+        self.secret.get().unwrap_or(&self.process_secret)
+    }
+
+    /// The key a request is filed under.
+    pub(crate) async fn key(&self, head: &RequestHead<'_>) -> CacheKey {
+        self.keys.key(head, self.secret().await)
     }
 
     /// Decides what to do with a request. `body` is `None` when the body is a
@@ -162,115 +239,217 @@ impl Engine {
     ) -> Plan {
         let mut mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
         if mode == CacheMode::NoStore {
-            return Plan::Pass(Pass { invalidate: None });
+            return Plan::Pass(Pass::new(Forward::Bypass));
         }
         if !self.rules.allows_method(method) {
-            let invalidate = (!method.is_safe()).then(|| self.keys.normalize_url(url));
-            return Plan::Pass(Pass { invalidate });
+            return Plan::Pass(Pass {
+                invalidate: (!method.is_safe()).then(|| url.clone()),
+                ..Pass::new(Forward::Method)
+            });
         }
         let Some(body) = body else {
-            return Plan::Pass(Pass { invalidate: None });
+            return Plan::Pass(Pass::new(Forward::Bypass));
         };
-        if CONDITIONAL.iter().any(|name| headers.contains_key(name)) || has_directive(headers, "no-store") {
-            return Plan::Pass(Pass { invalidate: None });
+        if PRECONDITIONS.iter().any(|name| headers.contains_key(name)) || has_directive(headers, "no-store") {
+            return Plan::Pass(Pass::new(Forward::Request));
         }
-        if mode == CacheMode::Default && has_directive(headers, "no-cache") {
+        let directives = if headers.contains_key(header::CACHE_CONTROL) {
+            RequestDirectives::parse(headers)
+        } else {
+            RequestDirectives::default()
+        };
+        if mode == CacheMode::Default && requests_no_cache(headers) {
             mode = CacheMode::Refresh;
         }
+        // The client validating its own copy (RFC 9111 §4.3.2).
+        let validating = headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE);
+        // HEAD is answered from, and refreshes, the stored GET (RFC 9111 §4.3.5).
+        let head = method == Method::HEAD && self.rules.allows_method(&Method::GET);
+        let lookup_method = if head { &Method::GET } else { method };
 
-        let key = self.keys.key(&RequestHead {
-            method,
-            url,
-            headers,
-            body,
-        });
+        let key = self
+            .key(&RequestHead {
+                method: lookup_method,
+                url,
+                headers,
+                body,
+            })
+            .await;
         let now = SystemTime::now();
-        let stored = match mode {
-            CacheMode::ForceRefresh => None,
-            _ => self.load(&key, headers).await,
+        let Lookup { entry, vary_miss } = match mode {
+            CacheMode::ForceRefresh => Lookup {
+                entry: None,
+                vary_miss: false,
+            },
+            _ => self.load(&key, lookup_method, headers).await,
         };
-        match (stored, mode) {
-            (Some(entry), CacheMode::OnlyIfCached) => {
+        let only_if_cached = mode == CacheMode::OnlyIfCached || directives.only_if_cached;
+        if let Some(entry) = &entry {
+            if mode == CacheMode::OnlyIfCached {
                 let status = if entry.is_expired(now) {
                     CacheStatus::Stale
                 } else {
                     CacheStatus::Hit
                 };
-                Plan::Respond(self.response_from(&entry, key, status, now))
+                return Plan::Respond(self.answer(
+                    entry,
+                    served(entry, key, status, now),
+                    now,
+                    head,
+                    validating.then_some(headers),
+                ));
             }
-            (None, CacheMode::OnlyIfCached) => {
-                let mut response = http::Response::new(Bytes::new());
-                *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                let (mut parts, body) = response.into_parts();
-                self.annotate(&mut parts.headers, &mut parts.extensions, miss(Some(key), None));
-                Plan::Respond(http::Response::from_parts(parts, body))
-            }
-            (Some(entry), CacheMode::Default) if !entry.is_expired(now) => {
-                Plan::Respond(self.response_from(&entry, key, CacheStatus::Hit, now))
-            }
-            (stale, mode) => {
-                let fetch = |key, stale, leader| {
-                    let conditional = Option::as_deref(&stale).map(conditional_headers).unwrap_or_default();
-                    let mut request = http::Request::new(());
-                    *request.method_mut() = method.clone();
-                    *request.uri_mut() = url.as_str().parse().unwrap_or_default();
-                    *request.headers_mut() = headers.clone();
-                    let (request, ()) = request.into_parts();
-                    let configured = self
-                        .rules
-                        .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
-                    let url = self.keys.normalize_url(url);
-                    let tags = extensions
-                        .get::<CacheTags>()
-                        .map(|tags| tags.0.clone())
-                        .unwrap_or_default();
-                    Box::new(Fetch {
-                        key,
-                        url,
-                        request,
-                        configured,
-                        stale,
-                        conditional,
-                        leader,
-                        tags,
-                    })
+            if mode == CacheMode::Default {
+                let status = if self.is_fresh_enough(entry, &directives, now) {
+                    Some(CacheStatus::Hit)
+                } else if self.accepts_stale(entry, &directives, now) {
+                    Some(CacheStatus::Stale)
+                } else {
+                    None
                 };
-                // Stale, but allowed to serve while a background refresh runs
-                // (one refresh per key, however many callers).
-                if mode == CacheMode::Default
-                    && let Some(entry) = &stale
-                    && self.may_serve_stale(
+                if let Some(status) = status {
+                    return Plan::Respond(self.answer(
                         entry,
+                        served(entry, key, status, now),
                         now,
-                        self.options.stale_while_revalidate,
-                        "stale-while-revalidate",
-                    )
-                {
-                    let response = self.response_from(entry, key.clone(), CacheStatus::Stale, now);
-                    return match self.inflight.join(&key) {
-                        Turn::Lead(leader) => Plan::RespondAndRefresh(response, fetch(key, stale, Some(leader))),
-                        Turn::Follow(_) => Plan::Respond(response),
-                    };
+                        head,
+                        validating.then_some(headers),
+                    ));
                 }
-                let leader = match mode {
-                    CacheMode::ForceRefresh => None,
-                    _ => match self.inflight.join(&key) {
-                        Turn::Lead(leader) => Some(leader),
-                        Turn::Follow(flight) => {
-                            if let Some(entry) = follow(flight).await
-                                && matches_vary(&entry, headers)
-                            {
-                                let now = SystemTime::now();
-                                return Plan::Respond(self.response_from(&entry, key, CacheStatus::Hit, now));
-                            }
-                            // The leader had nothing to share: fetch alone.
-                            None
-                        }
-                    },
-                };
-                Plan::Fetch(fetch(key, stale, leader))
             }
         }
+        if only_if_cached {
+            return Plan::Respond(self.gateway_timeout(key));
+        }
+        if validating {
+            // Nothing fresh to validate against here: the origin decides.
+            return Plan::Pass(Pass {
+                cache_key: Some(key),
+                ..Pass::new(Forward::Request)
+            });
+        }
+        let forward = match (mode, &entry) {
+            (CacheMode::Refresh | CacheMode::ForceRefresh, _) => Forward::Request,
+            (_, Some(_)) => Forward::Stale,
+            (_, None) if vary_miss => Forward::VaryMiss,
+            (_, None) => Forward::UriMiss,
+        };
+        let fetch = |key, stale: Option<Arc<StoredResponse>>, leader| {
+            // A HEAD is sent as it came; the stored GET is refreshed from it.
+            let conditional = match (&stale, head) {
+                (Some(stale), false) => conditional_headers(stale),
+                _ => HeaderMap::new(),
+            };
+            let mut request = http::Request::new(());
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = url.as_str().parse().unwrap_or_default();
+            *request.headers_mut() = headers.clone();
+            let (request, ()) = request.into_parts();
+            let configured = self
+                .rules
+                .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
+            let normalized = self.keys.normalize_url(url);
+            let generation = self.generations.current(&normalized);
+            let tags = extensions
+                .get::<CacheTags>()
+                .map(|tags| tags.0.clone())
+                .unwrap_or_default();
+            Box::new(Fetch {
+                key,
+                url: normalized,
+                request,
+                configured,
+                stale,
+                conditional,
+                leader,
+                tags,
+                forward,
+                head,
+                requested_at: SystemTime::now(),
+                generation,
+            })
+        };
+        // Stale, but allowed to serve while a background refresh runs
+        // (one refresh per key, however many callers).
+        if mode == CacheMode::Default
+            && !head
+            && let Some(stale) = &entry
+            && self.may_serve_stale(
+                stale,
+                now,
+                self.options.stale_while_revalidate,
+                "stale-while-revalidate",
+            )
+        {
+            let response = self.answer(
+                stale,
+                served(stale, key.clone(), CacheStatus::Stale, now),
+                now,
+                false,
+                None,
+            );
+            return match self.inflight.join(&key) {
+                Turn::Lead(leader) => Plan::RespondAndRefresh(response, fetch(key, entry, Some(leader))),
+                Turn::Follow(_) => Plan::Respond(response),
+            };
+        }
+        let leader = match mode {
+            CacheMode::ForceRefresh => None,
+            _ if head => None,
+            _ => match self.inflight.join(&key) {
+                Turn::Lead(leader) => Some(leader),
+                Turn::Follow(flight) => {
+                    if let Some(shared) = follow(flight).await
+                        && self.matches_vary(&shared, headers)
+                    {
+                        let now = SystemTime::now();
+                        let info = CacheInfo {
+                            collapsed: true,
+                            forward: Some(forward),
+                            forward_status: Some(shared.status),
+                            ttl: None,
+                            ..served(&shared, key, CacheStatus::Hit, now)
+                        };
+                        return Plan::Respond(self.answer(&shared, info, now, false, None));
+                    }
+                    // The leader had nothing to share: fetch alone.
+                    None
+                }
+            },
+        };
+        Plan::Fetch(fetch(key, entry, leader))
+    }
+
+    /// Whether a stored response may answer a request without the origin:
+    /// fresh, and within the request's `max-age` and `min-fresh`.
+    fn is_fresh_enough(&self, entry: &StoredResponse, directives: &RequestDirectives, now: SystemTime) -> bool {
+        if entry.is_expired(now) {
+            return false;
+        }
+        if directives.is_default() {
+            return true;
+        }
+        if directives.max_age.is_some_and(|max_age| entry.age(now) > max_age) {
+            return false;
+        }
+        match (directives.min_fresh, entry.expires) {
+            (Some(min_fresh), Some(expires)) => expires.duration_since(now).unwrap_or_default() >= min_fresh,
+            _ => true,
+        }
+    }
+
+    /// Whether the request's `max-stale` accepts this stale response, and
+    /// the response allows it (RFC 9111 §4.2.4, §5.2.1.2).
+    fn accepts_stale(&self, entry: &StoredResponse, directives: &RequestDirectives, now: SystemTime) -> bool {
+        let Some(max_stale) = directives.max_stale else {
+            return false;
+        };
+        if directives.max_age.is_some_and(|max_age| entry.age(now) > max_age)
+            || self.rules.forbids_stale(&entry.headers)
+        {
+            return false;
+        }
+        max_stale.is_none_or(|max_stale| staleness(entry, now) <= max_stale)
     }
 
     /// A stale answer when sending a [`Fetch`] failed, if `stale_if_error`
@@ -279,28 +458,57 @@ impl Engine {
         let now = SystemTime::now();
         let stale = fetch.stale.as_ref()?;
         self.may_serve_stale(stale, now, self.options.stale_if_error, "stale-if-error")
-            .then(|| self.response_from(stale, fetch.key.clone(), CacheStatus::Stale, now))
+            .then(|| {
+                let info = served(stale, fetch.key.clone(), CacheStatus::Stale, now);
+                self.answer(stale, info, now, fetch.head, None)
+            })
     }
 
     fn may_serve_stale(&self, entry: &StoredResponse, now: SystemTime, window: StaleWindow, directive: &str) -> bool {
-        let staleness = entry
-            .expires
-            .and_then(|expires| now.duration_since(expires).ok())
-            .unwrap_or_default();
-        window.allows(staleness, &entry.headers, directive)
+        !self.rules.forbids_stale(&entry.headers) && window.allows(staleness(entry, now), &entry.headers, directive)
     }
 
-    /// Invalidates the URL after a successful unsafe request the cache let
-    /// through, and returns the report for its response: the adapter puts it
-    /// in the extensions and passes it to [`Engine::mark`].
-    pub(crate) async fn after_pass(&self, pass: Pass, status: StatusCode) -> CacheInfo {
+    /// Invalidates after a successful unsafe request the cache let through
+    /// (the request URL, and `Location` and `Content-Location` on the same
+    /// origin, RFC 9111 §4.4), and returns the report for its response: the
+    /// adapter puts it in the extensions and passes it to [`Engine::mark`].
+    pub(crate) async fn after_pass(&self, pass: Pass, status: StatusCode, headers: &HeaderMap) -> CacheInfo {
         if let Some(url) = pass.invalidate
             && (status.is_success() || status.is_redirection())
         {
-            let removed = self.store.remove_url(&url).await;
-            self.note_store_result(removed, "invalidate");
+            let related = [header::LOCATION, header::CONTENT_LOCATION]
+                .into_iter()
+                .filter_map(|name| headers.get(name)?.to_str().ok().and_then(|value| url.join(value).ok()))
+                .filter(|target| target.origin() == url.origin());
+            for target in std::iter::once(url.clone()).chain(related) {
+                self.invalidate_url(&self.keys.normalize_url(&target)).await;
+            }
         }
-        miss(None, None)
+        CacheInfo {
+            forward: Some(pass.forward),
+            forward_status: Some(status),
+            ..miss(pass.cache_key, None)
+        }
+    }
+
+    /// Deletes a URL's entries, and keeps fetches under way from storing
+    /// them again; how many were deleted.
+    async fn invalidate_url(&self, normalized_url: &str) {
+        self.fence_url(normalized_url);
+        let removed = self.store.remove_url(normalized_url).await;
+        self.note_store_result(removed, "invalidate");
+    }
+
+    /// Keeps fetches under way for this URL from storing what they get:
+    /// call it before deleting the URL's entries.
+    pub(crate) fn fence_url(&self, normalized_url: &str) {
+        self.generations.bump(normalized_url);
+    }
+
+    /// Keeps every fetch under way from storing what it gets: for deletions
+    /// that are not by URL (tag, age, clear).
+    pub(crate) fn fence_all(&self) {
+        self.generations.bump_all();
     }
 
     /// Takes the origin's response to a [`Fetch`]: stores it when the rules
@@ -320,6 +528,9 @@ impl Engine {
             return Ok(stale.map(CacheBody::full));
         }
         let now = SystemTime::now();
+        if fetch.head {
+            return Ok(self.finish_head(*fetch, response, now).await);
+        }
         if response.status() == StatusCode::NOT_MODIFIED
             && let Some(stale) = fetch.stale.take()
         {
@@ -334,22 +545,35 @@ impl Engine {
             stale,
             leader,
             tags,
+            forward,
+            requested_at,
+            generation,
             ..
         } = *fetch;
         let (mut parts, body) = response.into_parts();
+        let not_stored = |engine: &Self, parts: &mut http::response::Parts, key| {
+            let info = CacheInfo {
+                forward: Some(forward),
+                forward_status: Some(parts.status),
+                ..miss(Some(key), None)
+            };
+            engine.annotate(&mut parts.headers, &mut parts.extensions, info);
+        };
 
-        let lifetime = self.rules.lifetime(&request, &parts, configured, now);
+        let lifetime = self.rules.lifetime(&request, &parts, configured, requested_at, now);
         let max_body_size = self.options.max_body_size;
         let too_large = content_length(&parts.headers).is_some_and(|length| length > max_body_size as u64);
-        let expires = match lifetime {
-            Lifetime::Until(expires) if !too_large => expires,
+        let (expires, initial_age) = match lifetime {
+            Lifetime::Until { expires, initial_age } if !too_large => (expires, initial_age),
             _ => {
-                if stale.is_some() && lifetime == Lifetime::DoNotStore {
+                if let Some(stale) = &stale
+                    && lifetime == Lifetime::DoNotStore
+                {
                     // The origin no longer lets this be cached: drop our copy.
-                    let removed = self.store.remove(key.as_str()).await;
+                    let removed = self.store.remove(&stale.key).await;
                     self.note_store_result(removed, "remove");
                 }
-                self.annotate(&mut parts.headers, &mut parts.extensions, miss(Some(key), None));
+                not_stored(self, &mut parts, key);
                 return Ok(http::Response::from_parts(
                     parts,
                     CacheBody::streaming(Bytes::new(), body),
@@ -360,36 +584,102 @@ impl Engine {
         let body = match collect_limited(body, max_body_size).await? {
             Collected::Complete(body) => body,
             Collected::TooLarge(body) => {
-                self.annotate(&mut parts.headers, &mut parts.extensions, miss(Some(key), None));
+                not_stored(self, &mut parts, key);
                 return Ok(http::Response::from_parts(parts, body));
             }
         };
-        let mut headers = parts.headers.clone();
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        let (vary_names, vary_digest) = vary(&parts.headers, &request.headers);
-        let entry = StoredResponse {
+        let vary_names: Vec<String> = {
+            let mut names: Vec<String> = vary_names(&parts.headers).collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        let vary_digest = if vary_names.is_empty() {
+            [0; 16]
+        } else {
+            KeyRules::vary_digest(&vary_names, &request.headers, self.known_secret())
+        };
+        let mut entry = StoredResponse {
             status: parts.status,
-            headers,
+            headers: storable_headers(&parts.headers),
             body: body.clone(),
+            key: key.as_str().to_owned(),
             url,
             method: request.method,
             created_at: now,
             expires,
+            initial_age,
             vary_names,
             vary_digest,
             tags: self.tags(tags, &parts.headers),
         };
-        let info = miss(Some(key.clone()), Some(&entry));
         tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
+        let stored = self.save(&key, &mut entry, generation).await;
         let entry = Arc::new(entry);
-        self.save(&key, Arc::clone(&entry)).await;
+        let info = CacheInfo {
+            forward: Some(forward),
+            forward_status: Some(parts.status),
+            stored,
+            ..miss(Some(key), Some(&entry))
+        };
         if let Some(leader) = leader {
             leader.share(entry);
         }
         self.annotate(&mut parts.headers, &mut parts.extensions, info);
         Ok(http::Response::from_parts(parts, CacheBody::full(body)))
+    }
+
+    /// A `HEAD` the origin answered: passes it on, and updates the stored
+    /// `GET` from it, or marks that stale when they disagree (RFC 9111 §4.3.5).
+    async fn finish_head<B>(
+        &self,
+        fetch: Fetch,
+        response: http::Response<B>,
+        now: SystemTime,
+    ) -> http::Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let (mut parts, body) = response.into_parts();
+        let mut stored = false;
+        if parts.status == StatusCode::OK
+            && let Some(entry) = fetch.stale
+        {
+            let mut entry = Arc::unwrap_or_clone(entry);
+            let same = |name: HeaderName| match (parts.headers.get(&name), entry.headers.get(&name)) {
+                (None, _) => true,
+                (Some(new), Some(old)) => new == old,
+                (Some(new), None) => {
+                    name == header::CONTENT_LENGTH && new.as_bytes() == entry.body.len().to_string().as_bytes()
+                }
+            };
+            if same(header::ETAG) && same(header::LAST_MODIFIED) && same(header::CONTENT_LENGTH) {
+                merge_headers(&mut entry.headers, &parts.headers);
+                let (merged, ()) = response_parts(&entry);
+                match self
+                    .rules
+                    .lifetime(&fetch.request, &merged, fetch.configured, fetch.requested_at, now)
+                {
+                    Lifetime::Until { expires, initial_age } => {
+                        entry.created_at = now;
+                        entry.expires = expires;
+                        entry.initial_age = initial_age;
+                    }
+                    Lifetime::DoNotStore => entry.expires = Some(now),
+                }
+            } else {
+                entry.expires = Some(now);
+            }
+            stored = self.save(&fetch.key, &mut entry, fetch.generation).await;
+        }
+        let info = CacheInfo {
+            forward: Some(fetch.forward),
+            forward_status: Some(parts.status),
+            stored,
+            ..miss(Some(fetch.key), None)
+        };
+        self.annotate(&mut parts.headers, &mut parts.extensions, info);
+        http::Response::from_parts(parts, CacheBody::streaming(Bytes::new(), body))
     }
 
     /// Answers a `304 Not Modified` with the stored body, the stored headers
@@ -406,57 +696,153 @@ impl Engine {
             request,
             configured,
             leader,
+            requested_at,
+            generation,
             ..
         } = fetch;
         let mut entry = Arc::unwrap_or_clone(stale);
-        for (name, value) in not_modified {
-            if !KEPT_ON_REVALIDATION.contains(name) && !HOP_BY_HOP.contains(name) {
-                entry.headers.insert(name, value.clone());
-            }
-        }
-        let mut merged = http::Response::new(());
-        *merged.status_mut() = entry.status;
-        *merged.headers_mut() = entry.headers.clone();
-        let (merged, ()) = merged.into_parts();
-        match self.rules.lifetime(&request, &merged, configured, now) {
-            Lifetime::Until(expires) => {
+        merge_headers(&mut entry.headers, not_modified);
+        let (merged, ()) = response_parts(&entry);
+        let mut stored = false;
+        match self.rules.lifetime(&request, &merged, configured, requested_at, now) {
+            Lifetime::Until { expires, initial_age } => {
                 entry.created_at = now;
                 entry.expires = expires;
+                entry.initial_age = initial_age;
+                stored = self.save(&key, &mut entry, generation).await;
                 let entry = Arc::new(entry);
-                self.save(&key, Arc::clone(&entry)).await;
-                let response = self.response_from(&entry, key, CacheStatus::Revalidated, now);
+                let response = self.revalidated_answer(&entry, key, stored, now);
                 if let Some(leader) = leader {
                     leader.share(entry);
                 }
                 response
             }
             Lifetime::DoNotStore => {
-                let removed = self.store.remove(key.as_str()).await;
+                let removed = self.store.remove(&entry.key).await;
                 self.note_store_result(removed, "remove");
-                self.response_from(&entry, key, CacheStatus::Revalidated, now)
+                self.revalidated_answer(&entry, key, stored, now)
             }
         }
     }
 
-    /// Reads and decodes an entry. Store failures and corrupt entries count
-    /// as misses: the cache steps aside rather than failing the request.
-    async fn load(&self, key: &CacheKey, request_headers: &HeaderMap) -> Option<Arc<StoredResponse>> {
+    fn revalidated_answer(
+        &self,
+        entry: &StoredResponse,
+        key: CacheKey,
+        stored: bool,
+        now: SystemTime,
+    ) -> http::Response<Bytes> {
+        let info = CacheInfo {
+            forward: Some(Forward::Stale),
+            forward_status: Some(StatusCode::NOT_MODIFIED),
+            stored,
+            ..served(entry, key, CacheStatus::Revalidated, now)
+        };
+        self.answer(entry, info, now, false, None)
+    }
+
+    /// Reads and decodes an entry, and its `Vary` variant when the latest
+    /// response stored for the key was for other header values. Store
+    /// failures, corrupt entries and entries stored for another request
+    /// count as misses: the cache steps aside rather than failing the request.
+    async fn load(&self, key: &CacheKey, method: &Method, request_headers: &HeaderMap) -> Lookup {
+        let Some(entry) = self.load_one(key, method).await else {
+            return Lookup {
+                entry: None,
+                vary_miss: false,
+            };
+        };
+        if entry.vary_names.is_empty() {
+            return Lookup {
+                entry: Some(entry),
+                vary_miss: false,
+            };
+        }
+        let digest = KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret());
+        if digest == entry.vary_digest {
+            return Lookup {
+                entry: Some(entry),
+                vary_miss: false,
+            };
+        }
+        let variant = self
+            .load_one(&key.variant(&digest), method)
+            .await
+            .filter(|variant| self.matches_vary(variant, request_headers));
+        Lookup {
+            vary_miss: variant.is_none(),
+            entry: variant,
+        }
+    }
+
+    async fn load_one(&self, key: &CacheKey, method: &Method) -> Option<Arc<StoredResponse>> {
         let value = self.note_store_result(self.store.get(key.as_str()).await, "read")??;
         let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
-            Ok(entry) => entry,
+            Ok(entry) if entry.key == key.as_str() && entry.method == method => entry,
+            Ok(_) => {
+                tracing::warn!(key = %key, "dropping a cache entry stored for another request");
+                self.remove_quietly(key).await;
+                return None;
+            }
+            Err(DecodeError::UnsupportedVersion(version)) => {
+                tracing::debug!(key = %key, version, "dropping a cache entry of another format version");
+                self.remove_quietly(key).await;
+                return None;
+            }
             Err(error) => {
                 tracing::warn!(key = %key, %error, "dropping undecodable cache entry");
-                let removed = self.store.remove(key.as_str()).await;
-                self.note_store_result(removed, "remove");
+                self.remove_quietly(key).await;
                 return None;
             }
         };
-        matches_vary(&entry, request_headers).then_some(entry)
+        Some(entry)
     }
 
-    async fn save(&self, key: &CacheKey, entry: Arc<StoredResponse>) {
+    async fn remove_quietly(&self, key: &CacheKey) {
+        let removed = self.store.remove(key.as_str()).await;
+        self.note_store_result(removed, "remove");
+    }
+
+    /// Whether a stored entry answers a request with these headers, given
+    /// the response's `Vary`.
+    fn matches_vary(&self, entry: &StoredResponse, request_headers: &HeaderMap) -> bool {
+        entry.vary_names.is_empty()
+            || KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret()) == entry.vary_digest
+    }
+
+    /// Stores an entry under its request's key, and under its `Vary`
+    /// variant's key so other variants don't replace it, unless its URL was
+    /// invalidated since the request was planned; whether it was stored.
+    async fn save(&self, key: &CacheKey, entry: &mut StoredResponse, generation: Generation) -> bool {
+        entry.key = key.as_str().to_owned();
+        if self.generations.changed_since(&entry.url, generation) {
+            tracing::debug!(url = %entry.url, "not storing: the entry was invalidated while it was fetched");
+            return false;
+        }
+        let mut keys = vec![key.clone()];
+        if !entry.vary_names.is_empty() {
+            let mut variant = entry.clone();
+            variant.key = key.variant(&entry.vary_digest).as_str().to_owned();
+            if !self.put(&variant).await {
+                return false;
+            }
+            keys.push(CacheKey::new(variant.key));
+        }
+        let stored = self.put(entry).await;
+        // A deletion that ran between the check above and the writes must
+        // win: it fenced before it deleted, so this sees it.
+        if self.generations.changed_since(&entry.url, generation) {
+            for key in &keys {
+                self.remove_quietly(key).await;
+            }
+            return false;
+        }
+        stored
+    }
+
+    async fn put(&self, entry: &StoredResponse) -> bool {
         let record = StoreEntry {
-            key: key.as_str().to_owned(),
+            key: entry.key.clone(),
             url: entry.url.clone(),
             created_at: entry.created_at,
             expires: entry.expires,
@@ -467,7 +853,7 @@ impl Engine {
             value: StoredValue::new(entry.encode(self.options.signer.as_ref())),
         };
         let saved = self.store.put(record).await;
-        self.note_store_result(saved, "write");
+        self.note_store_result(saved, "write").is_some()
     }
 
     /// Logs the first failure of a streak (and the recovery), never one per
@@ -489,34 +875,68 @@ impl Engine {
         }
     }
 
-    fn response_from(
+    /// A response from a stored entry: the whole response, its head alone
+    /// for `HEAD`, or a `304` when the request's own validators match
+    /// (RFC 9110 §13.1.1, §13.1.3).
+    fn answer(
         &self,
         entry: &StoredResponse,
-        key: CacheKey,
-        status: CacheStatus,
+        info: CacheInfo,
         now: SystemTime,
+        head: bool,
+        validating: Option<&HeaderMap>,
     ) -> http::Response<Bytes> {
-        let info = CacheInfo {
-            status,
-            from_cache: true,
-            created_at: Some(entry.created_at),
-            expires: entry.expires,
-            is_expired: entry.is_expired(now),
-            revalidated: status == CacheStatus::Revalidated,
-            cache_key: Some(key),
+        let not_modified = validating.is_some_and(|request| not_modified(request, &entry.headers));
+        let body = if head || not_modified {
+            Bytes::new()
+        } else {
+            entry.body.clone()
         };
-        let mut response = http::Response::new(entry.body.clone());
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers.clone();
+        let mut response = http::Response::new(body);
+        let mut headers = entry.headers.clone();
+        headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+        if not_modified {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::CONTENT_RANGE,
+            ] {
+                headers.remove(name);
+            }
+        } else {
+            *response.status_mut() = entry.status;
+        }
+        *response.headers_mut() = headers;
         let (mut parts, body) = response.into_parts();
         self.annotate(&mut parts.headers, &mut parts.extensions, info);
         http::Response::from_parts(parts, body)
     }
 
-    /// Sets the `x-cache` header, unless turned off.
+    /// `504 Gateway Timeout`: what `only-if-cached` gets when nothing stored
+    /// may answer (RFC 9111 §5.2.1.7).
+    fn gateway_timeout(&self, key: CacheKey) -> http::Response<Bytes> {
+        let mut response = http::Response::new(Bytes::new());
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        let (mut parts, body) = response.into_parts();
+        let info = CacheInfo {
+            detail: Some("only-if-cached"),
+            ..miss(Some(key), None)
+        };
+        self.annotate(&mut parts.headers, &mut parts.extensions, info);
+        http::Response::from_parts(parts, body)
+    }
+
+    /// Sets the `x-cache` and `Cache-Status` headers, unless turned off.
     pub(crate) fn mark(&self, headers: &mut HeaderMap, info: &CacheInfo) {
         if self.options.x_cache_header {
             headers.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
+        }
+        if self.options.cache_status_header
+            && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(info.cache_status()))
+        {
+            headers.insert(CACHE_STATUS, value);
         }
     }
 
@@ -524,9 +944,7 @@ impl Engine {
         self.mark(headers, &info);
         extensions.insert(info);
     }
-}
 
-impl Engine {
     /// The request's tags and those in the response's tag header, each once.
     fn tags(&self, mut tags: Vec<String>, response_headers: &HeaderMap) -> Vec<String> {
         let from_header = response_headers
@@ -544,10 +962,172 @@ impl Engine {
     }
 }
 
-/// Whether a stored entry answers a request with these headers, given the
-/// response's `Vary`.
-fn matches_vary(entry: &StoredResponse, request_headers: &HeaderMap) -> bool {
-    entry.vary_names.is_empty() || KeyRules::vary_digest(&entry.vary_names, request_headers) == entry.vary_digest
+/// A generation of the invalidation counters: the global one and the URL's shard.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation(u64, u64);
+
+/// Invalidation counters: one for deletions of everything, and one per
+/// shard of URLs, so unrelated URLs rarely disturb each other's stores.
+struct Generations {
+    all: AtomicU64,
+    shards: [AtomicU64; GENERATION_SHARDS],
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Self {
+            all: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| AtomicU64::new(0)),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl Generations {
+    fn shard(&self, url: &str) -> &AtomicU64 {
+        let index = (self.hasher.hash_one(url) % GENERATION_SHARDS as u64) as usize;
+        &self.shards[index]
+    }
+
+    fn current(&self, url: &str) -> Generation {
+        Generation(
+            self.all.load(Ordering::Acquire),
+            self.shard(url).load(Ordering::Acquire),
+        )
+    }
+
+    fn changed_since(&self, url: &str, generation: Generation) -> bool {
+        self.current(url) != generation
+    }
+
+    fn bump(&self, url: &str) {
+        self.shard(url).fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn bump_all(&self) {
+        self.all.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether the request asks that no stored response be used unvalidated:
+/// `Cache-Control: no-cache`, or `Pragma: no-cache` without a
+/// `Cache-Control` (RFC 9111 §5.4).
+fn requests_no_cache(headers: &HeaderMap) -> bool {
+    if headers.contains_key(header::CACHE_CONTROL) {
+        return has_directive(headers, "no-cache");
+    }
+    headers.get_all(header::PRAGMA).iter().any(|pragma| {
+        pragma
+            .as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"no-cache"))
+    })
+}
+
+/// Whether a stored response with `stored` headers satisfies the request's
+/// `If-None-Match` (weak comparison), or, without one, its
+/// `If-Modified-Since`.
+fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    if request.contains_key(header::IF_NONE_MATCH) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|etag| etag.to_str().ok()) else {
+            return false;
+        };
+        let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        return request
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|tag| tag.trim() == "*" || weak(tag) == weak(etag));
+    }
+    let since = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+}
+
+/// How long past its expiry an entry is (zero while fresh).
+fn staleness(entry: &StoredResponse, now: SystemTime) -> Duration {
+    entry
+        .expires
+        .and_then(|expires| now.duration_since(expires).ok())
+        .unwrap_or_default()
+}
+
+/// `later - now` in whole seconds, negative when `later` has passed.
+fn signed_seconds(later: SystemTime, now: SystemTime) -> i64 {
+    match later.duration_since(now) {
+        Ok(ahead) => i64::try_from(ahead.as_secs()).unwrap_or(i64::MAX),
+        Err(behind) => i64::try_from(behind.duration().as_secs()).map_or(i64::MIN, |seconds| -seconds),
+    }
+}
+
+/// The response headers worth storing: without hop-by-hop headers, those
+/// the `Connection` header names (RFC 9111 §3.1), or `Age`, which is
+/// computed afresh on every answer.
+fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = headers.clone();
+    for named in connection_named(headers) {
+        kept.remove(named);
+    }
+    for name in HOP_BY_HOP {
+        kept.remove(*name);
+    }
+    kept.remove(header::AGE);
+    kept
+}
+
+/// The header names listed in `Connection`.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect()
+}
+
+/// Updates stored headers from a `304` or a `HEAD` (RFC 9111 §3.2), leaving
+/// alone those that describe the stored body.
+fn merge_headers(stored: &mut HeaderMap, update: &HeaderMap) {
+    let update = storable_headers(update);
+    for name in update.keys() {
+        if !KEPT_ON_REVALIDATION.contains(name) {
+            stored.remove(name);
+        }
+    }
+    for (name, value) in &update {
+        if !KEPT_ON_REVALIDATION.contains(name) {
+            stored.append(name, value.clone());
+        }
+    }
+}
+
+/// A stored entry's status and headers, as the expiry rules take them.
+fn response_parts(entry: &StoredResponse) -> (http::response::Parts, ()) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response.into_parts()
+}
+
+/// The report on an answer from a stored entry.
+fn served(entry: &StoredResponse, key: CacheKey, status: CacheStatus, now: SystemTime) -> CacheInfo {
+    CacheInfo {
+        status,
+        from_cache: true,
+        created_at: Some(entry.created_at),
+        expires: entry.expires,
+        is_expired: entry.is_expired(now),
+        revalidated: status == CacheStatus::Revalidated,
+        cache_key: Some(key),
+        ttl: entry.expires.map(|expires| signed_seconds(expires, now)),
+        ..miss(None, None)
+    }
 }
 
 fn miss(cache_key: Option<CacheKey>, stored: Option<&StoredResponse>) -> CacheInfo {
@@ -559,6 +1139,12 @@ fn miss(cache_key: Option<CacheKey>, stored: Option<&StoredResponse>) -> CacheIn
         is_expired: false,
         revalidated: false,
         cache_key,
+        forward: None,
+        forward_status: None,
+        stored: false,
+        collapsed: false,
+        ttl: None,
+        detail: None,
     }
 }
 
@@ -571,27 +1157,7 @@ fn conditional_headers(entry: &StoredResponse) -> HeaderMap {
     if let Some(last_modified) = entry.headers.get(header::LAST_MODIFIED) {
         conditional.insert(header::IF_MODIFIED_SINCE, last_modified.clone());
     }
-    debug_assert_eq!(conditional.is_empty(), !has_validator(&entry.headers));
     conditional
-}
-
-/// The request headers a response varies on, and a digest of their values.
-fn vary(response: &HeaderMap, request: &HeaderMap) -> (Vec<String>, [u8; 16]) {
-    let mut names: Vec<String> = response
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect();
-    if names.is_empty() {
-        return (names, [0; 16]);
-    }
-    names.sort();
-    names.dedup();
-    let digest = KeyRules::vary_digest(&names, request);
-    (names, digest)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

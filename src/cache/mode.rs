@@ -2,6 +2,8 @@
 
 use std::time::SystemTime;
 
+use http::StatusCode;
+
 use super::key::CacheKey;
 
 /// How one request uses the cache. Pass it as a request extension; without
@@ -74,7 +76,40 @@ impl CacheStatus {
     }
 }
 
-/// The cache's report on a response, found in its extensions.
+/// Why the cache sent a request on to the origin: RFC 9211's `fwd` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// The cache was told to stay out of the way ([`CacheMode::NoStore`], a
+    /// streaming body, a request without a URL).
+    Bypass,
+    /// The method is not one the cache stores.
+    Method,
+    /// Nothing was stored for the URL.
+    UriMiss,
+    /// Something was stored for the URL, but for other `Vary` header values.
+    VaryMiss,
+    /// The request asked for it (`no-cache`, a refresh mode, preconditions).
+    Request,
+    /// The stored response was stale and had to be revalidated or replaced.
+    Stale,
+}
+
+impl Forward {
+    /// The `fwd` parameter's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forward::Bypass => "bypass",
+            Forward::Method => "method",
+            Forward::UriMiss => "uri-miss",
+            Forward::VaryMiss => "vary-miss",
+            Forward::Request => "request",
+            Forward::Stale => "stale",
+        }
+    }
+}
+
+/// The cache's report on a response, found in its extensions. It says what
+/// the `x-cache` and `Cache-Status` (RFC 9211) headers say.
 ///
 /// ```
 /// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), reqwest_middleware::Error> {
@@ -83,6 +118,7 @@ impl CacheStatus {
 /// let response = client.get("https://example.com/").send().await?;
 /// let info = response.extensions().get::<CacheInfo>().expect("set on every response");
 /// println!("from cache: {}, expires: {:?}", info.from_cache, info.expires);
+/// println!("Cache-Status: {}", info.cache_status());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,4 +138,51 @@ pub struct CacheInfo {
     /// The key the request was looked up under; `None` when the cache did
     /// not consider the request (method not cached, streaming body, `NoStore`).
     pub cache_key: Option<CacheKey>,
+    /// Why the request went to the origin, if it did (`fwd`).
+    pub forward: Option<Forward>,
+    /// The status the origin answered with, if asked (`fwd-status`).
+    pub forward_status: Option<StatusCode>,
+    /// Whether the response was stored, or the stored one updated (`stored`).
+    pub stored: bool,
+    /// Whether the answer came from another request's trip to the origin (`collapsed`).
+    pub collapsed: bool,
+    /// Seconds of freshness left when served from the cache; negative when
+    /// stale (`ttl`).
+    pub ttl: Option<i64>,
+    /// Why the cache answered as it did, when the above doesn't say (`detail`).
+    pub detail: Option<&'static str>,
+}
+
+impl CacheInfo {
+    /// The `Cache-Status` field value (RFC 9211), e.g. `edgecache; hit; ttl=42`
+    /// or `edgecache; fwd=stale; fwd-status=304; stored`.
+    pub fn cache_status(&self) -> String {
+        use std::fmt::Write;
+        let mut value = String::with_capacity(48);
+        value.push_str("edgecache");
+        if self.forward.is_none() && self.from_cache {
+            value.push_str("; hit");
+        }
+        if let Some(forward) = self.forward {
+            value.push_str("; fwd=");
+            value.push_str(forward.as_str());
+        }
+        if let Some(status) = self.forward_status {
+            let _ = write!(value, "; fwd-status={}", status.as_u16());
+        }
+        if self.stored {
+            value.push_str("; stored");
+        }
+        if self.collapsed {
+            value.push_str("; collapsed");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(value, "; ttl={ttl}");
+        }
+        if let Some(detail) = self.detail {
+            value.push_str("; detail=");
+            value.push_str(detail);
+        }
+        value
+    }
 }

@@ -1,15 +1,21 @@
-//! What gets stored, and for how long.
+//! What gets stored, and for how long (RFC 9111).
 //!
 //! Expiry precedence, from strongest to weakest:
 //!
-//! 1. `Cache-Control: no-store` (request or response) is never stored, and a
-//!    configured [`ExpireAfter::DoNotCache`] always wins;
-//! 2. the response's own freshness headers (`Cache-Control: max-age`,
-//!    `no-cache`, `Expires`), judged as a private cache under RFC 9111, unless
-//!    header-driven expiry is turned off;
-//! 3. the per-request [`ExpireAfter`] (a request extension);
-//! 4. the first URL pattern that matches;
-//! 5. the cache-wide default ([`ExpireAfter::Never`] unless set).
+//! 1. `Cache-Control: no-store` (request or response) is never stored, nor
+//!    is `private` in a shared cache, and a configured
+//!    [`ExpireAfter::DoNotCache`] always wins;
+//! 2. the response's own freshness (`Cache-Control: max-age`, `s-maxage` in
+//!    a shared cache, `no-cache`, `Expires`), unless header-driven expiry is
+//!    turned off;
+//! 3. the per-request [`ExpireAfter`] (a request extension), then the first
+//!    URL pattern that matches, then the cache-wide default, whichever was
+//!    configured first in that order;
+//! 4. heuristic freshness (RFC 9111 §4.2.2): 10 % of the time since
+//!    `Last-Modified`, at most `heuristic_max` (one day by default), for the
+//!    statuses RFC 9110 §15.1 makes heuristically cacheable;
+//! 5. otherwise the response is stored only if it has a validator (`ETag`,
+//!    `Last-Modified`), and revalidated before each use.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 use url::Url;
 
@@ -166,7 +172,7 @@ impl StaleWindow {
 fn directive_seconds(headers: &HeaderMap, directive: &str) -> Option<u64> {
     cache_control(headers)
         .find(|(name, _)| name.eq_ignore_ascii_case(directive))
-        .and_then(|(_, value)| value?.trim_matches('"').parse().ok())
+        .and_then(|(_, value)| delta_seconds(value?))
 }
 
 /// What storing a response comes to.
@@ -174,34 +180,54 @@ fn directive_seconds(headers: &HeaderMap, directive: &str) -> Option<u64> {
 pub(crate) enum Lifetime {
     /// Don't store it.
     DoNotStore,
-    /// Store it; fresh until the given moment, or forever with `None`.
-    Until(Option<SystemTime>),
+    /// Store it: fresh until `expires` (forever with `None`), and already
+    /// `initial_age` old on arrival (RFC 9111 §4.2.3).
+    Until {
+        expires: Option<SystemTime>,
+        initial_age: Duration,
+    },
 }
 
 /// A predicate on responses: `false` keeps a response out of the cache.
 pub(crate) type ResponseFilter = Arc<dyn Fn(&http::response::Parts) -> bool + Send + Sync>;
 
+/// The largest delta-seconds value a cache must handle (RFC 9111 §1.2.2);
+/// larger ones count as this.
+pub(crate) const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// Statuses RFC 9110 §15.1 makes heuristically cacheable (less 206: this
+/// cache does not combine partial content, so it never stores it).
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
 /// The expiry and filter rules of one cache.
 #[derive(Clone)]
 pub(crate) struct Rules {
-    pub(crate) default_expire_after: ExpireAfter,
+    pub(crate) default_expire_after: Option<ExpireAfter>,
     url_patterns: GlobSet,
     url_expire_after: Vec<ExpireAfter>,
     pub(crate) allowed_methods: Vec<Method>,
-    pub(crate) allowed_statuses: Vec<StatusCode>,
+    /// The user's explicit list; `None` follows RFC 9111.
+    pub(crate) allowed_statuses: Option<Vec<StatusCode>>,
     pub(crate) filter: Option<ResponseFilter>,
     pub(crate) honor_cache_control: bool,
+    /// RFC 9111 shared-cache rules.
+    pub(crate) shared: bool,
+    pub(crate) heuristic_max: Duration,
+}
+
+/// What [`Rules::new`] needs besides the URL patterns.
+pub(crate) struct RuleOptions {
+    pub(crate) default_expire_after: Option<ExpireAfter>,
+    pub(crate) allowed_methods: Vec<Method>,
+    pub(crate) allowed_statuses: Option<Vec<StatusCode>>,
+    pub(crate) filter: Option<ResponseFilter>,
+    pub(crate) honor_cache_control: bool,
+    pub(crate) shared: bool,
+    pub(crate) heuristic_max: Duration,
 }
 
 impl Rules {
-    pub(crate) fn new(
-        default_expire_after: ExpireAfter,
-        url_expire_after: Vec<(String, ExpireAfter)>,
-        allowed_methods: Vec<Method>,
-        allowed_statuses: Vec<StatusCode>,
-        filter: Option<ResponseFilter>,
-        honor_cache_control: bool,
-    ) -> Result<Self, Error> {
+    pub(crate) fn new(url_expire_after: Vec<(String, ExpireAfter)>, options: RuleOptions) -> Result<Self, Error> {
         let mut patterns = GlobSetBuilder::new();
         for (pattern, _) in &url_expire_after {
             let glob = GlobBuilder::new(&url_glob(pattern))
@@ -218,13 +244,15 @@ impl Rules {
             source,
         })?;
         Ok(Self {
-            default_expire_after,
+            default_expire_after: options.default_expire_after,
             url_patterns,
             url_expire_after: url_expire_after.into_iter().map(|(_, expire)| expire).collect(),
-            allowed_methods,
-            allowed_statuses,
-            filter,
-            honor_cache_control,
+            allowed_methods: options.allowed_methods,
+            allowed_statuses: options.allowed_statuses,
+            filter: options.filter,
+            honor_cache_control: options.honor_cache_control,
+            shared: options.shared,
+            heuristic_max: options.heuristic_max,
         })
     }
 
@@ -233,64 +261,273 @@ impl Rules {
     }
 
     /// The configured expiry: per request, else the first URL pattern that
-    /// matches, else the cache default.
-    pub(crate) fn configured_expiry(&self, per_request: Option<ExpireAfter>, url: &Url) -> ExpireAfter {
-        if let Some(expire) = per_request {
-            return expire;
+    /// matches, else the cache default; `None` when none was configured.
+    pub(crate) fn configured_expiry(&self, per_request: Option<ExpireAfter>, url: &Url) -> Option<ExpireAfter> {
+        if per_request.is_some() {
+            return per_request;
         }
         if !self.url_expire_after.is_empty() {
-            let without_scheme = &url.as_str()[url.scheme().len() + 3..];
+            let without_scheme = url.as_str().get(url.scheme().len() + 3..).unwrap_or_default();
             if let Some(first) = self.url_patterns.matches(without_scheme).into_iter().min() {
-                return self.url_expire_after[first];
+                return self.url_expire_after.get(first).copied();
             }
         }
         self.default_expire_after
     }
 
+    /// Whether a status may be stored: the user's list when set; otherwise
+    /// the heuristically cacheable ones, and, with explicit freshness, 302,
+    /// 307 and the other 4xx. Never 206 (partial content is not combined).
+    fn allows_status(&self, status: StatusCode, explicit_freshness: bool) -> bool {
+        if status == StatusCode::PARTIAL_CONTENT {
+            return false;
+        }
+        match &self.allowed_statuses {
+            Some(allowed) => allowed.contains(&status),
+            None => {
+                HEURISTICALLY_CACHEABLE.contains(&status.as_u16())
+                    || (explicit_freshness
+                        && (status == StatusCode::FOUND
+                            || status == StatusCode::TEMPORARY_REDIRECT
+                            || status.is_client_error()))
+            }
+        }
+    }
+
     /// Whether, and until when, a response may be stored. `request` is the
-    /// request as sent (for `Cache-Control` in the request and RFC 9111
-    /// age calculation); `configured` comes from [`Rules::configured_expiry`].
+    /// request as sent, `requested_at` when it was sent and `now` when the
+    /// response arrived; `configured` comes from [`Rules::configured_expiry`].
     pub(crate) fn lifetime(
         &self,
         request: &http::request::Parts,
         response: &http::response::Parts,
-        configured: ExpireAfter,
+        configured: Option<ExpireAfter>,
+        requested_at: SystemTime,
         now: SystemTime,
     ) -> Lifetime {
-        if !self.allowed_statuses.contains(&response.status)
-            || configured == ExpireAfter::DoNotCache
+        let headers = &response.headers;
+        let explicit = self.honor_cache_control && has_explicit_freshness(headers, self.shared);
+        if !self.allows_status(response.status, explicit)
+            || configured == Some(ExpireAfter::DoNotCache)
             || has_directive(&request.headers, "no-store")
-            || has_directive(&response.headers, "no-store")
-            || response
-                .headers
-                .get(http::header::VARY)
-                .is_some_and(|vary| vary.as_bytes().trim_ascii() == b"*")
+            || has_directive(headers, "no-store")
+            || vary_names(headers).any(|name| name == "*")
+            || (self.shared && !self.shared_may_store(request, headers))
             || self.filter.as_ref().is_some_and(|keep| !keep(response))
         {
             return Lifetime::DoNotStore;
         }
-        let until = if self.honor_cache_control && has_explicit_freshness(&response.headers) {
+        let initial_age = initial_age(headers, requested_at, now);
+        let freshness = |public_heuristic: bool| {
+            let normalized = normalized_for_policy(headers, initial_age);
+            let mut parts = http::Response::new(());
+            // Status and storability were judged above; the policy only
+            // measures freshness.
+            *parts.headers_mut() = normalized;
+            let (parts, ()) = parts.into_parts();
             let options = CacheOptions {
-                shared: false,
-                ..CacheOptions::default()
+                shared: self.shared,
+                cache_heuristic: if public_heuristic { 0.1 } else { 0.0 },
+                immutable_min_time_to_live: Duration::ZERO,
+                ignore_cargo_cult: false,
             };
-            let policy = CachePolicy::new_options(request, response, now, options);
-            Some(now + policy.time_to_live(now))
+            let request = http::Request::new(());
+            let (mut request, ()) = request.into_parts();
+            request.uri = http::Uri::from_static("http://localhost/");
+            CachePolicy::new_options(&request, &parts, now, options).time_to_live(now)
+        };
+        let expires = if explicit {
+            now.checked_add(freshness(false))
         } else {
             match configured {
-                ExpireAfter::Never => None,
-                ExpireAfter::Immediately | ExpireAfter::DoNotCache => Some(now),
-                ExpireAfter::After(duration) => Some(now.checked_add(duration).unwrap_or(now)),
-                ExpireAfter::At(at) => Some(at),
+                Some(ExpireAfter::Never) => None,
+                Some(ExpireAfter::Immediately | ExpireAfter::DoNotCache) => Some(now),
+                // Too far to represent: as good as never.
+                Some(ExpireAfter::After(duration)) => now.checked_add(duration),
+                Some(ExpireAfter::At(at)) => Some(at),
+                None => {
+                    let heuristic =
+                        HEURISTICALLY_CACHEABLE.contains(&response.status.as_u16()) || has_directive(headers, "public");
+                    let ttl = if heuristic {
+                        freshness(true).min(self.heuristic_max.saturating_sub(initial_age))
+                    } else {
+                        Duration::ZERO
+                    };
+                    now.checked_add(ttl)
+                }
             }
         };
         // An entry that is stale on arrival is only worth keeping when it can
         // be revalidated.
-        if until.is_some_and(|until| until <= now) && !has_validator(&response.headers) {
+        if expires.is_some_and(|expires| expires <= now) && !has_validator(headers) {
             return Lifetime::DoNotStore;
         }
-        Lifetime::Until(until)
+        Lifetime::Until { expires, initial_age }
     }
+
+    /// RFC 9111 §3: a shared cache stores no `private` response, and a
+    /// response to a request with `Authorization` only when `public`,
+    /// `s-maxage` or `must-revalidate` allows it (§3.5).
+    fn shared_may_store(&self, request: &http::request::Parts, headers: &HeaderMap) -> bool {
+        !has_directive(headers, "private")
+            && (!request.headers.contains_key(http::header::AUTHORIZATION)
+                || has_directive(headers, "public")
+                || has_directive(headers, "s-maxage")
+                || has_directive(headers, "must-revalidate"))
+    }
+
+    /// Whether a stored response must not be served stale (RFC 9111
+    /// §5.2.2.2, §5.2.2.8, §5.2.2.10): `must-revalidate`, `no-cache`, and in
+    /// a shared cache `proxy-revalidate` and `s-maxage`.
+    pub(crate) fn forbids_stale(&self, headers: &HeaderMap) -> bool {
+        has_directive(headers, "must-revalidate")
+            || has_directive(headers, "no-cache")
+            || (self.shared && (has_directive(headers, "proxy-revalidate") || has_directive(headers, "s-maxage")))
+    }
+}
+
+/// The request's own `Cache-Control` (RFC 9111 §5.2.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestDirectives {
+    /// `max-age=N`: no older than this.
+    pub(crate) max_age: Option<Duration>,
+    /// `min-fresh=N`: fresh for at least this much longer.
+    pub(crate) min_fresh: Option<Duration>,
+    /// `max-stale[=N]`: stale responses are acceptable, up to N if given.
+    pub(crate) max_stale: Option<Option<Duration>>,
+    /// `only-if-cached`: never contact the origin.
+    pub(crate) only_if_cached: bool,
+}
+
+impl RequestDirectives {
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        let mut directives = Self::default();
+        for (name, value) in cache_control(headers) {
+            let seconds = || value.and_then(delta_seconds).map(Duration::from_secs);
+            if name.eq_ignore_ascii_case("max-age") {
+                directives.max_age = seconds().or(directives.max_age);
+            } else if name.eq_ignore_ascii_case("min-fresh") {
+                directives.min_fresh = seconds().or(directives.min_fresh);
+            } else if name.eq_ignore_ascii_case("max-stale") {
+                directives.max_stale = Some(value.and_then(delta_seconds).map(Duration::from_secs));
+            } else if name.eq_ignore_ascii_case("only-if-cached") {
+                directives.only_if_cached = true;
+            }
+        }
+        directives
+    }
+
+    /// Whether the request says anything about what it accepts.
+    pub(crate) fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2): digits, optionally quoted;
+/// values past 2³¹ count as 2³¹.
+pub(crate) fn delta_seconds(value: &str) -> Option<u64> {
+    let digits = value.trim().trim_matches('"');
+    if digits.is_empty() || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |seconds| seconds.min(MAX_DELTA_SECONDS)),
+    )
+}
+
+/// Names listed in `Vary`, lower-cased, across every field line.
+pub(crate) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(|name| String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+}
+
+/// The `Age` value (RFC 9111 §5.1): the first member of a list, 2³¹ at
+/// most; none when it doesn't parse.
+fn age_value(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(http::header::AGE)?.to_str().ok()?;
+    delta_seconds(value.split(',').next()?)
+}
+
+/// An HTTP date, in any of the three formats RFC 9110 §5.6.7 accepts.
+fn http_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<SystemTime> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    // Several differing values are as good as none.
+    if values.any(|other| other != first) {
+        return None;
+    }
+    httpdate::parse_http_date(first.to_str().ok()?.trim()).ok()
+}
+
+/// How old a response already is when it arrives (RFC 9111 §4.2.3): the
+/// larger of its apparent age (from `Date`) and its `Age` plus the time the
+/// request took.
+fn initial_age(headers: &HeaderMap, requested_at: SystemTime, now: SystemTime) -> Duration {
+    let apparent = http_date(headers, http::header::DATE)
+        .and_then(|date| now.duration_since(date).ok())
+        .unwrap_or_default();
+    let delay = now.duration_since(requested_at).unwrap_or_default();
+    let corrected = age_value(headers).map_or(Duration::ZERO, |age| Duration::from_secs(age).saturating_add(delay));
+    apparent.max(corrected).min(Duration::from_secs(MAX_DELTA_SECONDS))
+}
+
+/// A copy of the response headers that `http-cache-semantics` reads as RFC
+/// 9111 means them: directive names lower-cased, delta-seconds capped at
+/// 2³¹, `Age` set to the corrected initial age, an `Expires` that doesn't
+/// parse as a date in the past, invalid `Date`/`Last-Modified` dropped, and
+/// `proxy-revalidate` left out (it forbids serving stale, handled by
+/// [`Rules::forbids_stale`], not freshness).
+fn normalized_for_policy(headers: &HeaderMap, initial_age: Duration) -> HeaderMap {
+    use http::header;
+    let mut normalized = HeaderMap::new();
+    let directives: Vec<String> = cache_control(headers)
+        .filter(|(name, _)| !name.is_empty() && !name.eq_ignore_ascii_case("proxy-revalidate"))
+        .map(|(name, value)| {
+            let name = name.to_ascii_lowercase();
+            match value {
+                None => name,
+                Some(value) => match delta_seconds(value) {
+                    Some(seconds) => format!("{name}={seconds}"),
+                    None => format!("{name}={value}"),
+                },
+            }
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&directives.join(", ")) {
+        normalized.insert(header::CACHE_CONTROL, value);
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        for pragma in headers.get_all(header::PRAGMA) {
+            normalized.append(header::PRAGMA, pragma.clone());
+        }
+    }
+    normalized.insert(header::AGE, HeaderValue::from(initial_age.as_secs()));
+    let date = |name: header::HeaderName| {
+        http_date(headers, name).map(|time| HeaderValue::from_str(&httpdate::fmt_http_date(time)))
+    };
+    if headers.contains_key(header::EXPIRES) {
+        let expires = date(header::EXPIRES)
+            .and_then(Result::ok)
+            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+        normalized.insert(header::EXPIRES, expires);
+    }
+    for name in [header::DATE, header::LAST_MODIFIED] {
+        if let Some(Ok(value)) = date(name.clone()) {
+            normalized.insert(name, value);
+        }
+    }
+    for name in [header::VARY, header::SET_COOKIE] {
+        for value in headers.get_all(&name) {
+            normalized.append(name.clone(), value.clone());
+        }
+    }
+    normalized
 }
 
 /// Turns a user's URL pattern into a glob over scheme-less URLs that also
@@ -305,7 +542,8 @@ fn url_glob(pattern: &str) -> String {
     }
 }
 
-/// Whether a `Cache-Control` header carries `directive`.
+/// Whether a `Cache-Control` header carries `directive` (names are
+/// case-insensitive, RFC 9111 §5.2).
 pub(crate) fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
     cache_control(headers).any(|(name, _)| name.eq_ignore_ascii_case(directive))
 }
@@ -324,9 +562,10 @@ fn cache_control(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str
 }
 
 /// Whether the response says itself how long it stays fresh.
-fn has_explicit_freshness(headers: &HeaderMap) -> bool {
+fn has_explicit_freshness(headers: &HeaderMap, shared: bool) -> bool {
     headers.contains_key(http::header::EXPIRES)
         || has_directive(headers, "max-age")
+        || (shared && has_directive(headers, "s-maxage"))
         || has_directive(headers, "no-cache")
         || (!headers.contains_key(http::header::CACHE_CONTROL)
             && headers.get(http::header::PRAGMA).is_some_and(|pragma| {
@@ -345,14 +584,22 @@ pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
+    fn options(default_expire_after: Option<ExpireAfter>) -> RuleOptions {
+        RuleOptions {
+            default_expire_after,
+            allowed_methods: vec![Method::GET],
+            allowed_statuses: None,
+            filter: None,
+            honor_cache_control: true,
+            shared: false,
+            heuristic_max: Duration::from_secs(86_400),
+        }
+    }
+
     fn rules(patterns: &[(&str, ExpireAfter)]) -> Rules {
         Rules::new(
-            ExpireAfter::After(Duration::from_secs(1)),
             patterns.iter().map(|(p, e)| (p.to_string(), *e)).collect(),
-            vec![Method::GET],
-            vec![StatusCode::OK],
-            None,
-            true,
+            options(Some(ExpireAfter::After(Duration::from_secs(1)))),
         )
         .expect("valid patterns")
     }
@@ -364,7 +611,11 @@ mod tests {
             ("https://site.com", ExpireAfter::Immediately),
             ("*.example.org/api/*/items", ExpireAfter::DoNotCache),
         ]);
-        let expiry = |url: &str| rules.configured_expiry(None, &Url::parse(url).expect("url"));
+        let expiry = |url: &str| {
+            rules
+                .configured_expiry(None, &Url::parse(url).expect("url"))
+                .expect("a default is configured")
+        };
         assert_eq!(expiry("http://site.com/static/app.js"), ExpireAfter::Never);
         assert_eq!(expiry("https://site.com/staticfiles"), ExpireAfter::Never);
         assert_eq!(expiry("https://site.com/other"), ExpireAfter::Immediately);
@@ -380,21 +631,14 @@ mod tests {
             Some(ExpireAfter::Never),
             &Url::parse("https://site.com/other").expect("url"),
         );
-        assert_eq!(per_request, ExpireAfter::Never);
+        assert_eq!(per_request, Some(ExpireAfter::Never));
     }
 
     #[test]
     fn bad_patterns_are_reported_with_the_pattern() {
-        let error = Rules::new(
-            ExpireAfter::Never,
-            vec![("site.com/[".into(), ExpireAfter::Never)],
-            vec![],
-            vec![],
-            None,
-            true,
-        )
-        .err()
-        .expect("an unclosed class is an error");
+        let error = Rules::new(vec![("site.com/[".into(), ExpireAfter::Never)], options(None))
+            .err()
+            .expect("an unclosed class is an error");
         assert!(error.to_string().contains("site.com/["), "{error}");
     }
 

@@ -199,7 +199,9 @@ impl Store for MemoryStore {
             created_at: entry.created_at,
             expires: entry.expires,
             tags: Arc::clone(&tags),
-            leaves_at: self.time_to_live.map(|time_to_live| Instant::now() + time_to_live),
+            leaves_at: self
+                .time_to_live
+                .and_then(|time_to_live| Instant::now().checked_add(time_to_live)),
         };
         self.entries.insert(key.clone(), stored);
         // Indexed after inserting: replacing a value unindexes the old one.

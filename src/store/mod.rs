@@ -137,7 +137,8 @@ impl From<Bytes> for StoredValue {
 pub struct StoreEntry {
     /// The cache key.
     pub key: String,
-    /// The normalized request URL (secrets already removed).
+    /// The normalized request URL (credentials and ignored parameters
+    /// already removed).
     pub url: String,
     /// When the entry was stored.
     pub created_at: SystemTime,
@@ -203,4 +204,17 @@ pub trait Store: Send + Sync + 'static {
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError>;
     /// Counts entries and their bytes.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// A random secret the store keeps, the same for every process that
+    /// opens it. The cache keys its digests of credentials and `Vary` values
+    /// with it, so processes sharing the store find each other's entries,
+    /// while the store holds nothing a guessed password could be checked
+    /// against. Create it on first call, atomically.
+    ///
+    /// The default, `None`, makes each process use a random secret of its
+    /// own: requests with credentials or a `Vary` then share no entries
+    /// between processes (still correct, only colder).
+    async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
 }

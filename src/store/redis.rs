@@ -150,16 +150,27 @@ impl RedisStore {
         format!("{}t:{tag}", self.prefix)
     }
 
+    /// Where the secret that keys credential digests lives; `clear` keeps it.
+    fn secret_key(&self) -> String {
+        format!("{}s:key", self.prefix)
+    }
+
     /// Redis's TTL for an entry: its expiry plus the grace period, capped.
     fn ttl(&self, expires: Option<SystemTime>) -> Option<Duration> {
         let ttl = match expires {
-            Some(expires) => Some(expires.duration_since(SystemTime::now()).unwrap_or_default() + self.grace),
+            Some(expires) => Some(
+                expires
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .saturating_add(self.grace),
+            ),
             None => self.max_ttl,
         };
+        // Redis refuses expiry times past its clock's range: 2³¹ s is plenty.
         ttl.map(|ttl| {
             self.max_ttl
                 .map_or(ttl, |max| ttl.min(max))
-                .max(Duration::from_millis(1))
+                .clamp(Duration::from_millis(1), Duration::from_secs(1 << 31))
         })
     }
 
@@ -354,8 +365,25 @@ impl Store for RedisStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        let keys = self.scan(&format!("{}*", escape_pattern(&self.prefix))).await?;
+        let secret = self.secret_key();
+        let mut keys = self.scan(&format!("{}*", escape_pattern(&self.prefix))).await?;
+        keys.retain(|key| *key != secret);
         self.delete(&keys).await.map(drop)
+    }
+
+    async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let candidate = crate::cache::key::random_bytes().to_vec();
+        let mut pipeline = redis::pipe();
+        // The first process to ask creates it; every later one reads it.
+        pipeline
+            .cmd("SET")
+            .arg(self.secret_key())
+            .arg(candidate)
+            .arg("NX")
+            .ignore();
+        pipeline.cmd("GET").arg(self.secret_key());
+        let (secret,): (Option<Vec<u8>>,) = self.query_pipeline(&pipeline).await?;
+        Ok(secret)
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {

@@ -14,7 +14,7 @@ use crate::cache::entry::{from_millis, to_millis};
 
 /// The schema this release writes; older files are migrated on open, newer
 /// ones are refused rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a writer waits for another connection (or process) to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,6 +51,11 @@ CREATE TRIGGER IF NOT EXISTS responses_forget_tags AFTER DELETE ON responses
 BEGIN
     DELETE FROM tags WHERE key = old.key;
 END;
+-- Version 3: the secret that keys credential digests; keys changed format.
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL
+);
 ";
 
 /// Keeps entries in a SQLite database file.
@@ -197,6 +202,12 @@ fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
         transaction
             .execute_batch(SCHEMA)
             .map_err(|source| sqlite_error(path, source))?;
+        if version > 0 && version < 3 {
+            // Keys before version 3 are never looked up again: drop their entries.
+            transaction
+                .execute("DELETE FROM responses", [])
+                .map_err(|source| sqlite_error(path, source))?;
+        }
         transaction
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|source| sqlite_error(path, source))?;
@@ -375,6 +386,20 @@ impl Store for SqliteStore {
         }
         self.run(|connection| connection.execute("DELETE FROM responses", []).map(drop))
             .await
+    }
+
+    async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let candidate = crate::cache::key::random_bytes().to_vec();
+        self.run(move |connection| {
+            // The first process to ask creates it; every later one reads it.
+            connection.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('key_secret', ?1)",
+                [candidate],
+            )?;
+            connection.query_row("SELECT value FROM meta WHERE name = 'key_secret'", [], |row| row.get(0))
+        })
+        .await
+        .map(Some)
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {

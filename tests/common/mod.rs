@@ -45,9 +45,10 @@ impl Origin {
     /// - `/etag`: `ETag: "v1"`, `Cache-Control: no-cache`; 304 to `If-None-Match: "v1"`
     /// - `/fresh-etag`: `ETag: "v1"`, `max-age=60`; 304 to `If-None-Match: "v1"`
     /// - `/last-modified`: `Last-Modified`, `max-age=0`; 304 to a matching `If-Modified-Since`
-    /// - `/status/N`: status N
-    /// - `/vary`: `Vary: Accept-Language`, echoes it
-    /// - `/large/N`: N bytes, streamed in 8 KiB chunks without a length
+    /// - `/status/N`: status N, `Last-Modified` (years ago)
+    /// - `/vary`: `Vary: Accept-Language`, `Last-Modified`, echoes it
+    /// - `/large/N`: N bytes, streamed in 8 KiB chunks without a length,
+    ///   `Last-Modified`
     /// - `/slow/N`: after N ms, `max-age=60`
     /// - `/stale`: `ETag`, `max-age=0` (stored already stale); with
     ///   `?directive` also `stale-if-error=600`
@@ -56,7 +57,8 @@ impl Origin {
     /// - `/tagged/T1,T2`: `Edge-Cache-Tag: T1,T2`, `max-age=60`
     /// - `/gate`: answers only once [`Origin::open_gate`] is called
     /// - anything, while [`Origin::fail`] is on: `500`
-    /// - anything else: 200 without caching headers
+    /// - anything else: 200 with only `Last-Modified` (years ago), which RFC
+    ///   9111 heuristics keep fresh for a day
     ///
     /// Every body is `METHOD PATH #COUNT`, where COUNT counts the requests
     /// to that path, so a test can tell responses apart.
@@ -212,14 +214,19 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                 .header("cache-control", cache_control);
         }
         ["status", code] => {
-            response = response.status(code.parse::<u16>().expect("status code in path"));
+            response = response
+                .status(code.parse::<u16>().expect("status code in path"))
+                .header("last-modified", LAST_MODIFIED);
         }
         ["vary"] => {
-            response = response.header("vary", "Accept-Language");
+            response = response
+                .header("vary", "Accept-Language")
+                .header("last-modified", LAST_MODIFIED);
             let body = format!("{body} lang={}", header("accept-language"));
             return response.body(Body::from(body)).expect("response");
         }
         ["large", size] => {
+            response = response.header("last-modified", LAST_MODIFIED);
             let size: usize = size.parse().expect("size in path");
             let chunks = (0..size.div_ceil(8192)).map(move |index| {
                 let len = 8192.min(size - index * 8192);
@@ -229,7 +236,7 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                 .body(Body::from_stream(futures_util::stream::iter(chunks)))
                 .expect("response");
         }
-        _ => {}
+        _ => response = response.header("last-modified", LAST_MODIFIED),
     }
     response.body(Body::from(body)).expect("response")
 }

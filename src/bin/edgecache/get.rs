@@ -38,6 +38,10 @@ pub struct GetArgs {
     /// A query/body parameter or header left out of the key and never stored (repeatable).
     #[arg(long = "ignore-param")]
     ignore_params: Vec<String>,
+    /// Follow RFC 9111's rules for a cache shared by many users: `private`
+    /// responses are not stored, `s-maxage` counts.
+    #[arg(long)]
+    shared: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +76,8 @@ pub(crate) fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValu
 
 pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Check everything the user typed before touching the cache or network.
-    let url = reqwest::Url::parse(&args.url).with_context(|| format!("invalid URL {:?}", args.url))?;
+    // The URL is not repeated: it may carry credentials.
+    let url = reqwest::Url::parse(&args.url).context("invalid URL")?;
     let method =
         Method::from_bytes(args.method.as_bytes()).with_context(|| format!("invalid method {:?}", args.method))?;
     let headers = args
@@ -81,17 +86,15 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         .map(|text| parse_header(text))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let mut builder = CacheMiddleware::builder().shared_store(args.cache.open().await?);
+    let mut builder = CacheMiddleware::builder()
+        .shared_store(args.cache.open().await?)
+        .shared(args.shared)
+        .ignored_parameters(args.ignore_params);
     if let Some(expire_after) = args.expire_after {
         builder = builder.expire_after(expire_after);
     }
-    if !args.ignore_params.is_empty() {
-        let defaults = edgecache::DEFAULT_IGNORED_PARAMETERS
-            .iter()
-            .map(|name| name.to_string());
-        builder = builder.ignored_parameters(defaults.chain(args.ignore_params));
-    }
     let cache = builder.build()?;
+    let shown_url = cache.redact_url(&url);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(cache)
         .build();
@@ -103,10 +106,15 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     if let Some(data) = args.data {
         request = request.body(data);
     }
+    // reqwest's errors name the full URL, credentials and all: show the redacted one.
     let response = request
         .send()
         .await
-        .with_context(|| format!("request to {} failed", args.url))?;
+        .map_err(|error| match error {
+            reqwest_middleware::Error::Reqwest(error) => anyhow::Error::new(error.without_url()),
+            reqwest_middleware::Error::Middleware(error) => error,
+        })
+        .with_context(|| format!("request to {shown_url} failed"))?;
 
     let only_if_cached_miss = matches!(args.mode, Mode::OnlyIfCached)
         && response
@@ -114,7 +122,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
             .get::<CacheInfo>()
             .is_some_and(|info| info.status == CacheStatus::Miss);
     if only_if_cached_miss {
-        bail!("{} is not in the cache (--mode only-if-cached)", args.url);
+        bail!("{shown_url} is not in the cache (--mode only-if-cached)");
     }
 
     let mut out = std::io::stdout().lock();
@@ -125,7 +133,11 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(out)?;
     }
-    let body = response.bytes().await.context("reading the response body failed")?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("reading the response body from {shown_url} failed"))?;
     out.write_all(&body)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
