@@ -112,6 +112,17 @@ struct Metadata<'a> {
     tags: Vec<String>,
 }
 
+/// The length of an encoded entry's metadata, read from its header; 0 for
+/// bytes that are not an entry.
+pub(crate) fn metadata_len(bytes: &[u8]) -> usize {
+    match bytes.get(..HEADER_LEN) {
+        Some(header) if &header[..4] == MAGIC => {
+            u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize
+        }
+        _ => 0,
+    }
+}
+
 pub(crate) fn to_millis(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)

@@ -10,9 +10,18 @@ use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
 
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
+use crate::cache::entry::metadata_len;
 
-/// Bytes an entry costs beyond its key, URL and value (bookkeeping).
-const ENTRY_OVERHEAD: usize = 96;
+/// Bytes an entry costs beyond its key, URL and value: the table slot, the
+/// URL index's set and its copy of the key, reference counts and allocator
+/// slack (measured by `tests/memory_bound.rs`).
+const ENTRY_OVERHEAD: usize = 768;
+
+/// The decoded form kept after the first hit (a `HeaderMap` and the entry's
+/// fields) costs about this much plus `DECODED_PER_METADATA_BYTE` times the
+/// encoded metadata, most of which is headers.
+const DECODED_OVERHEAD: usize = 256;
+const DECODED_PER_METADATA_BYTE: usize = 4;
 
 /// A rough entry size, to size the table up front.
 const TYPICAL_ENTRY: u64 = 4096;
@@ -64,7 +73,12 @@ struct EntryBytes;
 
 impl Weighter<String, MemoryEntry> for EntryBytes {
     fn weight(&self, key: &String, entry: &MemoryEntry) -> u64 {
-        (key.len() + entry.url.len() + entry.value.bytes().len() + ENTRY_OVERHEAD) as u64
+        let encoded = entry.value.bytes();
+        // Key and URL are held twice: by the entry and by the URL index.
+        let held = 2 * (key.len() + entry.url.len()) + encoded.len() + ENTRY_OVERHEAD;
+        let decoded = DECODED_OVERHEAD + DECODED_PER_METADATA_BYTE * metadata_len(encoded);
+        let tags: usize = entry.tags.iter().map(|tag| 2 * tag.len() + 64).sum();
+        held.saturating_add(decoded).saturating_add(tags) as u64
     }
 }
 
@@ -118,8 +132,10 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store that holds at most `max_bytes` of entries (keys, URLs and
-    /// encoded responses, plus a small per-entry overhead).
+    /// A store that holds at most `max_bytes` of entries, counting what an
+    /// entry really costs in memory: its key, URL and index entries, the
+    /// encoded response, the decoded form kept for hits, and bookkeeping
+    /// (about 1.5 KiB beyond the body for a typical response).
     pub fn new(max_bytes: u64) -> Self {
         Self::build(max_bytes, None)
     }

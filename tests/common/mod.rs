@@ -56,6 +56,8 @@ impl Origin {
     ///   time, `max-age=60` after (the latter after 300 ms)
     /// - `/tagged/T1,T2`: `Edge-Cache-Tag: T1,T2`, `max-age=60`
     /// - `/gate`: answers only once [`Origin::open_gate`] is called
+    /// - `/gated-etag`: `ETag: "g"`, `max-age=0`; to `If-None-Match: "g"`,
+    ///   a 304 with `max-age=60` once [`Origin::open_gate`] is called
     /// - anything, while [`Origin::fail`] is on: `500`
     /// - anything else: 200 with only `Last-Modified` (years ago), which RFC
     ///   9111 heuristics keep fresh for a day
@@ -179,6 +181,18 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                     .body(Body::empty())
                     .expect("response");
             }
+        }
+        ["gated-etag"] => {
+            response = response.header("etag", "\"g\"");
+            if header("if-none-match") == "\"g\"" {
+                log.2.notified().await;
+                return response
+                    .status(StatusCode::NOT_MODIFIED)
+                    .header("cache-control", "max-age=60")
+                    .body(Body::empty())
+                    .expect("response");
+            }
+            response = response.header("cache-control", "max-age=0");
         }
         ["gate"] => {
             log.2.notified().await;
