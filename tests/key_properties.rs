@@ -129,3 +129,113 @@ proptest! {
         let _ = StoredResponse::decode(&Bytes::from(bytes));
     }
 }
+
+/// A path whose bytes are all percent-encoded but ASCII letters and digits.
+fn encode_path(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&byte| {
+            if byte.is_ascii_alphanumeric() {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// One form-encoded name or value, spelled one of several equivalent ways
+/// as `style` picks: letters raw or escaped, space as `+` or `%20`, hex in
+/// either case.
+fn encode_form(bytes: &[u8], style: u64) -> String {
+    bytes
+        .iter()
+        .enumerate()
+        .map(|(index, &byte)| {
+            let bit = |n: u64| (style.rotate_left((index as u32 * 3 + n as u32) % 64) & 1) == 1;
+            if byte.is_ascii_alphanumeric() && bit(0) {
+                char::from(byte).to_string()
+            } else if byte == b' ' && bit(1) {
+                "+".to_owned()
+            } else if bit(2) {
+                format!("%{byte:02x}")
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A URL for a path and query pairs given as raw bytes.
+fn byte_url(path: &[u8], pairs: &[(Vec<u8>, Vec<u8>)], style: u64) -> String {
+    let query: Vec<String> = pairs
+        .iter()
+        .enumerate()
+        .map(|(index, (name, value))| {
+            let style = style.rotate_left(index as u32 * 7);
+            // Names start with `p`, so none is a default credential.
+            format!("p{}={}", encode_form(name, style), encode_form(value, !style))
+        })
+        .collect();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    format!("http://e.com/{}{query}", encode_path(path))
+}
+
+fn byte_pairs() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(any::<u8>(), 0..6),
+            prop::collection::vec(any::<u8>(), 0..6),
+        ),
+        0..5,
+    )
+}
+
+proptest! {
+    /// Issue: `?v=%FF` and `?v=%FE` shared a key (lossy UTF-8 decoding).
+    /// Distinct requests, byte-wise, never share a key, including invalid
+    /// UTF-8 in paths, names and values.
+    #[test]
+    fn keys_are_injective_over_raw_bytes(
+        path_a in prop::collection::vec(any::<u8>(), 0..6),
+        path_b in prop::collection::vec(any::<u8>(), 0..6),
+        pairs_a in byte_pairs(),
+        pairs_b in byte_pairs(),
+        style_a in any::<u64>(),
+        style_b in any::<u64>(),
+    ) {
+        let cache = cache();
+        let headers = HeaderMap::new();
+        let key_a = key(&cache, &Method::GET, &byte_url(&path_a, &pairs_a, style_a), &headers, b"");
+        let key_b = key(&cache, &Method::GET, &byte_url(&path_b, &pairs_b, style_b), &headers, b"");
+        let (mut sorted_a, mut sorted_b) = (pairs_a.clone(), pairs_b.clone());
+        sorted_a.sort();
+        sorted_b.sort();
+        let same_request = path_a == path_b && sorted_a == sorted_b;
+        prop_assert_eq!(key_a == key_b, same_request, "{} vs {}", byte_url(&path_a, &pairs_a, style_a), byte_url(&path_b, &pairs_b, style_b));
+
+        // The same request spelled another way, pairs in another order.
+        let mut reordered = pairs_a.clone();
+        reordered.reverse();
+        let respelled = key(&cache, &Method::GET, &byte_url(&path_a, &reordered, !style_a), &headers, b"");
+        prop_assert_eq!(key_a, respelled);
+    }
+}
+
+#[test]
+fn invalid_utf8_escapes_the_issue_named_get_keys_of_their_own() {
+    let cache = cache();
+    let headers = HeaderMap::new();
+    let key = |url: &str| key(&cache, &Method::GET, url, &headers, b"");
+    for (a, b) in [
+        ("http://e.com/p?v=%FF", "http://e.com/p?v=%FE"),
+        ("http://e.com/p?v=%C3", "http://e.com/p?v=%EF%BF%BD"),
+        ("http://e.com/p?%FF=1", "http://e.com/p?%80=1"),
+    ] {
+        assert_ne!(key(a), key(b), "{a} and {b}");
+    }
+}
