@@ -17,7 +17,7 @@
 //!     .store(SqliteStore::open("http_cache.sqlite")?) // the default store when none is given
 //!     .expire_after(Duration::from_secs(3600))        // when responses don't say
 //!     .urls_expire_after([("api.example.com/static", ExpireAfter::Never)])
-//!     .ignored_parameters(["api_key"])                 // not in keys, never stored
+//!     .ignored_parameters(["utm_source"])              // not in keys, never stored
 //!     .build()?;
 //! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
 //!     .with(cache.clone())
@@ -42,16 +42,30 @@
 //! # The rules
 //!
 //! * **Keys** ([`cache::key`]): upper-cased method; the URL normalized
-//!   (lower-case scheme and host, default port dropped, fragment dropped,
-//!   query parameters sorted); matched request headers ([`MatchHeaders`]) and
-//!   the response's `Vary`; a canonical digest of the body (JSON keys sorted).
-//!   Ignored parameters are left out of keys and out of stores.
-//! * **Expiry** ([`cache::policy`]): `no-store` is never stored; a response's
-//!   own freshness headers decide when present (turn that off with
+//!   (lower-case scheme and host, default port, userinfo and fragment
+//!   dropped, query parameters sorted); matched request headers
+//!   ([`MatchHeaders`]) and the response's `Vary`; a keyed digest of the
+//!   request's credentials; a canonical digest of the body (JSON keys sorted).
+//! * **Credentials and ignored parameters**: credentials
+//!   ([`CacheBuilder::credential_parameters`], by default
+//!   [`DEFAULT_CREDENTIAL_PARAMETERS`] and URL userinfo) separate entries, so
+//!   users never get each other's responses, yet their values are never
+//!   stored or logged: the key holds an HMAC of them, keyed with a secret the
+//!   store keeps. Ignored parameters ([`CacheBuilder::ignored_parameters`],
+//!   none by default) are left out of the key and of what is stored, so
+//!   requests differing only in them share an entry (cache-busters,
+//!   tracking parameters).
+//! * **Expiry** ([`cache::policy`], RFC 9111): `no-store` is never stored;
+//!   a response's own freshness decides when present (turn that off with
 //!   [`CacheBuilder::cache_control`]); otherwise the per-request
-//!   [`ExpireAfter`], then the first matching URL pattern, then the default.
-//! * **Filters**: methods (default `GET`, `HEAD`), status codes (default
-//!   `200`), and a predicate on the response.
+//!   [`ExpireAfter`], then the first matching URL pattern, then
+//!   [`CacheBuilder::expire_after`], if configured; otherwise heuristic
+//!   freshness (10 % of the time since `Last-Modified`, at most
+//!   [`CacheBuilder::heuristic_max`]); otherwise the response is kept only
+//!   with a validator and revalidated before each use. A cache that many
+//!   users share sets [`CacheBuilder::shared`].
+//! * **Filters**: methods (default `GET`, `HEAD`), status codes (default:
+//!   those RFC 9111 lets a cache store), and a predicate on the response.
 //! * **Revalidation**: a stale entry with `ETag`/`Last-Modified` is sent as a
 //!   conditional request; a `304` serves the stored body with updated headers.
 //! * **Invalidation**: a successful `POST`/`PUT`/`PATCH`/`DELETE` deletes the
@@ -59,8 +73,10 @@
 //!   filed under a cache tag (from the `Edge-Cache-Tag` response header or a
 //!   [`CacheTags`] request extension).
 //! * **Per request**: a [`CacheMode`] and an [`ExpireAfter`] as request
-//!   extensions. Every response carries a [`CacheInfo`] extension and an
-//!   `x-cache` header (`HIT`, `MISS`, `REVALIDATED`, `STALE`).
+//!   extensions, and the request's own `Cache-Control` (`max-age`,
+//!   `min-fresh`, `max-stale`, `only-if-cached`). Every response carries a
+//!   [`CacheInfo`] extension, an `x-cache` header (`HIT`, `MISS`,
+//!   `REVALIDATED`, `STALE`) and a `Cache-Status` header (RFC 9211).
 //!
 //! # Under load and faults
 //!
