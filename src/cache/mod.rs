@@ -285,37 +285,18 @@ impl Engine {
         };
         let only_if_cached = mode == CacheMode::OnlyIfCached || directives.only_if_cached;
         if let Some(entry) = &entry {
-            if mode == CacheMode::OnlyIfCached {
-                let status = if entry.is_expired(now) {
-                    CacheStatus::Stale
-                } else {
-                    CacheStatus::Hit
-                };
-                return Plan::Respond(self.answer(
-                    entry,
-                    served(entry, key, status, now),
-                    now,
-                    head,
-                    validating.then_some(headers),
-                ));
-            }
-            if mode == CacheMode::Default {
-                let status = if self.is_fresh_enough(entry, &directives, now) {
-                    Some(CacheStatus::Hit)
-                } else if self.accepts_stale(entry, &directives, now) {
-                    Some(CacheStatus::Stale)
-                } else {
-                    None
-                };
-                if let Some(status) = status {
-                    return Plan::Respond(self.answer(
-                        entry,
-                        served(entry, key, status, now),
-                        now,
-                        head,
-                        validating.then_some(headers),
-                    ));
-                }
+            // `OnlyIfCached` takes whatever is stored; otherwise the request's
+            // directives decide between fresh, acceptably stale, or the origin.
+            let status = match mode {
+                CacheMode::OnlyIfCached if entry.is_expired(now) => Some(CacheStatus::Stale),
+                CacheMode::OnlyIfCached => Some(CacheStatus::Hit),
+                CacheMode::Default if self.is_fresh_enough(entry, &directives, now) => Some(CacheStatus::Hit),
+                CacheMode::Default if self.accepts_stale(entry, &directives, now) => Some(CacheStatus::Stale),
+                _ => None,
+            };
+            if let Some(status) = status {
+                let info = served(entry, key, status, now);
+                return Plan::Respond(self.answer(entry, info, now, head, validating.then_some(headers)));
             }
         }
         if only_if_cached {
@@ -374,6 +355,7 @@ impl Engine {
         if mode == CacheMode::Default
             && !head
             && let Some(stale) = &entry
+            && stale.is_expired(now)
             && self.may_serve_stale(
                 stale,
                 now,
