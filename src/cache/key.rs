@@ -330,8 +330,10 @@ impl KeyRules {
         if !user.is_empty() || password.is_some() {
             credentials.add(b'u', user.as_bytes(), password.unwrap_or_default().as_bytes());
         }
-        for name in &self.credentials.headers {
-            for value in head.headers.get_all(name) {
+        // A request has few headers: scanning them beats hashing every
+        // credential name for a lookup.
+        for (name, value) in head.headers {
+            if self.credentials.contains_header(name) {
                 credentials.add(b'h', name.as_str().as_bytes(), value.as_bytes());
             }
         }
@@ -548,32 +550,30 @@ fn decode_form(raw: &[u8]) -> Vec<u8> {
 /// One decoded `application/x-www-form-urlencoded` name or value.
 struct FormPart<'a> {
     bytes: Cow<'a, [u8]>,
-    /// Whether `bytes` holds only bytes the form encoding keeps as they are,
-    /// so it is its own canonical encoding (the common case).
-    plain: bool,
+    /// The raw text when it holds only bytes the form encoding keeps as they
+    /// are, so it is its own canonical encoding (the common case).
+    plain: Option<&'a str>,
 }
 
 impl<'a> FormPart<'a> {
     fn decode(raw: &'a str) -> Self {
-        let raw = raw.as_bytes();
-        if raw.iter().all(|&byte| KEPT_AS_IS[usize::from(byte)]) {
+        if raw.bytes().all(|byte| KEPT_AS_IS[usize::from(byte)]) {
             return FormPart {
-                bytes: Cow::Borrowed(raw),
-                plain: true,
+                bytes: Cow::Borrowed(raw.as_bytes()),
+                plain: Some(raw),
             };
         }
-        let bytes = if raw.iter().any(|&byte| byte == b'%' || byte == b'+') {
-            Cow::Owned(decode_form(raw))
+        let bytes = if raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
+            Cow::Owned(decode_form(raw.as_bytes()))
         } else {
-            Cow::Borrowed(raw)
+            Cow::Borrowed(raw.as_bytes())
         };
-        FormPart { bytes, plain: false }
+        FormPart { bytes, plain: None }
     }
 
     fn encode_into(&self, out: &mut String) {
-        if self.plain {
-            // Only ASCII letters, digits and `*-._`: valid UTF-8.
-            out.extend(self.bytes.iter().map(|&byte| char::from(byte)));
+        if let Some(text) = self.plain {
+            out.push_str(text);
         } else {
             out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
         }

@@ -875,7 +875,12 @@ impl Engine {
             entry.body.clone()
         };
         let mut response = http::Response::new(body);
-        let mut headers = entry.headers.clone();
+        // Sized for `Age`, `x-cache` and `Cache-Status` too: a clone would be
+        // exactly full, and growing it costs more than filling a new map.
+        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 3);
+        for (name, value) in &entry.headers {
+            headers.append(name, value.clone());
+        }
         headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
         if not_modified {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -915,10 +920,20 @@ impl Engine {
         if self.options.x_cache_header {
             headers.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
         }
-        if self.options.cache_status_header
-            && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(info.cache_status()))
-        {
-            headers.insert(CACHE_STATUS, value);
+        if self.options.cache_status_header {
+            // On the stack, then one copy into the header: this runs on every hit.
+            let mut buffer = [0u8; 160];
+            let mut len = 0;
+            info.write_cache_status(|part| {
+                let end = len + part.len();
+                if let Some(slot) = buffer.get_mut(len..end) {
+                    slot.copy_from_slice(part.as_bytes());
+                    len = end;
+                }
+            });
+            if let Ok(value) = HeaderValue::from_bytes(&buffer[..len]) {
+                headers.insert(CACHE_STATUS, value);
+            }
         }
     }
 

@@ -157,32 +157,40 @@ impl CacheInfo {
     /// The `Cache-Status` field value (RFC 9211), e.g. `edgecache; hit; ttl=42`
     /// or `edgecache; fwd=stale; fwd-status=304; stored`.
     pub fn cache_status(&self) -> String {
-        use std::fmt::Write;
-        let mut value = String::with_capacity(48);
-        value.push_str("edgecache");
+        let mut value = String::with_capacity(64);
+        self.write_cache_status(|part| value.push_str(part));
+        value
+    }
+
+    /// Hands the `Cache-Status` value to `push` piece by piece, so the hit
+    /// path can build it without `fmt` or an intermediate `String`.
+    pub(crate) fn write_cache_status(&self, mut push: impl FnMut(&str)) {
+        let mut numbers = itoa::Buffer::new();
+        push("edgecache");
         if self.forward.is_none() && self.from_cache {
-            value.push_str("; hit");
+            push("; hit");
         }
         if let Some(forward) = self.forward {
-            value.push_str("; fwd=");
-            value.push_str(forward.as_str());
+            push("; fwd=");
+            push(forward.as_str());
         }
         if let Some(status) = self.forward_status {
-            let _ = write!(value, "; fwd-status={}", status.as_u16());
+            push("; fwd-status=");
+            push(status.as_str());
         }
         if self.stored {
-            value.push_str("; stored");
+            push("; stored");
         }
         if self.collapsed {
-            value.push_str("; collapsed");
+            push("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(value, "; ttl={ttl}");
+            push("; ttl=");
+            push(numbers.format(ttl));
         }
         if let Some(detail) = self.detail {
-            value.push_str("; detail=");
-            value.push_str(detail);
+            push("; detail=");
+            push(detail);
         }
-        value
     }
 }
