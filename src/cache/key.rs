@@ -307,11 +307,11 @@ impl KeyRules {
         redacted
     }
 
-    /// Computes the key of a request; `secret` keys the digest of its
-    /// credentials.
-    pub(crate) fn key(&self, head: &RequestHead<'_>, secret: &KeySecret) -> CacheKey {
+    /// Computes the key of a request, and its normalized URL (computed on
+    /// the way); `secret` keys the digest of its credentials.
+    pub(crate) fn key_and_url(&self, head: &RequestHead<'_>, secret: &KeySecret) -> (CacheKey, String) {
         if let Some(key_fn) = &self.key_fn {
-            return CacheKey::new(key_fn(head));
+            return (CacheKey::new(key_fn(head)), self.normalize_url(head.url));
         }
         let mut credentials = Credentials::new(secret);
         let mut hasher = Sha256::new();
@@ -322,7 +322,8 @@ impl KeyRules {
             hasher.update(method);
         }
         hasher.update([0]);
-        hasher.update(self.normalize(head.url, |name, value| credentials.add(b'q', name, value)));
+        let normalized = self.normalize(head.url, |name, value| credentials.add(b'q', name, value));
+        hasher.update(&normalized);
         hasher.update([0]);
         self.hash_headers(head.headers, &mut hasher);
         hasher.update([0]);
@@ -350,7 +351,7 @@ impl KeyRules {
         if let Some(body) = body {
             hasher.update(&*body);
         }
-        CacheKey(hex_lower(&truncate(hasher.finalize().into())))
+        (CacheKey(hex_lower(&truncate(hasher.finalize().into()))), normalized)
     }
 
     fn hash_headers(&self, headers: &HeaderMap, hasher: &mut Sha256) {

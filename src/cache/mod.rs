@@ -31,7 +31,9 @@ use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::entry::{DecodeError, StoredResponse};
 use self::key::{CacheKey, KeyRules, KeySecret, RequestHead};
 use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
-use self::policy::{ExpireAfter, Lifetime, RequestDirectives, Rules, StaleWindow, has_directive, vary_names};
+use self::policy::{
+    ExpireAfter, Lifetime, RequestDirectives, Rules, StaleWindow, has_directive, has_no_cache, vary_names,
+};
 use self::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
@@ -224,7 +226,7 @@ impl Engine {
 
     /// The key a request is filed under.
     pub(crate) async fn key(&self, head: &RequestHead<'_>) -> CacheKey {
-        self.keys.key(head, self.secret().await)
+        self.keys.key_and_url(head, self.secret().await).0
     }
 
     /// Decides what to do with a request. `body` is `None` when the body is a
@@ -258,7 +260,7 @@ impl Engine {
         } else {
             RequestDirectives::default()
         };
-        if mode == CacheMode::Default && requests_no_cache(headers) {
+        if mode == CacheMode::Default && has_no_cache(headers) {
             mode = CacheMode::Refresh;
         }
         // The client validating its own copy (RFC 9111 §4.3.2).
@@ -267,14 +269,13 @@ impl Engine {
         let head = method == Method::HEAD && self.rules.allows_method(&Method::GET);
         let lookup_method = if head { &Method::GET } else { method };
 
-        let key = self
-            .key(&RequestHead {
-                method: lookup_method,
-                url,
-                headers,
-                body,
-            })
-            .await;
+        let head_of_request = RequestHead {
+            method: lookup_method,
+            url,
+            headers,
+            body,
+        };
+        let (key, normalized) = self.keys.key_and_url(&head_of_request, self.secret().await);
         let now = SystemTime::now();
         let Lookup { entry, vary_miss } = match mode {
             CacheMode::ForceRefresh => Lookup {
@@ -315,7 +316,7 @@ impl Engine {
             (_, None) if vary_miss => Forward::VaryMiss,
             (_, None) => Forward::UriMiss,
         };
-        let fetch = |key, stale: Option<Arc<StoredResponse>>, leader| {
+        let fetch = move |key, stale: Option<Arc<StoredResponse>>, leader| {
             // A HEAD is sent as it came; the stored GET is refreshed from it.
             let conditional = match (&stale, head) {
                 (Some(stale), false) => conditional_headers(stale),
@@ -329,7 +330,6 @@ impl Engine {
             let configured = self
                 .rules
                 .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
-            let normalized = self.keys.normalize_url(url);
             let generation = self.generations.current(&normalized);
             let tags = extensions
                 .get::<CacheTags>()
@@ -801,20 +801,19 @@ impl Engine {
             tracing::debug!(url = %entry.url, "not storing: the entry was invalidated while it was fetched");
             return false;
         }
-        let mut keys = vec![key.clone()];
-        if !entry.vary_names.is_empty() {
+        let variant_key = (!entry.vary_names.is_empty()).then(|| key.variant(&entry.vary_digest));
+        if let Some(variant_key) = &variant_key {
             let mut variant = entry.clone();
-            variant.key = key.variant(&entry.vary_digest).as_str().to_owned();
+            variant.key = variant_key.as_str().to_owned();
             if !self.put(&variant).await {
                 return false;
             }
-            keys.push(CacheKey::new(variant.key));
         }
         let stored = self.put(entry).await;
         // A deletion that ran between the check above and the writes must
         // win: it fenced before it deleted, so this sees it.
         if self.generations.changed_since(&entry.url, generation) {
-            for key in &keys {
+            for key in std::iter::once(key).chain(&variant_key) {
                 self.remove_quietly(key).await;
             }
             return false;
@@ -1005,21 +1004,6 @@ impl Generations {
     fn bump_all(&self) {
         self.all.fetch_add(1, Ordering::AcqRel);
     }
-}
-
-/// Whether the request asks that no stored response be used unvalidated:
-/// `Cache-Control: no-cache`, or `Pragma: no-cache` without a
-/// `Cache-Control` (RFC 9111 §5.4).
-fn requests_no_cache(headers: &HeaderMap) -> bool {
-    if headers.contains_key(header::CACHE_CONTROL) {
-        return has_directive(headers, "no-cache");
-    }
-    headers.get_all(header::PRAGMA).iter().any(|pragma| {
-        pragma
-            .as_bytes()
-            .windows(8)
-            .any(|w| w.eq_ignore_ascii_case(b"no-cache"))
-    })
 }
 
 /// Whether a stored response with `stored` headers satisfies the request's

@@ -566,14 +566,22 @@ fn has_explicit_freshness(headers: &HeaderMap, shared: bool) -> bool {
     headers.contains_key(http::header::EXPIRES)
         || has_directive(headers, "max-age")
         || (shared && has_directive(headers, "s-maxage"))
-        || has_directive(headers, "no-cache")
-        || (!headers.contains_key(http::header::CACHE_CONTROL)
-            && headers.get(http::header::PRAGMA).is_some_and(|pragma| {
-                pragma
-                    .as_bytes()
-                    .windows(8)
-                    .any(|w| w.eq_ignore_ascii_case(b"no-cache"))
-            }))
+        || has_no_cache(headers)
+}
+
+/// `Cache-Control: no-cache`, or `Pragma: no-cache` where there is no
+/// `Cache-Control` (RFC 9111 §5.4): nothing stored may be used unvalidated.
+/// Said of a request or of a response.
+pub(crate) fn has_no_cache(headers: &HeaderMap) -> bool {
+    if headers.contains_key(http::header::CACHE_CONTROL) {
+        return has_directive(headers, "no-cache");
+    }
+    headers.get_all(http::header::PRAGMA).iter().any(|pragma| {
+        pragma
+            .as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"no-cache"))
+    })
 }
 
 pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
