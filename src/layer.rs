@@ -133,7 +133,7 @@ where
                 None => engine.plan_unaddressable(),
             };
             match plan {
-                Plan::Respond(response) => Ok(response.map(CacheBody::full)),
+                Plan::Respond(answer) => Ok(answer.into_response().map(CacheBody::full)),
                 Plan::RespondAndRefresh(response, fetch) => {
                     // The ready inner service sends the refresh; the caller has its answer.
                     for (name, value) in fetch.conditional_headers() {
@@ -151,7 +151,7 @@ where
                             Err(error) => tracing::debug!(%error, "background refresh failed"),
                         }
                     });
-                    Ok(response.map(CacheBody::full))
+                    Ok(response.into_response().map(CacheBody::full))
                 }
                 Plan::Pass(pass) => {
                     let response = inner
@@ -175,12 +175,13 @@ where
                         Ok(response) => response,
                         Err(error) => {
                             return match engine.fetch_failed(&fetch) {
-                                Some(stale) => Ok(stale.map(CacheBody::full)),
+                                Some(stale) => Ok(stale.into_response().map(CacheBody::full)),
                                 None => Err(error.into()),
                             };
                         }
                     };
-                    engine.finish(fetch, response).await.map_err(Into::into)
+                    // Boxed: inline, its state would make every hit's future kilobytes larger.
+                    Box::pin(engine.finish(fetch, response)).await.map_err(Into::into)
                 }
             }
         })

@@ -76,10 +76,10 @@ impl Middleware for CacheMiddleware {
             .plan(request.method(), request.url(), request.headers(), body, extensions)
             .await;
         match plan {
-            Plan::Respond(response) => Ok(into_reqwest(response.map(reqwest::Body::from), request.url())),
-            Plan::RespondAndRefresh(response, fetch) => {
+            Plan::Respond(answer) => Ok(answer_to_reqwest(answer, request.url())),
+            Plan::RespondAndRefresh(answer, fetch) => {
                 self.refresh_in_background(&request, fetch);
-                Ok(into_reqwest(response.map(reqwest::Body::from), request.url()))
+                Ok(answer_to_reqwest(answer, request.url()))
             }
             Plan::Pass(pass) => {
                 let mut response = next.run(request, extensions).await?;
@@ -97,12 +97,13 @@ impl Middleware for CacheMiddleware {
                     Ok(response) => response.into(),
                     Err(error) => {
                         return match engine.fetch_failed(&fetch) {
-                            Some(stale) => Ok(into_reqwest(stale.map(reqwest::Body::from), &url)),
+                            Some(stale) => Ok(answer_to_reqwest(stale, &url)),
                             None => Err(error),
                         };
                     }
                 };
-                let response = engine.finish(fetch, response).await?;
+                // Boxed: inline, its state would make every hit's future kilobytes larger.
+                let response = Box::pin(engine.finish(fetch, response)).await?;
                 Ok(into_reqwest(response.map(into_reqwest_body), &url))
             }
         }
@@ -160,7 +161,23 @@ fn into_reqwest_body(body: CacheBody<reqwest::Body>) -> reqwest::Body {
 /// reqwest's placeholder for responses built from `http` types).
 pub(crate) fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -> reqwest::Response {
     let (mut parts, body) = response.into_parts();
-    let mut carrier = http::Response::builder().url(url.clone()).body(()).unwrap_or_default();
-    parts.extensions.extend(std::mem::take(carrier.extensions_mut()));
+    let mut extensions = url_extension(url);
+    extensions.extend(parts.extensions);
+    parts.extensions = extensions;
     reqwest::Response::from(http::Response::from_parts(parts, body))
+}
+
+/// An answer from the cache as a `reqwest::Response`: its report goes into
+/// the map that carries the URL (this runs on every hit).
+fn answer_to_reqwest(answer: crate::cache::Answer, url: &Url) -> reqwest::Response {
+    let (mut parts, body) = answer.response.into_parts();
+    parts.extensions = url_extension(url);
+    parts.extensions.insert(answer.info);
+    reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::from(body)))
+}
+
+/// Extensions holding `url` as reqwest's response URL, whose type is private.
+fn url_extension(url: &Url) -> Extensions {
+    let mut carrier = http::Response::builder().url(url.clone()).body(()).unwrap_or_default();
+    std::mem::take(carrier.extensions_mut())
 }

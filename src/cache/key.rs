@@ -23,6 +23,7 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 use url::Url;
 
 /// Parameters that identify a user by default: they separate cache entries
@@ -45,39 +46,70 @@ pub const DEFAULT_CREDENTIAL_PARAMETERS: &[&str] = &[
 pub(crate) const REDACTED: &str = "REDACTED";
 
 /// The identity of a cached response.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(Arc<str>);
+#[derive(Clone)]
+pub struct CacheKey(KeyText);
+
+/// A computed key is held inline: the hit path allocates nothing for it.
+#[derive(Clone)]
+enum KeyText {
+    Digest([u8; 32]),
+    Custom(Arc<str>),
+}
 
 impl CacheKey {
     /// Wraps a key computed elsewhere (for example by a custom key function).
     pub fn new(key: impl Into<Arc<str>>) -> Self {
-        Self(key.into())
+        Self(KeyText::Custom(key.into()))
     }
 
     /// The key as text, as stores keep it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Always ASCII hex digits.
+            KeyText::Digest(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            KeyText::Custom(text) => text,
+        }
+    }
+
+    fn from_digest(digest: [u8; 32]) -> Self {
+        let mut digits = [0u8; 32];
+        hex_lower_into(&truncate(digest), &mut digits);
+        Self(KeyText::Digest(digits))
     }
 
     /// The key of one `Vary` variant of this key's responses.
     pub(crate) fn variant(&self, vary_digest: &[u8; 16]) -> CacheKey {
         let mut hasher = Sha256::new();
-        hasher.update(self.0.as_bytes());
+        hasher.update(self.as_str().as_bytes());
         hasher.update([0]);
         hasher.update(vary_digest);
-        CacheKey(hex_lower(&truncate(hasher.finalize().into())))
+        CacheKey::from_digest(hasher.finalize().into())
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({})", self.0)
+        write!(f, "CacheKey({})", self.as_str())
     }
 }
 
@@ -254,7 +286,8 @@ impl KeyRules {
         normalized.push_str(&url[..url::Position::BeforeUsername]);
         normalized.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
         let Some(query) = url.query() else { return normalized };
-        let mut pairs: Vec<(FormPart<'_>, FormPart<'_>)> = Vec::with_capacity(16);
+        // Most queries have a few parameters: sort them on the stack.
+        let mut pairs: SmallVec<[(FormPart<'_>, FormPart<'_>); 8]> = SmallVec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = FormPart::decode(name);
@@ -351,7 +384,7 @@ impl KeyRules {
         if let Some(body) = body {
             hasher.update(&*body);
         }
-        (CacheKey(hex_lower(&truncate(hasher.finalize().into()))), normalized)
+        (CacheKey::from_digest(hasher.finalize().into()), normalized)
     }
 
     fn hash_headers(&self, headers: &HeaderMap, hasher: &mut Sha256) {
@@ -579,13 +612,6 @@ impl<'a> FormPart<'a> {
             out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
         }
     }
-}
-
-/// Lower-case hex of a 16-byte digest, allocated once, straight into the key's `Arc`.
-fn hex_lower(bytes: &[u8; 16]) -> Arc<str> {
-    let mut text = [0u8; 32];
-    hex_lower_into(bytes, &mut text);
-    Arc::from(std::str::from_utf8(&text).unwrap_or_default())
 }
 
 /// Writes the lower-case hex digits of `bytes` into `out`, which is twice as long.

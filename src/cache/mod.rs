@@ -106,13 +106,30 @@ pub(crate) enum Plan {
     /// Not the cache's business: send it and report with [`Engine::after_pass`].
     Pass(Pass),
     /// Answer with this response without touching the network.
-    Respond(http::Response<Bytes>),
+    Respond(Answer),
     /// Answer with this (stale) response now, and send the [`Fetch`] in the
     /// background, handing its response to [`Engine::finish`].
-    RespondAndRefresh(http::Response<Bytes>, Box<Fetch>),
+    RespondAndRefresh(Answer, Box<Fetch>),
     /// Send it, with [`Fetch::conditional_headers`] added, and hand the
     /// response to [`Engine::finish`].
     Fetch(Box<Fetch>),
+}
+
+/// A response the cache answers with, its headers already marked, and the
+/// report that goes in its extensions. Kept apart so an adapter that needs
+/// extensions of its own (reqwest's response URL) fills one map, not two.
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Bytes>,
+    pub(crate) info: CacheInfo,
+}
+
+impl Answer {
+    /// The response with the report in its extensions.
+    pub(crate) fn into_response(self) -> http::Response<Bytes> {
+        let mut response = self.response;
+        response.extensions_mut().insert(self.info);
+        response
+    }
 }
 
 /// A request the cache lets through.
@@ -436,7 +453,7 @@ impl Engine {
 
     /// A stale answer when sending a [`Fetch`] failed, if `stale_if_error`
     /// (or the entry's own directive) allows one; `None` lets the error through.
-    pub(crate) fn fetch_failed(&self, fetch: &Fetch) -> Option<http::Response<Bytes>> {
+    pub(crate) fn fetch_failed(&self, fetch: &Fetch) -> Option<Answer> {
         let now = SystemTime::now();
         let stale = fetch.stale.as_ref()?;
         self.may_serve_stale(stale, now, self.options.stale_if_error, "stale-if-error")
@@ -507,7 +524,7 @@ impl Engine {
         if response.status().is_server_error()
             && let Some(stale) = self.fetch_failed(&fetch)
         {
-            return Ok(stale.map(CacheBody::full));
+            return Ok(stale.into_response().map(CacheBody::full));
         }
         let now = SystemTime::now();
         if fetch.head {
@@ -517,7 +534,7 @@ impl Engine {
             && let Some(stale) = fetch.stale.take()
         {
             let response = self.revalidated(*fetch, stale, response.headers(), now).await;
-            return Ok(response.map(CacheBody::full));
+            return Ok(response.into_response().map(CacheBody::full));
         }
         let Fetch {
             key,
@@ -672,7 +689,7 @@ impl Engine {
         stale: Arc<StoredResponse>,
         not_modified: &HeaderMap,
         now: SystemTime,
-    ) -> http::Response<Bytes> {
+    ) -> Answer {
         let Fetch {
             key,
             request,
@@ -707,13 +724,7 @@ impl Engine {
         }
     }
 
-    fn revalidated_answer(
-        &self,
-        entry: &StoredResponse,
-        key: CacheKey,
-        stored: bool,
-        now: SystemTime,
-    ) -> http::Response<Bytes> {
+    fn revalidated_answer(&self, entry: &StoredResponse, key: CacheKey, stored: bool, now: SystemTime) -> Answer {
         let info = CacheInfo {
             forward: Some(Forward::Stale),
             forward_status: Some(StatusCode::NOT_MODIFIED),
@@ -758,9 +769,10 @@ impl Engine {
     }
 
     async fn load_one(&self, key: &CacheKey, method: &Method) -> Option<Arc<StoredResponse>> {
-        let value = self.note_store_result(self.store.get(key.as_str()).await, "read")??;
+        let key_text = key.as_str();
+        let value = self.note_store_result(self.store.get(key_text).await, "read")??;
         let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
-            Ok(entry) if entry.key == key.as_str() && entry.method == method => entry,
+            Ok(entry) if entry.key == key_text && entry.method == method => entry,
             Ok(_) => {
                 tracing::warn!(key = %key, "dropping a cache entry stored for another request");
                 self.remove_quietly(key).await;
@@ -866,7 +878,7 @@ impl Engine {
         now: SystemTime,
         head: bool,
         validating: Option<&HeaderMap>,
-    ) -> http::Response<Bytes> {
+    ) -> Answer {
         let not_modified = validating.is_some_and(|request| not_modified(request, &entry.headers));
         let body = if head || not_modified {
             Bytes::new()
@@ -894,24 +906,22 @@ impl Engine {
         } else {
             *response.status_mut() = entry.status;
         }
+        self.mark(&mut headers, &info);
         *response.headers_mut() = headers;
-        let (mut parts, body) = response.into_parts();
-        self.annotate(&mut parts.headers, &mut parts.extensions, info);
-        http::Response::from_parts(parts, body)
+        Answer { response, info }
     }
 
     /// `504 Gateway Timeout`: what `only-if-cached` gets when nothing stored
     /// may answer (RFC 9111 §5.2.1.7).
-    fn gateway_timeout(&self, key: CacheKey) -> http::Response<Bytes> {
+    fn gateway_timeout(&self, key: CacheKey) -> Answer {
         let mut response = http::Response::new(Bytes::new());
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-        let (mut parts, body) = response.into_parts();
         let info = CacheInfo {
             detail: Some("only-if-cached"),
             ..miss(Some(key), None)
         };
-        self.annotate(&mut parts.headers, &mut parts.extensions, info);
-        http::Response::from_parts(parts, body)
+        self.mark(response.headers_mut(), &info);
+        Answer { response, info }
     }
 
     /// Sets the `x-cache` and `Cache-Status` headers, unless turned off.
