@@ -8,6 +8,7 @@
 //! [`CacheService`](crate::CacheService) for tower) only convert types.
 
 pub(crate) mod body;
+mod breaker;
 mod coalesce;
 pub mod entry;
 pub mod key;
@@ -17,7 +18,7 @@ pub(crate) mod sign;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use self::body::{CacheBody, Collected, collect_limited};
+use self::breaker::{Breaker, Transition};
 use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::entry::{DecodeError, StoredResponse};
 use self::key::{CacheKey, KeyRules, KeySecret, RequestHead};
@@ -78,7 +80,10 @@ pub(crate) struct Engine {
     inflight: Arc<Inflight>,
     /// Set while the store is failing, so a broken store logs one warning,
     /// not one per request.
-    store_failing: AtomicBool,
+    /// Stops calling a failing store for a while.
+    breaker: Breaker,
+    /// The store's [`Store::request_deadline`], read once.
+    store_deadline: Option<Duration>,
     /// The secret keying credential and `Vary` digests: the cache's
     /// `secret_key`, else the store's, fetched on first use.
     secret: OnceCell<KeySecret>,
@@ -197,12 +202,13 @@ impl Engine {
             None => OnceCell::new(),
         };
         Self {
+            store_deadline: store.request_deadline(),
             store,
             keys,
             rules,
             options,
             inflight: Arc::default(),
-            store_failing: AtomicBool::new(false),
+            breaker: Breaker::default(),
             secret,
             process_secret: KeySecret::random(),
             generations: Generations::default(),
@@ -225,14 +231,11 @@ impl Engine {
         if let Some(secret) = self.secret.get() {
             return secret;
         }
-        match self.store.key_secret().await {
-            Ok(Some(bytes)) => self.secret.get_or_init(|| async { KeySecret::new(&bytes) }).await,
-            Ok(None) => self.secret.get_or_init(|| async { self.process_secret.clone() }).await,
-            Err(error) => {
-                // Entries keyed meanwhile are only misses for other processes.
-                self.note_store_result::<()>(Err(error), "read the key secret");
-                &self.process_secret
-            }
+        match self.call_store("read the key secret", || self.store.key_secret()).await {
+            Some(Some(bytes)) => self.secret.get_or_init(|| async { KeySecret::new(&bytes) }).await,
+            Some(None) => self.secret.get_or_init(|| async { self.process_secret.clone() }).await,
+            // Entries keyed meanwhile are only misses for other processes.
+            None => &self.process_secret,
         }
     }
 
@@ -494,8 +497,8 @@ impl Engine {
     /// them again; how many were deleted.
     async fn invalidate_url(&self, normalized_url: &str) {
         self.fence_url(normalized_url);
-        let removed = self.store.remove_url(normalized_url).await;
-        self.note_store_result(removed, "invalidate");
+        self.call_store("invalidate", || self.store.remove_url(normalized_url))
+            .await;
     }
 
     /// Keeps fetches under way for this URL from storing what they get:
@@ -569,8 +572,7 @@ impl Engine {
                     && lifetime == Lifetime::DoNotStore
                 {
                     // The origin no longer lets this be cached: drop our copy.
-                    let removed = self.store.remove(&stale.key).await;
-                    self.note_store_result(removed, "remove");
+                    self.call_store("remove", || self.store.remove(&stale.key)).await;
                 }
                 not_stored(self, &mut parts, key);
                 return Ok(http::Response::from_parts(
@@ -717,8 +719,7 @@ impl Engine {
                 response
             }
             Lifetime::DoNotStore => {
-                let removed = self.store.remove(&entry.key).await;
-                self.note_store_result(removed, "remove");
+                self.call_store("remove", || self.store.remove(&entry.key)).await;
                 self.revalidated_answer(&entry, key, stored, now)
             }
         }
@@ -770,7 +771,7 @@ impl Engine {
 
     async fn load_one(&self, key: &CacheKey, method: &Method) -> Option<Arc<StoredResponse>> {
         let key_text = key.as_str();
-        let value = self.note_store_result(self.store.get(key_text).await, "read")??;
+        let value = self.call_store("read", || self.store.get(key_text)).await??;
         let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
             Ok(entry) if entry.key == key_text && entry.method == method => entry,
             Ok(_) => {
@@ -793,8 +794,7 @@ impl Engine {
     }
 
     async fn remove_quietly(&self, key: &CacheKey) {
-        let removed = self.store.remove(key.as_str()).await;
-        self.note_store_result(removed, "remove");
+        self.call_store("remove", || self.store.remove(key.as_str())).await;
     }
 
     /// Whether a stored entry answers a request with these headers, given
@@ -845,23 +845,34 @@ impl Engine {
             // for as long as it keeps the entry. The first hit decodes instead.
             value: StoredValue::new(entry.encode(self.options.signer.as_ref())),
         };
-        let saved = self.store.put(record).await;
-        self.note_store_result(saved, "write").is_some()
+        self.call_store("write", || self.store.put(record)).await.is_some()
     }
 
-    /// Logs the first failure of a streak (and the recovery), never one per
-    /// request, and turns failures into `None`.
-    fn note_store_result<T>(&self, result: Result<T, StoreError>, operation: &str) -> Option<T> {
+    /// Calls the store on a request's behalf: not at all while the breaker
+    /// is open, and never past the store's deadline. Failures become `None`
+    /// (the request goes on as a miss); only the first of a streak, and the
+    /// recovery, are logged.
+    async fn call_store<'a, T, F>(&'a self, operation: &'static str, call: impl FnOnce() -> F) -> Option<T>
+    where
+        F: Future<Output = Result<T, StoreError>> + 'a,
+    {
+        let permit = self.breaker.permit()?;
+        let result = match self.store_deadline {
+            Some(after) => tokio::time::timeout(after, call())
+                .await
+                .unwrap_or(Err(StoreError::TimedOut { operation, after })),
+            None => call().await,
+        };
         match result {
             Ok(value) => {
-                if self.store_failing.load(Ordering::Relaxed) && self.store_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("cache store recovered; caching resumes");
+                if permit.succeeded() == Transition::Closed {
+                    tracing::info!("cache store answers again; caching resumes");
                 }
                 Some(value)
             }
             Err(error) => {
-                if !self.store_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%error, operation, "cache store failed; requests go to the origin until it recovers");
+                if permit.failed() == Transition::Opened {
+                    tracing::warn!(%error, operation, "cache store failed; requests go to the origin, and the store is retried with backoff until it answers");
                 }
                 None
             }

@@ -74,6 +74,15 @@ pub enum StoreError {
     /// A store's background task ended before answering.
     #[error("cache store task failed: {0}")]
     Task(String),
+    /// A call on the request path ran past the store's
+    /// [`request_deadline`](Store::request_deadline).
+    #[error("cache store did not answer within {}ms ({operation})", after.as_millis())]
+    TimedOut {
+        /// What the cache was doing.
+        operation: &'static str,
+        /// The deadline.
+        after: std::time::Duration,
+    },
     /// An error from a store outside this crate.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
@@ -216,5 +225,13 @@ pub trait Store: Send + Sync + 'static {
     /// between processes (still correct, only colder).
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
+    }
+
+    /// How long a call on the request path may take before the cache gives
+    /// up on it, counts it as a failure and goes to the origin. `None` (the
+    /// default) waits as long as the store takes: right for stores in
+    /// memory or in a local file, not for one across a network.
+    fn request_deadline(&self) -> Option<std::time::Duration> {
+        None
     }
 }

@@ -41,9 +41,12 @@ return 0
 /// [`max_ttl`](Self::max_ttl) is set. Listing and bulk deletion use `SCAN`,
 /// never `KEYS`.
 ///
-/// The connection reconnects by itself. While Redis is unreachable, calls
-/// fail fast (2 s timeouts) and the cache steps aside: requests go to the
-/// origin.
+/// Opening never waits for Redis, and the connection reconnects by itself.
+/// While Redis is unreachable or hung, a request waits at most the
+/// [`request_deadline`](Self::request_deadline) (250 ms), and then the
+/// cache stops calling Redis for a backoff period (100 ms, doubling up to
+/// 5 s): requests go to the origin at the origin's speed, and caching
+/// resumes within one period of Redis's return.
 ///
 /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS,
 /// `unix:///path/to/redis.sock`. The password never appears in errors or
@@ -65,8 +68,12 @@ pub struct RedisStore {
     prefix: String,
     grace: Duration,
     max_ttl: Option<Duration>,
+    deadline: Duration,
     location: String,
 }
+
+/// A request waits this long for Redis before going to the origin.
+const DEFAULT_DEADLINE: Duration = Duration::from_millis(250);
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,6 +82,7 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .field("grace", &self.grace)
             .field("max_ttl", &self.max_ttl)
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -93,8 +101,10 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// Connects to the Redis server at `url`. Fails if it cannot be reached
-    /// now; later outages are survived.
+    /// A store on the Redis server at `url`. Fails only on a malformed URL:
+    /// the connection is made in the background, so a process starts (and
+    /// answers from the origin) while Redis is down, and caching begins once
+    /// Redis answers.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let location = redact(url);
         let error = |source| StoreError::Redis {
@@ -106,16 +116,23 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(error)?;
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(error)?;
         Ok(Self {
             connection,
             prefix: "edgecache:".to_owned(),
             grace: Duration::from_secs(24 * 3600),
             max_ttl: None,
+            deadline: DEFAULT_DEADLINE,
             location,
         })
+    }
+
+    /// How long a call on the request path may take before the cache goes
+    /// to the origin instead, and stops calling Redis for a while. Default:
+    /// 250 ms.
+    pub fn request_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Prefixes every key, one namespace per application or environment.
@@ -369,6 +386,10 @@ impl Store for RedisStore {
         let mut keys = self.scan(&format!("{}*", escape_pattern(&self.prefix))).await?;
         keys.retain(|key| *key != secret);
         self.delete(&keys).await.map(drop)
+    }
+
+    fn request_deadline(&self) -> Option<Duration> {
+        Some(self.deadline)
     }
 
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {

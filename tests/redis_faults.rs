@@ -1,0 +1,117 @@
+//! Redis outages cost the requests nothing: a process starts while Redis is
+//! down, a dead or hung server costs at most one deadline per backoff
+//! period, and caching resumes by itself.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::{Origin, client, get};
+use edgecache::CacheMiddleware;
+use edgecache::store::RedisStore;
+
+async fn cache_on(server: &RedisServer) -> CacheMiddleware {
+    let store = RedisStore::open(&server.url()).await.expect("open");
+    CacheMiddleware::builder().store(store).build().expect("cache")
+}
+
+/// Sends requests until one is a `HIT`, for at most `budget`.
+async fn until_hit(client: &reqwest_middleware::ClientWithMiddleware, url: &str, budget: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        if get(client, url).await.0 == "HIT" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_process_starts_while_redis_is_down_and_caches_once_it_is_up() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    server.kill();
+    let origin = Origin::start().await;
+    let cache = cache_on(&server).await;
+    let client = client(&cache);
+
+    let url = origin.url("/max-age/60");
+    for attempt in 1..=5 {
+        let (x_cache, body) = get(&client, &url).await;
+        assert_eq!(
+            (x_cache.as_str(), body),
+            ("MISS", format!("GET /max-age/60 #{attempt}"))
+        );
+    }
+
+    server.restart().await;
+    // Within one backoff period (at most 6 s) of Redis's return, entries
+    // are stored and served again.
+    assert!(
+        until_hit(&client, &origin.url("/after-restart"), Duration::from_secs(15)).await,
+        "caching begins once Redis is up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_a_request_at_most_the_deadline() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let cache = cache_on(&server).await;
+    let client = client(&cache);
+    assert_eq!(get(&client, &origin.url("/max-age/60")).await.0, "MISS");
+    assert_eq!(get(&client, &origin.url("/max-age/60")).await.0, "HIT");
+
+    server.pause();
+    let paused_at = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    while paused_at.elapsed() < Duration::from_secs(5) {
+        let start = Instant::now();
+        let (x_cache, _) = get(&client, &origin.url(&format!("/max-age/60?n={answered}"))).await;
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(x_cache, "MISS", "nothing can be served while Redis is frozen");
+        answered += 1;
+    }
+    server.resume();
+    // Before the breaker, each request waited out Redis's read and write
+    // timeouts (2 s each); now at most the 250 ms deadline, once per
+    // backoff period. The bound is loose so a busy machine can't fail it.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "slowest request while Redis was frozen took {slowest:?}"
+    );
+    assert!(
+        answered > 20,
+        "only {answered} requests in 5 s: requests waited on Redis"
+    );
+    assert!(
+        until_hit(&client, &origin.url("/after-thaw"), Duration::from_secs(15)).await,
+        "caching resumes after the thaw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_answers_from_the_origin_while_redis_is_down() {
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    server.kill();
+    let origin = Origin::start().await;
+    let run = common::edgecache(["get", "-i", &origin.url("/max-age/60"), "--cache", &server.url()]).await;
+    assert!(run.success, "exit 0 expected; stderr: {}", run.stderr);
+    assert!(run.stdout.contains("x-cache: MISS"), "{}", run.stdout);
+    assert!(run.stdout.contains("GET /max-age/60 #1"), "{}", run.stdout);
+    assert_eq!(
+        run.stderr.matches("cache store failed").count(),
+        1,
+        "one warning: {}",
+        run.stderr
+    );
+}
