@@ -164,7 +164,49 @@ impl MemoryStore {
         }
     }
 
-    fn remove_key(&self, key: &str) -> bool {
+    /// The entry under `key`, unless it has outlived its time to live.
+    pub(crate) fn lookup(&self, key: &str) -> Option<StoredValue> {
+        let entry = self.entries.get(key)?;
+        if entry.leaves_at.is_some_and(|leaves_at| leaves_at <= Instant::now()) {
+            self.remove_key(key);
+            return None;
+        }
+        Some(entry.value)
+    }
+
+    /// Stores an entry, replacing any under the same key.
+    pub(crate) fn insert(&self, entry: StoreEntry) {
+        let key = entry.key;
+        let url: Arc<str> = entry.url.into();
+        let tags: Arc<[Arc<str>]> = entry.tags.into_iter().map(Arc::from).collect();
+        let stored = MemoryEntry {
+            value: entry.value,
+            url: Arc::clone(&url),
+            created_at: entry.created_at,
+            expires: entry.expires,
+            tags: Arc::clone(&tags),
+            leaves_at: self
+                .time_to_live
+                .and_then(|time_to_live| Instant::now().checked_add(time_to_live)),
+        };
+        self.entries.insert(key.clone(), stored);
+        // Indexed after inserting: replacing a value unindexes the old one.
+        // An index entry left behind by a race is harmless, as deleting by URL
+        // or tag goes through the cache itself.
+        let mut indexes = lock(&self.indexes);
+        for tag in tags.iter() {
+            indexes.by_tag.entry(Arc::clone(tag)).or_default().insert(key.clone());
+        }
+        indexes.by_url.entry(url).or_default().insert(key);
+    }
+
+    /// Removes every entry.
+    pub(crate) fn remove_all(&self) {
+        self.entries.clear();
+        *lock(&self.indexes) = Indexes::default();
+    }
+
+    pub(crate) fn remove_key(&self, key: &str) -> bool {
         match self.entries.remove(key) {
             Some((key, entry)) => {
                 unindex(&self.indexes, &entry, &key);
@@ -195,39 +237,11 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
-        let Some(entry) = self.entries.get(key) else {
-            return Ok(None);
-        };
-        if entry.leaves_at.is_some_and(|leaves_at| leaves_at <= Instant::now()) {
-            self.remove_key(key);
-            return Ok(None);
-        }
-        Ok(Some(entry.value))
+        Ok(self.lookup(key))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
-        let key = entry.key;
-        let url: Arc<str> = entry.url.into();
-        let tags: Arc<[Arc<str>]> = entry.tags.into_iter().map(Arc::from).collect();
-        let stored = MemoryEntry {
-            value: entry.value,
-            url: Arc::clone(&url),
-            created_at: entry.created_at,
-            expires: entry.expires,
-            tags: Arc::clone(&tags),
-            leaves_at: self
-                .time_to_live
-                .and_then(|time_to_live| Instant::now().checked_add(time_to_live)),
-        };
-        self.entries.insert(key.clone(), stored);
-        // Indexed after inserting: replacing a value unindexes the old one.
-        // An index entry left behind by a race is harmless, as deleting by URL
-        // or tag goes through the cache itself.
-        let mut indexes = lock(&self.indexes);
-        for tag in tags.iter() {
-            indexes.by_tag.entry(Arc::clone(tag)).or_default().insert(key.clone());
-        }
-        indexes.by_url.entry(url).or_default().insert(key);
+        self.insert(entry);
         Ok(())
     }
 
@@ -263,8 +277,7 @@ impl Store for MemoryStore {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        self.entries.clear();
-        *lock(&self.indexes) = Indexes::default();
+        self.remove_all();
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! A store in Redis (or Valkey), shared by processes on many machines.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -9,6 +10,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 use crate::cache::entry::{from_millis, to_millis};
+
+mod tier;
+
+use self::tier::LocalTier;
 
 /// Keys asked for per `SCAN` round and deleted per command.
 const BATCH: usize = 500;
@@ -65,6 +70,8 @@ return 0
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
+    client: redis::Client,
+    tier: Option<Arc<LocalTier>>,
     prefix: String,
     grace: Duration,
     max_ttl: Option<Duration>,
@@ -83,6 +90,7 @@ impl fmt::Debug for RedisStore {
             .field("grace", &self.grace)
             .field("max_ttl", &self.max_ttl)
             .field("deadline", &self.deadline)
+            .field("local_tier", &self.tier.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -116,9 +124,11 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(error)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(error)?;
         Ok(Self {
             connection,
+            client,
+            tier: None,
             prefix: "edgecache:".to_owned(),
             grace: Duration::from_secs(24 * 3600),
             max_ttl: None,
@@ -132,6 +142,45 @@ impl RedisStore {
     /// 250 ms.
     pub fn request_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Keeps up to `max_bytes` of the entries this process reads in its own
+    /// memory, so hot hits cost what a memory-store hit costs instead of a
+    /// round trip to Redis.
+    ///
+    /// The tier stays coherent through Redis's server-assisted client-side
+    /// caching (`CLIENT TRACKING`, Redis 6 or later): when any machine
+    /// writes or deletes an entry this process holds (`delete_url`,
+    /// `delete_tag`, `clear`, a newer response, Redis's own expiry), Redis
+    /// tells this process, which drops it as the message arrives. Nothing
+    /// relies on a time to live. If the connection that receives these
+    /// messages (named `edgecache-tracking` in `CLIENT LIST`) drops, the
+    /// tier empties and is bypassed until it is back.
+    ///
+    /// Call it inside a Tokio runtime: a task keeps that connection open.
+    ///
+    /// ```no_run
+    /// use edgecache::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), edgecache::store::StoreError> {
+    /// let store = RedisStore::open("redis://127.0.0.1:6379").await?.local_tier(64 << 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn local_tier(mut self, max_bytes: u64) -> Self {
+        // Invalidations are RESP3 push messages.
+        let info = self.client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        self.tier = match redis::Client::open(info.set_redis_settings(settings)) {
+            Ok(client) => LocalTier::start(max_bytes, client),
+            Err(error) => {
+                tracing::warn!(%error, location = %self.location, "cannot set up the local tier; reading from Redis");
+                None
+            }
+        };
         self
     }
 
@@ -236,6 +285,9 @@ impl RedisStore {
 
     /// Deletes entry keys in batches; how many existed.
     async fn delete(&self, keys: &[String]) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            keys.iter().for_each(|key| tier.forget(key));
+        }
         let mut deleted = 0;
         for batch in keys.chunks(BATCH) {
             deleted += self.query::<u64>(redis::cmd("UNLINK").arg(batch)).await?;
@@ -294,12 +346,55 @@ fn escape_pattern(text: &str) -> String {
 #[async_trait]
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
-        let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(self.entry_key(key)).arg("v")).await?;
-        Ok(value.map(|value| StoredValue::new(Bytes::from(value))))
+        let entry_key = self.entry_key(key);
+        let Some(tier) = &self.tier else {
+            let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(&entry_key).arg("v")).await?;
+            return Ok(value.map(|value| StoredValue::new(Bytes::from(value))));
+        };
+        if let Some(value) = tier.get(&entry_key) {
+            return Ok(Some(value));
+        }
+        let Some(mut read) = tier.tracked_read() else {
+            let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(&entry_key).arg("v")).await?;
+            return Ok(value.map(|value| StoredValue::new(Bytes::from(value))));
+        };
+        // Read through the tracking connection, so Redis tells this process
+        // when what it read changes.
+        type Fields = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+        );
+        let (value, url, created, expires, tags): Fields = redis::cmd("HMGET")
+            .arg(&entry_key)
+            .arg(&["v", "u", "c", "x", "t"][..])
+            .query_async(&mut read.connection)
+            .await
+            .map_err(|source| self.error(source))?;
+        let Some(value) = value else { return Ok(None) };
+        let value = StoredValue::new(Bytes::from(value));
+        let entry = StoreEntry {
+            key: entry_key,
+            url: url.unwrap_or_default(),
+            created_at: from_millis(created.unwrap_or_default()),
+            expires: expires.and_then(|expires| expires.parse().ok()).map(from_millis),
+            tags: tags
+                .filter(|tags| !tags.is_empty())
+                .map(|tags| tags.split('\n').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            value: value.clone(),
+        };
+        tier.fill(read, entry);
+        Ok(Some(value))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         let entry_key = self.entry_key(&entry.key);
+        if let Some(tier) = &self.tier {
+            tier.forget(&entry_key);
+        }
         let ttl_ms = self.ttl(entry.expires).map_or(0, |ttl| ttl.as_millis().max(1) as u64);
         // A replaced entry leaves the tag sets it is no longer in.
         let old_tags: Option<String> = self.query(redis::cmd("HGET").arg(&entry_key).arg("t")).await?;
@@ -350,8 +445,12 @@ impl Store for RedisStore {
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let entry_key = self.entry_key(key);
+        if let Some(tier) = &self.tier {
+            tier.forget(&entry_key);
+        }
         // Index sets may keep the key: deleting through them checks the entry.
-        Ok(self.query::<u64>(redis::cmd("UNLINK").arg(self.entry_key(key))).await? > 0)
+        Ok(self.query::<u64>(redis::cmd("UNLINK").arg(entry_key)).await? > 0)
     }
 
     async fn contains_url(&self, url: &str) -> Result<bool, StoreError> {
