@@ -6,14 +6,18 @@
 //!   cache hit can cost through reqwest-middleware);
 //! - `http-cache-reqwest/moka`: the best-known peer, a hit;
 //! - `edgecache/memory`, `edgecache/sqlite`: our hits (SQLite with its
-//!   default in-process tier, and without it);
+//!   default in-process tier, and without it), `edgecache/redis` with and
+//!   without its local tier;
+//! - `edgecache/redis_down` vs `reqwest/origin`: Redis unreachable, so the
+//!   circuit breaker sends every request to the origin, vs no cache;
 //! - `edgecache/miss` vs `reqwest/unique`: a miss (fetch and store) vs no
 //!   cache, both on never-seen URLs; loopback timings on a shared machine
 //!   are noisy, so `edgecache_miss_on_stub` vs `stub_unique` also measures
 //!   what the cache itself adds to a miss, in process.
 //!
-//! Also times key computation, and reports the resident size of a memory
-//! store holding 100,000 entries of 1 KiB. At the end it prints the ratios
+//! Also times key computation, reports the resident size of a memory
+//! store holding 100,000 entries of 1 KiB, and how soon a delete on one
+//! Redis store leaves another's local tier. At the end it prints the ratios
 //! the project targets, from criterion's estimates of this run.
 //!
 //! ```text
@@ -30,7 +34,7 @@ use bytes::Bytes;
 use std::hint::black_box;
 
 use criterion::Criterion;
-use edgecache::store::{MemoryStore, SqliteStore, Store, StoreEntry};
+use edgecache::store::{MemoryStore, RedisStore, SqliteStore, Store, StoreEntry, StoredValue};
 use edgecache::{CacheMiddleware, MatchHeaders, RequestHead};
 use http::{HeaderMap, Method};
 use reqwest::ResponseBuilderExt;
@@ -154,19 +158,47 @@ fn get_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let redis = runtime.block_on(redis_server::RedisServer::start());
     let mut clients = clients;
     if let Some(redis) = &redis {
-        let store = runtime
-            .block_on(edgecache::store::RedisStore::open(&redis.url()))
-            .expect("redis");
+        let open = || runtime.block_on(RedisStore::open(&redis.url())).expect("redis");
         clients.push((
             "edgecache_redis",
-            with(CacheMiddleware::builder().store(store).build().expect("cache")),
+            with(CacheMiddleware::builder().store(open()).build().expect("cache")),
         ));
+        let tiered = {
+            let store = open();
+            let _runtime = runtime.enter(); // the tier's task runs there
+            store.local_tier(64 << 20)
+        };
+        clients.push((
+            "edgecache_redis_tier",
+            with(CacheMiddleware::builder().store(tiered).build().expect("cache")),
+        ));
+        // Tracking connects in the background: let it, before the warm-up fetch.
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
     let mut group = c.benchmark_group(GROUP);
     for (name, client) in &clients {
-        runtime.block_on(fetch(client, &url)); // warm: the next ones are hits
+        // Warm: the next ones are hits (the second fills a local tier).
+        runtime.block_on(fetch(client, &url));
+        runtime.block_on(fetch(client, &url));
         group.bench_function(*name, |b| b.to_async(runtime).iter(|| fetch(client, &url)));
     }
+
+    // Redis down: the breaker sends requests straight to the origin. Beside
+    // plain reqwest on the same URL (every request reaches the origin).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let dead_url = format!("redis://{}", dead.local_addr().expect("address"));
+    drop(dead);
+    let down = runtime.block_on(RedisStore::open(&dead_url)).expect("open");
+    let down = with(CacheMiddleware::builder().store(down).build().expect("cache"));
+    let origin_url = format!("{origin}/always-fetched");
+    runtime.block_on(fetch(&down, &origin_url)); // the first failure opens the breaker
+    let plain_origin = plain();
+    group.bench_function("reqwest_origin", |b| {
+        b.to_async(runtime).iter(|| fetch(&plain_origin, &origin_url))
+    });
+    group.bench_function("edgecache_redis_down", |b| {
+        b.to_async(runtime).iter(|| fetch(&down, &origin_url))
+    });
 
     let counter = Arc::new(AtomicU64::new(0));
     let unique = |counter: &AtomicU64| format!("{origin}/unique?n={}", counter.fetch_add(1, Ordering::Relaxed));
@@ -242,6 +274,51 @@ fn key_bench(c: &mut Criterion) {
     });
 }
 
+/// How long after machine A deletes an entry machine B's local tier stops
+/// serving it: A and B are two Redis stores with local tiers.
+fn invalidation_report(runtime: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
+    const ROUNDS: usize = 500;
+    let server = runtime.block_on(redis_server::RedisServer::start())?;
+    let (a, b) = runtime.block_on(async {
+        let open = || async {
+            RedisStore::open(&server.url())
+                .await
+                .expect("open")
+                .local_tier(16 << 20)
+        };
+        let stores = (open().await, open().await);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await; // tracking up
+        stores
+    });
+    let entry = || StoreEntry {
+        key: "k".into(),
+        url: "https://example.com/k".into(),
+        created_at: SystemTime::now(),
+        expires: None,
+        tags: Vec::new(),
+        value: StoredValue::new(Bytes::from_static(b"value")),
+    };
+    let mut delays = runtime.block_on(async {
+        let mut delays = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            a.put(entry()).await.expect("put");
+            b.get("k").await.expect("get").expect("stored"); // into b's tier
+            a.remove("k").await.expect("remove");
+            let removed = std::time::Instant::now();
+            while b.get("k").await.expect("get").is_some() {
+                tokio::task::yield_now().await;
+            }
+            delays.push(removed.elapsed().as_secs_f64() * 1e3);
+        }
+        delays
+    });
+    delays.sort_by(f64::total_cmp);
+    let p50 = delays[ROUNDS / 2];
+    let p99 = delays[ROUNDS * 99 / 100];
+    println!("redis delete on A seen by B's tier: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    Some((p50, p99))
+}
+
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = status
@@ -287,7 +364,7 @@ fn mean_ns(target: &str, id: &str) -> Option<f64> {
     json["mean"]["point_estimate"].as_f64()
 }
 
-fn print_ratios(memory_ratio: f64) {
+fn print_ratios(memory_ratio: f64, invalidation: Option<(f64, f64)>) {
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let get = |name: &str| mean_ns(&target, &format!("{GROUP}/{name}"));
     let (Some(floor), Some(peer), Some(memory), Some(sqlite), Some(plain), Some(miss)) = (
@@ -310,6 +387,14 @@ fn print_ratios(memory_ratio: f64) {
     println!("sqlite hit / floor            {:>6.2}x  [<= 4]", sqlite / floor);
     println!("sqlite (no tier) hit / floor  {:>6.2}x  [reported]", untiered / floor);
     println!("redis hit / memory hit        {:>6.2}x  [reported]", redis / memory);
+    let tiered = get("edgecache_redis_tier").unwrap_or(f64::NAN);
+    println!("redis tier hit / memory hit   {:>6.2}x  [<= 3]", tiered / memory);
+    if let (Some(down), Some(origin)) = (get("edgecache_redis_down"), get("reqwest_origin")) {
+        println!("redis down / no cache         {:>6.2}x  [<= 1.2]", down / origin);
+    }
+    if let Some((_, p99)) = invalidation {
+        println!("redis delete seen elsewhere   {p99:>6.2} ms p99 [<= 10]");
+    }
     println!("miss / plain reqwest          {:>6.2}x  [<= 1.10]", miss / plain);
     if let (Some(stub), Some(stub_miss)) = (get("stub_unique"), get("edgecache_miss_on_stub")) {
         let added = stub_miss - stub;
@@ -327,9 +412,10 @@ fn main() {
     let runtime = runtime();
     // First, on a heap nothing else has grown yet.
     let memory_ratio = memory_report(&runtime);
+    let invalidation = invalidation_report(&runtime);
     let mut criterion = Criterion::default().configure_from_args();
     get_benches(&mut criterion, &runtime);
     key_bench(&mut criterion);
     criterion.final_summary();
-    print_ratios(memory_ratio);
+    print_ratios(memory_ratio, invalidation);
 }

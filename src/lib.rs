@@ -93,8 +93,13 @@
 //! * **Signed entries**: with [`CacheBuilder::secret_key`], entries carry an
 //!   HMAC-SHA256; tampered or unsigned ones are refused and deleted.
 //! * **Failing stores**: a cache never makes a request fail. When its store
-//!   fails, it logs one warning and lets requests through to the origin until
-//!   the store recovers.
+//!   fails, it logs one warning, and a circuit breaker stops calling the store
+//!   for a backoff period (100 ms, doubling up to 5 s) while requests go
+//!   straight to the origin; one probe at a time finds out when it is back.
+//!   A store across the network sets a deadline on each call
+//!   ([`Store::request_deadline`](store::Store::request_deadline); 250 ms for
+//!   Redis), so a hung server costs one deadline per period, not one per
+//!   request.
 //!
 //! # Akamai EdgeGrid
 //!

@@ -1,5 +1,6 @@
 //! EG1-HMAC-SHA256: the EdgeGrid request signature.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use base64::Engine as _;
@@ -90,11 +91,17 @@ impl Signer {
 
     /// `name:value` for each header to sign that is present, in the
     /// configured order; values trimmed, runs of whitespace made one space.
+    /// Non-ASCII values are signed as UTF-8, as the reference client does;
+    /// bytes that aren't UTF-8 are read as Latin-1, HTTP's old charset.
     fn canonical_headers(&self, headers: &HeaderMap) -> String {
         let mut canonical = Vec::new();
         for name in &self.credentials.headers_to_sign {
-            let Some(value) = headers.get(name.as_str()).and_then(|value| value.to_str().ok()) else {
+            let Some(value) = headers.get(name.as_str()) else {
                 continue;
+            };
+            let value: Cow<'_, str> = match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => Cow::Owned(value.as_bytes().iter().map(|&byte| char::from(byte)).collect()),
             };
             canonical.push(format!(
                 "{name}:{}",

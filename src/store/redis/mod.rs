@@ -114,12 +114,36 @@ impl RedisStore {
     /// answers from the origin) while Redis is down, and caching begins once
     /// Redis answers.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::connect(url, redis::Client::open(url))
+    }
+
+    /// Like [`open`](Self::open), for a `rediss://` server whose certificate
+    /// is signed by `ca_pem` (a PEM certificate authority, for example a
+    /// private one) rather than by a public authority.
+    ///
+    /// ```no_run
+    /// use edgecache::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/ca.crt")?;
+    /// let store = RedisStore::open_with_ca("rediss://cache.internal:6380", &ca).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_with_ca(url: &str, ca_pem: &[u8]) -> Result<Self, StoreError> {
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.to_vec()),
+        };
+        Self::connect(url, redis::Client::build_with_tls(url, certificates))
+    }
+
+    fn connect(url: &str, client: redis::RedisResult<redis::Client>) -> Result<Self, StoreError> {
         let location = redact(url);
         let error = |source| StoreError::Redis {
             location: location.clone(),
             source,
         };
-        let client = redis::Client::open(url).map_err(error)?;
+        let client = client.map_err(error)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
