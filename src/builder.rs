@@ -111,9 +111,13 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Where entries are kept. Default: a [`SqliteStore`](crate::store::SqliteStore)
-    /// at `http_cache.sqlite` in the working directory (with the `sqlite`
-    /// feature; a [`MemoryStore`](crate::store::MemoryStore) without it).
+    /// Where entries are kept. Default: the [`Location`](crate::store::Location)
+    /// in `$EDGECACHE_CACHE`, else a [`SqliteStore`](crate::store::SqliteStore)
+    /// at `http.sqlite` in the platform's cache directory (for example
+    /// `~/.cache/edgecache/http.sqlite`); without the `sqlite` feature, a
+    /// [`MemoryStore`](crate::store::MemoryStore). If the default store
+    /// can't be opened, the cache logs one warning saying where and why,
+    /// and requests go to the origin.
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
         self
@@ -356,7 +360,7 @@ impl CacheBuilder {
         );
         let store = match self.store {
             Some(store) => store,
-            None => default_store()?,
+            None => default_store(),
         };
         let options = EngineOptions {
             x_cache_header: self.x_cache_header,
@@ -382,12 +386,16 @@ impl CacheBuilder {
     }
 }
 
-#[cfg(feature = "sqlite")]
-fn default_store() -> Result<Arc<dyn Store>, Error> {
-    Ok(Arc::new(crate::store::SqliteStore::open("http_cache.sqlite")?))
-}
-
-#[cfg(not(feature = "sqlite"))]
-fn default_store() -> Result<Arc<dyn Store>, Error> {
-    Ok(Arc::new(crate::store::MemoryStore::default()))
+/// The store at [`Location::from_env`](crate::store::Location::from_env);
+/// without the `sqlite` feature, memory unless `EDGECACHE_CACHE` says
+/// otherwise.
+fn default_store() -> Arc<dyn Store> {
+    use crate::store::{CACHE_VARIABLE, Location};
+    if cfg!(not(feature = "sqlite")) && std::env::var_os(CACHE_VARIABLE).is_none() {
+        return Arc::new(crate::store::MemoryStore::default());
+    }
+    match Location::from_env() {
+        Ok(location) => location.open_or_step_aside(),
+        Err(error) => Arc::new(crate::store::Unavailable(format!("{CACHE_VARIABLE}: {error}"))),
+    }
 }

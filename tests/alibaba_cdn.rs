@@ -478,10 +478,17 @@ async fn five_thousand_urls_are_refreshed_and_every_outcome_is_reported() {
     let elapsed = started.elapsed();
     eprintln!("5,000 URLs refreshed and confirmed in {elapsed:?}");
     assert!(!run.success, "20 URLs failed at the CDN, so the run fails");
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON report");
-    let reported = report["urls"].as_array().expect("urls");
-    assert_eq!(reported.len(), 5000, "every distinct URL is reported once");
-    assert_eq!(report["duplicates"], 1);
+    let results: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON results");
+    let results = results.as_array().expect("a list of results");
+    assert_eq!(results.len(), 5000, "every distinct URL is reported once");
+    for field in ["object", "status", "detail", "origin", "id"] {
+        assert!(results[0].get(field).is_some(), "{field} in {}", results[0]);
+    }
+    assert!(
+        run.stderr.contains("duplicates           1 (skipped)"),
+        "the summary is on stderr: {}",
+        run.stderr
+    );
 
     let seen = stand_in.seen();
     assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures);
@@ -502,29 +509,30 @@ async fn five_thousand_urls_are_refreshed_and_every_outcome_is_reported() {
     assert!(seen.accepted_calls <= 8, "{} calls for 5,000 URLs", seen.accepted_calls);
 
     let mut failed = HashSet::new();
-    for url in reported {
-        let path = url["url"].as_str().expect("url");
+    for result in results {
+        let path = result["object"].as_str().expect("object");
         assert!(seen.submitted.contains_key(path), "{path} was sent");
-        match url["status"].as_str() {
+        match result["status"].as_str() {
             Some("complete") => assert!(!path.contains("/broken/")),
             Some("failed") => {
-                assert_eq!(url["reason"], "origin answered 502");
+                assert_eq!(result["detail"], "origin answered 502");
                 failed.insert(path.to_owned());
             }
             other => panic!("{path}: {other:?}"),
         }
-        assert!(!url["task_ids"].as_array().expect("task ids").is_empty());
+        assert!(result["id"].as_str().is_some_and(|id| !id.is_empty()), "{result}");
     }
     assert_eq!(failed.len(), 20);
     assert!(failed.iter().all(|path| path.contains("/broken/")));
     assert!(run.stderr.contains("failed              20"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains(&format!(
-            "{}:8: https://d1.example.com/broken/7.js: failed",
-            list.display()
-        )),
-        "failures are listed with file and line: {}",
-        run.stderr
+    let broken = results
+        .iter()
+        .find(|result| result["object"] == "https://d1.example.com/broken/7.js")
+        .expect("reported");
+    assert_eq!(
+        broken["origin"],
+        format!("{}:8", list.display()),
+        "failures say file and line"
     );
 }
 
@@ -602,7 +610,7 @@ async fn bad_lines_are_reported_by_file_and_line_and_nothing_is_sent() {
         format!("{file}:2: must start with http:// or https://"),
         format!("{file}:4: must start with http:// or https://"),
         format!("{file}:5: a directory must end with `/`"),
-        "3 invalid line(s); nothing was sent".to_owned(),
+        "3 invalid lines; nothing was sent".to_owned(),
     ] {
         assert!(run.stderr.contains(&expected), "{expected:?} in {}", run.stderr);
     }
@@ -817,9 +825,14 @@ async fn tasks_still_refreshing_at_the_timeout_are_reported_as_such() {
     .await;
     assert!(!run.success);
     assert!(
-        run.stderr
-            .contains("argument 1: https://example.com/slow: still refreshing at the timeout"),
-        "{}",
+        run.stdout
+            .contains("timed_out\thttps://example.com/slow\tstill in progress at the timeout"),
+        "results on stdout: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("timed out            1"),
+        "summary on stderr: {}",
         run.stderr
     );
 }

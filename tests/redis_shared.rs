@@ -148,7 +148,7 @@ async fn the_cli_shares_a_redis_cache_between_runs() {
         "cli".into(),
     ])
     .await;
-    assert_eq!(deleted.trim(), "deleted 1 entries");
+    assert_eq!(deleted.trim(), "deleted 1 entry");
     assert!(run(get(&url)).await.contains("x-cache: MISS"));
     assert_eq!(origin.hits("/tagged/cli"), 2);
 }

@@ -568,6 +568,9 @@ impl Engine {
         let (expires, initial_age) = match lifetime {
             Lifetime::Until { expires, initial_age } if !too_large => (expires, initial_age),
             _ => {
+                if too_large && matches!(lifetime, Lifetime::Until { .. }) {
+                    tracing::info!(%url, max_body_size, "not cached: the body is larger than max_body_size");
+                }
                 if let Some(stale) = &stale
                     && lifetime == Lifetime::DoNotStore
                 {
@@ -585,6 +588,7 @@ impl Engine {
         let body = match collect_limited(body, max_body_size).await? {
             Collected::Complete(body) => body,
             Collected::TooLarge(body) => {
+                tracing::info!(%url, max_body_size, "not cached: the body is larger than max_body_size");
                 not_stored(self, &mut parts, key);
                 return Ok(http::Response::from_parts(parts, body));
             }

@@ -343,10 +343,18 @@ impl FastPurgeClient {
     /// Purges objects of one kind. Every object is checked first; if any is
     /// invalid, nothing is sent.
     pub async fn purge(&self, kind: ObjectKind, objects: Vec<String>) -> Result<PurgeReport, PurgeError> {
-        let invalid = validate(kind, &objects);
+        let invalid = check_objects(kind, &objects);
         if !invalid.is_empty() {
             return Err(PurgeError::Invalid(invalid));
         }
+        // URLs go as the CDN cached them: encoded where needed.
+        let objects = match kind {
+            ObjectKind::Url => objects
+                .into_iter()
+                .map(|object| crate::purge::check_url(&object).map_or(object, String::from))
+                .collect(),
+            _ => objects,
+        };
         let batches = pack(kind, objects, self.bucket(kind).capacity() as usize);
         let batches = futures_util::stream::iter(batches)
             .map(|objects| self.send(kind, objects))
@@ -457,7 +465,7 @@ impl FastPurgeClient {
                 Err(error) => {
                     let failure = Failure {
                         status: None,
-                        detail: error.to_string(),
+                        detail: crate::purge::error_chain(&error),
                         support_id: None,
                         attempts,
                     };
@@ -467,7 +475,7 @@ impl FastPurgeClient {
             if attempts >= self.max_attempts {
                 return Err(failure);
             }
-            tracing::debug!(status = ?failure.status, detail = %failure.detail, attempts, "retrying a purge request");
+            tracing::warn!(status = ?failure.status, detail = %failure.detail, attempts, "purge request failed; retrying");
             tokio::time::sleep(self.backoff.delay(attempts - 1, retry_after)).await;
         }
     }
@@ -511,14 +519,13 @@ fn pack(kind: ObjectKind, objects: Vec<String>, max_objects: usize) -> Vec<Vec<S
     batches
 }
 
-fn validate(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject> {
+/// Checks objects as [`FastPurgeClient::purge`] would, without sending
+/// anything: what is wrong with each invalid one (empty when all are fine).
+/// URLs follow [`check_url`](crate::purge::check_url).
+pub fn check_objects(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject> {
     let reason = |object: &str| -> Option<String> {
         match kind {
-            ObjectKind::Url => match url::Url::parse(object) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => None,
-                Ok(_) => Some("not an http(s) URL with a host".into()),
-                Err(error) => Some(format!("not a URL: {error}")),
-            },
+            ObjectKind::Url => crate::purge::check_url(object).err(),
             ObjectKind::CpCode => object.parse::<u64>().err().map(|_| "not a CP code (a number)".into()),
             ObjectKind::Tag if object.is_empty() => Some("empty tag".into()),
             ObjectKind::Tag if object.len() > 128 => Some("longer than 128 characters".into()),

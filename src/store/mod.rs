@@ -14,6 +14,7 @@
 //! A store that fails never fails a request: the cache logs one warning and
 //! lets requests through to the origin until the store recovers.
 
+mod location;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -29,6 +30,7 @@ use bytes::Bytes;
 
 use crate::cache::entry::StoredResponse;
 
+pub use self::location::{CACHE_VARIABLE, Location, LocationError};
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
@@ -83,9 +85,68 @@ pub enum StoreError {
         /// The deadline.
         after: std::time::Duration,
     },
+    /// The file is not a SQLite database: nothing was written to it.
+    #[error("{} is not a cache: the file is not a SQLite database", path.display())]
+    NotADatabase {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// The store could not be opened; the message says where and why.
+    #[error("{0}")]
+    Unavailable(String),
     /// An error from a store outside this crate.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Stands in for a store that could not be opened: every call fails with
+/// why, so a cache over it logs one warning and sends requests to the origin.
+pub(crate) struct Unavailable(pub(crate) String);
+
+#[async_trait]
+impl Store for Unavailable {
+    async fn get(&self, _: &str) -> Result<Option<StoredValue>, StoreError> {
+        Err(self.error())
+    }
+    async fn put(&self, _: StoreEntry) -> Result<(), StoreError> {
+        Err(self.error())
+    }
+    async fn remove(&self, _: &str) -> Result<bool, StoreError> {
+        Err(self.error())
+    }
+    async fn contains_url(&self, _: &str) -> Result<bool, StoreError> {
+        Err(self.error())
+    }
+    async fn remove_url(&self, _: &str) -> Result<u64, StoreError> {
+        Err(self.error())
+    }
+    async fn remove_tag(&self, _: &str) -> Result<u64, StoreError> {
+        Err(self.error())
+    }
+    async fn remove_expired(&self, _: SystemTime) -> Result<u64, StoreError> {
+        Err(self.error())
+    }
+    async fn remove_created_before(&self, _: SystemTime) -> Result<u64, StoreError> {
+        Err(self.error())
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        Err(self.error())
+    }
+    async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
+        Err(self.error())
+    }
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        Err(self.error())
+    }
+    async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(self.error())
+    }
+}
+
+impl Unavailable {
+    fn error(&self) -> StoreError {
+        StoreError::Unavailable(self.0.clone())
+    }
 }
 
 /// An encoded entry, as stores keep it.

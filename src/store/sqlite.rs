@@ -165,6 +165,11 @@ impl SqliteStore {
 }
 
 fn sqlite_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+        return StoreError::NotADatabase {
+            path: path.to_path_buf(),
+        };
+    }
     StoreError::Sqlite {
         path: path.to_path_buf(),
         source,

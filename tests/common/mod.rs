@@ -309,10 +309,16 @@ pub fn command<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
     env: &[(&str, &str)],
 ) -> tokio::process::Command {
+    // The default cache goes under the platform's cache directory: a
+    // temporary one here, so no test writes into the real home.
+    static CACHE_HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let cache_home = CACHE_HOME.get_or_init(|| tempfile::tempdir().expect("tempdir"));
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgecache"));
     command
         .args(args)
+        .env("XDG_CACHE_HOME", cache_home.path())
         .env_remove("EDGECACHE_CACHE")
+        .env_remove("EDGECACHE_LOG")
         .env_remove("AKAMAI_HOST");
     for (name, _) in std::env::vars() {
         if name.starts_with("ALIBABA_CLOUD_") {

@@ -1,14 +1,17 @@
 //! `edgecache get URL`: fetch through the cache, curl style.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use edgecache::{CacheInfo, CacheMiddleware, CacheMode, CacheStatus, ExpireAfter};
 use http::{HeaderName, HeaderValue, Method};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::spec::{CacheSpec, DEFAULT_CACHE};
+use edgecache::store::Location;
+
+use crate::spec::location_or_default;
 
 #[derive(Args)]
 pub struct GetArgs {
@@ -17,18 +20,23 @@ pub struct GetArgs {
     /// Print the status line and headers before the body.
     #[arg(short = 'i', long)]
     include: bool,
-    /// The request method.
-    #[arg(short = 'X', long = "request", default_value = "GET")]
-    method: String,
+    /// The request method [default: GET, or POST with `-d`, as curl does].
+    #[arg(short = 'X', long = "request")]
+    method: Option<String>,
     /// A request header, `Name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
-    /// A request body.
+    /// A request body (makes the request a POST unless `-X` says otherwise).
     #[arg(short = 'd', long)]
     data: Option<String>,
-    /// The cache: `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]`.
-    #[arg(long, default_value = DEFAULT_CACHE, env = "EDGECACHE_CACHE")]
-    cache: CacheSpec,
+    /// Say more on stderr: whether the response was stored, and why not.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// The cache: `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]`
+    /// [default: $EDGECACHE_CACHE, else http.sqlite in the platform's cache
+    /// directory; `edgecache cache path` prints it].
+    #[arg(long, env = "EDGECACHE_CACHE")]
+    cache: Option<Location>,
     /// Expiry when the response doesn't say: `30s`, `5m`, `2h`, `1d`, `never`, `0`.
     #[arg(long)]
     expire_after: Option<ExpireAfter>,
@@ -78,8 +86,27 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Check everything the user typed before touching the cache or network.
     // The URL is not repeated: it may carry credentials.
     let url = reqwest::Url::parse(&args.url).context("invalid URL")?;
-    let method =
-        Method::from_bytes(args.method.as_bytes()).with_context(|| format!("invalid method {:?}", args.method))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!(
+            "unsupported scheme {:?}: edgecache fetches http and https URLs",
+            url.scheme()
+        );
+    }
+    // On the text: the parser reads `https:///path` as host `path`.
+    let authority = args
+        .url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if authority.is_empty() || url.host_str().is_none_or(str::is_empty) {
+        bail!("invalid URL: no host");
+    }
+    let method = match (&args.method, &args.data) {
+        (Some(method), _) => {
+            Method::from_bytes(method.as_bytes()).with_context(|| format!("invalid method {method:?}"))?
+        }
+        (None, Some(_)) => Method::POST,
+        (None, None) => Method::GET,
+    };
     let headers = args
         .headers
         .iter()
@@ -87,7 +114,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut builder = CacheMiddleware::builder()
-        .shared_store(args.cache.open().await?)
+        .shared_store(location_or_default(args.cache).open_or_step_aside())
         .shared(args.shared)
         .ignored_parameters(args.ignore_params);
     if let Some(expire_after) = args.expire_after {
@@ -127,18 +154,61 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
 
     let mut out = std::io::stdout().lock();
     if args.include {
-        writeln!(out, "{:?} {}", response.version(), response.status())?;
+        let mut head = format!("{:?} {}\n", response.version(), response.status());
         for (name, value) in response.headers() {
-            writeln!(out, "{}: {}", name, String::from_utf8_lossy(value.as_bytes()))?;
+            head.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
         }
-        writeln!(out)?;
+        head.push('\n');
+        if closed(out.write_all(head.as_bytes()))? {
+            return Ok(ExitCode::SUCCESS);
+        }
     }
-    let body = response
-        .bytes()
+    // Streamed as it arrives: memory stays flat for any size.
+    let progress = progress_bar(response.content_length());
+    let mut response = response;
+    while let Some(chunk) = response
+        .chunk()
         .await
         .map_err(reqwest::Error::without_url)
-        .with_context(|| format!("reading the response body from {shown_url} failed"))?;
-    out.write_all(&body)?;
-    out.flush()?;
+        .with_context(|| format!("reading the response body from {shown_url} failed"))?
+    {
+        if closed(out.write_all(&chunk))? {
+            return Ok(ExitCode::SUCCESS);
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    closed(out.flush())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the reader of standard output went away (`get URL | head`):
+/// not an error, as for curl.
+fn closed(written: std::io::Result<()>) -> anyhow::Result<bool> {
+    match written {
+        Ok(()) => Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(error) => Err(anyhow::Error::new(error).context("writing to standard output failed")),
+    }
+}
+
+/// A byte counter on stderr for bodies over 1 MiB (or of unknown size), only
+/// when stderr is a terminal.
+fn progress_bar(length: Option<u64>) -> ProgressBar {
+    const SHOWN_FROM: u64 = 1 << 20;
+    if !std::io::stderr().is_terminal() || length.is_some_and(|length| length <= SHOWN_FROM) {
+        return ProgressBar::hidden();
+    }
+    let bar = match length {
+        Some(length) => ProgressBar::new(length).with_style(
+            ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar
 }

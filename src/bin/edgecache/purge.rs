@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use edgecache::edgegrid::Credentials;
-use edgecache::purge::akamai::{Action, FastPurgeClient, Network, ObjectKind, PurgeError, PurgeReport};
-use edgecache::purge::read_objects;
+use edgecache::purge::akamai::{Action, FastPurgeClient, Network, ObjectKind, PurgeError, PurgeReport, check_objects};
+use edgecache::purge::{SourcedObject, check_url, read_objects};
+
+use crate::report::{self, ObjectResult};
 
 #[derive(Args)]
 pub struct PurgeArgs {
@@ -52,7 +54,7 @@ struct AkamaiArgs {
     /// Wait until Akamai's estimate says the purge is done.
     #[arg(long)]
     wait: bool,
-    /// Print the reports as JSON.
+    /// Print the results as JSON (one record per object; see the README).
     #[arg(long)]
     json: bool,
 }
@@ -87,6 +89,12 @@ async fn akamai(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
         KindArg::Tag => ObjectKind::Tag,
         KindArg::Cpcode => ObjectKind::CpCode,
     };
+    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
+    // Every line is checked before credentials are read.
+    let invalid = check_objects(kind, &texts);
+    if !invalid.is_empty() {
+        return Err(report::invalid(&objects, &invalid));
+    }
     let credentials = Credentials::load(args.edgerc.as_deref(), args.section.as_deref())?;
     let progress = ProgressBar::new(objects.len() as u64, "objects");
     let reporter = progress.clone();
@@ -105,74 +113,91 @@ async fn akamai(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
             let verdict = if batch.outcome.is_ok() { "accepted" } else { "FAILED" };
             reporter.advance(
                 batch.objects.len(),
-                &format!("{verdict} {} objects", batch.objects.len()),
+                &format!("{verdict} {}", report::plural(batch.objects.len(), "object")),
             );
         });
-    let texts = objects.iter().map(|object| object.text.clone()).collect();
-    let report = match client.purge(kind, texts).await {
-        Ok(report) => report,
+    let purged = match client.purge(kind, texts).await {
+        Ok(purged) => purged,
         Err(PurgeError::Invalid(invalid)) => {
             progress.finish();
-            for object in &invalid {
-                let origin = objects
-                    .get(object.index)
-                    .map_or("input", |object| object.origin.as_str());
-                eprintln!("{origin}: {}: {:?}", object.reason, object.object);
-            }
-            bail!("{} invalid object(s); nothing was sent", invalid.len());
+            return Err(report::invalid(&objects, &invalid));
         }
     };
     progress.finish();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        summary(&report);
-    }
-    if args.wait && report.accepted() > 0 {
+    let results = results(&purged, &objects);
+    report::print(&results, args.json)?;
+    summary(&purged);
+    if args.wait && purged.accepted() > 0 {
         eprintln!("waiting for Akamai's estimate to pass…");
-        report.wait().await;
+        purged.wait().await;
     }
-    Ok(if report.is_success() {
+    Ok(if purged.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn summary(report: &PurgeReport) {
-    let failed: Vec<_> = report.failed().collect();
-    let longest = report
+/// One result per object, in the shape both CDN commands share.
+fn results(purged: &PurgeReport, objects: &[SourcedObject]) -> Vec<ObjectResult> {
+    // URLs were sent encoded: match them by that form too.
+    let origin = |object: &str| {
+        objects
+            .iter()
+            .find(|sourced| sourced.text == object || check_url(&sourced.text).is_ok_and(|url| url.as_str() == object))
+            .map_or_else(|| "input".to_owned(), |sourced| sourced.origin.clone())
+    };
+    let mut results = Vec::new();
+    for batch in &purged.batches {
+        for object in &batch.objects {
+            results.push(match &batch.outcome {
+                Ok(accepted) => ObjectResult {
+                    object: object.clone(),
+                    status: "accepted",
+                    detail: format!(
+                        "done in about {}s; supportId {}",
+                        accepted.estimated_seconds, accepted.support_id
+                    ),
+                    origin: origin(object),
+                    id: Some(accepted.purge_id.clone()),
+                },
+                Err(failure) => ObjectResult {
+                    object: object.clone(),
+                    status: "failed",
+                    detail: {
+                        let status = failure
+                            .status
+                            .map_or_else(|| "transport error".to_owned(), |status| status.to_string());
+                        let support = failure
+                            .support_id
+                            .as_deref()
+                            .map(|id| format!(" (supportId {id})"))
+                            .unwrap_or_default();
+                        format!("{status}: {}{support}", failure.detail)
+                    },
+                    origin: origin(object),
+                    id: None,
+                },
+            });
+        }
+    }
+    results
+}
+
+/// Counts on standard error.
+fn summary(purged: &PurgeReport) {
+    let failed = purged.failed().count();
+    let longest = purged
         .batches
         .iter()
         .filter_map(|batch| batch.outcome.as_ref().ok())
-        .map(|a| a.estimated_seconds)
+        .map(|accepted| accepted.estimated_seconds)
         .max();
-    println!("requests   {:>8}", report.batches.len());
-    println!("accepted   {:>8} {}", report.accepted(), report.kind);
-    println!("failed     {:>8}", failed.len());
+    eprintln!("requests   {:>8}", purged.batches.len());
+    eprintln!("accepted   {:>8} {}", purged.accepted(), purged.kind);
+    eprintln!("failed     {:>8}", failed);
     if let Some(seconds) = longest {
-        println!("done in    {seconds:>7}s (Akamai's estimate)");
-    }
-    for batch in &report.batches {
-        if let Ok(accepted) = &batch.outcome {
-            println!(
-                "  {} objects: purgeId {} supportId {}",
-                batch.objects.len(),
-                accepted.purge_id,
-                accepted.support_id
-            );
-        }
-    }
-    for (object, failure) in failed {
-        let status = failure
-            .status
-            .map_or_else(|| "transport error".to_owned(), |status| status.to_string());
-        let support = failure
-            .support_id
-            .as_deref()
-            .map(|id| format!(" (supportId {id})"))
-            .unwrap_or_default();
-        eprintln!("FAILED {object}: {status}: {}{support}", failure.detail);
+        eprintln!("done in    {seconds:>7}s (Akamai's estimate)");
     }
 }
 

@@ -11,11 +11,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use edgecache::ExpireAfter;
 use edgecache::purge::alibaba::{
     AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions, Progress,
-    RunReport,
+    RunReport, check_objects,
 };
 use edgecache::purge::{SourcedObject, read_objects};
 
 use crate::purge::ProgressBar;
+use crate::report::{self, ObjectResult};
 
 #[derive(Args)]
 pub struct AlibabaArgs {
@@ -60,7 +61,7 @@ struct PrefetchArgs {
 
 #[derive(Args)]
 struct CommonArgs {
-    /// URLs (or patterns, with --object-type regex).
+    /// The URLs (for `refresh`, also directories or patterns: see its --object-type).
     urls: Vec<String>,
     /// Read URLs from a file, one per line (`-` for standard input; blank lines and `#` comments skipped).
     #[arg(short = 'r', long = "file")]
@@ -86,7 +87,7 @@ struct CommonArgs {
     /// The API endpoint (another region, or a local stand-in).
     #[arg(long, default_value = edgecache::purge::alibaba::DEFAULT_ENDPOINT)]
     endpoint: reqwest::Url,
-    /// Print the report as JSON on standard output.
+    /// Print the results as JSON (one record per URL; see the README).
     #[arg(long)]
     json: bool,
 }
@@ -144,9 +145,25 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
             (args.common, Operation::Prefetch(options))
         }
     };
+    if common.resume
+        && let Some(journal) = &common.journal
+        && !journal.exists()
+    {
+        // A mistyped path would otherwise start a fresh run and pay twice.
+        bail!(
+            "--resume: there is no journal at {}; check the path, or drop --resume to start a run that --journal records",
+            journal.display()
+        );
+    }
     let objects = read_objects(&common.urls, &common.files).context("reading URLs")?;
     if objects.is_empty() {
         bail!("nothing to send: give URLs as arguments or with -r FILE");
+    }
+    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
+    // Every line is checked before credentials are read.
+    let invalid = check_objects(&operation, &texts);
+    if !invalid.is_empty() {
+        return Err(report::invalid(&objects, &invalid));
     }
     let credentials = Credentials::load(common.profile.as_deref())?;
     let client = AlibabaCdnClient::new(credentials)?.endpoint(common.endpoint);
@@ -193,28 +210,15 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
         job = job.journal(journal, common.resume);
     }
     let started = Instant::now();
-    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
     let report = job.run(texts).await;
     bar.finish();
     let report = match report {
         Ok(report) => report,
-        Err(BatchError::Invalid(invalid)) => {
-            for object in &invalid {
-                eprintln!(
-                    "{}: {}: {:?}",
-                    origin(&objects, object.index),
-                    object.reason,
-                    object.object
-                );
-            }
-            bail!("{} invalid line(s); nothing was sent", invalid.len());
-        }
+        Err(BatchError::Invalid(invalid)) => return Err(report::invalid(&objects, &invalid)),
         Err(error) => return Err(error.into()),
     };
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    summary(&report, &objects, started.elapsed(), common.journal.as_deref());
+    report::print(&results(&report, &objects), common.json)?;
+    summary(&report, started.elapsed(), common.journal.as_deref());
     Ok(if report.is_success() {
         ExitCode::SUCCESS
     } else {
@@ -222,12 +226,50 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn origin(objects: &[SourcedObject], index: usize) -> &str {
-    objects.get(index).map_or("input", |object| object.origin.as_str())
+/// One result per URL, in the shape both CDN commands share.
+fn results(report: &RunReport, objects: &[SourcedObject]) -> Vec<ObjectResult> {
+    report
+        .urls
+        .iter()
+        .map(|url| {
+            let (status, detail) = match &url.outcome {
+                Outcome::Complete => ("complete", String::new()),
+                Outcome::Accepted => ("accepted", "not waited for".to_owned()),
+                Outcome::Failed { reason } => ("failed", reason.clone()),
+                Outcome::TimedOut => ("timed_out", "still in progress at the timeout".to_owned()),
+                Outcome::Rejected {
+                    code,
+                    message,
+                    request_id,
+                } => {
+                    let mut detail = message.clone();
+                    if let Some(code) = code {
+                        detail = format!("{code}: {detail}");
+                    }
+                    if let Some(request_id) = request_id {
+                        detail.push_str(&format!(" (RequestId {request_id})"));
+                    }
+                    ("rejected", detail)
+                }
+                Outcome::NotSubmitted => ("not_sent", "the run stopped first".to_owned()),
+            };
+            ObjectResult {
+                object: url.url.clone(),
+                status,
+                detail: if url.resumed && detail.is_empty() {
+                    "submitted by an earlier run (journal)".to_owned()
+                } else {
+                    detail
+                },
+                origin: report::origin(objects, url.index),
+                id: (!url.task_ids.is_empty()).then(|| url.task_ids.join(",")),
+            }
+        })
+        .collect()
 }
 
-/// Counts on standard error, then each URL that did not end as asked.
-fn summary(report: &RunReport, objects: &[SourcedObject], elapsed: Duration, journal: Option<&std::path::Path>) {
+/// Counts on standard error (each URL's result is on standard output).
+fn summary(report: &RunReport, elapsed: Duration, journal: Option<&std::path::Path>) {
     let count = |wanted: fn(&Outcome) -> bool| report.count(wanted);
     let resumed = report.urls.iter().filter(|url| url.resumed).count();
     eprintln!("URLs          {:>8}", report.urls.len());
@@ -248,16 +290,6 @@ fn summary(report: &RunReport, objects: &[SourcedObject], elapsed: Duration, jou
     eprintln!("rejected      {:>8}", count(|o| matches!(o, Outcome::Rejected { .. })));
     eprintln!("not sent      {:>8}", count(|o| matches!(o, Outcome::NotSubmitted)));
     eprintln!("elapsed       {:>7.1}s", elapsed.as_secs_f64());
-    for url in report.unsuccessful() {
-        let why = match &url.outcome {
-            Outcome::Failed { reason } => format!("failed: {reason}"),
-            Outcome::TimedOut => format!("still refreshing at the timeout (task {})", url.task_ids.join(",")),
-            Outcome::Rejected { message, .. } => format!("rejected: {message}"),
-            Outcome::NotSubmitted => "not sent".to_owned(),
-            Outcome::Complete | Outcome::Accepted => continue,
-        };
-        eprintln!("{}: {}: {why}", origin(objects, url.index), url.url);
-    }
     if report.stopped {
         match journal {
             Some(journal) => eprintln!(

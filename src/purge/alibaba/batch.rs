@@ -521,35 +521,7 @@ impl BatchJob<'_> {
 
     /// Validates and encodes every line; `(index, url)` of distinct URLs.
     fn prepare(&self, objects: &[String]) -> Result<Vec<(usize, String)>, BatchError> {
-        let mut invalid = Vec::new();
-        let mut seen = HashSet::new();
-        let mut urls = Vec::new();
-        for (index, object) in objects.iter().enumerate() {
-            match prepare_url(self.operation.object_type(), object.trim()) {
-                Ok(url) => {
-                    if seen.insert(url.clone()) {
-                        urls.push((index, url));
-                    }
-                }
-                Err(reason) => invalid.push(InvalidObject {
-                    index,
-                    object: object.clone(),
-                    reason,
-                }),
-            }
-        }
-        if objects.is_empty() {
-            invalid.push(InvalidObject {
-                index: 0,
-                object: String::new(),
-                reason: "nothing to send".into(),
-            });
-        }
-        if invalid.is_empty() {
-            Ok(urls)
-        } else {
-            Err(BatchError::Invalid(invalid))
-        }
+        prepare(self.operation.object_type(), objects).map_err(BatchError::Invalid)
     }
 
     /// Polls every accepted batch's tasks until each is done or the timeout
@@ -735,31 +707,49 @@ fn pages(entries: u64) -> u64 {
 /// The URL to send for one line, or why the line cannot be sent. URLs are
 /// parsed and re-serialized, which percent-encodes spaces and non-ASCII
 /// characters and leaves existing `%XX` escapes alone; regexes are sent as given.
-fn prepare_url(object_type: Option<ObjectType>, line: &str) -> Result<String, String> {
-    let scheme_end = line.find("://").unwrap_or(0);
-    if !matches!(line[..scheme_end].to_ascii_lowercase().as_str(), "http" | "https") {
-        return Err("must start with http:// or https://".into());
-    }
-    if host_of(line).is_empty() {
-        return Err("has no host".into());
-    }
-    if object_type == Some(ObjectType::Regex) {
-        return Ok(line.to_owned());
-    }
-    let bytes = line.as_bytes();
-    for (at, _) in line.match_indices('%') {
-        let escape = bytes.get(at + 1..at + 3);
-        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-            return Err("has a `%` that starts no %XX escape (write %25 for a literal %)".into());
+/// Checks every line as a run of `operation` would, without sending
+/// anything: what is wrong with each invalid one (empty when all are fine).
+/// The rules are [`check_url`](crate::purge::check_url)'s, plus those of the
+/// object type.
+pub fn check_objects(operation: &Operation, objects: &[String]) -> Vec<InvalidObject> {
+    prepare(operation.object_type(), objects).err().unwrap_or_default()
+}
+
+/// Validates and encodes every line; `(index, url)` of distinct URLs.
+fn prepare(object_type: Option<ObjectType>, objects: &[String]) -> Result<Vec<(usize, String)>, Vec<InvalidObject>> {
+    let mut invalid = Vec::new();
+    let mut seen = HashSet::new();
+    let mut urls = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        match prepare_url(object_type, object.trim()) {
+            Ok(url) => {
+                if seen.insert(url.clone()) {
+                    urls.push((index, url));
+                }
+            }
+            Err(reason) => invalid.push(InvalidObject {
+                index,
+                object: object.clone(),
+                reason,
+            }),
         }
     }
-    let url = url::Url::parse(line).map_err(|error| format!("not a URL: {error}"))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("has no host".into());
+    if objects.is_empty() {
+        invalid.push(InvalidObject {
+            index: 0,
+            object: String::new(),
+            reason: "nothing to send".into(),
+        });
     }
-    if url.fragment().is_some() {
-        return Err("has a #fragment, which never reaches the CDN".into());
+    if invalid.is_empty() { Ok(urls) } else { Err(invalid) }
+}
+
+fn prepare_url(object_type: Option<ObjectType>, line: &str) -> Result<String, String> {
+    if object_type == Some(ObjectType::Regex) {
+        // A pattern is no URL: only its scheme and host are checked.
+        return crate::purge::check_scheme_and_host(line).map(|()| line.to_owned());
     }
+    let url = crate::purge::check_url(line)?;
     if object_type == Some(ObjectType::Directory) && !url.path().ends_with('/') {
         return Err("a directory must end with `/`".into());
     }

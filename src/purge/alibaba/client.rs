@@ -521,7 +521,7 @@ impl AlibabaCdnClient {
             if !error.is_retryable() || attempt >= self.max_attempts {
                 return Err(error);
             }
-            tracing::debug!(%error, attempt, "retrying an Alibaba Cloud CDN call");
+            tracing::warn!(error = %crate::purge::error_chain(&error), attempt, action, "Alibaba Cloud CDN call failed; retrying");
             tokio::time::sleep(self.backoff.delay(attempt - 1, None)).await;
         }
     }

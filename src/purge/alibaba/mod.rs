@@ -31,7 +31,7 @@ mod credentials;
 mod journal;
 mod sign;
 
-pub use self::batch::{BatchError, BatchJob, Operation, Outcome, Progress, RunReport, UrlReport};
+pub use self::batch::{BatchError, BatchJob, Operation, Outcome, Progress, RunReport, UrlReport, check_objects};
 pub use self::client::{
     API_VERSION, AlibabaCdnClient, AlibabaError, Area, DEFAULT_ENDPOINT, ObjectType, PrefetchOptions, Quota,
     RateLimits, Submitted, Task, TaskFilter, TaskPage, TaskStatus,

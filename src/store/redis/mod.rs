@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::location::redact;
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 use crate::cache::entry::{from_millis, to_millis};
 
@@ -95,25 +96,17 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// The URL with any password replaced, for errors and logs.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "redis (unparsable URL)".to_owned(),
-    }
-}
-
 impl RedisStore {
     /// A store on the Redis server at `url`. Fails only on a malformed URL:
     /// the connection is made in the background, so a process starts (and
     /// answers from the origin) while Redis is down, and caching begins once
     /// Redis answers.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_lazily(url)
+    }
+
+    /// [`open`](Self::open), which never waits, without `async`.
+    pub(crate) fn open_lazily(url: &str) -> Result<Self, StoreError> {
         Self::connect(url, redis::Client::open(url))
     }
 
