@@ -21,7 +21,7 @@
 //! the project targets, from criterion's estimates of this run.
 //!
 //! ```text
-//! cargo bench --bench hit_path
+//! cargo bench -p edgecache-benches --bench hit_path
 //! ```
 
 use std::sync::Arc;
@@ -91,7 +91,7 @@ impl Middleware for Floor {
     }
 }
 
-#[path = "../tests/common/redis_server.rs"]
+#[path = "../../tests/common/redis_server.rs"]
 #[allow(dead_code)] // the tests use more of it
 mod redis_server;
 
@@ -365,7 +365,9 @@ fn mean_ns(target: &str, id: &str) -> Option<f64> {
 }
 
 fn print_ratios(memory_ratio: f64, invalidation: Option<(f64, f64)>) {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    // The workspace's target directory, where criterion writes.
+    let target =
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
     let get = |name: &str| mean_ns(&target, &format!("{GROUP}/{name}"));
     let (Some(floor), Some(peer), Some(memory), Some(sqlite), Some(plain), Some(miss)) = (
         get("floor"),
