@@ -4,7 +4,7 @@
 //! a SQLite file in a temporary directory.
 //!
 //! ```text
-//! cargo run --release --example quickstart
+//! cargo run --example quickstart --no-default-features --features sqlite
 //! ```
 
 use std::sync::Arc;

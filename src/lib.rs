@@ -14,7 +14,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = CacheMiddleware::builder()
-//!     .store(SqliteStore::open("http_cache.sqlite")?) // the default store when none is given
+//!     .store(SqliteStore::open("http_cache.sqlite")?) // default: http.sqlite in the platform cache dir
 //!     .expire_after(Duration::from_secs(3600))        // when responses don't say
 //!     .urls_expire_after([("api.example.com/static", ExpireAfter::Never)])
 //!     .ignored_parameters(["utm_source"])              // not in keys, never stored
@@ -148,3 +148,9 @@ pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use error::Error;
 pub use layer::{BoxError, CacheService};
 pub use middleware::CacheMiddleware;
+
+/// The README's Rust examples, compiled as doctests so they can't drift
+/// from the API.
+#[cfg(all(doctest, feature = "sqlite", feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
