@@ -287,7 +287,7 @@ impl KeyRules {
         normalized.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
         let Some(query) = url.query() else { return normalized };
         // Most queries have a few parameters: sort them on the stack.
-        let mut pairs: SmallVec<[(FormPart<'_>, FormPart<'_>); 8]> = SmallVec::new();
+        let mut pairs: SmallVec<[(FormPart<'_>, FormPart<'_>); 16]> = SmallVec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = FormPart::decode(name);

@@ -78,9 +78,8 @@ pub(crate) struct Engine {
     pub(crate) rules: Rules,
     options: EngineOptions,
     inflight: Arc<Inflight>,
-    /// Set while the store is failing, so a broken store logs one warning,
-    /// not one per request.
-    /// Stops calling a failing store for a while.
+    /// Stops calling a failing store for a while, so a broken store costs
+    /// requests nothing and logs one warning, not one per request.
     breaker: Breaker,
     /// The store's [`Store::request_deadline`], read once.
     store_deadline: Option<Duration>,
