@@ -115,3 +115,39 @@ async fn the_cli_answers_from_the_origin_while_redis_is_down() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_made_while_redis_is_down_is_applied_when_it_returns() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let cache = cache_on(&server).await;
+    let client = client(&cache);
+    let url = origin.url("/max-age/60");
+    assert_eq!(get(&client, &url).await.0, "MISS");
+    assert_eq!(get(&client, &url).await.0, "HIT");
+
+    // The resource changes through this cache while Redis is frozen (its
+    // data intact): the store cannot be told now (RFC 9111 §4.4).
+    server.pause();
+    let posted = client.post(&url).send().await.expect("post");
+    assert!(posted.status().is_success());
+    server.resume();
+
+    // Once Redis answers again, the stale copy must not come back.
+    let start = Instant::now();
+    loop {
+        let (x_cache, body) = get(&client, &url).await;
+        assert_ne!(
+            (x_cache.as_str(), body.as_str()),
+            ("HIT", "GET /max-age/60 #1"),
+            "the entry invalidated while Redis was down was served"
+        );
+        if x_cache == "HIT" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -83,6 +83,9 @@ pub(crate) struct Engine {
     breaker: Breaker,
     /// The store's [`Store::request_deadline`], read once.
     store_deadline: Option<Duration>,
+    /// URLs unsafe requests invalidated while the store failed, deleted
+    /// when it answers again.
+    missed_invalidations: std::sync::Mutex<MissedInvalidations>,
     /// The secret keying credential and `Vary` digests: the cache's
     /// `secret_key`, else the store's, fetched on first use.
     secret: OnceCell<KeySecret>,
@@ -103,6 +106,30 @@ pub(crate) struct EngineOptions {
     pub(crate) stale_while_revalidate: StaleWindow,
     /// The response header that carries cache tags.
     pub(crate) tag_header: HeaderName,
+}
+
+/// Remembers at most this many invalidations the store missed.
+const MAX_MISSED_INVALIDATIONS: usize = 1024;
+
+/// Normalized URLs whose invalidation the store missed.
+#[derive(Default)]
+struct MissedInvalidations {
+    urls: Vec<String>,
+    /// Some were not remembered.
+    overflowed: bool,
+}
+
+impl MissedInvalidations {
+    fn remember(&mut self, url: &str) {
+        if self.urls.iter().any(|known| known == url) {
+            return;
+        }
+        if self.urls.len() < MAX_MISSED_INVALIDATIONS {
+            self.urls.push(url.to_owned());
+        } else {
+            self.overflowed = true;
+        }
+    }
 }
 
 /// What an adapter does with a request.
@@ -208,6 +235,7 @@ impl Engine {
             options,
             inflight: Arc::default(),
             breaker: Breaker::default(),
+            missed_invalidations: std::sync::Mutex::default(),
             secret,
             process_secret: KeySecret::random(),
             generations: Generations::default(),
@@ -496,8 +524,40 @@ impl Engine {
     /// them again; how many were deleted.
     async fn invalidate_url(&self, normalized_url: &str) {
         self.fence_url(normalized_url);
-        self.call_store("invalidate", || self.store.remove_url(normalized_url))
-            .await;
+        let removed = self.call_store("invalidate", || self.store.remove_url(normalized_url));
+        if removed.await.is_none() {
+            self.missed_invalidations().remember(normalized_url);
+        }
+    }
+
+    fn missed_invalidations(&self) -> std::sync::MutexGuard<'_, MissedInvalidations> {
+        // A list of URLs and a flag: a panic elsewhere can't leave them torn.
+        self.missed_invalidations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Deletes what unsafe requests invalidated while the store failed;
+    /// whether there was anything to delete (or that could not be).
+    async fn replay_missed_invalidations(&self) -> bool {
+        let MissedInvalidations { urls, overflowed } = std::mem::take(&mut *self.missed_invalidations());
+        if overflowed {
+            tracing::warn!(
+                "more than {MAX_MISSED_INVALIDATIONS} URLs were invalidated while the cache store failed; \
+                 entries stored for the others may be served until they expire"
+            );
+        }
+        for (done, url) in urls.iter().enumerate() {
+            if let Err(error) = self.within_deadline("invalidate", self.store.remove_url(url)).await {
+                tracing::debug!(%error, "cache store failed again while deleting missed invalidations");
+                let mut missed = self.missed_invalidations();
+                for url in &urls[done..] {
+                    missed.remember(url);
+                }
+                break;
+            }
+        }
+        overflowed || !urls.is_empty()
     }
 
     /// Keeps fetches under way for this URL from storing what they get:
@@ -851,6 +911,20 @@ impl Engine {
         self.call_store("write", || self.store.put(record)).await.is_some()
     }
 
+    /// A store call, given up (as a failure) past the store's deadline.
+    async fn within_deadline<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.store_deadline {
+            Some(after) => tokio::time::timeout(after, call)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut { operation, after })),
+            None => call.await,
+        }
+    }
+
     /// Calls the store on a request's behalf: not at all while the breaker
     /// is open, and never past the store's deadline. Failures become `None`
     /// (the request goes on as a miss); only the first of a streak, and the
@@ -860,16 +934,16 @@ impl Engine {
         F: Future<Output = Result<T, StoreError>> + 'a,
     {
         let permit = self.breaker.permit()?;
-        let result = match self.store_deadline {
-            Some(after) => tokio::time::timeout(after, call())
-                .await
-                .unwrap_or(Err(StoreError::TimedOut { operation, after })),
-            None => call().await,
-        };
+        let result = self.within_deadline(operation, call()).await;
         match result {
             Ok(value) => {
                 if permit.succeeded() == Transition::Closed {
                     tracing::info!("cache store answers again; caching resumes");
+                    // What this probe read may be what an unsafe request
+                    // invalidated meanwhile: delete those, and don't use it.
+                    if self.replay_missed_invalidations().await {
+                        return None;
+                    }
                 }
                 Some(value)
             }
