@@ -535,24 +535,9 @@ pub fn check_objects(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject>
             ObjectKind::Tag => None,
         }
     };
-    let mut invalid = Vec::new();
-    for (index, object) in objects.iter().enumerate() {
-        if let Some(reason) = reason(object) {
-            invalid.push(InvalidObject {
-                index,
-                object: object.clone(),
-                reason,
-            });
-        }
-    }
-    if objects.is_empty() {
-        invalid.push(InvalidObject {
-            index: 0,
-            object: String::new(),
-            reason: "nothing to purge".into(),
-        });
-    }
-    invalid
+    crate::purge::check_each(objects, "nothing to purge", |object| reason(object).map_or(Ok(()), Err))
+        .err()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -175,6 +175,36 @@ pub struct InvalidObject {
     pub reason: String,
 }
 
+/// Checks every object with `check`: each one's result with its index when
+/// all pass; otherwise what is wrong with each that failed (and `nothing`
+/// for an empty list), so a run sends all or nothing.
+pub(crate) fn check_each<T>(
+    objects: &[String],
+    nothing: &str,
+    mut check: impl FnMut(&str) -> Result<T, String>,
+) -> Result<Vec<(usize, T)>, Vec<InvalidObject>> {
+    if objects.is_empty() {
+        return Err(vec![InvalidObject {
+            index: 0,
+            object: String::new(),
+            reason: nothing.to_owned(),
+        }]);
+    }
+    let mut passed = Vec::with_capacity(objects.len());
+    let mut invalid = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        match check(object) {
+            Ok(value) => passed.push((index, value)),
+            Err(reason) => invalid.push(InvalidObject {
+                index,
+                object: object.clone(),
+                reason,
+            }),
+        }
+    }
+    if invalid.is_empty() { Ok(passed) } else { Err(invalid) }
+}
+
 /// An object to purge, and where it came from (for error messages).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcedObject {

@@ -704,9 +704,6 @@ fn pages(entries: u64) -> u64 {
     entries.div_ceil(u64::from(PAGE))
 }
 
-/// The URL to send for one line, or why the line cannot be sent. URLs are
-/// parsed and re-serialized, which percent-encodes spaces and non-ASCII
-/// characters and leaves existing `%XX` escapes alone; regexes are sent as given.
 /// Checks every line as a run of `operation` would, without sending
 /// anything: what is wrong with each invalid one (empty when all are fine).
 /// The rules are [`check_url`](crate::purge::check_url)'s, plus those of the
@@ -717,33 +714,19 @@ pub fn check_objects(operation: &Operation, objects: &[String]) -> Vec<InvalidOb
 
 /// Validates and encodes every line; `(index, url)` of distinct URLs.
 fn prepare(object_type: Option<ObjectType>, objects: &[String]) -> Result<Vec<(usize, String)>, Vec<InvalidObject>> {
-    let mut invalid = Vec::new();
+    let prepared = crate::purge::check_each(objects, "nothing to send", |object| {
+        prepare_url(object_type, object.trim())
+    })?;
     let mut seen = HashSet::new();
-    let mut urls = Vec::new();
-    for (index, object) in objects.iter().enumerate() {
-        match prepare_url(object_type, object.trim()) {
-            Ok(url) => {
-                if seen.insert(url.clone()) {
-                    urls.push((index, url));
-                }
-            }
-            Err(reason) => invalid.push(InvalidObject {
-                index,
-                object: object.clone(),
-                reason,
-            }),
-        }
-    }
-    if objects.is_empty() {
-        invalid.push(InvalidObject {
-            index: 0,
-            object: String::new(),
-            reason: "nothing to send".into(),
-        });
-    }
-    if invalid.is_empty() { Ok(urls) } else { Err(invalid) }
+    Ok(prepared
+        .into_iter()
+        .filter(|(_, url)| seen.insert(url.clone()))
+        .collect())
 }
 
+/// The URL to send for one line, or why the line cannot be sent. URLs are
+/// parsed and re-serialized, which percent-encodes spaces and non-ASCII
+/// characters and leaves existing `%XX` escapes alone; regexes are sent as given.
 fn prepare_url(object_type: Option<ObjectType>, line: &str) -> Result<String, String> {
     if object_type == Some(ObjectType::Regex) {
         // A pattern is no URL: only its scheme and host are checked.
