@@ -261,7 +261,9 @@ impl CacheBuilder {
     }
 
     /// Responses with larger bodies stream through to the caller and are not
-    /// stored. Default: 16 MiB.
+    /// stored. Default: 16 MiB. (Bodies over 64 KiB stream to the caller in
+    /// any case, as they arrive; a copy of those within this size is stored
+    /// when the body ends, so the answer's `Cache-Status` cannot say `stored`.)
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body_size = bytes;
         self

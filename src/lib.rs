@@ -88,8 +88,10 @@
 //!   [`CacheBuilder::stale_while_revalidate`] serves it at once and refreshes
 //!   it in the background, once per key. The responses' own
 //!   `stale-if-error=N` / `stale-while-revalidate=N` are honoured too.
-//! * **Bounds**: bodies over [`CacheBuilder::max_body_size`] stream through
-//!   unbuffered and unstored; [`store::MemoryStore`] is bounded in bytes.
+//! * **Bounds**: bodies over 64 KiB stream to the caller as they arrive,
+//!   with a copy stored when they end; bodies over
+//!   [`CacheBuilder::max_body_size`] stream through unstored;
+//!   [`store::MemoryStore`] is bounded in bytes.
 //! * **Signed entries**: with [`CacheBuilder::secret_key`], entries carry an
 //!   HMAC-SHA256; tampered or unsigned ones are refused and deleted.
 //! * **Failing stores**: a cache never makes a request fail. When its store

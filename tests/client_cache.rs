@@ -469,3 +469,50 @@ async fn tags_from_the_header_and_the_request_delete_together() {
         "other tags stay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_unknown_length_streams_at_once_and_is_stored_when_it_ends() {
+    const SIZE: usize = 300_000;
+    let origin = Origin::start().await;
+    let cache = memory_cache();
+    let client = client(&cache);
+    let url = origin.url(&format!("/trickle/{SIZE}"));
+
+    // The origin holds the rest of the body back: the first part must reach
+    // the caller anyway, not wait for the whole body to be cached.
+    let mut response = tokio::time::timeout(Duration::from_secs(10), client.get(&url).send())
+        .await
+        .expect("the response starts before the body ends")
+        .expect("request");
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    let mut received = 0;
+    while received < 128 * 1024 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the first part arrives while the origin waits")
+            .expect("chunk")
+            .expect("not the end yet");
+        received += chunk.len();
+    }
+    origin.open_gate();
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        received += chunk.len();
+    }
+    assert_eq!(received, SIZE);
+
+    // Once the body has ended, it is stored whole.
+    let start = std::time::Instant::now();
+    loop {
+        let response = client.get(&url).send().await.expect("request");
+        let hit = response.headers()["x-cache"] == "HIT";
+        let body = response.bytes().await.expect("body");
+        if hit {
+            assert_eq!(body.len(), SIZE);
+            assert!(body.starts_with(b"xxxx") && body.ends_with(b"yyyy"));
+            break;
+        }
+        origin.open_gate();
+        assert!(start.elapsed() < Duration::from_secs(10), "never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

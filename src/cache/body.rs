@@ -23,7 +23,44 @@ pin_project! {
     #[project = KindProjection]
     enum Kind<B> {
         Full { data: Option<Bytes> },
-        Streaming { prefix: Option<Bytes>, #[pin] inner: B },
+        Streaming { prefix: Option<Bytes>, #[pin] inner: B, recorder: Option<Recorder> },
+    }
+}
+
+/// Keeps a copy of a body as it streams, up to a limit, and hands the copy
+/// over when the body ends: `Some` with the whole body, or `None` once it
+/// outgrew the limit. A body dropped before its end hands over nothing.
+pub(crate) struct Recorder {
+    copy: BytesMut,
+    limit: usize,
+    done: Box<dyn FnOnce(Option<Bytes>) + Send + Sync>,
+}
+
+impl Recorder {
+    /// A recorder that already holds `read`, the part of the body read so far.
+    pub(crate) fn new(read: &Bytes, limit: usize, done: impl FnOnce(Option<Bytes>) + Send + Sync + 'static) -> Self {
+        Self {
+            copy: BytesMut::from(&read[..]),
+            limit,
+            done: Box::new(done),
+        }
+    }
+
+    fn record(recorder: &mut Option<Recorder>, data: &Bytes) {
+        let Some(recording) = recorder else { return };
+        if recording.copy.len().saturating_add(data.len()) > recording.limit {
+            if let Some(recording) = recorder.take() {
+                (recording.done)(None);
+            }
+        } else {
+            recording.copy.extend_from_slice(data);
+        }
+    }
+
+    fn finish(recorder: &mut Option<Recorder>) {
+        if let Some(recording) = recorder.take() {
+            (recording.done)(Some(recording.copy.freeze()));
+        }
     }
 }
 
@@ -42,6 +79,19 @@ impl<B> CacheBody<B> {
             kind: Kind::Streaming {
                 prefix: (!prefix.is_empty()).then_some(prefix),
                 inner,
+                recorder: None,
+            },
+        }
+    }
+
+    /// `prefix` then `inner`, passed on as they come, with `recorder`
+    /// keeping a copy (it already holds `prefix`).
+    pub(crate) fn recording(prefix: Bytes, inner: B, recorder: Recorder) -> Self {
+        Self {
+            kind: Kind::Streaming {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                inner,
+                recorder: Some(recorder),
             },
         }
     }
@@ -65,24 +115,48 @@ where
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProjection::Full { data } => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
-            KindProjection::Streaming { prefix, inner } => match prefix.take() {
-                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => inner.poll_frame(cx),
-            },
+            KindProjection::Streaming {
+                prefix,
+                mut inner,
+                recorder,
+            } => {
+                if let Some(prefix) = prefix.take() {
+                    if inner.is_end_stream() {
+                        Recorder::finish(recorder);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                let polled = inner.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            Recorder::record(recorder, data);
+                        }
+                        // Readers may stop polling once the body says it ended.
+                        if inner.is_end_stream() {
+                            Recorder::finish(recorder);
+                        }
+                    }
+                    Poll::Ready(None) => Recorder::finish(recorder),
+                    Poll::Ready(Some(Err(_))) => drop(recorder.take()),
+                    Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
-            Kind::Streaming { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+            Kind::Streaming { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64)),
-            Kind::Streaming { prefix, inner } => {
+            Kind::Streaming { prefix, inner, .. } => {
                 let prefix_len = prefix.as_ref().map_or(0, |prefix| prefix.len() as u64);
                 let inner_hint = inner.size_hint();
                 let mut hint = SizeHint::new();
@@ -101,12 +175,12 @@ pub(crate) enum Collected<B> {
     /// The whole body, within the limit.
     Complete(Bytes),
     /// The body outgrew the limit: what was read, and the rest unread.
-    TooLarge(CacheBody<B>),
+    TooLarge(Bytes, B),
 }
 
 /// Reads `body` whole if it fits in `limit` bytes; otherwise stops reading
-/// and hands back a body that replays what was read, then streams the rest,
-/// so large responses pass through without being buffered whole.
+/// and hands back what was read and the rest, so large responses pass
+/// through without being buffered whole.
 pub(crate) async fn collect_limited<B>(mut body: B, limit: usize) -> Result<Collected<B>, B::Error>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -117,7 +191,7 @@ where
         if let Ok(data) = frame?.into_data() {
             if buffer.len() + data.len() > limit {
                 buffer.extend_from_slice(&data);
-                return Ok(Collected::TooLarge(CacheBody::streaming(buffer.freeze(), body)));
+                return Ok(Collected::TooLarge(buffer.freeze(), body));
             }
             buffer.extend_from_slice(&data);
         }

@@ -27,7 +27,7 @@ use http_body::Body;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use self::body::{CacheBody, Collected, collect_limited};
+use self::body::{CacheBody, Collected, Recorder, collect_limited};
 use self::breaker::{Breaker, Transition};
 use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::entry::{DecodeError, StoredResponse};
@@ -106,6 +106,26 @@ pub(crate) struct EngineOptions {
     pub(crate) stale_while_revalidate: StaleWindow,
     /// The response header that carries cache tags.
     pub(crate) tag_header: HeaderName,
+}
+
+/// Bodies up to this size are read whole before the cache answers; larger
+/// ones stream on at once (and are stored when they end, if they fit in
+/// `max_body_size`).
+const READ_BEFORE_STREAMING: usize = 64 * 1024;
+
+/// What storing a response needs once its body is read.
+struct PendingEntry {
+    key: CacheKey,
+    url: String,
+    request: http::request::Parts,
+    status: StatusCode,
+    headers: HeaderMap,
+    expires: Option<SystemTime>,
+    initial_age: Duration,
+    tags: Vec<String>,
+    generation: Generation,
+    leader: Option<Leader>,
+    now: SystemTime,
 }
 
 /// Remembers at most this many invalidations the store missed.
@@ -576,7 +596,7 @@ impl Engine {
     /// allow, answers a `304` from the stored entry, and streams responses
     /// too large to keep.
     pub(crate) async fn finish<B>(
-        &self,
+        self: &Arc<Self>,
         mut fetch: Box<Fetch>,
         response: http::Response<B>,
     ) -> Result<http::Response<CacheBody<B>>, B::Error>
@@ -644,16 +664,79 @@ impl Engine {
             }
         };
 
-        let body = match collect_limited(body, max_body_size).await? {
-            Collected::Complete(body) => body,
-            Collected::TooLarge(body) => {
-                tracing::info!(%url, max_body_size, "not cached: the body is larger than max_body_size");
-                not_stored(self, &mut parts, key);
-                return Ok(http::Response::from_parts(parts, body));
-            }
+        let pending = PendingEntry {
+            key,
+            url,
+            request,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            expires,
+            initial_age,
+            tags,
+            generation,
+            leader,
+            now,
         };
+        // Small bodies are read whole before answering, so the answer can say
+        // whether it was stored. Larger ones stream on at once, a copy is kept
+        // up to `max_body_size`, and it is stored when the body ends.
+        let info_key = pending.key.clone();
+        // Bound first: a temporary in the `match` would live across its awaits.
+        let collected = collect_limited(body, max_body_size.min(READ_BEFORE_STREAMING)).await?;
+        let (read, rest) = match collected {
+            Collected::Complete(body) => {
+                let (stored, entry) = self.store_entry(pending, body.clone()).await;
+                let info = CacheInfo {
+                    forward: Some(forward),
+                    forward_status: Some(parts.status),
+                    stored,
+                    ..miss(Some(info_key), Some(&entry))
+                };
+                self.annotate(&mut parts.headers, &mut parts.extensions, info);
+                return Ok(http::Response::from_parts(parts, CacheBody::full(body)));
+            }
+            Collected::TooLarge(read, rest) => (read, rest),
+        };
+        not_stored(self, &mut parts, info_key);
+        if max_body_size <= READ_BEFORE_STREAMING {
+            tracing::info!(url = %pending.url, max_body_size, "not cached: the body is larger than max_body_size");
+            return Ok(http::Response::from_parts(parts, CacheBody::streaming(read, rest)));
+        }
+        let engine = Arc::clone(self);
+        let recorder = Recorder::new(&read, max_body_size, move |copy| match copy {
+            Some(body) => {
+                tokio::spawn(async move {
+                    engine.store_entry(pending, body).await;
+                });
+            }
+            None => {
+                tracing::info!(url = %pending.url, max_body_size, "not cached: the body is larger than max_body_size");
+            }
+        });
+        Ok(http::Response::from_parts(
+            parts,
+            CacheBody::recording(read, rest, recorder),
+        ))
+    }
+
+    /// Stores a response read whole, and shares it with the requests that
+    /// waited for it; whether it was stored, and the entry.
+    async fn store_entry(&self, pending: PendingEntry, body: Bytes) -> (bool, Arc<StoredResponse>) {
+        let PendingEntry {
+            key,
+            url,
+            request,
+            status,
+            headers,
+            expires,
+            initial_age,
+            tags,
+            generation,
+            leader,
+            now,
+        } = pending;
         let vary_names: Vec<String> = {
-            let mut names: Vec<String> = vary_names(&parts.headers).collect();
+            let mut names: Vec<String> = vary_names(&headers).collect();
             names.sort();
             names.dedup();
             names
@@ -664,9 +747,9 @@ impl Engine {
             KeyRules::vary_digest(&vary_names, &request.headers, self.known_secret())
         };
         let mut entry = StoredResponse {
-            status: parts.status,
-            headers: storable_headers(&parts.headers),
-            body: body.clone(),
+            status,
+            headers: storable_headers(&headers),
+            body,
             key: key.as_str().to_owned(),
             url,
             method: request.method,
@@ -675,22 +758,15 @@ impl Engine {
             initial_age,
             vary_names,
             vary_digest,
-            tags: self.tags(tags, &parts.headers),
+            tags: self.tags(tags, &headers),
         };
         tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
         let stored = self.save(&key, &mut entry, generation).await;
         let entry = Arc::new(entry);
-        let info = CacheInfo {
-            forward: Some(forward),
-            forward_status: Some(parts.status),
-            stored,
-            ..miss(Some(key), Some(&entry))
-        };
         if let Some(leader) = leader {
-            leader.share(entry);
+            leader.share(Arc::clone(&entry));
         }
-        self.annotate(&mut parts.headers, &mut parts.extensions, info);
-        Ok(http::Response::from_parts(parts, CacheBody::full(body)))
+        (stored, entry)
     }
 
     /// A `HEAD` the origin answered: passes it on, and updates the stored

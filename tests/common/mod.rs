@@ -58,6 +58,8 @@ impl Origin {
     /// - `/gate`: answers only once [`Origin::open_gate`] is called
     /// - `/gated-etag`: `ETag: "g"`, `max-age=0`; to `If-None-Match: "g"`,
     ///   a 304 with `max-age=60` once [`Origin::open_gate`] is called
+    /// - `/trickle/{size}`: `max-age=60`; 128 KiB of `x` at once, the rest
+    ///   (`y`) once [`Origin::open_gate`] is called
     /// - anything, while [`Origin::fail`] is on: `500`
     /// - anything else: 200 with only `Last-Modified` (years ago), which RFC
     ///   9111 heuristics keep fresh for a day
@@ -238,6 +240,23 @@ async fn answer(State(log): State<Log>, request: Request) -> Response {
                 .header("last-modified", LAST_MODIFIED);
             let body = format!("{body} lang={}", header("accept-language"));
             return response.body(Body::from(body)).expect("response");
+        }
+        ["trickle", size] => {
+            // 128 KiB at once, the rest only once the gate opens.
+            use futures_util::StreamExt as _;
+            response = response.header("cache-control", "max-age=60");
+            let size: usize = size.parse().expect("size in path");
+            let first = size.min(128 * 1024);
+            let gate = log.clone();
+            let chunks =
+                futures_util::stream::once(
+                    async move { Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; first])) },
+                )
+                .chain(futures_util::stream::once(async move {
+                    gate.2.notified().await;
+                    Ok(bytes::Bytes::from(vec![b'y'; size - first]))
+                }));
+            return response.body(Body::from_stream(chunks)).expect("response");
         }
         ["large", size] => {
             response = response.header("last-modified", LAST_MODIFIED);
