@@ -152,3 +152,36 @@ async fn the_cli_shares_a_redis_cache_between_runs() {
     assert!(run(get(&url)).await.contains("x-cache: MISS"));
     assert_eq!(origin.hits("/tagged/cli"), 2);
 }
+
+/// Runs this test binary again for one Redis test, with no `redis-server`
+/// on the `PATH`.
+fn without_redis_server(skip: bool) -> std::process::Output {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    command
+        .args(["--exact", "a_unix_socket_url_reaches_the_same_cache"])
+        .env("PATH", "/nonexistent")
+        .env_remove("EDGECACHE_SKIP_REDIS_TESTS");
+    if skip {
+        command.env("EDGECACHE_SKIP_REDIS_TESTS", "1");
+    }
+    command.output().expect("run the test binary")
+}
+
+#[test]
+fn a_missing_redis_server_fails_the_tests_unless_skipping_is_asked_for() {
+    let failed = without_redis_server(false);
+    let output = String::from_utf8_lossy(&failed.stdout) + String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{output}");
+    assert!(
+        output.contains("redis-server is not installed") && output.contains("apt-get install redis-server"),
+        "says how to install it: {output}"
+    );
+
+    let skipped = without_redis_server(true);
+    let stderr = String::from_utf8_lossy(&skipped.stderr);
+    assert!(skipped.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SKIPPED a_unix_socket_url_reaches_the_same_cache"),
+        "the skip is shown even though the test passed: {stderr}"
+    );
+}
