@@ -704,11 +704,16 @@ impl Engine {
         }
         let engine = Arc::clone(self);
         let recorder = Recorder::new(&read, max_body_size, move |copy| match copy {
-            Some(body) => {
-                tokio::spawn(async move {
-                    engine.store_entry(pending, body).await;
-                });
-            }
+            // The body ends inside someone's poll: store from a task, if
+            // there is a runtime to run one (never a panic without).
+            Some(body) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        engine.store_entry(pending, body).await;
+                    });
+                }
+                Err(_) => tracing::debug!(url = %pending.url, "not cached: the body ended outside a Tokio runtime"),
+            },
             None => {
                 tracing::info!(url = %pending.url, max_body_size, "not cached: the body is larger than max_body_size");
             }
