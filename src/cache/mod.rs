@@ -118,8 +118,6 @@ struct PendingEntry {
     key: CacheKey,
     url: String,
     request: http::request::Parts,
-    status: StatusCode,
-    headers: HeaderMap,
     expires: Option<SystemTime>,
     initial_age: Duration,
     tags: Vec<String>,
@@ -648,7 +646,7 @@ impl Engine {
             Lifetime::Until { expires, initial_age } if !too_large => (expires, initial_age),
             _ => {
                 if too_large && matches!(lifetime, Lifetime::Until { .. }) {
-                    tracing::info!(%url, max_body_size, "not cached: the body is larger than max_body_size");
+                    too_large_to_cache(&url, max_body_size);
                 }
                 if let Some(stale) = &stale
                     && lifetime == Lifetime::DoNotStore
@@ -668,8 +666,6 @@ impl Engine {
             key,
             url,
             request,
-            status: parts.status,
-            headers: parts.headers.clone(),
             expires,
             initial_age,
             tags,
@@ -685,7 +681,9 @@ impl Engine {
         let collected = collect_limited(body, max_body_size.min(READ_BEFORE_STREAMING)).await?;
         let (read, rest) = match collected {
             Collected::Complete(body) => {
-                let (stored, entry) = self.store_entry(pending, body.clone()).await;
+                let (stored, entry) = self
+                    .store_entry(pending, parts.status, &parts.headers, body.clone())
+                    .await;
                 let info = CacheInfo {
                     forward: Some(forward),
                     forward_status: Some(parts.status),
@@ -697,11 +695,14 @@ impl Engine {
             }
             Collected::TooLarge(read, rest) => (read, rest),
         };
-        not_stored(self, &mut parts, info_key);
         if max_body_size <= READ_BEFORE_STREAMING {
-            tracing::info!(url = %pending.url, max_body_size, "not cached: the body is larger than max_body_size");
+            too_large_to_cache(&pending.url, max_body_size);
+            not_stored(self, &mut parts, info_key);
             return Ok(http::Response::from_parts(parts, CacheBody::streaming(read, rest)));
         }
+        // Kept as the origin sent them, before the answer is marked.
+        let (status, headers) = (parts.status, parts.headers.clone());
+        not_stored(self, &mut parts, info_key);
         let engine = Arc::clone(self);
         let recorder = Recorder::new(&read, max_body_size, move |copy| match copy {
             // The body ends inside someone's poll: store from a task, if
@@ -709,14 +710,12 @@ impl Engine {
             Some(body) => match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
                     runtime.spawn(async move {
-                        engine.store_entry(pending, body).await;
+                        engine.store_entry(pending, status, &headers, body).await;
                     });
                 }
                 Err(_) => tracing::debug!(url = %pending.url, "not cached: the body ended outside a Tokio runtime"),
             },
-            None => {
-                tracing::info!(url = %pending.url, max_body_size, "not cached: the body is larger than max_body_size");
-            }
+            None => too_large_to_cache(&pending.url, max_body_size),
         });
         Ok(http::Response::from_parts(
             parts,
@@ -726,13 +725,17 @@ impl Engine {
 
     /// Stores a response read whole, and shares it with the requests that
     /// waited for it; whether it was stored, and the entry.
-    async fn store_entry(&self, pending: PendingEntry, body: Bytes) -> (bool, Arc<StoredResponse>) {
+    async fn store_entry(
+        &self,
+        pending: PendingEntry,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> (bool, Arc<StoredResponse>) {
         let PendingEntry {
             key,
             url,
             request,
-            status,
-            headers,
             expires,
             initial_age,
             tags,
@@ -741,7 +744,7 @@ impl Engine {
             now,
         } = pending;
         let vary_names: Vec<String> = {
-            let mut names: Vec<String> = vary_names(&headers).collect();
+            let mut names: Vec<String> = vary_names(headers).collect();
             names.sort();
             names.dedup();
             names
@@ -753,7 +756,7 @@ impl Engine {
         };
         let mut entry = StoredResponse {
             status,
-            headers: storable_headers(&headers),
+            headers: storable_headers(headers),
             body,
             key: key.as_str().to_owned(),
             url,
@@ -763,7 +766,7 @@ impl Engine {
             initial_age,
             vary_names,
             vary_digest,
-            tags: self.tags(tags, &headers),
+            tags: self.tags(tags, headers),
         };
         tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
         let stored = self.save(&key, &mut entry, generation).await;
@@ -1306,6 +1309,11 @@ fn miss(cache_key: Option<CacheKey>, stored: Option<&StoredResponse>) -> CacheIn
         ttl: None,
         detail: None,
     }
+}
+
+/// Says once per response, at `info`, why a cacheable response was not kept.
+fn too_large_to_cache(url: &str, max_body_size: usize) {
+    tracing::info!(%url, max_body_size, "not cached: the body is larger than max_body_size");
 }
 
 /// `If-None-Match` / `If-Modified-Since` from a stored entry's validators.

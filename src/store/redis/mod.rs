@@ -14,7 +14,7 @@ use crate::cache::entry::{from_millis, to_millis};
 
 mod tier;
 
-use self::tier::LocalTier;
+use self::tier::{LocalTier, TrackedRead};
 
 /// Keys asked for per `SCAN` round and deleted per command.
 const BATCH: usize = 500;
@@ -280,6 +280,44 @@ impl RedisStore {
             .map_err(|source| self.error(source))
     }
 
+    /// Reads an entry through the tracking connection, so Redis tells this
+    /// process when what it read changes, and keeps it in the tier.
+    async fn read_into_tier(
+        &self,
+        tier: &LocalTier,
+        mut read: TrackedRead,
+        entry_key: String,
+    ) -> Result<Option<StoredValue>, StoreError> {
+        type Fields = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<u64>,
+            Option<String>,
+            Option<String>,
+        );
+        let (value, url, created, expires, tags): Fields = redis::cmd("HMGET")
+            .arg(&entry_key)
+            .arg(&["v", "u", "c", "x", "t"][..])
+            .query_async(&mut read.connection)
+            .await
+            .map_err(|source| self.error(source))?;
+        let Some(value) = value else { return Ok(None) };
+        let value = StoredValue::new(Bytes::from(value));
+        let entry = StoreEntry {
+            key: entry_key,
+            url: url.unwrap_or_default(),
+            created_at: from_millis(created.unwrap_or_default()),
+            expires: expires.and_then(|expires| expires.parse().ok()).map(from_millis),
+            tags: tags
+                .filter(|tags| !tags.is_empty())
+                .map(|tags| tags.split('\n').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            value: value.clone(),
+        };
+        tier.fill(read, entry);
+        Ok(Some(value))
+    }
+
     /// Every entry key (`{prefix}e:…`), found with `SCAN` in batches.
     async fn entry_keys(&self) -> Result<Vec<String>, StoreError> {
         self.scan(&format!("{}e:*", escape_pattern(&self.prefix))).await
@@ -364,47 +402,16 @@ fn escape_pattern(text: &str) -> String {
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         let entry_key = self.entry_key(key);
-        let Some(tier) = &self.tier else {
-            let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(&entry_key).arg("v")).await?;
-            return Ok(value.map(|value| StoredValue::new(Bytes::from(value))));
-        };
-        if let Some(value) = tier.get(&entry_key) {
-            return Ok(Some(value));
+        if let Some(tier) = &self.tier {
+            if let Some(value) = tier.get(&entry_key) {
+                return Ok(Some(value));
+            }
+            if let Some(read) = tier.tracked_read() {
+                return self.read_into_tier(tier, read, entry_key).await;
+            }
         }
-        let Some(mut read) = tier.tracked_read() else {
-            let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(&entry_key).arg("v")).await?;
-            return Ok(value.map(|value| StoredValue::new(Bytes::from(value))));
-        };
-        // Read through the tracking connection, so Redis tells this process
-        // when what it read changes.
-        type Fields = (
-            Option<Vec<u8>>,
-            Option<String>,
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-        );
-        let (value, url, created, expires, tags): Fields = redis::cmd("HMGET")
-            .arg(&entry_key)
-            .arg(&["v", "u", "c", "x", "t"][..])
-            .query_async(&mut read.connection)
-            .await
-            .map_err(|source| self.error(source))?;
-        let Some(value) = value else { return Ok(None) };
-        let value = StoredValue::new(Bytes::from(value));
-        let entry = StoreEntry {
-            key: entry_key,
-            url: url.unwrap_or_default(),
-            created_at: from_millis(created.unwrap_or_default()),
-            expires: expires.and_then(|expires| expires.parse().ok()).map(from_millis),
-            tags: tags
-                .filter(|tags| !tags.is_empty())
-                .map(|tags| tags.split('\n').map(str::to_owned).collect())
-                .unwrap_or_default(),
-            value: value.clone(),
-        };
-        tier.fill(read, entry);
-        Ok(Some(value))
+        let value: Option<Vec<u8>> = self.query(redis::cmd("HGET").arg(&entry_key).arg("v")).await?;
+        Ok(value.map(|value| StoredValue::new(Bytes::from(value))))
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
