@@ -125,6 +125,8 @@
 //! | --- | --- | --- |
 //! | `sqlite` | yes | [`store::SqliteStore`], the default store |
 //! | `redis` | yes (via `cli`) | `store::RedisStore`, shared by many machines |
+//! | `versions` | yes (via `cli`) | [`versions`]: the versioned cache's model |
+//! | `server` | yes (via `cli`) | [`server`]: the versioned shared cache server, `edgecache serve` |
 //! | `cli` | yes | the `edgecache` command-line tool |
 
 #![deny(missing_docs)]
@@ -140,7 +142,11 @@ mod inspect;
 mod layer;
 mod middleware;
 pub mod purge;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
+#[cfg(feature = "versions")]
+pub mod versions;
 
 pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;

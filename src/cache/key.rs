@@ -264,6 +264,11 @@ impl KeyRules {
         self.ignored.contains_header(name)
     }
 
+    /// Whether a query or body parameter carries a credential.
+    pub(crate) fn is_credential_parameter(&self, name: &str) -> bool {
+        self.role(name.as_bytes()) == Role::Credential
+    }
+
     /// Whether a request header carries a credential.
     pub(crate) fn is_credential_header(&self, name: &HeaderName) -> bool {
         self.credentials.contains_header(name)
@@ -612,6 +617,13 @@ impl<'a> FormPart<'a> {
             out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
         }
     }
+}
+
+/// The lower-case hex digits of `bytes`.
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    let mut text = vec![0; bytes.len() * 2];
+    hex_lower_into(bytes, &mut text);
+    String::from_utf8(text).unwrap_or_default()
 }
 
 /// Writes the lower-case hex digits of `bytes` into `out`, which is twice as long.

@@ -92,6 +92,20 @@ impl Backoff {
     }
 }
 
+/// What a `Retry-After` header asks for: delay-seconds or an HTTP date
+/// (RFC 9110 §10.2.3), at most `cap`. Malformed values count as absent.
+pub(crate) fn retry_after(headers: &http::HeaderMap, cap: Duration) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(delay.min(cap))
+}
+
 /// Checks a URL to purge or prefetch, the same way for every CDN: an
 /// absolute `http`/`https` URL with a host, no control characters, every
 /// `%` starting a `%XX` escape, and no `#fragment` (it never reaches a CDN).

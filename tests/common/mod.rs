@@ -3,6 +3,8 @@
 
 #[cfg(feature = "redis")]
 pub mod redis_server;
+#[cfg(feature = "cli")]
+pub mod versions_server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

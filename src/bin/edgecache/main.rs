@@ -5,6 +5,7 @@ mod get;
 mod purge;
 mod purge_alibaba;
 mod report;
+mod serve;
 mod spec;
 
 use std::io::IsTerminal;
@@ -27,11 +28,14 @@ enum Command {
     Cache(cache_cmd::CacheArgs),
     /// Purge objects from a CDN.
     Purge(purge::PurgeArgs),
+    /// Run the versioned shared cache server.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = matches!(&cli.command, Command::Get(args) if args.verbose);
+    let verbose =
+        matches!(&cli.command, Command::Get(args) if args.verbose) || matches!(&cli.command, Command::Serve(_));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours only for a person: not in a pipe, a file or a CI log.
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Cache(args) => cache_cmd::run(args).await,
             Command::Purge(args) => purge::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::Credentials;
-use crate::cache::key::hex_lower_into;
+use crate::cache::key::hex_lower as hex;
 use crate::edgegrid::hmac_sha256;
 
 /// Everything but `A–Z a–z 0–9 - _ . ~` is encoded (RFC 3986 unreserved).
@@ -164,12 +164,6 @@ pub fn date(time: SystemTime) -> String {
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
         utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second
     )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut text = vec![0; bytes.len() * 2];
-    hex_lower_into(bytes, &mut text);
-    String::from_utf8(text).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,0 +1,94 @@
+//! `edgecache serve`: the versioned shared cache server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use edgecache::server::{Server, ServerConfig, Tokens};
+
+#[derive(Args)]
+#[command(after_help = "\
+Examples:
+  edgecache serve --data ./versions
+  EDGECACHE_SERVER_TOKEN=$(openssl rand -hex 24) edgecache serve --data /srv/versions --listen 0.0.0.0:8008
+  edgecache serve --data ./versions --token-file tokens.txt   # lines: `TOKEN group,group` or `TOKEN *`
+
+The API is described at /openapi.json; /healthz needs no token.")]
+pub struct ServeArgs {
+    /// Directory for the index (SQLite) and the bodies; created if missing.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Address to listen on. Without a token, only loopback is allowed.
+    #[arg(long, default_value = "127.0.0.1:8008", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Bearer tokens, one per line: `TOKEN group,group…` or `TOKEN *`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Allow fetching from loopback, private and link-local addresses.
+    #[arg(long)]
+    allow_private_origins: bool,
+    /// Fetches at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    max_fetches: usize,
+    /// Fetches at once per origin host.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    max_fetches_per_host: usize,
+    /// Retries of a failed request to an origin (transport errors, 429, 5xx).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    retries: u32,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut tokens = match &args.token_file {
+        Some(path) => Tokens::read(path)?,
+        None => Tokens::none(),
+    };
+    // The same variable clients read: one token serves a simple setup.
+    if let Some(token) = std::env::var("EDGECACHE_SERVER_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty())
+    {
+        tokens.add_all_groups(&token);
+    }
+    let mut config = ServerConfig::new(&args.data);
+    config.listen = args.listen;
+    config.tokens = tokens;
+    config.allow_private_origins = args.allow_private_origins;
+    config.max_fetches = args.max_fetches;
+    config.max_fetches_per_host = args.max_fetches_per_host;
+    config.retries = args.retries;
+    let server = Server::bind(config).await.context("cannot start the server")?;
+    eprintln!(
+        "edgecache: serving {} on http://{}",
+        args.data.display(),
+        server.local_addr()
+    );
+    server.run_until(shutdown_signal()).await?;
+    eprintln!("edgecache: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,249 @@
+//! The versioned shared cache server, `edgecache serve`.
+//!
+//! Many programs on many machines ask one server for remote content. It
+//! keeps several [versions](crate::versions::Version) of each registered
+//! request, fetches new ones on each resource's
+//! [strategy](crate::versions::Strategy), lets users pin and tag versions,
+//! and serves the version a [selection](crate::versions::Selection) picks.
+//!
+//! * **Identity**: a resource is the cache engine's key of its request
+//!   (method, normalized URL, sorted parameters, headers, canonical body)
+//!   plus its group, so registering twice, in any parameter or header
+//!   order, finds the same resource.
+//! * **Storage** (`--data DIR`): metadata in SQLite (`index.sqlite3`, WAL),
+//!   bodies as content-addressed blobs under `objects/` written through
+//!   `object_store`: streamed to a temporary file while hashed, then
+//!   renamed. A fetch whose body hashes like the newest ready version
+//!   creates no version.
+//! * **Schedule**: each resource's next check is in the index; a restart
+//!   resumes unfinished downloads and runs a missed cron slot once.
+//! * **Safety**: bearer tokens scoped to groups (no token: loopback only);
+//!   origins on private addresses refused unless allowed.
+//!
+//! # Running it in a program
+//!
+//! ```no_run
+//! use edgecache::server::{Server, ServerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = ServerConfig::new("./versions");
+//! config.listen = "127.0.0.1:8008".parse()?;
+//! let server = Server::bind(config).await?;
+//! println!("listening on http://{}", server.local_addr());
+//! server.run_until(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The routes are listed in the README and served at `/openapi.json`.
+
+mod api;
+mod auth;
+mod blobs;
+mod guard;
+mod index;
+mod openapi;
+mod range;
+mod schedule;
+mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use auth::{Groups, TokenFileError, Tokens};
+pub use index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, SqliteIndex, VersionFilter};
+
+use crate::cache::key::{KeyRules, KeySecret, MatchHeaders};
+use crate::purge::Backoff;
+
+/// How long in-flight responses may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How the server runs. [`ServerConfig::new`] gives the defaults.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The data directory: `index.sqlite3` and `objects/`.
+    pub data: PathBuf,
+    /// Where to listen (default `127.0.0.1:8008`).
+    pub listen: SocketAddr,
+    /// Accepted bearer tokens; none means no authentication, which is only
+    /// allowed on loopback.
+    pub tokens: Tokens,
+    /// Fetch from loopback, private and link-local addresses (default off).
+    pub allow_private_origins: bool,
+    /// Fetches at once (default 8).
+    pub max_fetches: usize,
+    /// Fetches at once per origin host (default 2).
+    pub max_fetches_per_host: usize,
+    /// Retries of a failed request to an origin: transport errors, 429 and
+    /// 5xx (default 2).
+    pub retries: u32,
+}
+
+impl ServerConfig {
+    /// The defaults, with data in `data`.
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        Self {
+            data: data.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            tokens: Tokens::none(),
+            allow_private_origins: false,
+            max_fetches: 8,
+            max_fetches_per_host: 2,
+            retries: 2,
+        }
+    }
+}
+
+/// Why the server can't start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No token is configured and the address isn't loopback.
+    #[error(
+        "refusing to listen on {0} without authentication: give --token-file or set EDGECACHE_SERVER_TOKEN, or listen on 127.0.0.1"
+    )]
+    NoTokenOffLoopback(SocketAddr),
+    /// The data directory can't be used.
+    #[error("cannot use the data directory {path}: {source}")]
+    Data {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The address can't be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client for origins can't be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// Serving failed.
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<api::AppState>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The process's Prometheus recorder, installed by the first server.
+fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder installed by the program wins; /metrics is then empty.
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+impl Server {
+    /// Opens the data directory, binds the address and restarts what an
+    /// earlier run left unfinished.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
+            return Err(ServerError::NoTokenOffLoopback(config.listen));
+        }
+        let data_error = |source| ServerError::Data {
+            path: config.data.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.data).map_err(data_error)?;
+        let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&config.data.join("index.sqlite3"))?);
+        let blobs = Arc::new(blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                address: config.listen,
+                source,
+            })?;
+        let worker = worker::Worker::new(
+            index.clone(),
+            blobs.clone(),
+            config.allow_private_origins,
+            worker::FetchLimits {
+                concurrent: config.max_fetches,
+                per_host: config.max_fetches_per_host,
+                retries: config.retries,
+                backoff: Backoff::default(),
+            },
+        )?;
+        let key_secret = KeySecret::new(&index.key_secret().await?);
+        worker.recover().await?;
+        let keys = KeyRules::new(
+            crate::DEFAULT_CREDENTIAL_PARAMETERS
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
+            Vec::new(),
+            MatchHeaders::All,
+            None,
+        );
+        let state = Arc::new(api::AppState {
+            index,
+            blobs,
+            worker,
+            tokens: config.tokens,
+            keys,
+            key_secret,
+            allow_private: config.allow_private_origins,
+            metrics: metrics_handle(),
+        });
+        Ok(Self { listener, state })
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets
+    /// responses in flight finish (for up to 30 s) and returns. Downloads
+    /// under way are left to resume at the next start.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let scheduler = tokio::spawn(self.state.worker.clone().schedule(stopped.clone()));
+        let app = api::router(self.state);
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.send_replace(true);
+        });
+        let mut grace = stopped;
+        let result = tokio::select! {
+            result = std::future::IntoFuture::into_future(serve) => result.map_err(ServerError::Serve),
+            _ = async {
+                let _ = grace.wait_for(|stop| *stop).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("responses still in flight after {SHUTDOWN_GRACE:?}; stopping anyway");
+                Ok(())
+            }
+        };
+        scheduler.abort();
+        result
+    }
+}

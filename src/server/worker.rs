@@ -1,0 +1,627 @@
+//! Fetching: the schedule, the fetches themselves, deduplication and
+//! collection.
+//!
+//! Each resource's next check lives in the index; the scheduler sleeps
+//! until the earliest (or until woken by a registration, a change or a
+//! fetch call). A fetch streams the body to a temporary blob while hashing
+//! it; a body that hashes like the newest ready version creates no version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use jiff::Timestamp;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use super::blobs::{Blobs, TempBlob};
+use super::guard;
+use super::index::{Finish, Index, IndexError};
+use crate::purge::Backoff;
+use crate::versions::{Resource, Strategy, Version, VersionStatus};
+
+/// How a fetch ended, as waiters see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A new version, ready.
+    Ready(String),
+    /// The origin confirmed this (newest ready) version.
+    Unchanged(String),
+    /// The fetch failed; why.
+    Failed(String),
+}
+
+struct InFlight {
+    version: Version,
+    done: watch::Receiver<Option<Outcome>>,
+}
+
+/// Limits of the fetcher.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchLimits {
+    pub(crate) concurrent: usize,
+    pub(crate) per_host: usize,
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+}
+
+/// The fetcher and scheduler.
+pub(crate) struct Worker {
+    index: Arc<dyn Index>,
+    blobs: Arc<Blobs>,
+    client: reqwest_middleware::ClientWithMiddleware,
+    allow_private: bool,
+    limits: FetchLimits,
+    slots: Arc<Semaphore>,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    in_flight: tokio::sync::Mutex<HashMap<String, InFlight>>,
+    /// Bumped whenever a fetch ends, for requests waiting on a version.
+    changes: watch::Sender<u64>,
+    /// Versions being streamed to a client, and how many times.
+    readers: Mutex<HashMap<String, usize>>,
+    wake: Notify,
+}
+
+/// Keeps a version from collection while its body streams.
+pub(crate) struct ReadGuard {
+    worker: Arc<Worker>,
+    version: String,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut readers = self
+            .worker
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = readers.get_mut(&self.version) {
+            *count -= 1;
+            if *count == 0 {
+                readers.remove(&self.version);
+                // It may be beyond a limit now that nobody reads it.
+                self.worker.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Response headers not kept with a version: per-connection, or meant for
+/// the server's own session with the origin.
+fn is_kept(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "set-cookie"
+            | "content-length"
+    )
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: Arc<dyn Index>,
+        blobs: Arc<Blobs>,
+        allow_private: bool,
+        limits: FetchLimits,
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60));
+        if !allow_private {
+            builder = builder
+                .dns_resolver(Arc::new(guard::PublicOnly))
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    if attempt.previous().len() >= 10 {
+                        attempt.error("more than 10 redirects")
+                    } else if let Err(refused) = guard::check_literal(attempt.url()) {
+                        attempt.error(refused)
+                    } else {
+                        attempt.follow()
+                    }
+                }));
+        }
+        let client = reqwest_middleware::ClientBuilder::new(builder.build()?).build();
+        Ok(Arc::new(Self {
+            index,
+            blobs,
+            client,
+            allow_private,
+            slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
+            limits,
+            hosts: Mutex::new(HashMap::new()),
+            in_flight: tokio::sync::Mutex::new(HashMap::new()),
+            changes: watch::Sender::new(0),
+            readers: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+        }))
+    }
+
+    /// Wakes the scheduler: something changed the schedule.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A receiver that sees every fetch end.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether a fetch of the resource is under way.
+    pub(crate) async fn is_fetching(&self, resource_id: &str) -> bool {
+        self.in_flight.lock().await.contains_key(resource_id)
+    }
+
+    /// Protects `version` from collection until the guard drops.
+    pub(crate) fn read(self: &Arc<Self>, version: &str) -> ReadGuard {
+        let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *readers.entry(version.to_owned()).or_default() += 1;
+        ReadGuard {
+            worker: self.clone(),
+            version: version.to_owned(),
+        }
+    }
+
+    fn protected(&self) -> Vec<String> {
+        let readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        readers.keys().cloned().collect()
+    }
+
+    /// Starts a fetch of the resource, or joins the one under way. Answers
+    /// its pending version and a receiver of its outcome; `None` for an
+    /// unknown resource.
+    pub(crate) async fn fetch(
+        self: &Arc<Self>,
+        resource_id: &str,
+    ) -> Result<Option<(Version, watch::Receiver<Option<Outcome>>)>, IndexError> {
+        let mut in_flight = self.in_flight.lock().await;
+        if let Some(fetch) = in_flight.get(resource_id) {
+            return Ok(Some((fetch.version.clone(), fetch.done.clone())));
+        }
+        let Some(version) = self.index.start_version(resource_id, Timestamp::now()).await? else {
+            return Ok(None);
+        };
+        let done = self.spawn(&mut in_flight, resource_id, version.clone());
+        Ok(Some((version, done)))
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        in_flight: &mut HashMap<String, InFlight>,
+        resource_id: &str,
+        version: Version,
+    ) -> watch::Receiver<Option<Outcome>> {
+        let (sender, done) = watch::channel(None);
+        in_flight.insert(
+            resource_id.to_owned(),
+            InFlight {
+                version: version.clone(),
+                done: done.clone(),
+            },
+        );
+        let worker = self.clone();
+        let resource_id = resource_id.to_owned();
+        tokio::spawn(async move {
+            let outcome = worker.run(&resource_id, &version.id).await;
+            metrics::counter!("edgecache_server_fetches_total", "outcome" => match &outcome {
+                Outcome::Ready(_) => "new_version",
+                Outcome::Unchanged(_) => "unchanged",
+                Outcome::Failed(_) => "failed",
+            })
+            .increment(1);
+            worker.in_flight.lock().await.remove(&resource_id);
+            sender.send_replace(Some(outcome));
+            worker
+                .changes
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+            worker.wake();
+        });
+        done
+    }
+
+    /// Fetches and waits for the outcome.
+    pub(crate) async fn fetch_and_wait(self: &Arc<Self>, resource_id: &str) -> Result<Option<Outcome>, IndexError> {
+        let Some((_, mut done)) = self.fetch(resource_id).await? else {
+            return Ok(None);
+        };
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map(|outcome| outcome.clone())
+            .ok()
+            .flatten();
+        Ok(Some(
+            outcome.unwrap_or_else(|| Outcome::Failed("the fetch was cancelled".into())),
+        ))
+    }
+
+    /// Restarts the fetches an earlier run left unfinished, removes blobs
+    /// nothing references, and makes cron resources with `run_at_start`
+    /// due.
+    pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), IndexError> {
+        let unfinished = self.index.unfinished().await?;
+        {
+            let mut in_flight = self.in_flight.lock().await;
+            for (resource_id, version_id) in unfinished {
+                if in_flight.contains_key(&resource_id) {
+                    continue;
+                }
+                let Some(version) = self.index.version(&resource_id, &version_id, Timestamp::now()).await? else {
+                    continue;
+                };
+                tracing::info!(resource = %resource_id, version = %version_id, "restarting an unfinished download");
+                self.spawn(&mut in_flight, &resource_id, version);
+            }
+        }
+        let referenced = self.index.referenced_blobs().await?;
+        {
+            let _lock = self.blobs.lock().await;
+            match self.blobs.sweep(&referenced).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "removed blobs no version references"),
+                Err(error) => tracing::warn!(%error, "could not list the blobs to remove strays"),
+            }
+        }
+        self.index.schedule_run_at_start(Timestamp::now()).await
+    }
+
+    /// Runs the schedule until `shutdown` turns true.
+    pub(crate) async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        const MAX_SLEEP: Duration = Duration::from_secs(60);
+        let mut last_collection = tokio::time::Instant::now();
+        loop {
+            let now = Timestamp::now();
+            let sleep = match self.index.due(now).await {
+                Ok((due, next)) => {
+                    for resource_id in due {
+                        if let Err(error) = self.fetch(&resource_id).await {
+                            tracing::warn!(%error, resource = %resource_id, "could not start a scheduled fetch");
+                        }
+                    }
+                    next.map_or(MAX_SLEEP, |next| {
+                        Duration::try_from(next.duration_since(now))
+                            .unwrap_or_default()
+                            .min(MAX_SLEEP)
+                    })
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the schedule");
+                    Duration::from_secs(5)
+                }
+            };
+            if last_collection.elapsed() >= MAX_SLEEP || !self.protected().is_empty() {
+                self.collect().await;
+                last_collection = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.wake.notified() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Enforces every resource's limits (timed pins that ran out count as
+    /// unpinned) and deletes the blobs that frees.
+    pub(crate) async fn collect(&self) {
+        let _lock = self.blobs.lock().await;
+        match self.index.collect(Timestamp::now(), self.protected()).await {
+            Ok(orphans) => self.blobs.delete(&orphans).await,
+            Err(error) => tracing::warn!(%error, "could not collect old versions"),
+        }
+    }
+
+    fn host_slots(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Drop idle hosts so the map stays small.
+        hosts.retain(|_, slots| Arc::strong_count(slots) > 1);
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_host.max(1))))
+            .clone()
+    }
+
+    async fn permits(&self, host: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let host = self.host_slots(host).acquire_owned().await.ok()?;
+        let global = self.slots.clone().acquire_owned().await.ok()?;
+        Some((host, global))
+    }
+
+    async fn run(self: &Arc<Self>, resource_id: &str, version_id: &str) -> Outcome {
+        let finish = match self.attempt(resource_id, version_id).await {
+            Ok(finish) => finish,
+            Err(error) => FetchEnd::Failed {
+                status_code: None,
+                error,
+            },
+        };
+        let now = Timestamp::now();
+        let (record, outcome, temp) = match finish {
+            FetchEnd::Ready { version, temp } => (
+                Finish::Ready(version),
+                Outcome::Ready(version_id.to_owned()),
+                Some(temp),
+            ),
+            FetchEnd::Unchanged { latest } => (
+                Finish::Unchanged { latest: latest.clone() },
+                Outcome::Unchanged(latest),
+                None,
+            ),
+            FetchEnd::Failed { status_code, error } => {
+                tracing::warn!(resource = %resource_id, %error, "fetch failed");
+                (
+                    Finish::Failed {
+                        status_code,
+                        error: error.clone(),
+                    },
+                    Outcome::Failed(error),
+                    None,
+                )
+            }
+        };
+        let _lock = self.blobs.lock().await;
+        if let Some(temp) = &temp
+            && let Err(error) = self.blobs.commit(temp).await
+        {
+            let error = format!("could not store the body: {error}");
+            tracing::warn!(resource = %resource_id, %error);
+            self.record(
+                resource_id,
+                version_id,
+                Finish::Failed {
+                    status_code: None,
+                    error: error.clone(),
+                },
+                now,
+            )
+            .await;
+            return Outcome::Failed(error);
+        }
+        self.record(resource_id, version_id, record, now).await;
+        outcome
+    }
+
+    async fn record(&self, resource_id: &str, version_id: &str, finish: Finish, now: Timestamp) {
+        match self
+            .index
+            .finish(resource_id, version_id, finish, now, self.protected())
+            .await
+        {
+            Ok(orphans) => self.blobs.delete(&orphans).await,
+            Err(error) => tracing::error!(%error, resource = %resource_id, "could not record a fetch"),
+        }
+    }
+
+    /// One fetch, with retries; everything but recording it.
+    async fn attempt(&self, resource_id: &str, version_id: &str) -> Result<FetchEnd, String> {
+        let now = Timestamp::now();
+        let index_error = |error: IndexError| error.to_string();
+        let resource = self
+            .index
+            .resource(resource_id)
+            .await
+            .map_err(index_error)?
+            .ok_or("the resource was deleted")?;
+        let latest = self
+            .index
+            .version(resource_id, "latest", now)
+            .await
+            .map_err(index_error)?;
+        let url = request_url(&resource)?;
+        if !self.allow_private {
+            guard::check_literal(&url)?;
+        }
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let Some(_permits) = self.permits(&host).await else {
+            return Err("the server is shutting down".into());
+        };
+        self.index.set_downloading(version_id).await.map_err(index_error)?;
+        let conditional = conditional_headers(&resource.strategy, latest.as_ref(), now);
+        let response = self.send(&resource, &url, &conditional).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(latest) = latest.as_ref().filter(|_| !conditional.is_empty())
+        {
+            return Ok(FetchEnd::Unchanged {
+                latest: latest.id.clone(),
+            });
+        }
+        if !status.is_success() {
+            return Ok(FetchEnd::Failed {
+                status_code: Some(status.as_u16()),
+                error: format!("the origin answered {status}"),
+            });
+        }
+        let headers = response.headers().clone();
+        let temp = self.download(version_id, response).await?;
+        if let Some(latest) = latest.filter(|latest| latest.sha256.as_deref() == Some(temp.sha256.as_str())) {
+            self.blobs.discard(temp).await;
+            return Ok(FetchEnd::Unchanged { latest: latest.id });
+        }
+        let text = |name: HeaderName| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        let version = Version {
+            id: version_id.to_owned(),
+            status: VersionStatus::Ready,
+            created_at: now,
+            fetched_at: None,
+            last_checked_at: None,
+            status_code: Some(status.as_u16()),
+            headers: headers
+                .iter()
+                .filter(|(name, _)| is_kept(name))
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            size: Some(temp.size),
+            sha256: Some(temp.sha256.clone()),
+            media_type: text(http::header::CONTENT_TYPE),
+            etag: text(http::header::ETAG),
+            last_modified: text(http::header::LAST_MODIFIED),
+            tags: Vec::new(),
+            pinned: false,
+            pinned_until: None,
+            error: None,
+        };
+        Ok(FetchEnd::Ready {
+            version: Box::new(version),
+            temp,
+        })
+    }
+
+    /// Sends the request, retrying transport errors, 429 and 5xx with
+    /// backoff (honouring `Retry-After`).
+    async fn send(
+        &self,
+        resource: &Resource,
+        url: &url::Url,
+        conditional: &HeaderMap,
+    ) -> Result<reqwest::Response, String> {
+        let method = Method::from_bytes(resource.method.as_bytes()).map_err(|_| "the stored method is invalid")?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &resource.headers {
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                headers.append(name, value);
+            }
+        }
+        headers.extend(conditional.clone());
+        let body = resource.body.as_ref().map(|body| match body {
+            serde_json::Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        });
+        if resource.body.as_ref().is_some_and(|body| !body.is_string())
+            && !headers.contains_key(http::header::CONTENT_TYPE)
+        {
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        let mut attempt = 0;
+        loop {
+            let mut request = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let (retryable, retry_after, failure) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if !(status == 429 || matches!(status, 500 | 502 | 503 | 504)) || attempt >= self.limits.retries {
+                        return Ok(response);
+                    }
+                    let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(60));
+                    (true, retry_after, format!("the origin answered {}", response.status()))
+                }
+                Err(error) => {
+                    let message = crate::purge::error_chain(&error);
+                    // A refused private address won't change by retrying.
+                    let refused = message.contains("refusing to fetch");
+                    (!refused, None, message)
+                }
+            };
+            if !retryable || attempt >= self.limits.retries {
+                return Err(failure);
+            }
+            let delay = self.limits.backoff.delay(attempt, retry_after);
+            tracing::debug!(%failure, ?delay, "retrying a fetch");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Streams the body to a temporary blob.
+    async fn download(&self, version_id: &str, mut response: reqwest::Response) -> Result<TempBlob, String> {
+        let mut writer = self
+            .blobs
+            .writer(version_id)
+            .await
+            .map_err(|error| format!("could not start writing the body: {error}"))?;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(error) = writer.write(&chunk).await {
+                        writer.abort().await;
+                        return Err(format!("could not write the body: {error}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!(
+                        "the body broke off after {read} bytes: {}",
+                        crate::purge::error_chain(&error)
+                    ));
+                }
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|error| format!("could not complete the body: {error}"))
+    }
+}
+
+enum FetchEnd {
+    Ready { version: Box<Version>, temp: TempBlob },
+    Unchanged { latest: String },
+    Failed { status_code: Option<u16>, error: String },
+}
+
+/// The resource's URL with its query.
+pub(crate) fn request_url(resource: &Resource) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(&resource.url).map_err(|error| format!("the stored URL is invalid: {error}"))?;
+    if !resource.query.is_empty() {
+        url.query_pairs_mut().extend_pairs(resource.query.iter());
+    }
+    Ok(url)
+}
+
+/// The validators a `remote_changed` check sends: the newest version's
+/// `ETag` and `Last-Modified`, unless it is older than the fallback age
+/// (then a full GET refreshes it).
+fn conditional_headers(strategy: &Strategy, latest: Option<&Version>, now: Timestamp) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let (
+        Strategy::RemoteChanged {
+            fallback_max_age_seconds,
+            ..
+        },
+        Some(latest),
+    ) = (strategy, latest)
+    else {
+        return headers;
+    };
+    let age = latest
+        .fetched_at
+        .map_or(0, |fetched| now.duration_since(fetched).as_secs().max(0) as u64);
+    if age >= *fallback_max_age_seconds {
+        return headers;
+    }
+    if let Some(etag) = latest.etag.as_deref().and_then(|etag| HeaderValue::from_str(etag).ok()) {
+        headers.insert(http::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(date) = latest
+        .last_modified
+        .as_deref()
+        .and_then(|date| HeaderValue::from_str(date).ok())
+    {
+        headers.insert(http::header::IF_MODIFIED_SINCE, date);
+    }
+    headers
+}

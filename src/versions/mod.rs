@@ -1,0 +1,26 @@
+//! The versioned shared cache's model: what [`edgecache serve`](crate::server)
+//! keeps and its clients read.
+//!
+//! A [`Resource`] is a registered request (method, URL, query, headers,
+//! body, group). The server fetches it on its [`Strategy`] and keeps several
+//! [`Version`]s of the response within its [`Limits`]; users pin and tag
+//! versions, and a [`Selection`] says which one to serve.
+//!
+//! ```
+//! use std::time::Duration;
+//! use edgecache::versions::{Selection, Strategy};
+//!
+//! let hourly = Strategy::age(Duration::from_secs(3600));
+//! let json = serde_json::to_string(&hourly).unwrap();
+//! assert_eq!(json, r#"{"kind":"age","seconds":3600}"#);
+//!
+//! // A pinned version tagged "validated" if there is one, else the best match.
+//! let selection = Selection::new().prefer_pinned().prefer_tag("validated");
+//! # let _ = selection;
+//! ```
+
+mod model;
+
+pub use model::{
+    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, is_valid_tag,
+};

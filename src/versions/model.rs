@@ -1,0 +1,515 @@
+//! The versioned cache's data model, as the server's JSON API carries it.
+//! One definition serves both ends: the server serializes these, clients
+//! deserialize them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A registered request the server keeps versions of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct Resource {
+    /// The resource's id.
+    pub id: String,
+    /// The request method (upper case).
+    pub method: String,
+    /// The URL, without its query (that is in `query`).
+    pub url: String,
+    /// Query parameters, sorted by name then value.
+    pub query: Vec<(String, String)>,
+    /// Request headers. Values of credential headers read `<redacted>`.
+    pub headers: BTreeMap<String, String>,
+    /// The request body, if any: a JSON value, sent as JSON; a string is
+    /// sent as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
+    pub body: Option<serde_json::Value>,
+    /// The group the resource belongs to.
+    pub group: String,
+    /// When new versions are fetched.
+    pub strategy: Strategy,
+    /// How many versions are kept.
+    pub limits: Limits,
+    /// When the resource was registered.
+    #[cfg_attr(feature = "server", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    /// When the origin was last asked, if ever.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub last_checked_at: Option<Timestamp>,
+    /// When the next scheduled fetch is due; `null` when none is scheduled.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub next_check_at: Option<Timestamp>,
+}
+
+/// Where a version is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    /// Waiting for a fetch slot.
+    Pending,
+    /// Its body is being downloaded.
+    Downloading,
+    /// Complete: the only status ever served.
+    Ready,
+    /// The fetch failed; `error` says why.
+    Failed,
+}
+
+impl VersionStatus {
+    /// The status as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Downloading => "downloading",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the API's spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Downloading, Self::Ready, Self::Failed]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+impl fmt::Display for VersionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One fetched response of a resource.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct Version {
+    /// The version's id: time-ordered (UUIDv7), so newer versions sort later.
+    pub id: String,
+    /// Where the version is in its life.
+    pub status: VersionStatus,
+    /// When the fetch was asked for.
+    #[cfg_attr(feature = "server", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    /// When the body was complete.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub fetched_at: Option<Timestamp>,
+    /// When the origin last confirmed this content (a 304, or the same body).
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub last_checked_at: Option<Timestamp>,
+    /// The origin's status code.
+    pub status_code: Option<u16>,
+    /// The origin's response headers (name, value), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body's size in bytes.
+    pub size: Option<u64>,
+    /// The body's SHA-256, lower-case hex: also the content's `ETag`.
+    pub sha256: Option<String>,
+    /// The origin's `Content-Type`.
+    pub media_type: Option<String>,
+    /// The origin's `ETag`.
+    pub etag: Option<String>,
+    /// The origin's `Last-Modified`.
+    pub last_modified: Option<String>,
+    /// User labels.
+    pub tags: Vec<String>,
+    /// Whether the version is pinned now (an expired timed pin reads `false`).
+    pub pinned: bool,
+    /// When a timed pin ends.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub pinned_until: Option<Timestamp>,
+    /// Why the fetch failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// When a resource's new versions are fetched. The default is
+/// [`Strategy::RemoteChanged`] with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Strategy {
+    /// Fetch once, at registration.
+    Never,
+    /// Fetch again when the newest version is older than `seconds`.
+    Age {
+        /// The age that triggers a fetch.
+        seconds: u64,
+    },
+    /// Fetch on a schedule.
+    Cron {
+        /// Standard 5-field cron expression (minute hour day month weekday).
+        expr: String,
+        /// IANA time zone the expression is read in; UTC when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+        /// Also fetch when the server starts.
+        #[serde(default = "default_true")]
+        run_at_start: bool,
+    },
+    /// Ask the origin every `check_every_seconds` with a conditional GET
+    /// (the newest version's `ETag` / `Last-Modified`); a 304 only records
+    /// the check. Without validators, or when the newest version is older
+    /// than `fallback_max_age_seconds`, a full GET whose body is compared by
+    /// hash.
+    RemoteChanged {
+        /// How often the origin is asked.
+        #[serde(default = "default_check_every")]
+        check_every_seconds: u64,
+        /// The age after which a full GET is made regardless of validators.
+        #[serde(default = "default_fallback_max_age")]
+        fallback_max_age_seconds: u64,
+    },
+    /// Fetch when content is asked for and the newest version was checked
+    /// more than `min_interval_seconds` ago.
+    OnRequest {
+        /// The least time between two fetches.
+        #[serde(default)]
+        min_interval_seconds: u64,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_check_every() -> u64 {
+    21_600
+}
+fn default_fallback_max_age() -> u64 {
+    86_400
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Self::RemoteChanged {
+            check_every_seconds: default_check_every(),
+            fallback_max_age_seconds: default_fallback_max_age(),
+        }
+    }
+}
+
+impl Strategy {
+    /// Fetch again when the newest version is older than `age`.
+    pub fn age(age: Duration) -> Self {
+        Self::Age { seconds: age.as_secs() }
+    }
+
+    /// Fetch on a 5-field cron schedule, read in UTC, also at server start.
+    pub fn cron(expr: impl Into<String>) -> Self {
+        Self::Cron {
+            expr: expr.into(),
+            timezone: None,
+            run_at_start: true,
+        }
+    }
+}
+
+/// How many versions of a resource are kept. The oldest beyond a limit are
+/// deleted when a new version crosses it; pinned versions are never deleted
+/// to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Ready versions kept that are not pinned (default 2).
+    pub max_unpinned: u32,
+    /// Pinned versions allowed; a pin beyond is refused (default 10).
+    pub max_pinned: u32,
+    /// Failed fetches kept for inspection (default 3).
+    pub max_failed: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_unpinned: 2,
+            max_pinned: 10,
+            max_failed: 3,
+        }
+    }
+}
+
+/// Which version to serve. `force_*` are hard filters; `prefer_*` are
+/// dropped one at a time when no ready version meets them all (pinned
+/// first, then tag, then version); of what is left the newest wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema, utoipa::IntoParams))]
+#[serde(default)]
+pub struct Selection {
+    /// Only this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_version: Option<String>,
+    /// Only versions with this tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_tag: Option<String>,
+    /// Only pinned versions.
+    #[serde(skip_serializing_if = "is_false")]
+    pub force_pinned: bool,
+    /// Preferably this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefer_version: Option<String>,
+    /// Preferably a version with this tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefer_tag: Option<String>,
+    /// Preferably a pinned version.
+    #[serde(skip_serializing_if = "is_false")]
+    pub prefer_pinned: bool,
+    /// The newest version fetched at or before this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", param(value_type = Option<String>), schema(value_type = Option<String>, format = DateTime))]
+    pub at: Option<Timestamp>,
+    /// Fetch first, and serve the new version.
+    #[serde(skip_serializing_if = "is_false")]
+    pub fresh: bool,
+    /// Seconds to wait for a first ready version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl Selection {
+    /// The newest ready version.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Prefer a pinned version.
+    pub fn prefer_pinned(mut self) -> Self {
+        self.prefer_pinned = true;
+        self
+    }
+    /// Prefer a version with this tag.
+    pub fn prefer_tag(mut self, tag: impl Into<String>) -> Self {
+        self.prefer_tag = Some(tag.into());
+        self
+    }
+    /// Prefer this version.
+    pub fn prefer_version(mut self, id: impl Into<String>) -> Self {
+        self.prefer_version = Some(id.into());
+        self
+    }
+    /// Only this version.
+    pub fn force_version(mut self, id: impl Into<String>) -> Self {
+        self.force_version = Some(id.into());
+        self
+    }
+    /// Only versions with this tag.
+    pub fn force_tag(mut self, tag: impl Into<String>) -> Self {
+        self.force_tag = Some(tag.into());
+        self
+    }
+    /// Only pinned versions.
+    pub fn force_pinned(mut self) -> Self {
+        self.force_pinned = true;
+        self
+    }
+    /// The newest version fetched at or before `at`.
+    pub fn at(mut self, at: Timestamp) -> Self {
+        self.at = Some(at);
+        self
+    }
+    /// Fetch a new version first.
+    pub fn fresh(mut self) -> Self {
+        self.fresh = true;
+        self
+    }
+    /// Wait up to `wait` for a first ready version.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait.as_secs());
+        self
+    }
+
+    /// Picks from `ready` (ready versions, newest first) the version this
+    /// selection serves. `fresh` and `wait` are not filters; the server
+    /// acts on them before picking.
+    pub fn pick<'v>(&self, ready: &'v [Version]) -> Option<&'v Version> {
+        let forced = ready.iter().filter(|version| {
+            self.force_version.as_ref().is_none_or(|id| &version.id == id)
+                && self.force_tag.as_ref().is_none_or(|tag| version.tags.contains(tag))
+                && (!self.force_pinned || version.pinned)
+                && self
+                    .at
+                    .is_none_or(|at| version.fetched_at.is_some_and(|fetched| fetched <= at))
+        });
+        let candidates: Vec<&Version> = forced.collect();
+        let by_version = |version: &Version| self.prefer_version.as_ref().is_none_or(|id| &version.id == id);
+        let by_tag = |version: &Version| self.prefer_tag.as_ref().is_none_or(|tag| version.tags.contains(tag));
+        let by_pin = |version: &Version| !self.prefer_pinned || version.pinned;
+        // Preferences are dropped in this order: pinned, then tag, then version.
+        let rounds: [&dyn Fn(&Version) -> bool; 4] = [
+            &|v| by_version(v) && by_tag(v) && by_pin(v),
+            &|v| by_version(v) && by_tag(v),
+            &|v| by_version(v),
+            &|_| true,
+        ];
+        rounds
+            .iter()
+            .find_map(|round| candidates.iter().copied().find(|version| round(version)))
+    }
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// How many items the whole listing has.
+    pub total: u64,
+}
+
+/// The body of every error answer: `{"error":{"code","message","field"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code: `invalid_json`, `invalid`,
+    /// `not_found`, `no_matching_version`, `not_ready`, `pinned`,
+    /// `pin_limit`, `unauthorized`, `forbidden`, `internal`.
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+    /// The request field at fault, for `invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Whether `tag` is a valid tag: 1 to 64 of `[A-Za-z0-9._-]`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    (1..=64).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(id: &str, tags: &[&str], pinned: bool, fetched_second: i64) -> Version {
+        Version {
+            id: id.into(),
+            status: VersionStatus::Ready,
+            created_at: Timestamp::UNIX_EPOCH,
+            fetched_at: Timestamp::from_second(fetched_second).ok(),
+            last_checked_at: None,
+            status_code: Some(200),
+            headers: Vec::new(),
+            size: Some(1),
+            sha256: None,
+            media_type: None,
+            etag: None,
+            last_modified: None,
+            tags: tags.iter().map(|tag| tag.to_string()).collect(),
+            pinned,
+            pinned_until: None,
+            error: None,
+        }
+    }
+
+    /// Newest first: v4 (tag b), v3 (pinned), v2 (tag a, pinned), v1 (tag a).
+    fn versions() -> Vec<Version> {
+        vec![
+            version("v4", &["b"], false, 400),
+            version("v3", &[], true, 300),
+            version("v2", &["a"], true, 200),
+            version("v1", &["a"], false, 100),
+        ]
+    }
+
+    fn pick(selection: Selection) -> Option<String> {
+        selection.pick(&versions()).map(|version| version.id.clone())
+    }
+
+    #[test]
+    fn preferences_are_dropped_pinned_first_then_tag_then_version() {
+        let cases: &[(Selection, Option<&str>)] = &[
+            (Selection::new(), Some("v4")),
+            (Selection::new().prefer_pinned(), Some("v3")),
+            (Selection::new().prefer_tag("a"), Some("v2")),
+            (Selection::new().prefer_tag("a").prefer_pinned(), Some("v2")),
+            // No pinned version has tag b: pinned is dropped, tag b is kept.
+            (Selection::new().prefer_tag("b").prefer_pinned(), Some("v4")),
+            // Pinned goes first, then the unmet tag: the newest is left.
+            (Selection::new().prefer_tag("zzz").prefer_pinned(), Some("v4")),
+            (Selection::new().prefer_version("v1"), Some("v1")),
+            // v1 isn't pinned: pinned goes, v1 with tag a stays.
+            (
+                Selection::new().prefer_version("v1").prefer_tag("a").prefer_pinned(),
+                Some("v1"),
+            ),
+            // v1 lacks tag b: pinned then tag are dropped, the version stays.
+            (
+                Selection::new().prefer_version("v1").prefer_tag("b").prefer_pinned(),
+                Some("v1"),
+            ),
+            (Selection::new().prefer_version("nope"), Some("v4")),
+            (Selection::new().prefer_version("nope").prefer_pinned(), Some("v4")),
+            (Selection::new().force_pinned(), Some("v3")),
+            (Selection::new().force_tag("a"), Some("v2")),
+            (Selection::new().force_tag("a").prefer_pinned(), Some("v2")),
+            (
+                Selection::new().force_tag("a").force_pinned().prefer_version("v1"),
+                Some("v2"),
+            ),
+            (Selection::new().force_tag("b").force_pinned(), None),
+            (Selection::new().force_version("v1"), Some("v1")),
+            (Selection::new().force_version("v1").force_pinned(), None),
+            (Selection::new().force_version("nope"), None),
+            (Selection::new().force_tag("zzz").prefer_tag("a"), None),
+        ];
+        for (selection, expected) in cases {
+            assert_eq!(pick(selection.clone()).as_deref(), *expected, "{selection:?}");
+        }
+    }
+
+    #[test]
+    fn at_picks_the_newest_version_fetched_by_then() {
+        let at = |second| Timestamp::from_second(second).unwrap();
+        assert_eq!(pick(Selection::new().at(at(250))).as_deref(), Some("v2"));
+        assert_eq!(pick(Selection::new().at(at(300))).as_deref(), Some("v3"));
+        assert_eq!(pick(Selection::new().at(at(99))), None);
+        assert_eq!(
+            pick(Selection::new().at(at(350)).prefer_tag("a")).as_deref(),
+            Some("v2")
+        );
+        assert_eq!(pick(Selection::new().at(at(150)).force_pinned()), None);
+        assert_eq!(
+            pick(Selection::new().at(at(1000)).force_tag("b")).as_deref(),
+            Some("v4")
+        );
+    }
+
+    #[test]
+    fn strategies_and_limits_read_as_documented() {
+        let strategy: Strategy = serde_json::from_str(r#"{"kind":"remote_changed"}"#).unwrap();
+        assert_eq!(strategy, Strategy::default());
+        let cron: Strategy = serde_json::from_str(r#"{"kind":"cron","expr":"0 0 * * *"}"#).unwrap();
+        assert_eq!(cron, Strategy::cron("0 0 * * *"));
+        assert!(serde_json::from_str::<Strategy>(r#"{"kind":"sometimes"}"#).is_err());
+        let limits: Limits = serde_json::from_str(r#"{"max_pinned":1}"#).unwrap();
+        assert_eq!(
+            limits,
+            Limits {
+                max_pinned: 1,
+                ..Limits::default()
+            }
+        );
+        assert!(
+            is_valid_tag("v1.2_ok-3") && !is_valid_tag("") && !is_valid_tag("a b") && !is_valid_tag(&"x".repeat(65))
+        );
+    }
+}
