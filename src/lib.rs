@@ -119,6 +119,14 @@
 //! journals what was accepted so an interrupted run resumes without paying
 //! twice, polls the tasks and reports every URL (ACS3-HMAC-SHA256 signing).
 //!
+//! # A shared, versioned cache
+//!
+//! With the `server` feature, [`server`] is `edgecache serve`: many programs
+//! on many machines ask it for remote content; it keeps several versions of
+//! each response, fetched on schedules, pinned and tagged by users, and
+//! serves the one a [`versions::Selection`] picks. [`versions`] holds the
+//! model it shares with clients.
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |

@@ -924,3 +924,78 @@ async fn a_large_body_streams_through_with_bounded_memory() {
     eprintln!("{mib} MiB through the server: peak RSS {} MiB", peak / (1024 * 1024));
     assert!(peak < 200 * 1024 * 1024, "peak RSS {peak} bytes for a {size}-byte body");
 }
+
+#[tokio::test]
+async fn concurrent_fetch_calls_share_one_fetch() {
+    let (_data, origin, server) = started().await;
+    let rid = server
+        .register(json!({"url": origin.url("/bytes/1000000?chunk_delay_ms=10"), "strategy": {"kind": "never"}}))
+        .await;
+    server
+        .wait_for_versions(&rid, "a version", |versions| ready(versions).len() == 1)
+        .await;
+    let path = format!("/v1/resources/{rid}/fetch");
+    let calls = (0..10).map(|_| server.call(Method::POST, &path, None));
+    let answers = futures_util::future::join_all(calls).await;
+    let first = &answers[0].1["id"];
+    for (status, version) in &answers {
+        assert_eq!((*status, &version["id"]), (202, first), "{version}");
+        assert!(["pending", "downloading"].contains(&version["status"].as_str().unwrap()));
+    }
+    // The same body again: no new version, the check recorded.
+    for _ in 0..100 {
+        if server
+            .versions(&rid, "")
+            .await
+            .iter()
+            .all(|version| version["status"] == "ready")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(origin.hits("/bytes/1000000"), 2);
+    assert_eq!(server.versions(&rid, "").await.len(), 1);
+}
+
+#[tokio::test]
+async fn metrics_and_the_api_description_are_served() {
+    let (_data, origin, server) = started().await;
+    origin.set("m", "measured");
+    let rid = server
+        .register(json!({"url": origin.url("/plain/m"), "strategy": {"kind": "never"}}))
+        .await;
+    server
+        .wait_for_versions(&rid, "a version", |versions| ready(versions).len() == 1)
+        .await;
+    let body = server
+        .request(Method::GET, &format!("/v1/resources/{rid}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.text().await.unwrap(), "measured");
+    let metrics = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("edgecache_server_fetches_total{outcome=\"new_version\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("edgecache_server_content_bytes_total 8"), "{metrics}");
+    let (status, api) = server.call(Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/resources",
+        "/v1/resources/{rid}/content",
+        "/v1/resources/{rid}/versions/{vid}/pin",
+    ] {
+        assert!(api["paths"][path].is_object(), "{path} is described");
+    }
+    assert!(api["paths"]["/v1/resources"]["put"].is_object() && api["paths"]["/v1/resources"]["get"].is_object());
+    assert!(api["components"]["schemas"]["Version"].is_object());
+}

@@ -265,6 +265,7 @@ impl KeyRules {
     }
 
     /// Whether a query or body parameter carries a credential.
+    #[cfg(feature = "server")]
     pub(crate) fn is_credential_parameter(&self, name: &str) -> bool {
         self.role(name.as_bytes()) == Role::Credential
     }

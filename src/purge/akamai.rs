@@ -440,9 +440,8 @@ impl FastPurgeClient {
                             .parse()
                             .ok()
                     };
-                    let retry_after = seconds("retry-after")
-                        .or_else(|| seconds("x-ratelimit-seconds-to-refresh-limit"))
-                        .map(Duration::from_secs);
+                    let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(3600))
+                        .or_else(|| seconds("x-ratelimit-seconds-to-refresh-limit").map(Duration::from_secs));
                     let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
                     let problem = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
                     let text = |field: &str| problem.get(field).and_then(|value| value.as_str()).map(str::to_owned);

@@ -259,3 +259,44 @@ pub fn read_objects(arguments: &[String], files: &[impl AsRef<Path>]) -> std::io
     }
     Ok(objects)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        let cap = Duration::from_secs(60);
+        assert_eq!(retry_after(&headers("7"), cap), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers("99999999999"), cap), Some(cap));
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT"), cap),
+            Some(Duration::ZERO)
+        );
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let waited = retry_after(&headers(&soon), cap).unwrap();
+        assert!(
+            waited > Duration::from_secs(25) && waited <= Duration::from_secs(30),
+            "{waited:?}"
+        );
+        assert_eq!(retry_after(&headers("soon"), cap), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), cap), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_retry_after_value_is_at_most_the_cap(value in "[ -~]{0,40}") {
+            let mut headers = http::HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(http::header::RETRY_AFTER, value);
+            }
+            let cap = Duration::from_secs(60);
+            proptest::prop_assert!(retry_after(&headers, cap).is_none_or(|delay| delay <= cap));
+        }
+    }
+}

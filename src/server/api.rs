@@ -634,8 +634,7 @@ async fn select_version(
     RawQuery(raw): RawQuery,
 ) -> AppResult<Json<Version>> {
     let selection = selection(raw.as_deref())?;
-    let resource = state.visible(&groups, &rid).await?;
-    Ok(Json(select(&state, &resource, &selection).await?))
+    Ok(Json(select(&state, &groups, &rid, &selection).await?))
 }
 
 async fn select_content(
@@ -646,16 +645,20 @@ async fn select_content(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let selection = selection(raw.as_deref())?;
-    let resource = state.visible(&groups, &rid).await?;
-    let version = select(&state, &resource, &selection).await?;
+    let version = select(&state, &groups, &rid, &selection).await?;
     content(&state, version, &headers).await
 }
 
 /// Runs a selection: fetches first when asked (`fresh`, or an
 /// `on_request` resource due a check), waits for a first version when
 /// asked (`wait`), and picks among ready versions.
-async fn select(state: &Arc<AppState>, resource: &Resource, selection: &Selection) -> AppResult<Version> {
+async fn select(state: &Arc<AppState>, groups: &Groups, rid: &str, selection: &Selection) -> AppResult<Version> {
     let now = Timestamp::now();
+    // The common case, a ready version at hand, takes one read.
+    let (resource, mut ready) = match state.index.selectable(rid, now).await? {
+        Some((resource, ready)) if groups.allows(&resource.group) => (resource, Some(ready)),
+        _ => return Err(ApiError::not_found("resource")),
+    };
     let stale_on_request = match resource.strategy {
         Strategy::OnRequest { min_interval_seconds } => resource.last_checked_at.is_none_or(|checked| {
             let interval = SignedDuration::from_secs(i64::try_from(min_interval_seconds).unwrap_or(i64::MAX));
@@ -664,6 +667,7 @@ async fn select(state: &Arc<AppState>, resource: &Resource, selection: &Selectio
         _ => false,
     };
     if selection.fresh || stale_on_request {
+        ready = None;
         let outcome = state.worker.fetch_and_wait(&resource.id).await?;
         match outcome {
             None => return Err(ApiError::not_found("resource")),
@@ -692,19 +696,13 @@ async fn select(state: &Arc<AppState>, resource: &Resource, selection: &Selectio
     let mut changes = state.worker.changes();
     loop {
         changes.mark_unchanged();
-        let ready = state
-            .index
-            .versions(
-                &resource.id,
-                VersionFilter {
-                    status: Some(VersionStatus::Ready),
-                    limit: u64::MAX,
-                    ..VersionFilter::default()
-                },
-                Timestamp::now(),
-            )
-            .await?
-            .items;
+        let ready = match ready.take() {
+            Some(ready) => ready,
+            None => match state.index.selectable(&resource.id, Timestamp::now()).await? {
+                Some((_, ready)) => ready,
+                None => return Err(ApiError::not_found("resource")),
+            },
+        };
         if let Some(version) = selection.pick(&ready) {
             return Ok(version.clone());
         }
@@ -798,7 +796,7 @@ async fn content(state: &Arc<AppState>, version: Version, request: &HeaderMap) -
     let body = if length == 0 {
         Body::empty()
     } else {
-        let stream = state.blobs.read(&sha, range).await.map_err(|error| {
+        let stream = state.blobs.read(&sha, size, range).await.map_err(|error| {
             tracing::error!(%error, blob = %sha, "a ready version's body is missing");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -901,4 +899,44 @@ async fn metrics(State(state): Shared) -> Response {
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(super::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_parameters_read_as_documented() {
+        let selection = selection(Some(
+            "prefer_tag=ok&prefer_pinned=true&force_version=v1&at=2026-01-31T12:00:00Z&wait=5",
+        ))
+        .unwrap();
+        assert_eq!(selection.prefer_tag.as_deref(), Some("ok"));
+        assert!(selection.prefer_pinned && !selection.force_pinned);
+        assert_eq!(selection.force_version.as_deref(), Some("v1"));
+        assert_eq!(selection.wait, Some(5));
+        assert!(selection.at.is_some());
+        for (query, field) in [
+            ("prefer_tag=a%20b", "prefer_tag"),
+            ("wait=-1", "wait"),
+            ("fresh=yes", "fresh"),
+            ("colour=red", "colour"),
+        ] {
+            assert_eq!(
+                super::selection(Some(query)).unwrap_err().detail.field.as_deref(),
+                Some(field),
+                "{query}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_selects_or_names_a_field(query in "[ -~]{0,80}") {
+            if let Err(error) = selection(Some(&query)) {
+                proptest::prop_assert_eq!(error.status, StatusCode::UNPROCESSABLE_ENTITY);
+                proptest::prop_assert!(error.detail.field.is_some());
+            }
+        }
+    }
 }

@@ -184,4 +184,14 @@ mod tests {
         assert!(error.to_string().contains("bad/group"), "{error}");
         assert!(Tokens::parse("ok-token-0123456789\n", "t.txt").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_token_file_parses_or_names_a_line_in_it(text in "[ -~\n\t]{0,300}") {
+            match Tokens::parse(&text, "t.txt") {
+                Ok(tokens) => proptest::prop_assert!(tokens.tokens.len() <= text.lines().count()),
+                Err(error) => proptest::prop_assert!(error.line >= 1 && error.line <= text.lines().count()),
+            }
+        }
+    }
 }

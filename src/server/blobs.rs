@@ -11,7 +11,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, TryStreamExt};
+use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -23,9 +23,25 @@ use tokio::sync::{Mutex, MutexGuard};
 const PART_SIZE: usize = 1 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// Bodies up to this size are kept in memory once read: blobs never
+/// change, so the copy never goes stale.
+const SMALL_BODY: u64 = 256 * 1024;
+/// The bytes the small-body cache holds at most.
+const SMALL_BODIES_TOTAL: u64 = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct BodyBytes;
+
+impl quick_cache::Weighter<String, Bytes> for BodyBytes {
+    fn weight(&self, key: &String, body: &Bytes) -> u64 {
+        (key.len() + body.len() + 64) as u64
+    }
+}
+
 /// The blob store.
 pub(crate) struct Blobs {
     store: Arc<LocalFileSystem>,
+    small: quick_cache::sync::Cache<String, Bytes, BodyBytes>,
     /// Held while blobs are committed or deleted, so a collection never
     /// deletes a blob a new version is about to reference.
     lock: Mutex<()>,
@@ -71,6 +87,7 @@ impl Blobs {
             .with_fsync(true);
         Ok(Self {
             store: Arc::new(store),
+            small: quick_cache::sync::Cache::with_weighter(4096, SMALL_BODIES_TOTAL, BodyBytes),
             lock: Mutex::new(()),
         })
     }
@@ -114,12 +131,32 @@ impl Blobs {
         }
     }
 
-    /// Streams a blob, or `range` of it.
+    /// Streams a blob of `size` bytes, or `range` of it.
     pub(crate) async fn read(
         &self,
         sha256: &str,
+        size: u64,
         range: Option<Range<u64>>,
     ) -> Result<BoxStream<'static, Result<Bytes, object_store::Error>>, object_store::Error> {
+        if size <= SMALL_BODY {
+            let body = match self.small.get(sha256) {
+                Some(body) => body,
+                None => {
+                    let body = self.store.get(&blob_path(sha256)).await?.bytes().await?;
+                    self.small.insert(sha256.to_owned(), body.clone());
+                    body
+                }
+            };
+            let part = match range {
+                Some(range) => {
+                    let end = usize::try_from(range.end).unwrap_or(usize::MAX).min(body.len());
+                    let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(end);
+                    body.slice(start..end)
+                }
+                None => body,
+            };
+            return Ok(futures_util::stream::once(std::future::ready(Ok(part))).boxed());
+        }
         let mut options = GetOptions::new();
         if let Some(range) = range {
             options = options.with_range(Some(GetRange::Bounded(range)));
@@ -130,6 +167,7 @@ impl Blobs {
     /// Deletes blobs (the caller holds [`Blobs::lock`]).
     pub(crate) async fn delete(&self, shas: &[String]) {
         for sha in shas {
+            self.small.remove(sha);
             match self.store.delete(&blob_path(sha)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(error) => tracing::warn!(%error, blob = %sha, "could not delete a blob"),

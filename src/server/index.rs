@@ -149,6 +149,12 @@ pub trait Index: Send + Sync + 'static {
         filter: VersionFilter,
         now: Timestamp,
     ) -> Result<Page<Version>, IndexError>;
+    /// A resource and its ready versions, newest first, read together.
+    async fn selectable(
+        &self,
+        resource_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Resource, Vec<Version>)>, IndexError>;
     /// One version; `latest` is the newest ready one.
     async fn version(&self, resource_id: &str, version_id: &str, now: Timestamp)
     -> Result<Option<Version>, IndexError>;
@@ -186,7 +192,12 @@ pub trait Index: Send + Sync + 'static {
 /// threads.
 #[derive(Clone)]
 pub struct SqliteIndex {
+    path: Arc<Path>,
+    /// The one writer: SQLite has one anyway, and waiting here is cheaper
+    /// than on its lock.
     connection: Arc<Mutex<Connection>>,
+    /// Idle read connections: WAL lets reads run beside the writer.
+    readers: Arc<Mutex<Vec<Connection>>>,
 }
 
 const SCHEMA: &str = "
@@ -240,14 +251,45 @@ const PINNED_NOW: &str = "(pinned = 1 AND (pinned_until IS NULL OR pinned_until 
 impl SqliteIndex {
     /// Opens (creating) the index at `path`.
     pub fn open(path: &Path) -> Result<Self, IndexError> {
-        let connection = Connection::open(path)?;
-        connection.busy_timeout(Duration::from_secs(10))?;
+        let connection = Self::connect(path)?;
         let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
         connection.execute_batch(SCHEMA)?;
         Ok(Self {
+            path: path.into(),
             connection: Arc::new(Mutex::new(connection)),
+            readers: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    fn connect(path: &Path) -> Result<Connection, IndexError> {
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+        Ok(connection)
+    }
+
+    /// Runs a read on a blocking thread, on an idle read connection (one
+    /// statement sees one committed state).
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<T, IndexError> {
+        let (readers, path) = (self.readers.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+            let connection = match idle {
+                Some(connection) => connection,
+                None => Self::connect(&path)?,
+            };
+            let value = work(&connection);
+            readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(connection);
+            value
+        })
+        .await
+        .map_err(|_| IndexError::Task)?
     }
 
     /// Runs `work` in one transaction on a blocking thread.
@@ -341,7 +383,7 @@ fn finish_version(raw: RawVersion, now: Timestamp) -> Result<Version, IndexError
 }
 
 fn query_versions(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
     now: Timestamp,
@@ -354,7 +396,7 @@ fn query_versions(
 }
 
 fn load_version(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     resource_id: &str,
     version_id: &str,
     now: Timestamp,
@@ -377,7 +419,7 @@ fn load_version(
     }
 }
 
-fn load_resource(tx: &Transaction<'_>, id: &str) -> Result<Option<Resource>, IndexError> {
+fn load_resource(tx: &Connection, id: &str) -> Result<Option<Resource>, IndexError> {
     let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE id = ?1");
     let raw = tx.prepare_cached(&sql)?.query_row([id], raw_resource).optional()?;
     raw.map(finish_resource).transpose()
@@ -423,7 +465,7 @@ fn finish_resource(
 /// Deletes the versions beyond the resource's limits, sparing pinned and
 /// `protected` ones; answers the blobs no version references any more.
 fn enforce_limits(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     resource_id: &str,
     now: Timestamp,
     protected: &[String],
@@ -461,7 +503,7 @@ fn enforce_limits(
     unreferenced(tx, orphans)
 }
 
-fn unreferenced(tx: &Transaction<'_>, mut shas: Vec<String>) -> Result<Vec<String>, IndexError> {
+fn unreferenced(tx: &Connection, mut shas: Vec<String>) -> Result<Vec<String>, IndexError> {
     shas.sort();
     shas.dedup();
     let mut statement = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM versions WHERE sha256 = ?1)")?;
@@ -476,7 +518,7 @@ fn unreferenced(tx: &Transaction<'_>, mut shas: Vec<String>) -> Result<Vec<Strin
 
 /// Sets the resource's next check from its strategy, `now` being when the
 /// origin was last asked.
-fn reschedule(tx: &Transaction<'_>, resource_id: &str, now: Timestamp, failed: bool) -> Result<(), IndexError> {
+fn reschedule(tx: &Connection, resource_id: &str, now: Timestamp, failed: bool) -> Result<(), IndexError> {
     let strategy: String = tx.query_row("SELECT strategy FROM resources WHERE id = ?1", [resource_id], |row| {
         row.get(0)
     })?;
@@ -541,7 +583,7 @@ impl Index for SqliteIndex {
 
     async fn resource(&self, id: &str) -> Result<Option<Resource>, IndexError> {
         let id = id.to_owned();
-        self.transaction(move |tx| load_resource(tx, &id)).await
+        self.read(move |tx| load_resource(tx, &id)).await
     }
 
     async fn resources(
@@ -551,7 +593,7 @@ impl Index for SqliteIndex {
         skip: u64,
         limit: u64,
     ) -> Result<Page<Resource>, IndexError> {
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let groups_json = groups.as_ref().map(json);
             let filter = "(?1 IS NULL OR grp IN (SELECT value FROM json_each(?1))) AND (?2 IS NULL OR grp = ?2)";
             let total: i64 = tx.query_row(
@@ -649,7 +691,7 @@ impl Index for SqliteIndex {
     }
 
     async fn unfinished(&self) -> Result<Vec<(String, String)>, IndexError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             let mut statement = tx.prepare_cached(
                 "SELECT resource_id, id FROM versions WHERE status IN ('pending', 'downloading') ORDER BY id",
             )?;
@@ -744,7 +786,7 @@ impl Index for SqliteIndex {
         now: Timestamp,
     ) -> Result<Page<Version>, IndexError> {
         let resource_id = resource_id.to_owned();
-        self.transaction(move |tx| {
+        self.read(move |tx| {
             let conditions = format!(
                 "resource_id = ?1 AND ?2 = ?2 AND (?3 IS NULL OR status = ?3)
                  AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?4))
@@ -782,6 +824,25 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn selectable(
+        &self,
+        resource_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Resource, Vec<Version>)>, IndexError> {
+        let resource_id = resource_id.to_owned();
+        self.read(move |connection| {
+            // One snapshot for both reads.
+            let tx = connection.unchecked_transaction()?;
+            let Some(resource) = load_resource(&tx, &resource_id)? else { return Ok(None) };
+            let sql = format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE resource_id = ?1 AND status = 'ready' AND ?2 = ?2 ORDER BY id DESC"
+            );
+            let ready = query_versions(&tx, &sql, params![resource_id, millis(now)], now)?;
+            Ok(Some((resource, ready)))
+        })
+        .await
+    }
+
     async fn version(
         &self,
         resource_id: &str,
@@ -789,7 +850,7 @@ impl Index for SqliteIndex {
         now: Timestamp,
     ) -> Result<Option<Version>, IndexError> {
         let (resource_id, version_id) = (resource_id.to_owned(), version_id.to_owned());
-        self.transaction(move |tx| load_version(tx, &resource_id, &version_id, now))
+        self.read(move |tx| load_version(tx, &resource_id, &version_id, now))
             .await
     }
 
@@ -920,7 +981,7 @@ impl Index for SqliteIndex {
     }
 
     async fn referenced_blobs(&self) -> Result<HashSet<String>, IndexError> {
-        self.transaction(|tx| {
+        self.read(|tx| {
             let shas = tx
                 .prepare_cached("SELECT DISTINCT sha256 FROM versions WHERE sha256 IS NOT NULL")?
                 .query_map([], |row| row.get(0))?
@@ -933,4 +994,111 @@ impl Index for SqliteIndex {
 
 fn clamp(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(strategy: Strategy, now: Timestamp) -> Resource {
+        Resource {
+            id: uuid::Uuid::now_v7().to_string(),
+            method: "GET".into(),
+            url: "https://example.org/data.csv".into(),
+            query: Vec::new(),
+            headers: Default::default(),
+            body: None,
+            group: "default".into(),
+            strategy,
+            limits: Limits::default(),
+            created_at: now,
+            last_checked_at: None,
+            next_check_at: None,
+        }
+    }
+
+    fn ready(id: &str, sha: &str) -> Finish {
+        Finish::Ready(Box::new(Version {
+            id: id.into(),
+            status: VersionStatus::Ready,
+            created_at: Timestamp::UNIX_EPOCH,
+            fetched_at: None,
+            last_checked_at: None,
+            status_code: Some(200),
+            headers: Vec::new(),
+            size: Some(1),
+            sha256: Some(sha.into()),
+            media_type: None,
+            etag: None,
+            last_modified: None,
+            tags: Vec::new(),
+            pinned: false,
+            pinned_until: None,
+            error: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn missed_cron_slots_run_once_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite3");
+        let now = Timestamp::now();
+        let rid = {
+            let index = SqliteIndex::open(&path).unwrap();
+            let (stored, created) = index
+                .register("key".into(), resource(Strategy::cron("0 0 * * *"), now))
+                .await
+                .unwrap();
+            assert!(created);
+            // The server was down for three days: three midnights missed.
+            let three_days_ago = now.as_millisecond() - 3 * 86_400_000;
+            index
+                .transaction(move |tx| {
+                    tx.execute("UPDATE resources SET next_check_at = ?1", [three_days_ago])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            stored.id
+        };
+        let index = SqliteIndex::open(&path).unwrap();
+        let (due, _) = index.due(now).await.unwrap();
+        assert_eq!(due, vec![rid.clone()]);
+        let version = index.start_version(&rid, now).await.unwrap().unwrap();
+        assert!(
+            index.due(now).await.unwrap().0.is_empty(),
+            "a started fetch is off the schedule"
+        );
+        let orphans = index
+            .finish(&rid, &version.id, ready(&version.id, "aa"), now, Vec::new())
+            .await
+            .unwrap();
+        assert!(orphans.is_empty());
+        let (due, next) = index.due(now).await.unwrap();
+        assert!(due.is_empty(), "one run for all the missed slots");
+        let next = next.unwrap();
+        assert!(next > now && next.duration_since(now).as_hours() < 24, "{next}");
+    }
+
+    #[tokio::test]
+    async fn the_same_key_in_two_groups_is_two_resources_and_one_group_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("index.sqlite3")).unwrap();
+        let now = Timestamp::now();
+        let (first, created) = index
+            .register("k".into(), resource(Strategy::Never, now))
+            .await
+            .unwrap();
+        assert!(created);
+        let (again, created) = index
+            .register("k".into(), resource(Strategy::Never, now))
+            .await
+            .unwrap();
+        assert!(!created);
+        assert_eq!(again.id, first.id);
+        let mut other = resource(Strategy::Never, now);
+        other.group = "other".into();
+        let (other, created) = index.register("k".into(), other).await.unwrap();
+        assert!(created && other.id != first.id);
+    }
 }

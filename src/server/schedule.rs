@@ -157,4 +157,19 @@ mod tests {
         );
         assert_eq!(next_check_from(&daily, None, now), Some(now));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_expression_parses_or_says_why_and_slots_move_forward(
+            expr in "[0-9*/, A-Za-z-]{0,40}",
+            second in 0i64..4_000_000_000,
+        ) {
+            if let Ok(schedule) = Schedule::parse(&expr, None) {
+                let after = Timestamp::from_second(second).unwrap();
+                if let Some(next) = schedule.next_after(after) {
+                    proptest::prop_assert!(next > after);
+                }
+            }
+        }
+    }
 }

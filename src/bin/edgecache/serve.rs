@@ -15,6 +15,7 @@ Examples:
   EDGECACHE_SERVER_TOKEN=$(openssl rand -hex 24) edgecache serve --data /srv/versions --listen 0.0.0.0:8008
   edgecache serve --data ./versions --token-file tokens.txt   # lines: `TOKEN group,group` or `TOKEN *`
 
+EDGECACHE_SERVER_TOKEN, if set, is a token for every group (clients read the same variable).
 The API is described at /openapi.json; /healthz needs no token.")]
 pub struct ServeArgs {
     /// Directory for the index (SQLite) and the bodies; created if missing.
