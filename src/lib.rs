@@ -125,7 +125,8 @@
 //! on many machines ask it for remote content; it keeps several versions of
 //! each response, fetched on schedules, pinned and tagged by users, and
 //! serves the one a [`versions::Selection`] picks. [`versions`] holds the
-//! model it shares with clients.
+//! model it shares with clients, the [`versions::Client`] and
+//! [`versions::VersionsMiddleware`].
 //!
 //! # Features
 //!
@@ -133,7 +134,7 @@
 //! | --- | --- | --- |
 //! | `sqlite` | yes | [`store::SqliteStore`], the default store |
 //! | `redis` | yes (via `cli`) | `store::RedisStore`, shared by many machines |
-//! | `versions` | yes (via `cli`) | [`versions`]: the versioned cache's model |
+//! | `versions` | yes (via `cli`) | [`versions`]: the versioned cache's model, its `Client` and `VersionsMiddleware` |
 //! | `server` | yes (via `cli`) | [`server`]: the versioned shared cache server, `edgecache serve` |
 //! | `cli` | yes | the `edgecache` command-line tool |
 
@@ -167,6 +168,6 @@ pub use middleware::CacheMiddleware;
 
 /// The README's Rust examples, compiled as doctests so they can't drift
 /// from the API.
-#[cfg(all(doctest, feature = "sqlite", feature = "redis"))]
+#[cfg(all(doctest, feature = "sqlite", feature = "redis", feature = "server"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;

@@ -1,5 +1,6 @@
-//! The versioned shared cache's model: what [`edgecache serve`](crate::server)
-//! keeps and its clients read.
+//! The versioned shared cache from Rust: the model `edgecache serve` keeps,
+//! a [`Client`] for it, and [`VersionsMiddleware`], which sends a reqwest
+//! client's GETs through it.
 //!
 //! A [`Resource`] is a registered request (method, URL, query, headers,
 //! body, group). The server fetches it on its [`Strategy`] and keeps several
@@ -19,8 +20,17 @@
 //! # let _ = selection;
 //! ```
 
+mod client;
+mod error;
+mod middleware;
 mod model;
 
+pub use client::{
+    Client, ClientBuilder, Content, DEFAULT_SERVER_URL, ResourceBuilder, ResourceHandle, Source, VersionFilter,
+    VersionHandle,
+};
+pub use error::{Error, Result};
+pub use middleware::VersionsMiddleware;
 pub use model::{
     ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, is_valid_tag,
 };

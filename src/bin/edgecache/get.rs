@@ -184,7 +184,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
 
 /// Whether the reader of standard output went away (`get URL | head`):
 /// not an error, as for curl.
-fn closed(written: std::io::Result<()>) -> anyhow::Result<bool> {
+pub(crate) fn closed(written: std::io::Result<()>) -> anyhow::Result<bool> {
     match written {
         Ok(()) => Ok(false),
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
@@ -194,7 +194,7 @@ fn closed(written: std::io::Result<()>) -> anyhow::Result<bool> {
 
 /// A byte counter on stderr for bodies over 1 MiB (or of unknown size), only
 /// when stderr is a terminal.
-fn progress_bar(length: Option<u64>) -> ProgressBar {
+pub(crate) fn progress_bar(length: Option<u64>) -> ProgressBar {
     const SHOWN_FROM: u64 = 1 << 20;
     if !std::io::stderr().is_terminal() || length.is_some_and(|length| length <= SHOWN_FROM) {
         return ProgressBar::hidden();

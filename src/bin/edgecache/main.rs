@@ -7,6 +7,7 @@ mod purge_alibaba;
 mod report;
 mod serve;
 mod spec;
+mod versions_cmd;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Purge(purge::PurgeArgs),
     /// Run the versioned shared cache server.
     Serve(serve::ServeArgs),
+    /// Use a versioned shared cache server.
+    Versions(versions_cmd::VersionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
             Command::Cache(args) => cache_cmd::run(args).await,
             Command::Purge(args) => purge::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Versions(args) => versions_cmd::run(args).await,
         }
     });
     match result {

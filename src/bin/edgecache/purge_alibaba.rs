@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use edgecache::ExpireAfter;
 use edgecache::purge::alibaba::{
     AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions, Progress,
     RunReport, check_objects,
@@ -73,7 +72,7 @@ struct CommonArgs {
     #[arg(long)]
     no_wait: bool,
     /// How long to wait for tasks to finish (`90s`, `10m`, `2h`).
-    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = crate::spec::parse_duration)]
     timeout: Duration,
     /// Record accepted batches here as they are accepted, so an interrupted run can be resumed.
     #[arg(long)]
@@ -104,13 +103,6 @@ enum ObjectTypeArg {
 enum AreaArg {
     Domestic,
     Overseas,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    match text.parse::<ExpireAfter>() {
-        Ok(ExpireAfter::After(duration)) => Ok(duration),
-        _ => Err(format!("{text:?} is not a duration such as 90s, 10m or 2h")),
-    }
 }
 
 pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,392 @@
+//! `edgecache versions …`: the versioned cache server from the shell.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use edgecache::versions::{Client, Resource, Selection, Source, Strategy, Version, VersionFilter, VersionStatus};
+use futures_util::StreamExt;
+
+use crate::get::{closed, parse_header, progress_bar};
+use crate::spec::parse_duration;
+
+#[derive(Args)]
+#[command(after_help = "\
+The server, token, group and fallback come from EDGECACHE_SERVER_URL (default http://127.0.0.1:8008),
+EDGECACHE_SERVER_TOKEN, EDGECACHE_GROUP and EDGECACHE_LOCAL_FALLBACK (true/false/1/0), unless given here.
+
+Examples:
+  edgecache versions get https://example.org/data.csv --prefer-pinned -o data.csv
+  edgecache versions register https://example.org/data.csv --strategy age:1h
+  edgecache versions versions RID --json
+  edgecache versions pin RID VID --for 7d")]
+pub struct VersionsArgs {
+    /// The server's URL [default: $EDGECACHE_SERVER_URL, else http://127.0.0.1:8008].
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// The bearer token [default: $EDGECACHE_SERVER_TOKEN].
+    #[arg(long, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The group [default: $EDGECACHE_GROUP, else `default`].
+    #[arg(long, global = true, value_name = "GROUP")]
+    group: Option<String>,
+    /// Fail instead of fetching from the origin when the server is unreachable.
+    #[arg(long, global = true)]
+    no_fallback: bool,
+    /// Print listings and records as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// The URL.
+    url: String,
+    /// The method.
+    #[arg(short = 'X', long = "request", default_value = "GET", value_name = "METHOD")]
+    method: String,
+    /// A query parameter, `NAME=VALUE` (repeatable).
+    #[arg(long = "query", value_name = "NAME=VALUE")]
+    query: Vec<String>,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// When to fetch new versions: `never`, `age:1h`, `cron:0 6 * * *`,
+    /// `remote-changed[:6h]`, `on-request[:10m]`, or the API's JSON.
+    #[arg(long, value_parser = parse_strategy)]
+    strategy: Option<Strategy>,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Register a URL (or find it, if registered already) and print its id.
+    Register(RequestArgs),
+    /// List resources.
+    List,
+    /// Show a resource.
+    Show {
+        /// The resource id.
+        rid: String,
+    },
+    /// List a resource's versions, newest first.
+    Versions {
+        /// The resource id.
+        rid: String,
+        /// Only this status (pending, downloading, ready, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only versions with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Fetch a resource now; print the pending version.
+    Fetch {
+        /// The resource id.
+        rid: String,
+    },
+    /// Register a URL if needed and write the selected version.
+    Get {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Prefer a pinned version.
+        #[arg(long)]
+        prefer_pinned: bool,
+        /// Prefer a version with this tag.
+        #[arg(long, value_name = "TAG")]
+        prefer_tag: Option<String>,
+        /// Prefer this version.
+        #[arg(long, value_name = "VID")]
+        prefer_version: Option<String>,
+        /// Only a pinned version.
+        #[arg(long)]
+        force_pinned: bool,
+        /// Only a version with this tag.
+        #[arg(long, value_name = "TAG")]
+        force_tag: Option<String>,
+        /// Only this version.
+        #[arg(long, value_name = "VID")]
+        force_version: Option<String>,
+        /// The newest version fetched at or before this time (RFC 3339).
+        #[arg(long, value_name = "TIME")]
+        at: Option<jiff::Timestamp>,
+        /// Fetch a new version first.
+        #[arg(long)]
+        fresh: bool,
+        /// Wait this long for a first version (default 60s).
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        wait: Duration,
+        /// Where to write the body (`-`: standard output).
+        #[arg(short, long, default_value = "-", value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Pin a version.
+    Pin {
+        /// The resource id.
+        rid: String,
+        /// The version id (or `latest`).
+        vid: String,
+        /// Unpin after this long (e.g. 7d).
+        #[arg(long = "for", value_parser = parse_duration, value_name = "DURATION")]
+        duration: Option<Duration>,
+    },
+    /// Unpin a version.
+    Unpin {
+        /// The resource id.
+        rid: String,
+        /// The version id.
+        vid: String,
+    },
+    /// Tag a version.
+    Tag {
+        /// The resource id.
+        rid: String,
+        /// The version id.
+        vid: String,
+        /// The tag.
+        tag: String,
+    },
+    /// Remove a tag from a version.
+    Untag {
+        /// The resource id.
+        rid: String,
+        /// The version id.
+        vid: String,
+        /// The tag.
+        tag: String,
+    },
+}
+
+fn parse_strategy(text: &str) -> Result<Strategy, String> {
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str(text).map_err(|error| format!("not a strategy: {error}"));
+    }
+    let (kind, argument) = text
+        .split_once(':')
+        .map_or((text, None), |(kind, argument)| (kind, Some(argument)));
+    let seconds = |default: u64| -> Result<u64, String> {
+        argument.map_or(Ok(default), |text| parse_duration(text).map(|d| d.as_secs()))
+    };
+    match kind {
+        "never" => Ok(Strategy::Never),
+        "age" => Ok(Strategy::Age {
+            seconds: seconds(3600)?,
+        }),
+        "cron" => argument
+            .map(Strategy::cron)
+            .ok_or_else(|| "cron needs an expression: cron:'0 6 * * *'".into()),
+        "remote-changed" | "remote_changed" => Ok(Strategy::RemoteChanged {
+            check_every_seconds: seconds(21_600)?,
+            fallback_max_age_seconds: 86_400,
+        }),
+        "on-request" | "on_request" => Ok(Strategy::OnRequest {
+            min_interval_seconds: seconds(0)?,
+        }),
+        _ => Err(format!(
+            "`{text}` is not a strategy: never, age:1h, cron:'0 6 * * *', remote-changed[:6h], on-request[:10m], or JSON"
+        )),
+    }
+}
+
+pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
+    let mut builder = Client::builder_from_env()?;
+    if let Some(server) = &args.server {
+        builder = builder.server(server.clone());
+    }
+    if let Some(token) = &args.token {
+        builder = builder.token(token.clone());
+    }
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
+    }
+    if args.no_fallback {
+        builder = builder.local_fallback(false);
+    }
+    let client = builder.build()?;
+    let json = args.json;
+    match args.action {
+        Action::Register(request) => {
+            let resource = register(&client, &request).await?;
+            let id = resource
+                .id()
+                .context("the server is unreachable; nothing was registered")?;
+            if json {
+                print_json(&resource.get().await?)?;
+            } else {
+                println!("{id}");
+            }
+        }
+        Action::List => {
+            let resources = client.resources(None).await?;
+            if json {
+                print_json(&resources)?;
+            } else {
+                print_resources(&resources);
+            }
+        }
+        Action::Show { rid } => print_json(&client.resource_by_id(rid).get().await?)?,
+        Action::Versions { rid, status, tag } => {
+            let status = status
+                .map(|status| {
+                    VersionStatus::parse(&status)
+                        .with_context(|| format!("`{status}` is not a status: pending, downloading, ready, failed"))
+                })
+                .transpose()?;
+            let versions = client
+                .resource_by_id(rid)
+                .versions(VersionFilter {
+                    status,
+                    tag,
+                    pinned: None,
+                })
+                .await?;
+            if json {
+                print_json(&versions)?;
+            } else {
+                print_versions(&versions);
+            }
+        }
+        Action::Fetch { rid } => {
+            let version = client.resource_by_id(rid).fetch_now().await?;
+            if json {
+                print_json(&version)?;
+            } else {
+                println!("{} {}", version.id, version.status);
+            }
+        }
+        Action::Get {
+            request,
+            prefer_pinned,
+            prefer_tag,
+            prefer_version,
+            force_pinned,
+            force_tag,
+            force_version,
+            at,
+            fresh,
+            wait,
+            output,
+        } => {
+            let selection = Selection {
+                force_version,
+                force_tag,
+                force_pinned,
+                prefer_version,
+                prefer_tag,
+                prefer_pinned,
+                at,
+                fresh,
+                wait: Some(wait.as_secs()),
+            };
+            let resource = register(&client, &request).await?;
+            let content = resource.content(selection).await?;
+            match content.source() {
+                Source::Server => eprintln!(
+                    "edgecache: version {} from {}",
+                    content.version().id,
+                    client.server().trim_end_matches('/')
+                ),
+                Source::Local => eprintln!("edgecache: from the origin (server unreachable)"),
+            }
+            if output.as_os_str() == "-" {
+                let mut out = std::io::stdout().lock();
+                let progress = progress_bar(content.version().size);
+                let mut stream = Box::pin(content.bytes_stream());
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if closed(out.write_all(&chunk))? {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    progress.inc(chunk.len() as u64);
+                }
+                progress.finish_and_clear();
+                closed(out.flush())?;
+            } else {
+                content.download_to(&output).await?;
+            }
+        }
+        Action::Pin { rid, vid, duration } => {
+            let version = client.resource_by_id(rid).version(vid).pin(duration).await?;
+            report(json, &version)?;
+        }
+        Action::Unpin { rid, vid } => report(json, &client.resource_by_id(rid).version(vid).unpin().await?)?,
+        Action::Tag { rid, vid, tag } => report(json, &client.resource_by_id(rid).version(vid).tag(&tag).await?)?,
+        Action::Untag { rid, vid, tag } => report(json, &client.resource_by_id(rid).version(vid).untag(&tag).await?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn register(client: &Client, request: &RequestArgs) -> anyhow::Result<edgecache::versions::ResourceHandle> {
+    let method = http::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+        .with_context(|| format!("`{}` is not a method", request.method))?;
+    let mut resource = client.resource(method, request.url.clone());
+    for pair in &request.query {
+        let (name, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--query `{pair}` is not NAME=VALUE"))?;
+        resource = resource.query([(name, value)]);
+    }
+    for header in &request.headers {
+        let (name, value) = parse_header(header)?;
+        resource = resource.header(name.as_str(), value.to_str().unwrap_or_default());
+    }
+    if let Some(strategy) = &request.strategy {
+        resource = resource.strategy(strategy.clone());
+    }
+    Ok(resource.register().await?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn report(json: bool, version: &Version) -> anyhow::Result<()> {
+    if json {
+        return print_json(version);
+    }
+    let pinned = match (version.pinned, version.pinned_until) {
+        (true, Some(until)) => format!("pinned until {until}"),
+        (true, None) => "pinned".into(),
+        (false, _) => "not pinned".into(),
+    };
+    println!("{} {} tags=[{}]", version.id, pinned, version.tags.join(","));
+    Ok(())
+}
+
+fn print_resources(resources: &[Resource]) {
+    for resource in resources {
+        let strategy = serde_json::to_value(&resource.strategy)
+            .ok()
+            .and_then(|value| value["kind"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<10} {:<14} {} {}",
+            resource.id, resource.group, strategy, resource.method, resource.url
+        );
+    }
+}
+
+fn print_versions(versions: &[Version]) {
+    for version in versions {
+        let fetched = version
+            .fetched_at
+            .map(|at| at.to_string())
+            .unwrap_or_else(|| "-".into());
+        let size = version.size.map(|size| size.to_string()).unwrap_or_else(|| "-".into());
+        let pinned = if version.pinned { "pinned" } else { "-" };
+        println!(
+            "{}  {:<11} {:<24} {:>12} {:<6} {}",
+            version.id,
+            version.status,
+            fetched,
+            size,
+            pinned,
+            version.tags.join(",")
+        );
+    }
+}

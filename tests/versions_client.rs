@@ -1,0 +1,441 @@
+//! `edgecache::versions::Client`, `VersionsMiddleware` and `edgecache
+//! versions`, against a real `edgecache serve` and origins on 127.0.0.1.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::versions_server::{ContentOrigin, VersionsServer, pattern_byte};
+use edgecache::versions::{
+    Client, Error, Limits, Selection, Source, Strategy, VersionFilter, VersionStatus, VersionsMiddleware,
+};
+use http::Method;
+
+const PRIVATE: &[&str] = &["--allow-private-origins"];
+
+async fn started() -> (tempfile::TempDir, ContentOrigin, VersionsServer) {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    let server = VersionsServer::start(data.path(), PRIVATE, &[]).await;
+    (data, origin, server)
+}
+
+fn client(server: &VersionsServer) -> Client {
+    Client::builder(server.url("")).page_size(2).build().unwrap()
+}
+
+/// Waits until the resource has `count` ready versions.
+async fn ready_versions(
+    resource: &edgecache::versions::ResourceHandle,
+    count: usize,
+) -> Vec<edgecache::versions::Version> {
+    for _ in 0..300 {
+        let ready = resource
+            .versions(VersionFilter {
+                status: Some(VersionStatus::Ready),
+                ..VersionFilter::default()
+            })
+            .await
+            .unwrap();
+        if ready.len() >= count {
+            return ready;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} ready versions never came");
+}
+
+#[tokio::test]
+async fn every_call_works_against_a_real_server() {
+    let (dir, origin, server) = started().await;
+    origin.set("data", "year,value\n2026,1\n");
+    let versions = client(&server);
+    let resource = versions
+        .resource(Method::GET, origin.url("/doc/data"))
+        .query([("year", "2026"), ("a", "1")])
+        .header("X-Team", "maps")
+        .strategy(Strategy::Never)
+        .limits(Limits {
+            max_unpinned: 5,
+            ..Limits::default()
+        })
+        .register()
+        .await
+        .unwrap();
+    let rid = resource.id().unwrap().to_owned();
+    // The same request in another order is the same resource.
+    let again = versions
+        .resource(Method::GET, origin.url("/doc/data?a=1"))
+        .query([("year", "2026")])
+        .header("x-team", "maps")
+        .strategy(Strategy::Never)
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(again.id(), Some(rid.as_str()));
+
+    let content = resource
+        .content(Selection::new().wait(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(content.source(), Source::Server);
+    let first = content.version().clone();
+    assert_eq!(first.status, VersionStatus::Ready);
+    let path = content.download_to_dir(dir.path()).await.unwrap();
+    assert_eq!(path.file_name().unwrap(), "data.txt", "named from Content-Disposition");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "year,value\n2026,1\n");
+
+    // More versions: fetch_now after each change.
+    for round in 1..=3 {
+        origin.set("data", &format!("year,value\n2026,{}\n", round + 1));
+        let pending = resource.fetch_now().await.unwrap();
+        assert!(matches!(
+            pending.status,
+            VersionStatus::Pending | VersionStatus::Downloading
+        ));
+        ready_versions(&resource, round + 1).await;
+    }
+    // Four versions, read two at a time: paging is transparent.
+    let all = resource.versions(VersionFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].id, first.id);
+
+    let oldest = resource.version(first.id.clone());
+    let pinned = oldest.pin(Some(Duration::from_secs(3600))).await.unwrap();
+    assert!(pinned.pinned && pinned.pinned_until.is_some());
+    let tagged = resource.version(all[1].id.clone()).tag("validated").await.unwrap();
+    assert_eq!(tagged.tags, ["validated"]);
+    let content = resource.content(Selection::new().prefer_pinned()).await.unwrap();
+    assert_eq!(content.version().id, first.id);
+    assert_eq!(content.bytes().await.unwrap(), "year,value\n2026,1\n");
+    let content = resource
+        .content(Selection::new().prefer_tag("validated"))
+        .await
+        .unwrap();
+    assert_eq!(content.version().id, all[1].id);
+
+    assert_eq!(
+        oldest.next().await.unwrap().map(|version| version.id),
+        Some(all[2].id.clone())
+    );
+    assert_eq!(oldest.previous().await.unwrap(), None);
+    assert!(!oldest.unpin().await.unwrap().pinned);
+    assert!(
+        resource
+            .version(all[1].id.clone())
+            .untag("validated")
+            .await
+            .unwrap()
+            .tags
+            .is_empty()
+    );
+
+    let updated = resource
+        .update(Some(Strategy::age(Duration::from_secs(86_400))), None)
+        .await
+        .unwrap();
+    assert_eq!(updated.strategy, Strategy::Age { seconds: 86_400 });
+    assert_eq!(updated.limits.max_unpinned, 5);
+    assert_eq!(versions.resources(None).await.unwrap().len(), 1);
+    assert_eq!(resource.get().await.unwrap().id, rid);
+
+    // Errors are typed, with the server's code.
+    match resource.version("no-such-version").pin(None).await {
+        Err(Error::NotFound { code, .. }) => assert_eq!(code, "not_found"),
+        other => panic!("{other:?}"),
+    }
+    match resource.version("latest").tag("not a tag").await {
+        Err(Error::Invalid { field, .. }) => assert_eq!(field.as_deref(), Some("tag")),
+        other => panic!("{other:?}"),
+    }
+    match resource.content(Selection::new().force_tag("nothing")).await {
+        Err(Error::NotFound { code, .. }) => assert_eq!(code, "no_matching_version"),
+        other => panic!("{other:?}"),
+    }
+    resource.version("latest").pin(None).await.unwrap();
+    match resource.delete(false).await {
+        Err(Error::Conflict { code, .. }) => assert_eq!(code, "pinned"),
+        other => panic!("{other:?}"),
+    }
+    resource.delete(true).await.unwrap();
+    assert!(matches!(resource.get().await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn tokens_and_groups_reach_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    origin.set("t", "token");
+    let env = [("EDGECACHE_SERVER_TOKEN", "client-token-0123456789")];
+    let server = VersionsServer::start(data.path(), PRIVATE, &env).await;
+    let anonymous = Client::new(server.url("")).unwrap();
+    let resource = anonymous.resource(Method::GET, origin.url("/plain/t"));
+    assert!(matches!(resource.register().await, Err(Error::Unauthorized { .. })));
+    let with_token = Client::builder(server.url(""))
+        .token("client-token-0123456789")
+        .group("maps")
+        .build()
+        .unwrap();
+    let registered = with_token
+        .resource(Method::GET, origin.url("/plain/t"))
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(registered.get().await.unwrap().group, "maps");
+    assert!(!format!("{with_token:?}").contains("client-token"));
+}
+
+#[tokio::test]
+async fn with_the_server_down_content_comes_from_the_origin_and_pins_are_offline() {
+    let (_dir, origin, server) = started().await;
+    origin.set("fallback", "straight from the origin");
+    let url = server.url("");
+    let versions = Client::new(url.clone()).unwrap();
+    let resource = versions
+        .resource(Method::GET, origin.url("/plain/fallback"))
+        .register()
+        .await
+        .unwrap();
+    ready_versions(&resource, 1).await;
+    server.kill9().await;
+
+    let content = resource.content(Selection::new()).await.unwrap();
+    assert_eq!(content.source(), Source::Local);
+    assert_eq!(content.version().id, "local");
+    assert_eq!(content.bytes().await.unwrap(), "straight from the origin");
+    assert!(matches!(
+        resource.version("latest").pin(None).await,
+        Err(Error::Offline { .. })
+    ));
+    assert!(matches!(versions.resources(None).await, Err(Error::Offline { .. })));
+    // Registering a new URL while down still serves it from the origin.
+    let unregistered = versions
+        .resource(Method::GET, origin.url("/plain/fallback"))
+        .query([("new", "1")])
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(unregistered.id(), None);
+    assert_eq!(
+        unregistered.content(Selection::new()).await.unwrap().source(),
+        Source::Local
+    );
+
+    let strict = Client::builder(url.clone()).local_fallback(false).build().unwrap();
+    let error = strict.resource_by_id("x").content(Selection::new()).await.unwrap_err();
+    assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains(url.trim_end_matches('/')), "{error}");
+}
+
+#[tokio::test]
+async fn the_middleware_answers_like_the_origin_with_the_version_header() {
+    let (_dir, origin, server) = started().await;
+    origin.set("mw", "body,through,the,server\n");
+    let middleware = VersionsMiddleware::new(client(&server))
+        .selection(Selection::new().wait(Duration::from_secs(30)))
+        .only(|url| url.path().starts_with("/doc/"));
+    let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(middleware)
+        .build();
+
+    let direct = reqwest::get(origin.url("/doc/mw")).await.unwrap();
+    let direct_type = direct.headers()["content-type"].clone();
+    let direct_body = direct.bytes().await.unwrap();
+    let before = origin.hits("/doc/mw");
+    let through = http.get(origin.url("/doc/mw")).send().await.unwrap();
+    assert_eq!(through.status(), 200);
+    assert!(through.headers().contains_key("x-edgecache-version"));
+    assert_eq!(through.headers()["content-type"], direct_type);
+    assert_eq!(
+        through.headers()["etag"],
+        "\"body-through-the-server-\"",
+        "the origin's own ETag"
+    );
+    assert_eq!(through.url().as_str(), origin.url("/doc/mw"));
+    assert_eq!(through.bytes().await.unwrap(), direct_body, "byte-identical");
+    // A second GET is a version the server holds: no new origin request.
+    let again = http.get(origin.url("/doc/mw")).send().await.unwrap();
+    assert_eq!(again.bytes().await.unwrap(), direct_body);
+    assert_eq!(origin.hits("/doc/mw"), before + 1);
+
+    // Other URLs and methods go straight to the origin.
+    origin.set("skip", "direct");
+    let plain = http.get(origin.url("/plain/skip")).send().await.unwrap();
+    assert!(!plain.headers().contains_key("x-edgecache-version"));
+    let posted = http.post(origin.url("/doc/mw")).send().await.unwrap();
+    assert!(!posted.headers().contains_key("x-edgecache-version"));
+    assert_eq!(origin.hits("/plain/skip"), 1);
+}
+
+#[tokio::test]
+async fn a_request_extension_overrides_the_middleware_selection() {
+    let (_dir, origin, server) = started().await;
+    origin.set("sel", "one");
+    let versions = client(&server);
+    let resource = versions
+        .resource(Method::GET, origin.url("/plain/sel"))
+        .register()
+        .await
+        .unwrap();
+    let first = ready_versions(&resource, 1).await[0].id.clone();
+    resource.version(first.clone()).pin(None).await.unwrap();
+    origin.set("sel", "two");
+    resource.fetch_now().await.unwrap();
+    ready_versions(&resource, 2).await;
+
+    let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(VersionsMiddleware::new(versions))
+        .build();
+    let newest = http.get(origin.url("/plain/sel")).send().await.unwrap();
+    assert_eq!(newest.text().await.unwrap(), "two");
+    let pinned = http
+        .get(origin.url("/plain/sel"))
+        .with_extension(Selection::new().prefer_pinned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pinned.headers()["x-edgecache-version"], first.as_str());
+    assert_eq!(pinned.text().await.unwrap(), "one");
+}
+
+#[tokio::test]
+async fn the_cli_registers_gets_pins_and_says_where_content_came_from() {
+    let (dir, origin, server) = started().await;
+    origin.set("cli", "from the command line");
+    let url = origin.url("/doc/cli");
+    let server_url = server.url("");
+    let out = dir.path().join("out.txt");
+    let run = common::edgecache([
+        "versions",
+        "get",
+        &url,
+        "--prefer-pinned",
+        "-o",
+        out.to_str().unwrap(),
+        "--server",
+        &server_url,
+    ])
+    .await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "from the command line");
+    assert!(
+        run.stderr.contains("version ")
+            && run
+                .stderr
+                .contains(&format!("from {}", server_url.trim_end_matches('/'))),
+        "{}",
+        run.stderr
+    );
+
+    let run = common::edgecache(["versions", "--server", &server_url, "--json", "list"]).await;
+    assert!(run.success, "{}", run.stderr);
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let rid = list[0]["id"].as_str().unwrap().to_owned();
+    let run = common::edgecache([
+        "versions",
+        "pin",
+        &rid,
+        "latest",
+        "--for",
+        "1d",
+        "--server",
+        &server_url,
+    ])
+    .await;
+    assert!(
+        run.success && run.stdout.contains("pinned until"),
+        "{} {}",
+        run.stdout,
+        run.stderr
+    );
+    let run = common::edgecache(["versions", "versions", &rid, "--server", &server_url]).await;
+    assert!(
+        run.success && run.stdout.contains("ready") && run.stdout.contains("pinned"),
+        "{}",
+        run.stdout
+    );
+
+    // Standard output, with the token from the environment.
+    let run = common::edgecache_with_env(["versions", "get", &url], &[("EDGECACHE_SERVER_URL", &server_url)]).await;
+    assert_eq!(run.stdout, "from the command line");
+
+    // The server down: the origin answers, and stderr says so.
+    server.kill9().await;
+    let run = common::edgecache(["versions", "get", &url, "--server", &server_url]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.stdout, "from the command line");
+    assert!(
+        run.stderr.contains("from the origin (server unreachable)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("unreachable").count(),
+        2,
+        "one warning and the source line: {}",
+        run.stderr
+    );
+
+    // Fallback off: one line naming the server.
+    let run = common::edgecache_with_env(
+        ["versions", "get", &url, "--server", &server_url],
+        &[("EDGECACHE_LOCAL_FALLBACK", "false")],
+    )
+    .await;
+    assert!(!run.success);
+    let error: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|line| line.starts_with("edgecache:"))
+        .collect();
+    assert_eq!(error.len(), 1, "{}", run.stderr);
+    assert!(
+        error[0].contains(server_url.trim_end_matches('/')) && error[0].contains("unreachable"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_misspelt_fallback_variable_is_an_error_naming_it() {
+    let run = common::edgecache_with_env(["versions", "list"], &[("EDGECACHE_LOCAL_FALLBACK", "flase")]).await;
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("EDGECACHE_LOCAL_FALLBACK") && run.stderr.contains("flase"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_large_version_downloads_to_a_file() {
+    let (dir, origin, server) = started().await;
+    let size: u64 = 32 * 1024 * 1024;
+    let versions = client(&server);
+    let resource = versions
+        .resource(Method::GET, origin.url(&format!("/bytes/{size}")))
+        .strategy(Strategy::Never)
+        .register()
+        .await
+        .unwrap();
+    let content = resource
+        .content(Selection::new().wait(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    let path = dir.path().join("large.bin");
+    assert_eq!(content.download_to(&path).await.unwrap(), size);
+    let written = std::fs::read(&path).unwrap();
+    assert!(
+        written
+            .iter()
+            .enumerate()
+            .all(|(index, byte)| *byte == pattern_byte(index as u64))
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+}

@@ -1,0 +1,48 @@
+//! A 200 MB version downloads to a file with bounded memory. Alone in its
+//! test binary, so the process's peak resident size is this test's.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::versions_server::{ContentOrigin, VersionsServer};
+use edgecache::versions::{Client, Selection, Strategy};
+
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[tokio::test]
+async fn a_200_mb_version_downloads_with_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    let server = VersionsServer::start(&dir.path().join("data"), &["--allow-private-origins"], &[]).await;
+    let size: u64 = 200 * 1000 * 1000;
+    let client = Client::new(server.url("")).unwrap();
+    let resource = client
+        .resource(http::Method::GET, origin.url(&format!("/bytes/{size}")))
+        .strategy(Strategy::Never)
+        .register()
+        .await
+        .unwrap();
+    let content = resource
+        .content(Selection::new().wait(Duration::from_secs(300)))
+        .await
+        .unwrap();
+    let before = peak_rss();
+    let path = dir.path().join("large.bin");
+    assert_eq!(content.download_to(&path).await.unwrap(), size);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    let grown = peak_rss().saturating_sub(before);
+    eprintln!(
+        "downloading {size} bytes grew this process's peak RSS by {} KiB",
+        grown / 1024
+    );
+    assert!(grown < 64 * 1024 * 1024, "peak RSS grew by {grown} bytes");
+}
