@@ -439,3 +439,35 @@ async fn a_large_version_downloads_to_a_file() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[tokio::test]
+async fn the_middleware_keeps_each_users_credentials_apart() {
+    let (_dir, origin, server) = started().await;
+    origin.set("private", "per user");
+    let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(VersionsMiddleware::new(client(&server)).selection(Selection::new().wait(Duration::from_secs(30))))
+        .build();
+    let mut versions = Vec::new();
+    for user in ["alice-secret", "bob-secret", "alice-secret"] {
+        let response = http
+            .get(origin.url("/doc/private"))
+            .bearer_auth(user)
+            .send()
+            .await
+            .unwrap();
+        versions.push(response.headers()["x-edgecache-version"].to_str().unwrap().to_owned());
+        assert_eq!(response.text().await.unwrap(), "per user");
+    }
+    assert_ne!(versions[0], versions[1], "two users, two resources");
+    assert_eq!(versions[0], versions[2]);
+    let seen: Vec<String> = origin
+        .seen("/doc/private")
+        .iter()
+        .map(|headers| headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        seen,
+        ["Bearer alice-secret", "Bearer bob-secret"],
+        "each fetched with its own credentials"
+    );
+}

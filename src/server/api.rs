@@ -153,7 +153,11 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(|value| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .map(str::trim);
         match presented.and_then(|token| state.tokens.check(token)) {
             Some(groups) => groups,
@@ -438,7 +442,10 @@ async fn register(State(state): Shared, Extension(groups): Extension<Groups>, bo
     };
     let key = resource_key(&state, &resource, &header_map)?;
     let (stored, created) = state.index.register(key, resource).await?;
-    if created {
+    // A resource never fetched yet may be one whose registration, racing
+    // this one, hasn't started its fetch: starting it here joins or starts
+    // that one fetch, so a waiting caller always has one to wait for.
+    if created || stored.last_checked_at.is_none() {
         state.worker.fetch(&stored.id).await?;
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

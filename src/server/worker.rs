@@ -78,9 +78,9 @@ impl Drop for ReadGuard {
         if let Some(count) = readers.get_mut(&self.version) {
             *count -= 1;
             if *count == 0 {
+                // If a collection spared it, the next one (after a fetch,
+                // or the periodic one) removes it.
                 readers.remove(&self.version);
-                // It may be beyond a limit now that nobody reads it.
-                self.worker.wake.notify_one();
             }
         }
     }
@@ -296,7 +296,7 @@ impl Worker {
                     Duration::from_secs(5)
                 }
             };
-            if last_collection.elapsed() >= MAX_SLEEP || !self.protected().is_empty() {
+            if last_collection.elapsed() >= MAX_SLEEP {
                 self.collect().await;
                 last_collection = tokio::time::Instant::now();
             }

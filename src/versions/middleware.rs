@@ -1,14 +1,18 @@
 //! [`VersionsMiddleware`]: a reqwest client's GETs, through the server.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use http::{Extensions, HeaderValue, Method};
 use reqwest_middleware::{Middleware, Next};
 
-use super::{Client, Selection, Strategy};
+use super::{Client, Error, ResourceHandle, Selection, Strategy};
 
 type UrlFilter = Arc<dyn Fn(&url::Url) -> bool + Send + Sync>;
+
+/// Registered resources remembered, so a repeated GET skips registering.
+const REMEMBERED: usize = 10_000;
 
 /// Sends a reqwest client's GETs through the versioned cache server: each
 /// URL is registered (or found), and the version a [`Selection`] picks is
@@ -39,6 +43,7 @@ pub struct VersionsMiddleware {
     selection: Selection,
     strategy: Option<Strategy>,
     filter: Option<UrlFilter>,
+    registered: Arc<Mutex<HashMap<String, ResourceHandle>>>,
 }
 
 impl std::fmt::Debug for VersionsMiddleware {
@@ -60,6 +65,7 @@ impl VersionsMiddleware {
             selection: Selection::new(),
             strategy: None,
             filter: None,
+            registered: Arc::default(),
         }
     }
 
@@ -82,6 +88,52 @@ impl VersionsMiddleware {
     }
 }
 
+impl VersionsMiddleware {
+    /// The request's resource, registered once per process (again if the
+    /// server forgot it), and the selected content.
+    async fn content(&self, request: &reqwest::Request, selection: Selection) -> Result<super::Content, Error> {
+        let mut url = request.url().clone();
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        url.set_fragment(None);
+        let remembered_as = identity(request);
+        let known = self.remembered().get(&remembered_as).cloned();
+        if let Some(handle) = known {
+            match handle.content(selection.clone()).await {
+                Err(Error::NotFound { code, .. }) if code == "not_found" => {
+                    self.remembered().remove(&remembered_as);
+                }
+                answer => return answer,
+            }
+        }
+        let mut resource = self.client.resource(Method::GET, url.as_str()).query(query);
+        for (name, value) in request.headers() {
+            if let Ok(value) = value.to_str() {
+                resource = resource.header(name.as_str(), value);
+            }
+        }
+        if let Some(strategy) = &self.strategy {
+            resource = resource.strategy(strategy.clone());
+        }
+        let handle = resource.register().await?;
+        if handle.id().is_some() {
+            let mut remembered = self.remembered();
+            if remembered.len() >= REMEMBERED {
+                remembered.clear();
+            }
+            remembered.insert(remembered_as, handle.clone());
+        }
+        handle.content(selection).await
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, ResourceHandle>> {
+        self.registered.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[async_trait]
 impl Middleware for VersionsMiddleware {
     async fn handle(
@@ -95,27 +147,12 @@ impl Middleware for VersionsMiddleware {
         if !through_server {
             return next.run(request, extensions).await;
         }
-        let mut url = request.url().clone();
-        let query: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(name, value)| (name.into_owned(), value.into_owned()))
-            .collect();
-        url.set_query(None);
-        url.set_fragment(None);
-        let mut resource = self.client.resource(Method::GET, url.as_str()).query(query);
-        for (name, value) in request.headers() {
-            if let Ok(value) = value.to_str() {
-                resource = resource.header(name.as_str(), value);
-            }
-        }
-        if let Some(strategy) = &self.strategy {
-            resource = resource.strategy(strategy.clone());
-        }
         let selection = extensions
             .get::<Selection>()
             .cloned()
             .unwrap_or_else(|| self.selection.clone());
-        let content = async { resource.register().await?.content(selection).await }
+        let content = self
+            .content(&request, selection)
             .await
             .map_err(|error| reqwest_middleware::Error::Middleware(error.into()))?;
         let version = content.version().clone();
@@ -153,4 +190,20 @@ impl Middleware for VersionsMiddleware {
             request.url(),
         ))
     }
+}
+
+/// A digest of everything that makes the request's resource: the URL and
+/// every header's raw value (a `Debug` form would hide sensitive values, and
+/// two users' credentials must never share a resource).
+fn identity(request: &reqwest::Request) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(request.url().as_str());
+    for (name, value) in request.headers() {
+        hasher.update([0]);
+        hasher.update(name.as_str());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+    }
+    crate::cache::key::hex_lower(&hasher.finalize())
 }
