@@ -6,20 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::versions_server::{ContentOrigin, VersionsServer, pattern_byte};
+use common::versions_server::{ContentOrigin, VersionsServer, pattern_byte, started};
 use edgecache::versions::{
     Client, Error, Limits, Selection, Source, Strategy, VersionFilter, VersionStatus, VersionsMiddleware,
 };
 use http::Method;
 
 const PRIVATE: &[&str] = &["--allow-private-origins"];
-
-async fn started() -> (tempfile::TempDir, ContentOrigin, VersionsServer) {
-    let data = tempfile::tempdir().unwrap();
-    let origin = ContentOrigin::start().await;
-    let server = VersionsServer::start(data.path(), PRIVATE, &[]).await;
-    (data, origin, server)
-}
 
 fn client(server: &VersionsServer) -> Client {
     Client::builder(server.url("")).page_size(2).build().unwrap()

@@ -6,18 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::versions_server::{ContentOrigin, VersionsServer, files_under, pattern_byte};
+use common::versions_server::{ContentOrigin, VersionsServer, files_under, pattern_byte, started};
 use http::Method;
 use serde_json::{Value, json};
 
 const PRIVATE: &[&str] = &["--allow-private-origins"];
-
-async fn started() -> (tempfile::TempDir, ContentOrigin, VersionsServer) {
-    let data = tempfile::tempdir().unwrap();
-    let origin = ContentOrigin::start().await;
-    let server = VersionsServer::start(data.path(), PRIVATE, &[]).await;
-    (data, origin, server)
-}
 
 fn ready(versions: &[Value]) -> Vec<&Value> {
     versions.iter().filter(|version| version["status"] == "ready").collect()
@@ -1001,4 +994,63 @@ async fn metrics_and_the_api_description_are_served() {
     }
     assert!(api["paths"]["/v1/resources"]["put"].is_object() && api["paths"]["/v1/resources"]["get"].is_object());
     assert!(api["components"]["schemas"]["Version"].is_object());
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_what_retry_after_asks() {
+    let (_data, origin, server) = started().await;
+    let started_at = std::time::Instant::now();
+    let rid = server
+        .register(json!({"url": origin.url("/flaky/1"), "strategy": {"kind": "never"}}))
+        .await;
+    let versions = server
+        .wait_for_versions(&rid, "a version", |versions| ready(versions).len() == 1)
+        .await;
+    assert_eq!(versions.len(), 1, "the retry made the one version: {versions:#?}");
+    assert_eq!(origin.hits("/flaky/1"), 2);
+    // Retry-After: 1 was honoured (the backoff alone starts at 0.25-0.5 s).
+    assert!(started_at.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn on_request_fetches_when_content_is_asked_for() {
+    let (_data, origin, server) = started().await;
+    origin.set("live", "first");
+    let rid = server
+        .register(
+            json!({"url": origin.url("/plain/live"), "strategy": {"kind": "on_request", "min_interval_seconds": 0}}),
+        )
+        .await;
+    server
+        .wait_for_versions(&rid, "a version", |versions| ready(versions).len() == 1)
+        .await;
+    let (_, resource) = server.call(Method::GET, &format!("/v1/resources/{rid}"), None).await;
+    assert!(resource["next_check_at"].is_null(), "nothing scheduled: {resource}");
+    let hits = origin.hits("/plain/live");
+    origin.set("live", "second");
+    let content = server
+        .request(Method::GET, &format!("/v1/resources/{rid}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.text().await.unwrap(), "second");
+    assert_eq!(origin.hits("/plain/live"), hits + 1);
+
+    // With an interval, a second request inside it is served as is.
+    let (status, _) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/resources/{rid}"),
+            Some(json!({"strategy": {"kind": "on_request", "min_interval_seconds": 3600}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    origin.set("live", "third");
+    let content = server
+        .request(Method::GET, &format!("/v1/resources/{rid}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(content.text().await.unwrap(), "second");
+    assert_eq!(origin.hits("/plain/live"), hits + 1);
 }

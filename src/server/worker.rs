@@ -18,7 +18,7 @@ use super::blobs::{Blobs, TempBlob};
 use super::guard;
 use super::index::{Finish, Index, IndexError};
 use crate::purge::Backoff;
-use crate::versions::{Resource, Strategy, Version, VersionStatus};
+use crate::versions::{Resource, Strategy, Version};
 
 /// How a fetch ended, as waiters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,39 +445,9 @@ impl Worker {
             self.blobs.discard(temp).await;
             return Ok(FetchEnd::Unchanged { latest: latest.id });
         }
-        let text = |name: HeaderName| {
-            headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        };
-        let version = Version {
-            id: version_id.to_owned(),
-            status: VersionStatus::Ready,
-            created_at: now,
-            fetched_at: None,
-            last_checked_at: None,
-            status_code: Some(status.as_u16()),
-            headers: headers
-                .iter()
-                .filter(|(name, _)| is_kept(name))
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_owned(),
-                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            size: Some(temp.size),
-            sha256: Some(temp.sha256.clone()),
-            media_type: text(http::header::CONTENT_TYPE),
-            etag: text(http::header::ETAG),
-            last_modified: text(http::header::LAST_MODIFIED),
-            tags: Vec::new(),
-            pinned: false,
-            pinned_until: None,
-            error: None,
-        };
+        let mut version = Version::from_origin(version_id.to_owned(), status.as_u16(), &headers, is_kept, now);
+        version.size = Some(temp.size);
+        version.sha256 = Some(temp.sha256.clone());
         Ok(FetchEnd::Ready {
             version: Box::new(version),
             temp,

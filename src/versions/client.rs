@@ -792,40 +792,17 @@ impl ResourceHandle {
 
 /// What a local fetch looks like as a version: id `local`.
 fn local_version(response: &reqwest::Response) -> Version {
-    let text = |name: http::HeaderName| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned)
-    };
-    Version {
-        id: "local".into(),
-        status: VersionStatus::Ready,
-        created_at: jiff::Timestamp::now(),
-        fetched_at: Some(jiff::Timestamp::now()),
-        last_checked_at: None,
-        status_code: Some(response.status().as_u16()),
-        headers: response
-            .headers()
-            .iter()
-            .map(|(name, value)| {
-                (
-                    name.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        size: response.content_length(),
-        sha256: None,
-        media_type: text(http::header::CONTENT_TYPE),
-        etag: text(http::header::ETAG),
-        last_modified: text(http::header::LAST_MODIFIED),
-        tags: Vec::new(),
-        pinned: false,
-        pinned_until: None,
-        error: None,
-    }
+    let now = jiff::Timestamp::now();
+    let mut version = Version::from_origin(
+        "local".into(),
+        response.status().as_u16(),
+        response.headers(),
+        |_| true,
+        now,
+    );
+    version.fetched_at = Some(now);
+    version.size = response.content_length();
+    version
 }
 
 /// A selection as the server's query parameters.

@@ -128,6 +128,53 @@ pub struct Version {
     pub error: Option<String>,
 }
 
+impl Version {
+    /// A ready version made from an origin's answer: its status, the
+    /// headers `keep` accepts, and the validators and media type. Size,
+    /// digest and times are the caller's to fill.
+    pub(crate) fn from_origin(
+        id: String,
+        status_code: u16,
+        headers: &http::HeaderMap,
+        keep: impl Fn(&http::HeaderName) -> bool,
+        now: Timestamp,
+    ) -> Self {
+        let text = |name: http::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            id,
+            status: VersionStatus::Ready,
+            created_at: now,
+            fetched_at: None,
+            last_checked_at: None,
+            status_code: Some(status_code),
+            headers: headers
+                .iter()
+                .filter(|(name, _)| keep(name))
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            size: None,
+            sha256: None,
+            media_type: text(http::header::CONTENT_TYPE),
+            etag: text(http::header::ETAG),
+            last_modified: text(http::header::LAST_MODIFIED),
+            tags: Vec::new(),
+            pinned: false,
+            pinned_until: None,
+            error: None,
+        }
+    }
+}
+
 /// When a resource's new versions are fetched. The default is
 /// [`Strategy::RemoteChanged`] with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -185,6 +185,14 @@ impl VersionsServer {
     }
 }
 
+/// A data directory, an origin, and a server allowed to fetch from it.
+pub async fn started() -> (tempfile::TempDir, ContentOrigin, VersionsServer) {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    let server = VersionsServer::start(data.path(), &["--allow-private-origins"], &[]).await;
+    (data, origin, server)
+}
+
 /// Files under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -219,6 +227,8 @@ struct OriginState {
 /// - `/plain/{name}`: the same body, without validators
 /// - `/bytes/{size}?chunk_delay_ms=N`: `size` bytes of a repeating
 ///   pattern, in 64 KiB chunks, without a length
+/// - `/flaky/{n}`: `429` with `Retry-After: 1` to the first `n` requests,
+///   then `ok`
 /// - anything while [`ContentOrigin::down`] is on: 503
 pub struct ContentOrigin {
     pub address: SocketAddr,
@@ -236,6 +246,7 @@ impl ContentOrigin {
             .route("/doc/{name}", axum::routing::get(doc))
             .route("/plain/{name}", axum::routing::get(plain))
             .route("/bytes/{size}", axum::routing::get(bytes))
+            .route("/flaky/{n}", axum::routing::get(flaky))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -332,4 +343,22 @@ async fn bytes(UrlPath(size): UrlPath<u64>, Query(query): Query<HashMap<String, 
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+async fn flaky(State(state): State<Arc<OriginState>>, UrlPath(n): UrlPath<usize>) -> Response {
+    let hits = state
+        .hits
+        .lock()
+        .unwrap()
+        .get(&format!("/flaky/{n}"))
+        .copied()
+        .unwrap_or(0);
+    if hits <= n {
+        return Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .body(Body::from("slow down"))
+            .unwrap();
+    }
+    Response::builder().body(Body::from("ok")).unwrap()
 }
