@@ -1054,3 +1054,11 @@ async fn on_request_fetches_when_content_is_asked_for() {
     assert_eq!(content.text().await.unwrap(), "second");
     assert_eq!(origin.hits("/plain/live"), hits + 1);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_is_refused() {
+    let (data, _origin, _server) = started().await;
+    let second = VersionsServer::try_start(data.path(), &[], &[]).await;
+    let log = second.err().expect("the second server must not start");
+    assert!(log.contains("another edgecache serve is using"), "{log}");
+}

@@ -113,6 +113,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another server uses the data directory.
+    #[error("another edgecache serve is using {0}")]
+    InUse(PathBuf),
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -136,6 +139,8 @@ pub enum ServerError {
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<api::AppState>,
+    /// Held while the server runs.
+    data_lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Server {
@@ -171,6 +176,15 @@ impl Server {
             source,
         };
         std::fs::create_dir_all(&config.data).map_err(data_error)?;
+        // One server per directory: a second would delete the first's
+        // downloads as strays. The lock goes with the process, even on kill -9.
+        let lock = std::fs::File::create(config.data.join("lock")).map_err(data_error)?;
+        if let Err(error) = lock.try_lock() {
+            return Err(match error {
+                std::fs::TryLockError::WouldBlock => ServerError::InUse(config.data.clone()),
+                std::fs::TryLockError::Error(error) => data_error(error),
+            });
+        }
         let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&config.data.join("index.sqlite3"))?);
         let blobs = Arc::new(blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?);
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -211,7 +225,11 @@ impl Server {
             allow_private: config.allow_private_origins,
             metrics: metrics_handle(),
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            data_lock: lock,
+        })
     }
 
     /// The address the server listens on (useful after binding port 0).
@@ -225,6 +243,7 @@ impl Server {
     /// responses in flight finish (for up to 30 s) and returns. Downloads
     /// under way are left to resume at the next start.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let _held = self.data_lock;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(self.state.worker.clone().schedule(stopped.clone()));
         let app = api::router(self.state);

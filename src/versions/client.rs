@@ -63,6 +63,7 @@ struct Inner {
     local: Option<ClientWithMiddleware>,
     offline: AtomicBool,
     page_size: u64,
+    wait: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -97,6 +98,7 @@ pub struct ClientBuilder {
     fallback: bool,
     cache: Option<CacheMiddleware>,
     page_size: u64,
+    wait: Duration,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -162,6 +164,14 @@ impl ClientBuilder {
     /// The cache the local fallback fetches through (default: 64 MiB in memory).
     pub fn fallback_cache(mut self, cache: CacheMiddleware) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// How long [`ResourceHandle::content`] waits for a first version when
+    /// its selection doesn't say (default 60 s; zero answers
+    /// [`Error::Pending`] at once).
+    pub fn default_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
         self
     }
 
@@ -243,6 +253,7 @@ impl ClientBuilder {
                 local,
                 offline: AtomicBool::new(false),
                 page_size: self.page_size,
+                wait: self.wait,
             }),
         })
     }
@@ -278,6 +289,7 @@ impl Client {
             fallback: true,
             cache: None,
             page_size: PAGE,
+            wait: Duration::from_secs(60),
         }
     }
 
@@ -461,7 +473,7 @@ async fn checked(response: reqwest::Response) -> Result<reqwest::Response> {
         .get(http::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
-    let bytes = response.bytes().await.unwrap_or_default();
+    let bytes = error_body(response).await;
     if status == 202 {
         return Err(Error::Pending {
             retry_after_seconds: retry_after.unwrap_or(1),
@@ -486,6 +498,20 @@ async fn checked(response: reqwest::Response) -> Result<reqwest::Response> {
         },
         _ => Error::Server { status, code, message },
     })
+}
+
+/// The start of an error answer: enough for the server's JSON, bounded
+/// whatever the other end sends.
+async fn error_body(mut response: reqwest::Response) -> Vec<u8> {
+    const MAX: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while body.len() < MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(MAX - body.len())]),
+            _ => break,
+        }
+    }
+    body
 }
 
 /// The request a resource stands for: what the local fallback sends.
@@ -719,10 +745,14 @@ impl ResourceHandle {
         }
     }
 
-    /// The version `selection` picks, and its body. With the server
-    /// unreachable and fallback on, the origin's answer instead
-    /// ([`Source::Local`]).
-    pub async fn content(&self, selection: Selection) -> Result<Content> {
+    /// The version `selection` picks, and its body. A resource just
+    /// registered has none yet: this waits for the first (see
+    /// [`ClientBuilder::default_wait`]). With the server unreachable and
+    /// fallback on, the origin's answer instead ([`Source::Local`]).
+    pub async fn content(&self, mut selection: Selection) -> Result<Content> {
+        if selection.wait.is_none() {
+            selection.wait = Some(self.client.inner.wait.as_secs());
+        }
         let query = selection_query(&selection);
         let path = match self.path("/content").await {
             Ok(path) => path,
