@@ -703,9 +703,15 @@ async fn select(state: &Arc<AppState>, groups: &Groups, rid: &str, selection: &S
     let mut changes = state.worker.changes();
     loop {
         changes.mark_unchanged();
+        // Asked before reading: a fetch records its version before it stops
+        // counting as under way, so "not fetching" and "nothing ready" read
+        // in this order mean there is nothing to wait for.
+        let fetching = state.worker.is_fetching(&resource.id).await;
         let ready = match ready.take() {
-            Some(ready) => ready,
-            None => match state.index.selectable(&resource.id, Timestamp::now()).await? {
+            // The first read came before `fetching` was asked: read again
+            // before concluding there is none.
+            Some(ready) if !ready.is_empty() => ready,
+            _ => match state.index.selectable(&resource.id, Timestamp::now()).await? {
                 Some((_, ready)) => ready,
                 None => return Err(ApiError::not_found("resource")),
             },
@@ -713,7 +719,6 @@ async fn select(state: &Arc<AppState>, groups: &Groups, rid: &str, selection: &S
         if let Some(version) = selection.pick(&ready) {
             return Ok(version.clone());
         }
-        let fetching = state.worker.is_fetching(&resource.id).await;
         if !ready.is_empty() || !fetching {
             let message = if ready.is_empty() {
                 "no version is ready (the last fetch failed; see the versions listing)"
