@@ -246,29 +246,37 @@ impl Worker {
     /// nothing references, and makes cron resources with `run_at_start`
     /// due.
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), IndexError> {
-        let unfinished = self.index.unfinished().await?;
-        {
-            let mut in_flight = self.in_flight.lock().await;
-            for (resource_id, version_id) in unfinished {
-                if in_flight.contains_key(&resource_id) {
-                    continue;
-                }
-                let Some(version) = self.index.version(&resource_id, &version_id, Timestamp::now()).await? else {
-                    continue;
-                };
-                tracing::info!(resource = %resource_id, version = %version_id, "restarting an unfinished download");
-                self.spawn(&mut in_flight, &resource_id, version);
-            }
-        }
-        let referenced = self.index.referenced_blobs().await?;
+        // Strays first, before any fetch can commit a blob; the referenced
+        // set is read under the lock that commits take.
         {
             let _lock = self.blobs.lock().await;
+            let referenced = self.index.referenced_blobs().await?;
             match self.blobs.sweep(&referenced).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "removed blobs no version references"),
                 Err(error) => tracing::warn!(%error, "could not list the blobs to remove strays"),
             }
         }
+        let unfinished = self.index.unfinished().await?;
+        let mut in_flight = self.in_flight.lock().await;
+        for (resource_id, version_id) in unfinished {
+            let now = Timestamp::now();
+            if in_flight.contains_key(&resource_id) {
+                // One fetch per resource: a second leftover is closed.
+                let superseded = Finish::Failed {
+                    status_code: None,
+                    error: "interrupted; another fetch of this resource was restarted".into(),
+                };
+                self.record(&resource_id, &version_id, superseded, now).await;
+                continue;
+            }
+            let Some(version) = self.index.version(&resource_id, &version_id, now).await? else {
+                continue;
+            };
+            tracing::info!(resource = %resource_id, version = %version_id, "restarting an unfinished download");
+            self.spawn(&mut in_flight, &resource_id, version);
+        }
+        drop(in_flight);
         self.index.schedule_run_at_start(Timestamp::now()).await
     }
 
