@@ -464,3 +464,40 @@ async fn the_middleware_keeps_each_users_credentials_apart() {
         "each fetched with its own credentials"
     );
 }
+
+#[tokio::test]
+async fn a_resource_described_during_an_outage_registers_as_described_when_the_server_is_back() {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    origin.set("late", "registered later");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let versions = Client::new(format!("http://{listen}")).unwrap();
+    let resource = versions
+        .resource(Method::GET, origin.url("/plain/late"))
+        .group("later")
+        .strategy(Strategy::Never)
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(resource.id(), None, "nothing to register with yet");
+    assert_eq!(
+        resource.content(Selection::new()).await.unwrap().source(),
+        Source::Local
+    );
+
+    let _server = VersionsServer::start(data.path(), &["--allow-private-origins", "--listen", &listen], &[]).await;
+    let content = resource.content(Selection::new()).await.unwrap();
+    assert_eq!(content.source(), Source::Server);
+    assert_eq!(content.bytes().await.unwrap(), "registered later");
+    let registered = resource.get().await.unwrap();
+    assert_eq!(
+        (registered.group.as_str(), &registered.strategy),
+        ("later", &Strategy::Never)
+    );
+    assert!(resource.id().is_some(), "the handle keeps its id");
+}

@@ -352,8 +352,9 @@ impl Client {
     pub fn resource_by_id(&self, id: impl Into<String>) -> ResourceHandle {
         ResourceHandle {
             client: self.clone(),
-            id: Some(id.into()),
+            id: Arc::new(std::sync::OnceLock::from(id.into())),
             spec: None,
+            registration: None,
         }
     }
 
@@ -578,30 +579,46 @@ impl ResourceBuilder {
     /// serves [`ResourceHandle::content`] from the origin, and registers
     /// when the server is back.
     pub async fn register(self) -> Result<ResourceHandle> {
-        let client = self.client.clone();
-        let mut handle = ResourceHandle {
-            client,
-            id: None,
-            spec: Some(self.spec),
+        let body = registration(&self.client, &self.spec, self.group, self.strategy, self.limits);
+        let handle = ResourceHandle {
+            client: self.client,
+            id: Arc::default(),
+            spec: Some(Arc::new(self.spec)),
+            registration: Some(Arc::new(body)),
         };
-        let body = handle.registration(self.group, self.strategy, self.limits);
-        match handle
-            .client
-            .send(Method::PUT, "v1/resources", &[], Some(&body))
-            .await?
-        {
-            Ok(response) => {
-                let resource: Resource = decode(checked(response).await?).await?;
-                handle.id = Some(resource.id);
-            }
-            Err(reason) => {
-                if handle.client.inner.local.is_none() {
-                    return Err(handle.client.unreachable(reason));
-                }
-            }
+        match handle.send_registration().await {
+            Ok(_) => Ok(handle),
+            Err(Error::Offline { .. }) => Ok(handle),
+            Err(error) => Err(error),
         }
-        Ok(handle)
     }
+}
+
+/// The registration body the server takes.
+fn registration(
+    client: &Client,
+    spec: &RequestSpec,
+    group: Option<String>,
+    strategy: Option<Strategy>,
+    limits: Option<Limits>,
+) -> Value {
+    let mut body = json!({
+        "method": spec.method.as_str(),
+        "url": spec.url,
+        "query": spec.query,
+        "headers": spec.headers,
+        "group": group.unwrap_or_else(|| client.inner.group.clone()),
+    });
+    if let Some(value) = spec.body.clone() {
+        body["body"] = value;
+    }
+    if let Some(strategy) = strategy {
+        body["strategy"] = serde_json::to_value(strategy).unwrap_or_default();
+    }
+    if let Some(limits) = limits {
+        body["limits"] = serde_json::to_value(limits).unwrap_or_default();
+    }
+    body
 }
 
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
@@ -613,8 +630,13 @@ async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
 #[derive(Debug, Clone)]
 pub struct ResourceHandle {
     client: Client,
-    id: Option<String>,
-    spec: Option<RequestSpec>,
+    /// Set once registered; shared by clones, so a handle registered
+    /// late (after an outage) stays registered.
+    id: Arc<std::sync::OnceLock<String>>,
+    spec: Option<Arc<RequestSpec>>,
+    /// The registration to send if the first attempt found the server
+    /// unreachable.
+    registration: Option<Arc<Value>>,
 }
 
 /// Which versions [`ResourceHandle::versions`] lists.
@@ -632,45 +654,30 @@ impl ResourceHandle {
     /// The resource's id; `None` while it couldn't be registered (server
     /// unreachable).
     pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
+        self.id.get().map(String::as_str)
     }
 
-    fn registration(&self, group: Option<String>, strategy: Option<Strategy>, limits: Option<Limits>) -> Value {
-        let spec = self.spec.as_ref();
-        let mut body = json!({
-            "method": spec.map(|spec| spec.method.as_str()),
-            "url": spec.map(|spec| spec.url.as_str()),
-            "query": spec.map(|spec| &spec.query),
-            "headers": spec.map(|spec| &spec.headers),
-            "group": group.unwrap_or_else(|| self.client.inner.group.clone()),
-        });
-        if let Some(value) = spec.and_then(|spec| spec.body.clone()) {
-            body["body"] = value;
-        }
-        if let Some(strategy) = strategy {
-            body["strategy"] = serde_json::to_value(strategy).unwrap_or_default();
-        }
-        if let Some(limits) = limits {
-            body["limits"] = serde_json::to_value(limits).unwrap_or_default();
-        }
-        body
+    /// Sends the registration (idempotent on the server) and keeps the id.
+    async fn send_registration(&self) -> Result<String> {
+        let body = self.registration.as_deref().ok_or_else(|| Error::Config {
+            name: "resource".into(),
+            message: "a handle made from an id can't register".into(),
+        })?;
+        let resource: Resource = self.client.json(Method::PUT, "v1/resources", &[], Some(body)).await?;
+        Ok(self.id.get_or_init(|| resource.id).clone())
     }
 
     /// The id, registering first if an earlier attempt found the server
     /// unreachable.
-    async fn ensure_id(&mut self) -> Result<String> {
-        if let Some(id) = &self.id {
-            return Ok(id.clone());
+    async fn ensure_id(&self) -> Result<String> {
+        match self.id.get() {
+            Some(id) => Ok(id.clone()),
+            None => self.send_registration().await,
         }
-        let body = self.registration(None, None, None);
-        let resource: Resource = self.client.json(Method::PUT, "v1/resources", &[], Some(&body)).await?;
-        self.id = Some(resource.id.clone());
-        Ok(resource.id)
     }
 
     async fn path(&self, suffix: &str) -> Result<String> {
-        let mut this = self.clone();
-        let id = this.ensure_id().await?;
+        let id = self.ensure_id().await?;
         Ok(format!("v1/resources/{id}{suffix}"))
     }
 
