@@ -1062,3 +1062,30 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     let log = second.err().expect("the second server must not start");
     assert!(log.contains("another edgecache serve is using"), "{log}");
 }
+
+#[tokio::test]
+async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    let server = VersionsServer::start(
+        data.path(),
+        &["--allow-private-origins", "--max-body-size", "100000"],
+        &[],
+    )
+    .await;
+    // Streamed without a length, so the limit is found while writing.
+    let rid = server
+        .register(json!({"url": origin.url("/bytes/300000"), "strategy": {"kind": "never"}}))
+        .await;
+    let versions = server
+        .wait_for_versions(&rid, "a failed fetch", |versions| {
+            versions.iter().any(|version| version["status"] == "failed")
+        })
+        .await;
+    assert!(
+        versions[0]["error"].as_str().unwrap().contains("--max-body-size"),
+        "{versions:#?}"
+    );
+    assert!(files_under(&data.path().join("objects/tmp")).is_empty());
+    assert!(files_under(&data.path().join("objects/sha256")).is_empty());
+}

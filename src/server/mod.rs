@@ -80,6 +80,9 @@ pub struct ServerConfig {
     /// Retries of a failed request to an origin: transport errors, 429 and
     /// 5xx (default 2).
     pub retries: u32,
+    /// The largest body fetched from an origin, in bytes (default 16 GiB);
+    /// a larger one is a failed version, not a full disk.
+    pub max_body_size: u64,
 }
 
 impl ServerConfig {
@@ -93,6 +96,7 @@ impl ServerConfig {
             max_fetches: 8,
             max_fetches_per_host: 2,
             retries: 2,
+            max_body_size: 16 << 30,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Server {
                 per_host: config.max_fetches_per_host,
                 retries: config.retries,
                 backoff: Backoff::default(),
+                max_body_size: config.max_body_size,
             },
         )?;
         let key_secret = KeySecret::new(&index.key_secret().await?);

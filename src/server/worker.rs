@@ -43,6 +43,8 @@ pub(crate) struct FetchLimits {
     pub(crate) per_host: usize,
     pub(crate) retries: u32,
     pub(crate) backoff: Backoff,
+    /// Bodies larger than this fail instead of filling the disk.
+    pub(crate) max_body_size: u64,
 }
 
 /// The fetcher and scheduler.
@@ -529,9 +531,19 @@ impl Worker {
             .writer(version_id)
             .await
             .map_err(|error| format!("could not start writing the body: {error}"))?;
+        let limit = self.limits.max_body_size;
+        let too_large = || format!("the body is larger than the server's limit of {limit} bytes (--max-body-size)");
+        if response.content_length().is_some_and(|length| length > limit) {
+            writer.abort().await;
+            return Err(too_large());
+        }
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
+                    if writer.size().saturating_add(chunk.len() as u64) > limit {
+                        writer.abort().await;
+                        return Err(too_large());
+                    }
                     if let Err(error) = writer.write(&chunk).await {
                         writer.abort().await;
                         return Err(format!("could not write the body: {error}"));

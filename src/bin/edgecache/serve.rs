@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Retries of a failed request to an origin (transport errors, 429, 5xx).
     #[arg(long, default_value_t = 2, value_name = "N")]
     retries: u32,
+    /// The largest body fetched from an origin, in bytes; larger fetches fail.
+    #[arg(long, default_value_t = 16 << 30, value_name = "BYTES")]
+    max_body_size: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -60,6 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_fetches = args.max_fetches;
     config.max_fetches_per_host = args.max_fetches_per_host;
     config.retries = args.retries;
+    config.max_body_size = args.max_body_size;
     let server = Server::bind(config).await.context("cannot start the server")?;
     eprintln!(
         "edgecache: serving {} on http://{}",
