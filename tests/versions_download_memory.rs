@@ -6,17 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::versions_server::{ContentOrigin, VersionsServer};
+use common::versions_server::{ContentOrigin, VersionsServer, peak_rss};
 use edgecache::versions::{Client, Selection, Strategy};
-
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
 
 #[tokio::test]
 async fn a_200_mb_version_downloads_with_bounded_memory() {
@@ -35,11 +26,11 @@ async fn a_200_mb_version_downloads_with_bounded_memory() {
         .content(Selection::new().wait(Duration::from_secs(300)))
         .await
         .unwrap();
-    let before = peak_rss();
+    let before = peak_rss("self");
     let path = dir.path().join("large.bin");
     assert_eq!(content.download_to(&path).await.unwrap(), size);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-    let grown = peak_rss().saturating_sub(before);
+    let grown = peak_rss("self").saturating_sub(before);
     eprintln!(
         "downloading {size} bytes grew this process's peak RSS by {} KiB",
         grown / 1024

@@ -25,7 +25,8 @@ use super::schedule::Schedule;
 use super::worker::{Outcome, Worker, request_url};
 use crate::cache::key::{KeyRules, KeySecret, RequestHead};
 use crate::versions::{
-    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, is_valid_tag,
+    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, encode_body,
+    is_valid_tag, strict_bool,
 };
 
 /// Listings return at most this many items per page.
@@ -263,14 +264,7 @@ fn query_u64(name: &str, value: &str) -> AppResult<u64> {
 }
 
 fn query_bool(name: &str, value: &str) -> AppResult<bool> {
-    match value {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(ApiError::invalid(
-            name,
-            format!("`{name}` must be true or false, not `{value}`"),
-        )),
-    }
+    strict_bool(value).ok_or_else(|| ApiError::invalid(name, format!("`{name}` must be true or false, not `{value}`")))
 }
 
 fn query_tag(name: &str, value: &str) -> AppResult<String> {
@@ -457,15 +451,8 @@ fn resource_key(state: &AppState, resource: &Resource, headers: &http::HeaderMap
     let url = request_url(resource).map_err(|message| ApiError::invalid("url", message))?;
     let method = http::Method::from_bytes(resource.method.as_bytes())
         .map_err(|_| ApiError::invalid("method", "invalid method"))?;
-    let body = match &resource.body {
-        None => Vec::new(),
-        Some(Value::String(text)) => text.clone().into_bytes(),
-        Some(other) => other.to_string().into_bytes(),
-    };
     let mut headers = headers.clone();
-    if resource.body.as_ref().is_some_and(|body| !body.is_string()) && !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
+    let body = encode_body(resource.body.as_ref(), &mut headers).unwrap_or_default();
     let head = RequestHead {
         method: &method,
         url: &url,

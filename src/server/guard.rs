@@ -67,6 +67,14 @@ pub(crate) fn check_literal(url: &url::Url) -> Result<(), String> {
     Ok(())
 }
 
+/// The public addresses `host` resolves to, and whether it resolved to
+/// anything at all.
+async fn public_addresses(host: &str) -> std::io::Result<(Vec<SocketAddr>, bool)> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let public = addrs.iter().copied().filter(|addr| !is_private(addr.ip())).collect();
+    Ok((public, !addrs.is_empty()))
+}
+
 /// A resolver that drops private addresses and fails when none is left.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PublicOnly;
@@ -74,27 +82,19 @@ pub(crate) struct PublicOnly;
 impl Resolve for PublicOnly {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = addrs.iter().copied().filter(|addr| !is_private(addr.ip())).collect();
-            if public.is_empty() && !addrs.is_empty() {
-                return Err(refusal(&host).into());
+            let (public, resolved) = public_addresses(name.as_str()).await?;
+            if public.is_empty() && resolved {
+                return Err(refusal(name.as_str()).into());
             }
             Ok(Box::new(public.into_iter()) as Addrs)
         })
     }
 }
 
-/// Whether every address `host` resolves to is private (`false` when it
+/// Whether every address `host` resolves to is refused (`false` when it
 /// doesn't resolve: the fetch will say so).
 pub(crate) async fn resolves_only_privately(host: &str) -> bool {
-    match tokio::net::lookup_host((host, 0)).await {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            !addrs.is_empty() && addrs.iter().all(|addr| is_private(addr.ip()))
-        }
-        Err(_) => false,
-    }
+    matches!(public_addresses(host).await, Ok((public, true)) if public.is_empty())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::blobs::{Blobs, TempBlob};
 use super::guard;
 use super::index::{Finish, Index, IndexError};
 use crate::purge::Backoff;
-use crate::versions::{Resource, Strategy, Version};
+use crate::versions::{Resource, Strategy, Version, encode_body, header_map, url_with_query};
 
 /// How a fetch ended, as waiters see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,17 +413,14 @@ impl Worker {
     async fn attempt(&self, resource_id: &str, version_id: &str) -> Result<FetchEnd, String> {
         let now = Timestamp::now();
         let index_error = |error: IndexError| error.to_string();
-        let resource = self
+        // The resource and its newest ready version, in one read.
+        let (resource, ready) = self
             .index
-            .resource(resource_id)
+            .selectable(resource_id, now)
             .await
             .map_err(index_error)?
             .ok_or("the resource was deleted")?;
-        let latest = self
-            .index
-            .version(resource_id, "latest", now)
-            .await
-            .map_err(index_error)?;
+        let latest = ready.into_iter().next();
         let url = request_url(&resource)?;
         if !self.allow_private {
             guard::check_literal(&url)?;
@@ -473,22 +470,9 @@ impl Worker {
         conditional: &HeaderMap,
     ) -> Result<reqwest::Response, String> {
         let method = Method::from_bytes(resource.method.as_bytes()).map_err(|_| "the stored method is invalid")?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &resource.headers {
-            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-                headers.append(name, value);
-            }
-        }
+        let mut headers = header_map(&resource.headers);
         headers.extend(conditional.clone());
-        let body = resource.body.as_ref().map(|body| match body {
-            serde_json::Value::String(text) => text.clone().into_bytes(),
-            other => other.to_string().into_bytes(),
-        });
-        if resource.body.as_ref().is_some_and(|body| !body.is_string())
-            && !headers.contains_key(http::header::CONTENT_TYPE)
-        {
-            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        }
+        let body = encode_body(resource.body.as_ref(), &mut headers);
         let mut attempt = 0;
         loop {
             let mut request = self
@@ -575,11 +559,7 @@ enum FetchEnd {
 
 /// The resource's URL with its query.
 pub(crate) fn request_url(resource: &Resource) -> Result<url::Url, String> {
-    let mut url = url::Url::parse(&resource.url).map_err(|error| format!("the stored URL is invalid: {error}"))?;
-    if !resource.query.is_empty() {
-        url.query_pairs_mut().extend_pairs(resource.query.iter());
-    }
-    Ok(url)
+    url_with_query(&resource.url, &resource.query).map_err(|error| format!("the stored URL is invalid: {error}"))
 }
 
 /// The validators a `remote_changed` check sends: the newest version's

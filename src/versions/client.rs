@@ -260,14 +260,10 @@ impl ClientBuilder {
 }
 
 fn strict_bool(name: &str, value: &str) -> Result<bool> {
-    match value.trim() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(Error::Config {
-            name: name.into(),
-            message: format!("`{other}` is not one of true, false, 1, 0"),
-        }),
-    }
+    super::strict_bool(value.trim()).ok_or_else(|| Error::Config {
+        name: name.into(),
+        message: format!("`{}` is not one of true, false, 1, 0", value.trim()),
+    })
 }
 
 impl Client {
@@ -796,25 +792,15 @@ impl ResourceHandle {
                 .client
                 .unreachable("the resource's request is not known here".into()));
         };
-        let mut url = Url::parse(&spec.url).map_err(|error| Error::Config {
+        let url = super::url_with_query(&spec.url, &spec.query).map_err(|error| Error::Config {
             name: "url".into(),
             message: error.to_string(),
         })?;
-        if !spec.query.is_empty() {
-            url.query_pairs_mut().extend_pairs(spec.query.iter());
-        }
-        let mut request = local.request(spec.method.clone(), url);
-        for (name, value) in &spec.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        match &spec.body {
-            Some(Value::String(text)) => request = request.body(text.clone()),
-            Some(other) => {
-                request = request
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(other.to_string())
-            }
-            None => {}
+        let mut headers = super::header_map(&spec.headers);
+        let body = super::encode_body(spec.body.as_ref(), &mut headers);
+        let mut request = local.request(spec.method.clone(), url).headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
         }
         let response = request.send().await.map_err(Error::Origin)?;
         let version = local_version(&response);

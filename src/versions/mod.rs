@@ -34,3 +34,4 @@ pub use middleware::VersionsMiddleware;
 pub use model::{
     ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, is_valid_tag,
 };
+pub(crate) use model::{encode_body, header_map, strict_bool, url_with_query};

@@ -434,6 +434,60 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+// How a resource's request is sent, the same way by the server's fetcher,
+// its key, and a client's local fallback.
+
+/// The URL with the query pairs appended.
+pub(crate) fn url_with_query(url: &str, query: &[(String, String)]) -> Result<url::Url, url::ParseError> {
+    let mut url = url::Url::parse(url)?;
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url)
+}
+
+/// The headers as a map; names or values a header can't carry are left out
+/// (registration refuses them, so only stored data could hold one).
+pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// The bytes of a `body` field: a string as it is; any other JSON value as
+/// JSON, with `Content-Type: application/json` added unless `headers`
+/// have one.
+pub(crate) fn encode_body(body: Option<&serde_json::Value>, headers: &mut http::HeaderMap) -> Option<Vec<u8>> {
+    match body? {
+        serde_json::Value::String(text) => Some(text.clone().into_bytes()),
+        other => {
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+            }
+            Some(other.to_string().into_bytes())
+        }
+    }
+}
+
+/// `true`, `false`, `1` or `0`, and nothing else.
+pub(crate) fn strict_bool(text: &str) -> Option<bool> {
+    match text {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// Whether `tag` is a valid tag: 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn is_valid_tag(tag: &str) -> bool {
     (1..=64).contains(&tag.len())

@@ -176,12 +176,7 @@ impl VersionsServer {
 
     /// The server's peak resident memory so far, in bytes (Linux).
     pub fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+        peak_rss(&self.pid().to_string())
     }
 }
 
@@ -191,6 +186,17 @@ pub async fn started() -> (tempfile::TempDir, ContentOrigin, VersionsServer) {
     let origin = ContentOrigin::start().await;
     let server = VersionsServer::start(data.path(), &["--allow-private-origins"], &[]).await;
     (data, origin, server)
+}
+
+/// The peak resident memory of process `pid` (or `self`) so far, in bytes
+/// (Linux; 0 elsewhere).
+pub fn peak_rss(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// Files under `dir`, recursively.
