@@ -1089,3 +1089,111 @@ async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
     assert!(files_under(&data.path().join("objects/tmp")).is_empty());
     assert!(files_under(&data.path().join("objects/sha256")).is_empty());
 }
+
+#[tokio::test]
+async fn fetches_run_at_most_two_per_host_and_eight_in_all() {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start_on_hosts(10).await;
+    let server = VersionsServer::start(data.path(), PRIVATE, &[]).await;
+    // Three resources on each of ten hosts: each registration starts a fetch.
+    let mut rids = Vec::new();
+    for (host, address) in origin.addresses.iter().enumerate() {
+        for n in 0..3 {
+            let url = format!("http://{address}/gate/host{host}-{n}");
+            rids.push(
+                server
+                    .register(json!({"url": url, "strategy": {"kind": "never"}}))
+                    .await,
+            );
+        }
+    }
+    for _ in 0..300 {
+        if origin.held() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a fetch that ignored the limits to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(origin.held(), 8, "fetches held at the origin\n{}", server.log());
+    assert_eq!(origin.peak_held(), (8, 2), "(in all, per host)");
+
+    origin.open_gate();
+    for rid in &rids {
+        server
+            .wait_for_versions(rid, "every resource's first version", |versions| {
+                ready(versions).len() == 1
+            })
+            .await;
+    }
+    assert_eq!(origin.peak_held(), (8, 2), "(in all, per host)");
+}
+
+#[tokio::test]
+async fn a_version_being_read_outlives_collection_until_its_reader_is_done() {
+    // Larger than what loopback sockets buffer, so the server is still
+    // streaming while the client pauses.
+    const SIZE: usize = 32 * 1024 * 1024;
+    let (_data, origin, server) = started().await;
+    origin.set("big", &"a".repeat(SIZE));
+    let rid = server
+        .register(json!({
+            "url": origin.url("/plain/big"),
+            "strategy": {"kind": "never"},
+            "limits": {"max_unpinned": 1},
+        }))
+        .await;
+    let versions = server
+        .wait_for_versions(&rid, "the first version", |versions| ready(versions).len() == 1)
+        .await;
+    let first = versions[0]["id"].as_str().unwrap().to_owned();
+
+    let mut reading = server
+        .request(Method::GET, &format!("/v1/resources/{rid}/versions/{first}/content"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reading.status(), 200);
+    let mut read = reading.chunk().await.unwrap().expect("a first chunk").len();
+
+    // A second version crosses max_unpinned = 1 while the first is read.
+    origin.set("big", &"b".repeat(SIZE));
+    let (status, pending) = server
+        .call(Method::POST, &format!("/v1/resources/{rid}/fetch"), None)
+        .await;
+    assert_eq!(status, 202, "{pending}");
+    server
+        .wait_for_versions(&rid, "the second version", |versions| {
+            versions
+                .iter()
+                .any(|version| version["id"] == pending["id"] && version["status"] == "ready")
+        })
+        .await;
+    let (status, kept) = server
+        .call(Method::GET, &format!("/v1/resources/{rid}/versions/{first}"), None)
+        .await;
+    assert_eq!(status, 200, "the version being read was collected: {kept}");
+
+    while let Some(chunk) = reading.chunk().await.unwrap() {
+        assert!(chunk.iter().all(|byte| *byte == b'a'), "the reader saw another body");
+        read += chunk.len();
+    }
+    assert_eq!(read, SIZE);
+    drop(reading);
+
+    // With its reader gone, the next collection removes it.
+    origin.set("big", &"c".repeat(SIZE));
+    server
+        .call(Method::POST, &format!("/v1/resources/{rid}/fetch"), None)
+        .await;
+    let versions = server
+        .wait_for_versions(&rid, "the limit to apply again", |versions| {
+            versions.len() == 1 && versions[0]["status"] == "ready"
+        })
+        .await;
+    assert_ne!(versions[0]["id"], first.as_str());
+    let (status, _) = server
+        .call(Method::GET, &format!("/v1/resources/{rid}/versions/{first}"), None)
+        .await;
+    assert_eq!(status, 404);
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -223,6 +223,17 @@ struct OriginState {
     hits: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<(String, HeaderMap)>>,
     down: AtomicBool,
+    gate: Gate,
+}
+
+/// Requests held at `/gate/…`: how many now, the most at once, and the
+/// most at once per `Host`.
+#[derive(Default)]
+struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+    held: AtomicUsize,
+    peak: AtomicUsize,
+    held_per_host: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 /// An origin on 127.0.0.1 serving what the test sets:
@@ -235,9 +246,13 @@ struct OriginState {
 ///   pattern, in 64 KiB chunks, without a length
 /// - `/flaky/{n}`: `429` with `Retry-After: 1` to the first `n` requests,
 ///   then `ok`
+/// - `/gate/{name}`: `name`, once [`ContentOrigin::open_gate`] is called;
+///   until then the request is held and counted
 /// - anything while [`ContentOrigin::down`] is on: 503
 pub struct ContentOrigin {
     pub address: SocketAddr,
+    /// Where it listens: `address`, then one per extra loopback address.
+    pub addresses: Vec<SocketAddr>,
     state: Arc<OriginState>,
 }
 
@@ -247,20 +262,54 @@ pub fn pattern_byte(index: u64) -> u8 {
 
 impl ContentOrigin {
     pub async fn start() -> ContentOrigin {
+        Self::start_on_hosts(1).await
+    }
+
+    /// An origin listening on `hosts` loopback addresses (127.0.0.1,
+    /// 127.0.0.2, …), so that a client sees that many different hosts.
+    pub async fn start_on_hosts(hosts: u8) -> ContentOrigin {
         let state = Arc::new(OriginState::default());
         let app = Router::new()
             .route("/doc/{name}", axum::routing::get(doc))
             .route("/plain/{name}", axum::routing::get(plain))
             .route("/bytes/{size}", axum::routing::get(bytes))
             .route("/flaky/{n}", axum::routing::get(flaky))
+            .route("/gate/{name}", axum::routing::get(gate))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("origin");
-        });
-        ContentOrigin { address, state }
+        let mut addresses = Vec::new();
+        for host in 1..=hosts.max(1) {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, host), 0))
+                .await
+                .expect("bind a loopback address");
+            addresses.push(listener.local_addr().expect("address"));
+            let app = app.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("origin");
+            });
+        }
+        ContentOrigin {
+            address: addresses[0],
+            addresses,
+            state,
+        }
+    }
+
+    /// Lets every held and later `/gate/…` request through.
+    pub fn open_gate(&self) {
+        self.state.gate.open.send_replace(true);
+    }
+
+    /// Requests held at the gate now.
+    pub fn held(&self) -> usize {
+        self.state.gate.held.load(Ordering::SeqCst)
+    }
+
+    /// The most requests held at the gate at once: in all, and for any one host.
+    pub fn peak_held(&self) -> (usize, usize) {
+        let per_host = self.state.gate.held_per_host.lock().unwrap();
+        let host_peak = per_host.values().map(|(_, peak)| *peak).max().unwrap_or(0);
+        (self.state.gate.peak.load(Ordering::SeqCst), host_peak)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -349,6 +398,34 @@ async fn bytes(UrlPath(size): UrlPath<u64>, Query(query): Query<HashMap<String, 
         .header("content-type", "application/octet-stream")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+async fn gate(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let gate = &state.gate;
+    let mut open = gate.open.subscribe();
+    {
+        // Counted under the lock, so the two peaks agree with each other.
+        let mut per_host = gate.held_per_host.lock().unwrap();
+        let (held, peak) = per_host.entry(host.clone()).or_default();
+        *held += 1;
+        *peak = (*peak).max(*held);
+        let now = gate.held.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.peak.fetch_max(now, Ordering::SeqCst);
+    }
+    let _ = open.wait_for(|open| *open).await;
+    {
+        let mut per_host = gate.held_per_host.lock().unwrap();
+        if let Some((held, _)) = per_host.get_mut(&host) {
+            *held -= 1;
+        }
+        gate.held.fetch_sub(1, Ordering::SeqCst);
+    }
+    Response::builder().body(Body::from(name)).unwrap()
 }
 
 async fn flaky(State(state): State<Arc<OriginState>>, UrlPath(n): UrlPath<usize>) -> Response {
