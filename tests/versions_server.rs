@@ -852,8 +852,14 @@ async fn bad_input_names_the_field() {
     assert_eq!(response.status(), 400);
     let error: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(error["error"]["code"], "invalid_json");
-    let (status, _) = server.call(Method::GET, "/v1/resources?limit=lots", None).await;
-    assert_eq!(status, 422);
+    for (query, field) in [("limit=lots", "limit"), ("group=", "group"), ("group=a%20b", "group")] {
+        let (status, error) = server.call(Method::GET, &format!("/v1/resources?{query}"), None).await;
+        assert_eq!(
+            (status, error["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{query}"
+        );
+    }
     let (_, list) = server.call(Method::GET, "/v1/resources", None).await;
     assert_eq!(list["total"], 0, "nothing half-written: {list}");
 
@@ -994,6 +1000,22 @@ async fn metrics_and_the_api_description_are_served() {
     }
     assert!(api["paths"]["/v1/resources"]["put"].is_object() && api["paths"]["/v1/resources"]["get"].is_object());
     assert!(api["components"]["schemas"]["Version"].is_object());
+    // What a generated client relies on: the bodies routes take, the
+    // parameters' types, and the one route that needs no token.
+    let registration = &api["components"]["schemas"]["Registration"];
+    assert_eq!(
+        api["paths"]["/v1/resources"]["put"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Registration"
+    );
+    assert_eq!(registration["required"], json!(["url"]), "{registration}");
+    assert_eq!(registration["additionalProperties"], false, "{registration}");
+    let parameters = api["paths"]["/v1/resources/{rid}/content"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let at = parameters.iter().find(|parameter| parameter["name"] == "at").unwrap();
+    assert_eq!(at["schema"]["format"], "date-time", "{at}");
+    assert_eq!(api["paths"]["/healthz"]["get"]["security"], json!([]));
+    assert!(api["paths"]["/metrics"]["get"]["responses"]["200"]["content"]["text/plain"].is_object());
 }
 
 #[tokio::test]

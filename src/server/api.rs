@@ -268,12 +268,17 @@ fn query_bool(name: &str, value: &str) -> AppResult<bool> {
 }
 
 fn query_tag(name: &str, value: &str) -> AppResult<String> {
+    checked_name(name, value, "a tag")
+}
+
+/// A tag or group name (1 to 64 of `A-Za-z0-9._-`); else a 422 naming `field`.
+fn checked_name(field: &str, value: &str, what: &str) -> AppResult<String> {
     if is_valid_tag(value) {
         Ok(value.to_owned())
     } else {
         Err(ApiError::invalid(
-            name,
-            format!("`{value}` is not a tag: 1 to 64 of A-Z a-z 0-9 . _ -"),
+            field,
+            format!("`{value}` is not {what}: 1 to 64 of A-Z a-z 0-9 . _ -"),
         ))
     }
 }
@@ -395,12 +400,7 @@ async fn register(State(state): Shared, Extension(groups): Extension<Groups>, bo
     }
     let body_value = object.remove("body").filter(|value| !value.is_null());
     let group = field::<String>(&mut object, "group")?.unwrap_or_else(|| "default".into());
-    if !is_valid_tag(&group) {
-        return Err(ApiError::invalid(
-            "group",
-            format!("`{group}` is not a group name: 1 to 64 of A-Z a-z 0-9 . _ -"),
-        ));
-    }
+    let group = checked_name("group", &group, "a group name")?;
     let strategy = field::<Strategy>(&mut object, "strategy")?.unwrap_or_default();
     check_strategy(&strategy)?;
     let limits = limits_over(Limits::default(), &mut object)?;
@@ -471,7 +471,7 @@ async fn list_resources(
     for (name, value) in query_pairs(raw.as_deref()) {
         if !paging(&name, &value, &mut skip, &mut limit)? {
             match name.as_str() {
-                "group" => group = Some(value),
+                "group" => group = Some(checked_name(&name, &value, "a group name")?),
                 _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
             }
         }

@@ -1,214 +1,419 @@
 //! The API description served at `/openapi.json`, built from the model's
 //! schemas and one table of routes.
 
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, OneOfBuilder, SchemaFormat};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder, PathItem, PathsBuilder,
-    Ref, Required, ResponseBuilder, Type,
+    Ref, RefOr, Required, ResponseBuilder, Schema, Type,
 };
 use utoipa::{IntoParams, PartialSchema};
 
-use crate::versions::{ErrorBody, ErrorDetail, Limits, Resource, Selection, Strategy, Version, VersionStatus};
+use crate::versions::{
+    Change, ErrorBody, ErrorDetail, Limits, Pin, Registration, Resource, Selection, Strategy, Version, VersionStatus,
+};
 
-/// method, path, summary, request schema, success status, response schema
-type Route = (
-    HttpMethod,
-    &'static str,
-    &'static str,
-    Option<&'static str>,
-    &'static str,
-    Option<&'static str>,
-);
+/// What a route answers on success.
+enum Answer {
+    /// A JSON value of this schema.
+    Json(&'static str),
+    /// `{items: [schema], total}`.
+    Page(&'static str),
+    /// A version's body, of the origin's media type.
+    Body,
+    /// Prometheus text.
+    Metrics,
+    /// `{"status":"ok"}`.
+    Health,
+    /// No body.
+    Empty,
+}
 
-const ROUTES: &[Route] = &[
-    (
-        HttpMethod::Put,
-        "/v1/resources",
-        "Register a resource (idempotent); 201 if new, 200 if it existed",
-        Some("Resource"),
-        "201",
-        Some("Resource"),
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources",
-        "List resources: {items, total}; ?group=&skip=&limit=",
-        None,
-        "200",
-        None,
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}",
-        "One resource",
-        None,
-        "200",
-        Some("Resource"),
-    ),
-    (
-        HttpMethod::Patch,
-        "/v1/resources/{rid}",
-        "Change strategy and limits; reschedules",
-        None,
-        "200",
-        Some("Resource"),
-    ),
-    (
-        HttpMethod::Delete,
-        "/v1/resources/{rid}",
-        "Delete a resource and its versions; 409 if pinned unless ?force=true",
-        None,
-        "204",
-        None,
-    ),
-    (
-        HttpMethod::Post,
-        "/v1/resources/{rid}/fetch",
-        "Fetch now; concurrent calls share one fetch",
-        None,
-        "202",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}/content",
-        "Select a version and stream it (X-Edgecache-Version)",
-        None,
-        "200",
-        None,
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}/versions",
-        "List versions, newest first; ?status=&tag=&pinned=&skip=&limit=",
-        None,
-        "200",
-        None,
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}/versions/select",
-        "The selected version's metadata",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}/versions/{vid}",
-        "One version; `latest` is the newest ready one",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Get,
-        "/v1/resources/{rid}/versions/{vid}/content",
-        "Stream a ready version (Range, If-None-Match)",
-        None,
-        "200",
-        None,
-    ),
-    (
-        HttpMethod::Put,
-        "/v1/resources/{rid}/versions/{vid}/pin",
-        "Pin, optionally for duration_seconds",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Delete,
-        "/v1/resources/{rid}/versions/{vid}/pin",
-        "Unpin",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Put,
-        "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
-        "Tag",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Delete,
-        "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
-        "Untag",
-        None,
-        "200",
-        Some("Version"),
-    ),
-    (
-        HttpMethod::Get,
-        "/healthz",
-        "Health (no token needed)",
-        None,
-        "200",
-        None,
-    ),
-    (HttpMethod::Get, "/metrics", "Prometheus metrics", None, "200", None),
+/// A query parameter's type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Tag,
+    Count,
+    Flag,
+    Status,
+    Time,
+}
+
+struct Route {
+    method: HttpMethod,
+    path: &'static str,
+    summary: &'static str,
+    /// The JSON body's schema, if the route takes one.
+    request: Option<&'static str>,
+    /// Success statuses (the first is the usual one) and what they carry.
+    answers: &'static [(&'static str, Answer)],
+    query: &'static [(&'static str, Kind, &'static str)],
+    /// Whether the route takes a selection (see [`Selection`]).
+    selects: bool,
+    /// Whether the route needs no token.
+    open: bool,
+}
+
+const PAGING: [(&str, Kind, &str); 2] = [
+    ("skip", Kind::Count, "How many to skip"),
+    ("limit", Kind::Count, "How many to answer (1 to 1000; default 100)"),
 ];
 
-fn json_content(schema: &str) -> utoipa::openapi::Content {
-    ContentBuilder::new()
-        .schema(Some(Ref::from_schema_name(schema)))
+const ROUTES: &[Route] = &[
+    Route {
+        method: HttpMethod::Put,
+        path: "/v1/resources",
+        summary: "Register a resource (idempotent); 201 if new, 200 with the existing one if not",
+        request: Some("Registration"),
+        answers: &[("201", Answer::Json("Resource")), ("200", Answer::Json("Resource"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources",
+        summary: "List resources",
+        request: None,
+        answers: &[("200", Answer::Page("Resource"))],
+        query: &[
+            ("group", Kind::Tag, "Only this group's resources"),
+            PAGING[0],
+            PAGING[1],
+        ],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}",
+        summary: "One resource",
+        request: None,
+        answers: &[("200", Answer::Json("Resource"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Patch,
+        path: "/v1/resources/{rid}",
+        summary: "Change strategy and limits; reschedules",
+        request: Some("Change"),
+        answers: &[("200", Answer::Json("Resource"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Delete,
+        path: "/v1/resources/{rid}",
+        summary: "Delete a resource and its versions; 409 if one is pinned, unless force=true",
+        request: None,
+        answers: &[("204", Answer::Empty)],
+        query: &[("force", Kind::Flag, "Delete even if a version is pinned")],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Post,
+        path: "/v1/resources/{rid}/fetch",
+        summary: "Fetch now; 202 with the pending version. Concurrent calls share one fetch",
+        request: None,
+        answers: &[("202", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}/content",
+        summary: "Select a version and stream its body, with X-Edgecache-Version; 202 with Retry-After if `wait` ran out",
+        request: None,
+        answers: &[("200", Answer::Body)],
+        query: &[],
+        selects: true,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}/versions",
+        summary: "List versions, newest first",
+        request: None,
+        answers: &[("200", Answer::Page("Version"))],
+        query: &[
+            ("status", Kind::Status, "Only versions in this state"),
+            ("tag", Kind::Tag, "Only versions with this tag"),
+            ("pinned", Kind::Flag, "Only pinned (true) or unpinned (false) versions"),
+            PAGING[0],
+            PAGING[1],
+        ],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}/versions/select",
+        summary: "The selected version's metadata",
+        request: None,
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: true,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}/versions/{vid}",
+        summary: "One version; `latest` is the newest ready one",
+        request: None,
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/v1/resources/{rid}/versions/{vid}/content",
+        summary: "Stream a ready version's body (ETag is its sha256; Range and If-None-Match honoured)",
+        request: None,
+        answers: &[("200", Answer::Body), ("206", Answer::Body), ("304", Answer::Empty)],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Put,
+        path: "/v1/resources/{rid}/versions/{vid}/pin",
+        summary: "Pin, for duration_seconds if given; 409 beyond max_pinned",
+        request: Some("Pin"),
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Delete,
+        path: "/v1/resources/{rid}/versions/{vid}/pin",
+        summary: "Unpin",
+        request: None,
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Put,
+        path: "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
+        summary: "Tag",
+        request: None,
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Delete,
+        path: "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
+        summary: "Untag",
+        request: None,
+        answers: &[("200", Answer::Json("Version"))],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/healthz",
+        summary: "Health; needs no token",
+        request: None,
+        answers: &[("200", Answer::Health)],
+        query: &[],
+        selects: false,
+        open: true,
+    },
+    Route {
+        method: HttpMethod::Get,
+        path: "/metrics",
+        summary: "Prometheus metrics",
+        request: None,
+        answers: &[("200", Answer::Metrics)],
+        query: &[],
+        selects: false,
+        open: false,
+    },
+];
+
+const TAG_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+
+fn schema_of(kind: Kind) -> RefOr<Schema> {
+    match kind {
+        Kind::Text => ObjectBuilder::new().schema_type(Type::String).into(),
+        Kind::Tag => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(TAG_PATTERN))
+            .into(),
+        Kind::Count => ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .maximum(Some(usize::MAX))
+            .into(),
+        Kind::Flag => ObjectBuilder::new().schema_type(Type::Boolean).into(),
+        Kind::Status => Ref::from_schema_name("VersionStatus").into(),
+        Kind::Time => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .into(),
+    }
+}
+
+/// The selection's query parameters, described by [`Selection`]'s fields,
+/// typed as the server reads them.
+fn selection_parameters() -> impl Iterator<Item = Parameter> {
+    Selection::into_params(|| Some(ParameterIn::Query))
+        .into_iter()
+        .map(|mut parameter| {
+            let kind = match parameter.name.as_str() {
+                "force_tag" | "prefer_tag" => Kind::Tag,
+                "force_pinned" | "prefer_pinned" | "fresh" => Kind::Flag,
+                "wait" => Kind::Count,
+                "at" => Kind::Time,
+                _ => Kind::Text,
+            };
+            parameter.schema = Some(schema_of(kind));
+            parameter
+        })
+}
+
+/// `query` in a registration: `[name, value]` pairs, or an object of
+/// names to values.
+pub(crate) fn query_schema() -> Schema {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let pairs = ArrayBuilder::new().items(ArrayBuilder::new().items(text()).min_items(Some(2)).max_items(Some(2)));
+    let names = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(text()));
+    OneOfBuilder::new()
+        .item(pairs)
+        .item(names)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some("Query parameters: `[name, value]` pairs, or an object"))
+        .into()
+}
+
+fn parameter(name: &str, place: ParameterIn, kind: Kind, description: Option<&str>) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(place.clone())
+        .required(if matches!(place, ParameterIn::Path) {
+            Required::True
+        } else {
+            Required::False
+        })
+        .description(description)
+        .schema(Some(schema_of(kind)))
         .build()
+}
+
+fn answer(summary: &str, answer: &Answer) -> utoipa::openapi::Response {
+    let json = |schema: RefOr<Schema>| ContentBuilder::new().schema(Some(schema)).build();
+    let response = ResponseBuilder::new().description(summary);
+    match answer {
+        Answer::Json(schema) => response.content("application/json", json(Ref::from_schema_name(*schema).into())),
+        Answer::Page(schema) => response.content(
+            "application/json",
+            json(
+                ObjectBuilder::new()
+                    .property("items", ArrayBuilder::new().items(Ref::from_schema_name(*schema)))
+                    .required("items")
+                    .property("total", schema_of(Kind::Count))
+                    .required("total")
+                    .into(),
+            ),
+        ),
+        // The origin's bytes, of the origin's media type: no schema.
+        Answer::Body => response.content("*/*", ContentBuilder::new().build()),
+        Answer::Metrics => response.content(
+            "text/plain",
+            ContentBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build(),
+        ),
+        Answer::Health => response.content(
+            "application/json",
+            json(
+                ObjectBuilder::new()
+                    .property("status", ObjectBuilder::new().schema_type(Type::String))
+                    .required("status")
+                    .into(),
+            ),
+        ),
+        Answer::Empty => response,
+    }
+    .build()
 }
 
 /// The OpenAPI document.
 pub(crate) fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
-    for (method, path, summary, request, status, response) in ROUTES {
-        let (path, summary, request, status, response) = (*path, *summary, *request, *status, *response);
-        let mut operation = OperationBuilder::new()
-            .summary(Some(summary))
-            .response(
-                status,
-                ResponseBuilder::new().description(summary).content(
+    for route in ROUTES {
+        let mut operation = OperationBuilder::new().summary(Some(route.summary));
+        for (status, success) in route.answers {
+            operation = operation.response(*status, answer(route.summary, success));
+        }
+        operation = operation.response(
+            "default",
+            ResponseBuilder::new()
+                .description("An error: {\"error\":{\"code\",\"message\",\"field\"?}}")
+                .content(
                     "application/json",
-                    response.map_or_else(|| ContentBuilder::new().build(), json_content),
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
                 ),
-            )
-            .response(
-                "default",
-                ResponseBuilder::new()
-                    .description("An error: {\"error\":{\"code\",\"message\",\"field\"?}}")
-                    .content("application/json", json_content("ErrorBody")),
-            );
-        for name in ["rid", "vid", "tag"] {
-            if path.contains(&format!("{{{name}}}")) {
-                operation = operation.parameter(
-                    ParameterBuilder::new()
-                        .name(name)
-                        .parameter_in(ParameterIn::Path)
-                        .required(Required::True)
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
-                );
+        );
+        for (name, kind) in [("rid", Kind::Text), ("vid", Kind::Text), ("tag", Kind::Tag)] {
+            if route.path.contains(&format!("{{{name}}}")) {
+                operation = operation.parameter(parameter(name, ParameterIn::Path, kind, None));
             }
         }
-        if path.ends_with("/content") && !path.contains("{vid}") || path.ends_with("/select") {
-            for parameter in Selection::into_params(|| Some(ParameterIn::Query)) {
+        for (name, kind, description) in route.query {
+            operation = operation.parameter(parameter(name, ParameterIn::Query, *kind, Some(description)));
+        }
+        if route.selects {
+            for parameter in selection_parameters() {
                 operation = operation.parameter(parameter);
             }
         }
-        if let Some(schema) = request {
+        if let Some(schema) = route.request {
             operation = operation.request_body(Some(
                 RequestBodyBuilder::new()
-                    .content("application/json", json_content(schema))
-                    .required(Some(Required::True))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name(schema)))
+                            .build(),
+                    )
+                    .required(Some(if schema == "Registration" {
+                        Required::True
+                    } else {
+                        Required::False
+                    }))
                     .build(),
             ));
         }
-        paths = paths.path(path, PathItem::new(method.clone(), operation.build()));
+        if route.open {
+            operation = operation.securities(Some(Vec::<SecurityRequirement>::new()));
+        }
+        paths = paths.path(route.path, PathItem::new(route.method.clone(), operation.build()));
     }
     let mut components =
         ComponentsBuilder::new().security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
     for (name, schema) in [
+        ("Registration", Registration::schema()),
+        ("Change", Change::schema()),
+        ("Pin", Pin::schema()),
         ("Resource", Resource::schema()),
         ("Version", Version::schema()),
         ("VersionStatus", VersionStatus::schema()),

@@ -11,11 +11,13 @@ use futures_util::Stream;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use reqwest_middleware::ClientWithMiddleware;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use url::Url;
 
 use super::error::{Error, Result};
-use super::{ErrorBody, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus};
+use super::{
+    Change, ErrorBody, Limits, Page, Pin, Registration, Resource, Selection, Strategy, Version, VersionStatus,
+};
 use crate::CacheMiddleware;
 use crate::store::MemoryStore;
 
@@ -598,23 +600,17 @@ fn registration(
     strategy: Option<Strategy>,
     limits: Option<Limits>,
 ) -> Value {
-    let mut body = json!({
-        "method": spec.method.as_str(),
-        "url": spec.url,
-        "query": spec.query,
-        "headers": spec.headers,
-        "group": group.unwrap_or_else(|| client.inner.group.clone()),
-    });
-    if let Some(value) = spec.body.clone() {
-        body["body"] = value;
-    }
-    if let Some(strategy) = strategy {
-        body["strategy"] = serde_json::to_value(strategy).unwrap_or_default();
-    }
-    if let Some(limits) = limits {
-        body["limits"] = serde_json::to_value(limits).unwrap_or_default();
-    }
-    body
+    let body = Registration {
+        method: spec.method.as_str().to_owned(),
+        url: spec.url.clone(),
+        query: spec.query.clone(),
+        headers: spec.headers.clone(),
+        body: spec.body.clone(),
+        group: group.unwrap_or_else(|| client.inner.group.clone()),
+        strategy,
+        limits,
+    };
+    serde_json::to_value(body).unwrap_or_default()
 }
 
 async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T> {
@@ -685,13 +681,7 @@ impl ResourceHandle {
     /// Changes the strategy and limits (`None` keeps the current one);
     /// the server reschedules.
     pub async fn update(&self, strategy: Option<Strategy>, limits: Option<Limits>) -> Result<Resource> {
-        let mut body = json!({});
-        if let Some(strategy) = strategy {
-            body["strategy"] = serde_json::to_value(strategy).unwrap_or_default();
-        }
-        if let Some(limits) = limits {
-            body["limits"] = serde_json::to_value(limits).unwrap_or_default();
-        }
+        let body = serde_json::to_value(Change { strategy, limits }).unwrap_or_default();
         self.client
             .json(Method::PATCH, &self.path("").await?, &[], Some(&body))
             .await
@@ -882,8 +872,11 @@ impl VersionHandle {
 
     /// Pins the version, for `duration` if given.
     pub async fn pin(&self, duration: Option<Duration>) -> Result<Version> {
-        let body = duration.map(|duration| json!({"duration_seconds": duration.as_secs().max(1)}));
-        self.call(Method::PUT, "/pin", body.as_ref()).await
+        let pin = Pin {
+            duration_seconds: duration.map(|duration| duration.as_secs().max(1)),
+        };
+        let body = serde_json::to_value(pin).unwrap_or_default();
+        self.call(Method::PUT, "/pin", Some(&body)).await
     }
 
     /// Unpins the version.

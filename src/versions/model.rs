@@ -26,7 +26,7 @@ pub struct Resource {
     /// The request body, if any: a JSON value, sent as JSON; a string is
     /// sent as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Value>))]
     pub body: Option<serde_json::Value>,
     /// The group the resource belongs to.
     pub group: String,
@@ -43,6 +43,67 @@ pub struct Resource {
     /// When the next scheduled fetch is due; `null` when none is scheduled.
     #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
     pub next_check_at: Option<Timestamp>,
+}
+
+/// The body of `PUT /v1/resources`: the request to keep versions of, and
+/// how. Only `url` is required.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+// For the schema: the server refuses unknown fields.
+#[serde(deny_unknown_fields)]
+pub(crate) struct Registration {
+    /// `GET` (the default), `POST` or `PUT`.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, pattern = "^(GET|POST|PUT)$"))]
+    pub(crate) method: String,
+    /// An `http` or `https` URL; its query joins `query`.
+    #[cfg_attr(
+        feature = "server",
+        schema(pattern = "^https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,4})?(/[A-Za-z0-9._~/-]*)?$")
+    )]
+    pub(crate) url: String,
+    /// Query parameters: `[name, value]` pairs, or an object.
+    #[cfg_attr(feature = "server", schema(schema_with = crate::server::query_schema, required = false))]
+    pub(crate) query: Vec<(String, String)>,
+    /// Request headers.
+    #[cfg_attr(feature = "server", schema(value_type = Option<BTreeMap<String, String>>))]
+    pub(crate) headers: BTreeMap<String, String>,
+    /// The request body: a JSON value, sent as JSON; a string is sent as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Value>))]
+    pub(crate) body: Option<serde_json::Value>,
+    /// The group (default `default`): 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._-]{1,64}$"))]
+    pub(crate) group: String,
+    /// When new versions are fetched (default: `remote_changed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) strategy: Option<Strategy>,
+    /// How many versions are kept; missing fields take their defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) limits: Option<Limits>,
+}
+
+/// The body of `PATCH /v1/resources/{rid}`: what is absent stays as it is.
+#[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Change {
+    /// When new versions are fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) strategy: Option<Strategy>,
+    /// How many versions are kept; missing fields keep their values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) limits: Option<Limits>,
+}
+
+/// The body of `PUT …/versions/{vid}/pin`; empty for a pin without end.
+#[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pin {
+    /// How long the pin lasts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(minimum = 1))]
+    pub(crate) duration_seconds: Option<u64>,
 }
 
 /// Where a version is in its life.
@@ -186,6 +247,7 @@ pub enum Strategy {
     /// Fetch again when the newest version is older than `seconds`.
     Age {
         /// The age that triggers a fetch.
+        #[cfg_attr(feature = "server", schema(minimum = 1))]
         seconds: u64,
     },
     /// Fetch on a schedule.
@@ -207,6 +269,7 @@ pub enum Strategy {
     RemoteChanged {
         /// How often the origin is asked.
         #[serde(default = "default_check_every")]
+        #[cfg_attr(feature = "server", schema(minimum = 1))]
         check_every_seconds: u64,
         /// The age after which a full GET is made regardless of validators.
         #[serde(default = "default_fallback_max_age")]
@@ -264,6 +327,7 @@ impl Strategy {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Ready versions kept that are not pinned (default 2).
+    #[cfg_attr(feature = "server", schema(minimum = 1))]
     pub max_unpinned: u32,
     /// Pinned versions allowed; a pin beyond is refused (default 10).
     pub max_pinned: u32,
@@ -293,6 +357,7 @@ pub struct Selection {
     pub force_version: Option<String>,
     /// Only versions with this tag.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub force_tag: Option<String>,
     /// Only pinned versions.
     #[serde(skip_serializing_if = "is_false")]
@@ -302,6 +367,7 @@ pub struct Selection {
     pub prefer_version: Option<String>,
     /// Preferably a version with this tag.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
     pub prefer_tag: Option<String>,
     /// Preferably a pinned version.
     #[serde(skip_serializing_if = "is_false")]
