@@ -62,87 +62,88 @@ const PAGING: [(&str, Kind, &str); 2] = [
     ("limit", Kind::Count, "How many to answer (1 to 1000; default 100)"),
 ];
 
-const ROUTES: &[Route] = &[
+/// A route that takes no body, no parameters but its path's, and a token.
+const fn route(
+    method: HttpMethod,
+    path: &'static str,
+    summary: &'static str,
+    answers: &'static [(&'static str, Answer)],
+) -> Route {
     Route {
-        method: HttpMethod::Put,
-        path: "/v1/resources",
-        summary: "Register a resource (idempotent); 201 if new, 200 with the existing one if not",
-        request: Some("Registration"),
-        answers: &[("201", Answer::Json("Resource")), ("200", Answer::Json("Resource"))],
+        method,
+        path,
+        summary,
+        request: None,
+        answers,
         query: &[],
         selects: false,
         open: false,
+    }
+}
+
+const ROUTES: &[Route] = &[
+    Route {
+        request: Some("Registration"),
+        ..route(
+            HttpMethod::Put,
+            "/v1/resources",
+            "Register a resource (idempotent); 201 if new, 200 with the existing one if not",
+            &[("201", Answer::Json("Resource")), ("200", Answer::Json("Resource"))],
+        )
     },
     Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources",
-        summary: "List resources",
-        request: None,
-        answers: &[("200", Answer::Page("Resource"))],
         query: &[
             ("group", Kind::Tag, "Only this group's resources"),
             PAGING[0],
             PAGING[1],
         ],
-        selects: false,
-        open: false,
+        ..route(
+            HttpMethod::Get,
+            "/v1/resources",
+            "List resources",
+            &[("200", Answer::Page("Resource"))],
+        )
     },
+    route(
+        HttpMethod::Get,
+        "/v1/resources/{rid}",
+        "One resource",
+        &[("200", Answer::Json("Resource"))],
+    ),
     Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}",
-        summary: "One resource",
-        request: None,
-        answers: &[("200", Answer::Json("Resource"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Patch,
-        path: "/v1/resources/{rid}",
-        summary: "Change strategy and limits; reschedules",
         request: Some("Change"),
-        answers: &[("200", Answer::Json("Resource"))],
-        query: &[],
-        selects: false,
-        open: false,
+        ..route(
+            HttpMethod::Patch,
+            "/v1/resources/{rid}",
+            "Change strategy and limits; reschedules",
+            &[("200", Answer::Json("Resource"))],
+        )
     },
     Route {
-        method: HttpMethod::Delete,
-        path: "/v1/resources/{rid}",
-        summary: "Delete a resource and its versions; 409 if one is pinned, unless force=true",
-        request: None,
-        answers: &[("204", Answer::Empty)],
         query: &[("force", Kind::Flag, "Delete even if a version is pinned")],
-        selects: false,
-        open: false,
+        ..route(
+            HttpMethod::Delete,
+            "/v1/resources/{rid}",
+            "Delete a resource and its versions; 409 if one is pinned, unless force=true",
+            &[("204", Answer::Empty)],
+        )
     },
+    route(
+        HttpMethod::Post,
+        "/v1/resources/{rid}/fetch",
+        "Fetch now; 202 with the pending version. Concurrent calls share one fetch",
+        &[("202", Answer::Json("Version"))],
+    ),
     Route {
-        method: HttpMethod::Post,
-        path: "/v1/resources/{rid}/fetch",
-        summary: "Fetch now; 202 with the pending version. Concurrent calls share one fetch",
-        request: None,
-        answers: &[("202", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}/content",
-        summary: "Select a version and stream its body, with X-Edgecache-Version; 202 with Retry-After if `wait` ran out",
-        request: None,
-        answers: &[("200", Answer::Body)],
-        query: &[],
         selects: true,
-        open: false,
+        ..route(
+            HttpMethod::Get,
+            "/v1/resources/{rid}/content",
+            "Select a version and stream its body, with X-Edgecache-Version; 202 with Retry-After if `wait` ran out",
+            &[("200", Answer::Body)],
+        )
     },
     Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}/versions",
-        summary: "List versions, newest first",
-        request: None,
-        answers: &[("200", Answer::Page("Version"))],
         query: &[
             ("status", Kind::Status, "Only versions in this state"),
             ("tag", Kind::Tag, "Only versions with this tag"),
@@ -150,99 +151,76 @@ const ROUTES: &[Route] = &[
             PAGING[0],
             PAGING[1],
         ],
-        selects: false,
-        open: false,
+        ..route(
+            HttpMethod::Get,
+            "/v1/resources/{rid}/versions",
+            "List versions, newest first",
+            &[("200", Answer::Page("Version"))],
+        )
     },
     Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}/versions/select",
-        summary: "The selected version's metadata",
-        request: None,
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
         selects: true,
-        open: false,
+        ..route(
+            HttpMethod::Get,
+            "/v1/resources/{rid}/versions/select",
+            "The selected version's metadata",
+            &[("200", Answer::Json("Version"))],
+        )
     },
+    route(
+        HttpMethod::Get,
+        "/v1/resources/{rid}/versions/{vid}",
+        "One version; `latest` is the newest ready one",
+        &[("200", Answer::Json("Version"))],
+    ),
+    route(
+        HttpMethod::Get,
+        "/v1/resources/{rid}/versions/{vid}/content",
+        "Stream a ready version's body (ETag is its sha256; Range and If-None-Match honoured)",
+        &[("200", Answer::Body), ("206", Answer::Body), ("304", Answer::Empty)],
+    ),
     Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}/versions/{vid}",
-        summary: "One version; `latest` is the newest ready one",
-        request: None,
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/v1/resources/{rid}/versions/{vid}/content",
-        summary: "Stream a ready version's body (ETag is its sha256; Range and If-None-Match honoured)",
-        request: None,
-        answers: &[("200", Answer::Body), ("206", Answer::Body), ("304", Answer::Empty)],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Put,
-        path: "/v1/resources/{rid}/versions/{vid}/pin",
-        summary: "Pin, for duration_seconds if given; 409 beyond max_pinned",
         request: Some("Pin"),
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
+        ..route(
+            HttpMethod::Put,
+            "/v1/resources/{rid}/versions/{vid}/pin",
+            "Pin, for duration_seconds if given; 409 beyond max_pinned",
+            &[("200", Answer::Json("Version"))],
+        )
     },
+    route(
+        HttpMethod::Delete,
+        "/v1/resources/{rid}/versions/{vid}/pin",
+        "Unpin",
+        &[("200", Answer::Json("Version"))],
+    ),
+    route(
+        HttpMethod::Put,
+        "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
+        "Tag",
+        &[("200", Answer::Json("Version"))],
+    ),
+    route(
+        HttpMethod::Delete,
+        "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
+        "Untag",
+        &[("200", Answer::Json("Version"))],
+    ),
     Route {
-        method: HttpMethod::Delete,
-        path: "/v1/resources/{rid}/versions/{vid}/pin",
-        summary: "Unpin",
-        request: None,
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Put,
-        path: "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
-        summary: "Tag",
-        request: None,
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Delete,
-        path: "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
-        summary: "Untag",
-        request: None,
-        answers: &[("200", Answer::Json("Version"))],
-        query: &[],
-        selects: false,
-        open: false,
-    },
-    Route {
-        method: HttpMethod::Get,
-        path: "/healthz",
-        summary: "Health; needs no token",
-        request: None,
-        answers: &[("200", Answer::Health)],
-        query: &[],
-        selects: false,
         open: true,
+        ..route(
+            HttpMethod::Get,
+            "/healthz",
+            "Health; needs no token",
+            &[("200", Answer::Health)],
+        )
     },
-    Route {
-        method: HttpMethod::Get,
-        path: "/metrics",
-        summary: "Prometheus metrics",
-        request: None,
-        answers: &[("200", Answer::Metrics)],
-        query: &[],
-        selects: false,
-        open: false,
-    },
+    route(
+        HttpMethod::Get,
+        "/metrics",
+        "Prometheus metrics",
+        &[("200", Answer::Metrics)],
+    ),
 ];
 
 const TAG_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
