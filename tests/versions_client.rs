@@ -39,6 +39,23 @@ async fn ready_versions(
     panic!("{count} ready versions never came");
 }
 
+/// Requests the server has answered, but for its metrics.
+async fn server_requests(server: &VersionsServer) -> u64 {
+    let metrics = server
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("edgecache_server_requests_total{") && !line.contains("route=\"/metrics\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 async fn every_call_works_against_a_real_server() {
     let (dir, origin, server) = started().await;
@@ -75,6 +92,7 @@ async fn every_call_works_against_a_real_server() {
     assert_eq!(content.source(), Source::Server);
     let first = content.version().clone();
     assert_eq!(first.status, VersionStatus::Ready);
+    assert_eq!(first, resource.version(first.id.clone()).get().await.unwrap());
     let path = content.download_to_dir(dir.path()).await.unwrap();
     assert_eq!(path.file_name().unwrap(), "data.txt", "named from Content-Disposition");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "year,value\n2026,1\n");
@@ -247,10 +265,14 @@ async fn the_middleware_answers_like_the_origin_with_the_version_header() {
     );
     assert_eq!(through.url().as_str(), origin.url("/doc/mw"));
     assert_eq!(through.bytes().await.unwrap(), direct_body, "byte-identical");
-    // A second GET is a version the server holds: no new origin request.
+    // A second GET is a version the server holds: no new origin request,
+    // and one request to the server (the resource is remembered, and the
+    // version's metadata comes with its body).
+    let asked = server_requests(&server).await;
     let again = http.get(origin.url("/doc/mw")).send().await.unwrap();
     assert_eq!(again.bytes().await.unwrap(), direct_body);
     assert_eq!(origin.hits("/doc/mw"), before + 1);
+    assert_eq!(server_requests(&server).await - asked, 1, "requests to the server");
 
     // Other URLs and methods go straight to the origin.
     origin.set("skip", "direct");

@@ -25,8 +25,8 @@ use super::schedule::Schedule;
 use super::worker::{Outcome, Worker, request_url};
 use crate::cache::key::{KeyRules, KeySecret, RequestHead};
 use crate::versions::{
-    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, encode_body,
-    is_valid_tag, strict_bool,
+    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, VERSION_METADATA, Version, VersionStatus,
+    encode_body, is_valid_tag, strict_bool,
 };
 
 /// Listings return at most this many items per page.
@@ -142,8 +142,36 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .merge(api)
+        .layer(axum::middleware::from_fn(count_request))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts answers by route template, method and status: a bounded set of
+/// labels whatever the callers send.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = match *request.method() {
+        http::Method::GET => "GET",
+        http::Method::PUT => "PUT",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    metrics::counter!(
+        "edgecache_server_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_str().to_owned(),
+    )
+    .increment(1);
+    response
 }
 
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
@@ -640,7 +668,12 @@ async fn select_content(
 ) -> AppResult<Response> {
     let selection = selection(raw.as_deref())?;
     let version = select(&state, &groups, &rid, &selection).await?;
-    content(&state, version, &headers).await
+    let metadata = version.to_header();
+    let mut response = content(&state, version, &headers).await?;
+    if let Some(metadata) = metadata {
+        response.headers_mut().insert(VERSION_METADATA, metadata);
+    }
+    Ok(response)
 }
 
 /// Runs a selection: fetches first when asked (`fresh`, or an

@@ -16,7 +16,8 @@ use url::Url;
 
 use super::error::{Error, Result};
 use super::{
-    Change, ErrorBody, Limits, Page, Pin, Registration, Resource, Selection, Strategy, Version, VersionStatus,
+    Change, ErrorBody, Limits, Page, Pin, Registration, Resource, Selection, Strategy, VERSION_METADATA, Version,
+    VersionStatus,
 };
 use crate::CacheMiddleware;
 use crate::store::MemoryStore;
@@ -755,13 +756,20 @@ impl ResourceHandle {
         match self.client.send(Method::GET, &path, &query, None).await? {
             Ok(response) => {
                 let response = checked(response).await?;
-                let id = response
-                    .headers()
-                    .get("x-edgecache-version")
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("latest")
-                    .to_owned();
-                let version = self.version(id).get().await?;
+                let carried = response.headers().get(VERSION_METADATA).and_then(Version::from_header);
+                let version = match carried {
+                    Some(version) => version,
+                    // A server that doesn't send it: ask.
+                    None => {
+                        let id = response
+                            .headers()
+                            .get("x-edgecache-version")
+                            .and_then(|value| value.to_str().ok())
+                            .unwrap_or("latest")
+                            .to_owned();
+                        self.version(id).get().await?
+                    }
+                };
                 Ok(Content {
                     version,
                     source: Source::Server,

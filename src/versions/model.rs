@@ -234,7 +234,30 @@ impl Version {
             error: None,
         }
     }
+
+    /// The version as a [`VERSION_METADATA`] header value; `None` if it
+    /// can't be one (never for a version the server made).
+    #[cfg(feature = "server")]
+    pub(crate) fn to_header(&self) -> Option<http::HeaderValue> {
+        use base64::Engine as _;
+        let json = serde_json::to_vec(self).ok()?;
+        http::HeaderValue::from_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)).ok()
+    }
+
+    /// Reads a [`VERSION_METADATA`] header value; `None` if it isn't one.
+    pub(crate) fn from_header(value: &http::HeaderValue) -> Option<Self> {
+        use base64::Engine as _;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value.as_bytes())
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
 }
+
+/// The response header that carries the selected version's metadata
+/// (base64url of its JSON) beside its body, so a client needs no second
+/// request to learn what it got.
+pub(crate) const VERSION_METADATA: &str = "x-edgecache-version-metadata";
 
 /// When a resource's new versions are fetched. The default is
 /// [`Strategy::RemoteChanged`] with its defaults.
@@ -678,5 +701,23 @@ mod tests {
         assert!(
             is_valid_tag("v1.2_ok-3") && !is_valid_tag("") && !is_valid_tag("a b") && !is_valid_tag(&"x".repeat(65))
         );
+    }
+
+    #[cfg(feature = "server")]
+    #[test]
+    fn a_version_travels_in_its_metadata_header() {
+        let mut original = version("v1", &["ok"], true, 100);
+        original.headers = vec![("content-type".into(), "text/csv; charset=ünïcode".into())];
+        let header = original.to_header().expect("a header value");
+        assert_eq!(Version::from_header(&header), Some(original));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_metadata_header_reads_as_a_version_or_nothing(bytes in proptest::collection::vec(0x20u8..0x7f, 0..200)) {
+            if let Ok(value) = http::HeaderValue::from_bytes(&bytes) {
+                let _ = Version::from_header(&value);
+            }
+        }
     }
 }
