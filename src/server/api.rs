@@ -668,7 +668,11 @@ async fn select_content(
 ) -> AppResult<Response> {
     let selection = selection(raw.as_deref())?;
     let version = select(&state, &groups, &rid, &selection).await?;
-    let metadata = version.to_header();
+    // Only for clients that ask: most callers want the body alone.
+    let metadata = headers
+        .contains_key(VERSION_METADATA)
+        .then(|| version.to_header())
+        .flatten();
     let mut response = content(&state, version, &headers).await?;
     if let Some(metadata) = metadata {
         response.headers_mut().insert(VERSION_METADATA, metadata);

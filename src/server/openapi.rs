@@ -139,7 +139,7 @@ const ROUTES: &[Route] = &[
         ..route(
             HttpMethod::Get,
             "/v1/resources/{rid}/content",
-            "Select a version and stream its body, with X-Edgecache-Version and X-Edgecache-Version-Metadata (base64url JSON of the version); 202 with Retry-After if `wait` ran out",
+            "Select a version and stream its body, with X-Edgecache-Version, and X-Edgecache-Version-Metadata (base64url JSON of the version) if the request carries that header; 202 with Retry-After if `wait` ran out",
             &[("200", Answer::Body)],
         )
     },

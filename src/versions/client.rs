@@ -201,6 +201,9 @@ impl ClientBuilder {
             base.set_path(&format!("{}/", base.path()));
         }
         let mut headers = self.headers;
+        // Asks for the selected version's metadata with its body, which
+        // saves `content` a second request.
+        headers.insert(VERSION_METADATA, HeaderValue::from_static("1"));
         let credential = match (&self.token, &self.basic) {
             (Some(token), _) => Some(format!("Bearer {token}")),
             (None, Some((user, password))) => {

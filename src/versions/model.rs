@@ -254,9 +254,9 @@ impl Version {
     }
 }
 
-/// The response header that carries the selected version's metadata
-/// (base64url of its JSON) beside its body, so a client needs no second
-/// request to learn what it got.
+/// The request header that asks for the selected version's metadata, and
+/// the response header that carries it (base64url of its JSON) beside its
+/// body, so a client needs no second request to learn what it got.
 pub(crate) const VERSION_METADATA: &str = "x-edgecache-version-metadata";
 
 /// When a resource's new versions are fetched. The default is
