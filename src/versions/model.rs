@@ -235,13 +235,18 @@ impl Version {
         }
     }
 
-    /// The version as a [`VERSION_METADATA`] header value; `None` if it
-    /// can't be one (never for a version the server made).
+    /// The version as a [`VERSION_METADATA`] header value; `None` past
+    /// 64 KiB (an origin with huge headers), where the client asks for the
+    /// metadata instead, so a response head stays within what clients read.
     #[cfg(feature = "server")]
     pub(crate) fn to_header(&self) -> Option<http::HeaderValue> {
         use base64::Engine as _;
         let json = serde_json::to_vec(self).ok()?;
-        http::HeaderValue::from_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)).ok()
+        let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        if encoded.len() > 64 * 1024 {
+            return None;
+        }
+        http::HeaderValue::from_str(&encoded).ok()
     }
 
     /// Reads a [`VERSION_METADATA`] header value; `None` if it isn't one.
@@ -709,7 +714,9 @@ mod tests {
         let mut original = version("v1", &["ok"], true, 100);
         original.headers = vec![("content-type".into(), "text/csv; charset=ünïcode".into())];
         let header = original.to_header().expect("a header value");
-        assert_eq!(Version::from_header(&header), Some(original));
+        assert_eq!(Version::from_header(&header), Some(original.clone()));
+        original.headers = vec![("x-huge".into(), "x".repeat(64 * 1024))];
+        assert_eq!(original.to_header(), None, "too large for a response head");
     }
 
     proptest::proptest! {
