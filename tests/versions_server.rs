@@ -1113,6 +1113,35 @@ async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
 }
 
 #[tokio::test]
+async fn a_fetch_that_would_leave_too_little_free_space_fails() {
+    let data = tempfile::tempdir().unwrap();
+    let origin = ContentOrigin::start().await;
+    // More free space than any disk has: every fetch is refused.
+    let floor = u64::MAX.to_string();
+    let server = VersionsServer::start(
+        data.path(),
+        &["--allow-private-origins", "--retries", "0", "--min-free-space", &floor],
+        &[],
+    )
+    .await;
+    let rid = server
+        .register(json!({"url": origin.url("/bytes/300000"), "strategy": {"kind": "never"}}))
+        .await;
+    let versions = server
+        .wait_for_versions(&rid, "a failed fetch", |versions| {
+            versions.iter().any(|version| version["status"] == "failed")
+        })
+        .await;
+    let error = versions[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("MiB free") && error.contains("--min-free-space"),
+        "{error}"
+    );
+    assert!(files_under(&data.path().join("objects/tmp")).is_empty());
+    assert!(files_under(&data.path().join("objects/sha256")).is_empty());
+}
+
+#[tokio::test]
 async fn fetches_run_at_most_two_per_host_and_eight_in_all() {
     let data = tempfile::tempdir().unwrap();
     let origin = ContentOrigin::start_on_hosts(10).await;

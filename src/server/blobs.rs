@@ -40,6 +40,7 @@ impl quick_cache::Weighter<String, Bytes> for BodyBytes {
 
 /// The blob store.
 pub(crate) struct Blobs {
+    root: std::path::PathBuf,
     store: Arc<LocalFileSystem>,
     small: quick_cache::sync::Cache<String, Bytes, BodyBytes>,
     /// Held while blobs are committed or deleted, so a collection never
@@ -86,10 +87,25 @@ impl Blobs {
             .with_automatic_cleanup(true)
             .with_fsync(true);
         Ok(Self {
+            root: dir.to_owned(),
             store: Arc::new(store),
             small: quick_cache::sync::Cache::with_weighter(4096, SMALL_BODIES_TOTAL, BodyBytes),
             lock: Mutex::new(()),
         })
+    }
+
+    /// Bytes an unprivileged writer may still use on the disk holding the
+    /// blobs; `None` where that can't be told.
+    pub(crate) fn free_space(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            let stats = rustix::fs::statvfs(&self.root).ok()?;
+            stats.f_bavail.checked_mul(stats.f_frsize)
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
     }
 
     /// Starts writing the body of `version_id`.

@@ -84,6 +84,10 @@ pub struct ServerConfig {
     /// The largest body fetched from an origin, in bytes (default 16 GiB);
     /// a larger one is a failed version, not a full disk.
     pub max_body_size: u64,
+    /// Free space, in bytes, that fetches leave on the disk holding the
+    /// data directory (default 100 MiB); a fetch that would go below fails,
+    /// so the index always has room to record it.
+    pub min_free_space: u64,
 }
 
 impl ServerConfig {
@@ -98,6 +102,7 @@ impl ServerConfig {
             max_fetches_per_host: 2,
             retries: 2,
             max_body_size: 16 << 30,
+            min_free_space: 100 << 20,
         }
     }
 }
@@ -208,6 +213,7 @@ impl Server {
                 retries: config.retries,
                 backoff: Backoff::default(),
                 max_body_size: config.max_body_size,
+                min_free_space: config.min_free_space,
             },
         )?;
         let key_secret = KeySecret::new(&index.key_secret().await?);

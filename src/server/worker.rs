@@ -45,7 +45,12 @@ pub(crate) struct FetchLimits {
     pub(crate) backoff: Backoff,
     /// Bodies larger than this fail instead of filling the disk.
     pub(crate) max_body_size: u64,
+    /// A fetch that would leave less free space than this fails.
+    pub(crate) min_free_space: u64,
 }
+
+/// How often, in bytes written, a download checks the free space again.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
 /// The fetcher and scheduler.
 pub(crate) struct Worker {
@@ -508,6 +513,25 @@ impl Worker {
         }
     }
 
+    /// Why writing `needed` more bytes would leave too little free space,
+    /// if it would.
+    fn short_of_space(&self, needed: u64) -> Option<String> {
+        let floor = self.limits.min_free_space;
+        let free = self.blobs.free_space()?;
+        (free < floor.saturating_add(needed)).then(|| {
+            format!(
+                "the disk holding the data directory has {} MiB free; the server keeps {} MiB free (--min-free-space){}",
+                free >> 20,
+                floor >> 20,
+                if needed > 0 {
+                    format!(" and the body is {} MiB", needed >> 20)
+                } else {
+                    String::new()
+                }
+            )
+        })
+    }
+
     /// Streams the body to a temporary blob.
     async fn download(&self, version_id: &str, mut response: reqwest::Response) -> Result<TempBlob, String> {
         let mut writer = self
@@ -521,12 +545,24 @@ impl Worker {
             writer.abort().await;
             return Err(too_large());
         }
+        if let Some(short) = self.short_of_space(response.content_length().unwrap_or(0)) {
+            writer.abort().await;
+            return Err(short);
+        }
+        let mut next_space_check = SPACE_CHECK_EVERY;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if writer.size().saturating_add(chunk.len() as u64) > limit {
                         writer.abort().await;
                         return Err(too_large());
+                    }
+                    if writer.size() >= next_space_check {
+                        next_space_check = writer.size().saturating_add(SPACE_CHECK_EVERY);
+                        if let Some(short) = self.short_of_space(0) {
+                            writer.abort().await;
+                            return Err(short);
+                        }
                     }
                     if let Err(error) = writer.write(&chunk).await {
                         writer.abort().await;

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// The largest body fetched from an origin, in bytes; larger fetches fail.
     #[arg(long, default_value_t = 16 << 30, value_name = "BYTES")]
     max_body_size: u64,
+    /// Free space, in bytes, that fetches leave on the data directory's
+    /// disk; a fetch that would go below fails (default 100 MiB).
+    #[arg(long, default_value_t = 100 << 20, value_name = "BYTES")]
+    min_free_space: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_fetches_per_host = args.max_fetches_per_host;
     config.retries = args.retries;
     config.max_body_size = args.max_body_size;
+    config.min_free_space = args.min_free_space;
     let server = Server::bind(config).await.context("cannot start the server")?;
     eprintln!(
         "edgecache: serving {} on http://{}",
