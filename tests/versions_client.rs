@@ -41,15 +41,9 @@ async fn ready_versions(
 
 /// Requests the server has answered, but for its metrics.
 async fn server_requests(server: &VersionsServer) -> u64 {
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
+    server
+        .metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
         .lines()
         .filter(|line| line.starts_with("edgecache_server_requests_total{") && !line.contains("route=\"/metrics\""))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())

@@ -976,14 +976,7 @@ async fn metrics_and_the_api_description_are_served() {
         .await
         .unwrap();
     assert_eq!(body.text().await.unwrap(), "measured");
-    let metrics = server
-        .request(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("edgecache_server_fetches_total{outcome=\"new_version\"} 1"),
         "{metrics}"
@@ -1085,17 +1078,13 @@ async fn a_second_server_on_the_same_directory_is_refused() {
     assert!(log.contains("another edgecache serve is using"), "{log}");
 }
 
-#[tokio::test]
-async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
+/// Registers a 300,000-byte body, streamed without a length, on a server
+/// started with `args`; answers the error of the failed fetch, once it is
+/// sure the fetch left no files.
+async fn a_failed_fetch_leaving_no_files(args: &[&str]) -> String {
     let data = tempfile::tempdir().unwrap();
     let origin = ContentOrigin::start().await;
-    let server = VersionsServer::start(
-        data.path(),
-        &["--allow-private-origins", "--max-body-size", "100000"],
-        &[],
-    )
-    .await;
-    // Streamed without a length, so the limit is found while writing.
+    let server = VersionsServer::start(data.path(), args, &[]).await;
     let rid = server
         .register(json!({"url": origin.url("/bytes/300000"), "strategy": {"kind": "never"}}))
         .await;
@@ -1104,41 +1093,29 @@ async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
             versions.iter().any(|version| version["status"] == "failed")
         })
         .await;
-    assert!(
-        versions[0]["error"].as_str().unwrap().contains("--max-body-size"),
-        "{versions:#?}"
-    );
     assert!(files_under(&data.path().join("objects/tmp")).is_empty());
     assert!(files_under(&data.path().join("objects/sha256")).is_empty());
+    versions[0]["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_body_over_the_size_limit_fails_instead_of_filling_the_disk() {
+    // Without a length, the limit is found while writing.
+    let error = a_failed_fetch_leaving_no_files(&["--allow-private-origins", "--max-body-size", "100000"]).await;
+    assert!(error.contains("--max-body-size"), "{error}");
 }
 
 #[tokio::test]
 async fn a_fetch_that_would_leave_too_little_free_space_fails() {
-    let data = tempfile::tempdir().unwrap();
-    let origin = ContentOrigin::start().await;
     // More free space than any disk has: every fetch is refused.
     let floor = u64::MAX.to_string();
-    let server = VersionsServer::start(
-        data.path(),
-        &["--allow-private-origins", "--retries", "0", "--min-free-space", &floor],
-        &[],
-    )
-    .await;
-    let rid = server
-        .register(json!({"url": origin.url("/bytes/300000"), "strategy": {"kind": "never"}}))
-        .await;
-    let versions = server
-        .wait_for_versions(&rid, "a failed fetch", |versions| {
-            versions.iter().any(|version| version["status"] == "failed")
-        })
-        .await;
-    let error = versions[0]["error"].as_str().unwrap();
+    let error =
+        a_failed_fetch_leaving_no_files(&["--allow-private-origins", "--retries", "0", "--min-free-space", &floor])
+            .await;
     assert!(
         error.contains("MiB free") && error.contains("--min-free-space"),
         "{error}"
     );
-    assert!(files_under(&data.path().join("objects/tmp")).is_empty());
-    assert!(files_under(&data.path().join("objects/sha256")).is_empty());
 }
 
 #[tokio::test]

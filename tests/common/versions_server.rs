@@ -101,6 +101,17 @@ impl VersionsServer {
         }
     }
 
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .request(http::Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("server answers");
+        assert_eq!(response.status(), 200, "/metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// Sends a request and answers the status and the JSON body (`Null` when empty).
     pub async fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.request(method, path);
