@@ -42,6 +42,7 @@ pub struct CacheBuilder {
     key_fn: Option<crate::cache::key::KeyFn>,
     cache_control: bool,
     shared: bool,
+    targeted_fields: Vec<http::HeaderName>,
     heuristic_max: Duration,
     x_cache_header: bool,
     cache_status_header: bool,
@@ -67,6 +68,7 @@ impl fmt::Debug for CacheBuilder {
             .field("match_headers", &self.match_headers)
             .field("cache_control", &self.cache_control)
             .field("shared", &self.shared)
+            .field("targeted_fields", &self.targeted_fields)
             .field("heuristic_max", &self.heuristic_max)
             .field("max_body_size", &self.max_body_size)
             // Whether entries are signed, never the keys.
@@ -95,6 +97,7 @@ impl Default for CacheBuilder {
             key_fn: None,
             cache_control: true,
             shared: false,
+            targeted_fields: crate::cache::targeted::default_targets(),
             heuristic_max: Duration::from_secs(86_400),
             x_cache_header: true,
             cache_status_header: true,
@@ -158,6 +161,35 @@ impl CacheBuilder {
     /// users. Default: `false` (a private cache, for one user's client).
     pub fn shared(mut self, shared: bool) -> Self {
         self.shared = shared;
+        self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) a **shared** cache
+    /// obeys, most specific first. When a response carries one of them with
+    /// a valid value, the first such field replaces `Cache-Control` and
+    /// `Expires` for this cache: an origin can say `CDN-Cache-Control:
+    /// max-age=3600` to the edge and `Cache-Control: no-store` to browsers.
+    /// A field that isn't a valid Structured Field Dictionary is ignored.
+    /// A private cache ignores these fields, as RFC 9213 says.
+    ///
+    /// Default: `Edgecache-Cache-Control`, then `CDN-Cache-Control`. An
+    /// empty list turns targeted fields off.
+    ///
+    /// ```
+    /// use edgecache::CacheMiddleware;
+    /// use http::HeaderName;
+    ///
+    /// let cache = CacheMiddleware::builder()
+    ///     .shared(true)
+    ///     .targeted_fields([
+    ///         HeaderName::from_static("gateway-cache-control"),
+    ///         HeaderName::from_static("cdn-cache-control"),
+    ///     ])
+    ///     .build()?;
+    /// # Ok::<(), edgecache::Error>(())
+    /// ```
+    pub fn targeted_fields(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.targeted_fields = names.into_iter().collect();
         self
     }
 
@@ -352,6 +384,7 @@ impl CacheBuilder {
                 honor_cache_control: self.cache_control,
                 shared: self.shared,
                 heuristic_max: self.heuristic_max,
+                targets: self.targeted_fields,
             },
         )?;
         let keys = KeyRules::new(

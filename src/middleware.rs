@@ -82,7 +82,10 @@ impl Middleware for CacheMiddleware {
                 Ok(answer_to_reqwest(answer, request.url()))
             }
             Plan::Pass(pass) => {
-                let mut response = next.run(request, extensions).await?;
+                let mut response = next
+                    .run(request, extensions)
+                    .await
+                    .map_err(|error| self.redacted(error))?;
                 let info = engine.after_pass(pass, response.status(), response.headers()).await;
                 engine.mark(response.headers_mut(), &info);
                 response.extensions_mut().insert(info);
@@ -98,12 +101,14 @@ impl Middleware for CacheMiddleware {
                     Err(error) => {
                         return match engine.fetch_failed(&fetch) {
                             Some(stale) => Ok(answer_to_reqwest(stale, &url)),
-                            None => Err(error),
+                            None => Err(self.redacted(error)),
                         };
                     }
                 };
                 // Boxed: inline, its state would make every hit's future kilobytes larger.
-                let response = Box::pin(engine.finish(fetch, response)).await?;
+                let response = Box::pin(engine.finish(fetch, response))
+                    .await
+                    .map_err(|error| self.redacted(error.into()))?;
                 Ok(into_reqwest(response.map(into_reqwest_body), &url))
             }
         }
@@ -111,6 +116,19 @@ impl Middleware for CacheMiddleware {
 }
 
 impl CacheMiddleware {
+    /// An error to pass on, its URL redacted as [`redact_url`](Self::redact_url)
+    /// does: reqwest's errors carry the request URL, credentials included.
+    fn redacted(&self, error: reqwest_middleware::Error) -> reqwest_middleware::Error {
+        let reqwest_middleware::Error::Reqwest(error) = error else {
+            return error;
+        };
+        let redacted = error.url().and_then(|url| url::Url::parse(&self.redact_url(url)).ok());
+        reqwest_middleware::Error::Reqwest(match redacted {
+            Some(url) => error.with_url(url),
+            None => error.without_url(),
+        })
+    }
+
     /// Sends a copy of `request` (with the refresh's conditional headers) on
     /// the refresh client, and stores what comes back.
     fn refresh_in_background(&self, request: &reqwest::Request, fetch: Box<crate::cache::Fetch>) {

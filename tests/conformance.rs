@@ -3,7 +3,8 @@
 //!
 //! The origin answers `/PATH?h=Name:%20value&h=…&status=N` with those
 //! headers and status, and the body `PATH #COUNT`; a path containing `304`
-//! answers any `If-None-Match` with a `304`.
+//! answers any `If-None-Match` with a `304` that echoes it in
+//! `Seen-If-None-Match`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -80,9 +81,15 @@ async fn answer(State(seen): State<Counts>, request: Request) -> Response {
             _ => {}
         }
     }
-    let etag_matches = request.headers().get("if-none-match").is_some();
-    if etag_matches && path.contains("304") {
-        return response.status(304).body(Body::empty()).expect("response");
+    if let Some(sent) = request.headers().get("if-none-match")
+        && path.contains("304")
+    {
+        // Says what the cache sent, so tests can check its validators.
+        return response
+            .status(304)
+            .header("seen-if-none-match", sent)
+            .body(Body::empty())
+            .expect("response");
     }
     response
         .status(status)
@@ -516,4 +523,293 @@ async fn cache_status_says_what_happened_rfc9211() {
     let response = quiet.get(&url).send().await.expect("request");
     assert!(!response.headers().contains_key("cache-status") && !response.headers().contains_key("x-cache"));
     assert!(response.extensions().get::<CacheInfo>().is_some());
+}
+
+/// RFC 9111 §4.2.1, in a long run: a response whose only freshness is
+/// `Expires` is reused although hundreds of unsafe requests to other URLs,
+/// and varied exchanges, went through the same cache while it was fetched.
+/// (Invalidations were once counted in 64 shards of URLs, so any unrelated
+/// `PUT` in the same shard kept the response out of the cache.)
+#[tokio::test]
+async fn expires_alone_keeps_a_response_fresh_while_other_urls_are_invalidated_rfc9111_4_2_1() {
+    use axum::routing::{get, put};
+    use tokio::sync::{Notify, Semaphore};
+
+    let asked = Arc::new(Notify::new());
+    let release = Arc::new(Semaphore::new(0));
+    let expires_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/expires",
+            get({
+                let (asked, release, hits) = (asked.clone(), release.clone(), expires_hits.clone());
+                move || async move {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    asked.notify_one();
+                    // The first answer waits until the test has sent the other traffic.
+                    let _permit = release.acquire().await.expect("gate");
+                    let now = SystemTime::now();
+                    Response::builder()
+                        .header("date", httpdate::fmt_http_date(now))
+                        .header(
+                            "expires",
+                            httpdate::fmt_http_date(now + Duration::from_secs(30 * 86_400)),
+                        )
+                        .body(Body::from("expires"))
+                        .expect("response")
+                }
+            }),
+        )
+        .route("/config/{id}", put(|| async { (http::StatusCode::CREATED, "created") }))
+        .fallback(answer)
+        .with_state(Counts::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let origin = Origin {
+        base: base.clone(),
+        seen: Counts::default(),
+    };
+
+    let client = private();
+    let suite_headers = [("pragma", "foo"), ("cache-control", "nothing-to-see-here")];
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{base}/expires"));
+        async move { fetch(&client, &url, &suite_headers).await.0 }
+    });
+    asked.notified().await;
+
+    // While the first fetch is under way: many unsafe requests to distinct
+    // URLs, and the odd exchanges a conformance run sends.
+    let mut traffic = tokio::task::JoinSet::new();
+    for id in 0..600 {
+        let (client, base) = (client.clone(), base.clone());
+        traffic.spawn(async move {
+            let response = client
+                .put(format!("{base}/config/{id}"))
+                .body("{}")
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(response.status(), 201);
+        });
+    }
+    let odd: Vec<String> = vec![
+        origin.url("/odd/status", 299, &["Cache-Control: max-age=60"]),
+        origin.url(
+            "/odd/vary",
+            200,
+            &["Cache-Control: max-age=60", "Vary: Accept-Language"],
+        ),
+        origin.url("/odd/no-store", 200, &["Cache-Control: no-store"]),
+        origin.url("/odd/304", 200, &["Cache-Control: max-age=0", "ETag: \"x\""]),
+        origin.url("/odd/huge", 200, &["Cache-Control: max-age=99999999999999999999999"]),
+        origin.url(
+            "/odd/bad",
+            200,
+            &["Cache-Control: max-age=-1, s-maxage=\"x\"", "Age: -5"],
+        ),
+        origin.url("/odd/error", 503, &["Retry-After: 1"]),
+    ];
+    for round in 0..20 {
+        for url in &odd {
+            let (client, url) = (client.clone(), url.clone());
+            traffic.spawn(async move {
+                let language = if round % 2 == 0 { "en" } else { "fr" };
+                fetch(&client, &url, &[("accept-language", language)]).await;
+                client.head(&url).send().await.expect("head");
+                client.post(&url).body("x").send().await.expect("post");
+            });
+        }
+    }
+    while let Some(done) = traffic.join_next().await {
+        done.expect("traffic");
+    }
+    release.add_permits(1);
+    assert_eq!(first.await.expect("first"), "MISS");
+
+    let (x_cache, body, _, _) = fetch(&client, &format!("{base}/expires"), &suite_headers).await;
+    assert_eq!((x_cache.as_str(), body.as_str()), ("HIT", "expires"));
+    assert_eq!(expires_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// RFC 9213 §2.2: in a shared cache the first valid targeted field
+/// (`Edgecache-Cache-Control`, then `CDN-Cache-Control`) replaces
+/// `Cache-Control` and `Expires`; an invalid one is ignored whole; a private
+/// cache ignores them all.
+#[tokio::test]
+async fn targeted_cache_control_rfc9213_2_2() {
+    let origin = Origin::start().await;
+    let (private, shared) = (private(), shared());
+    let far = "Expires: Thu, 01 Jan 2099 00:00:00 GMT";
+    let past = "Expires: Thu, 01 Jan 1998 00:00:00 GMT";
+    // (path, headers, second answer in a shared cache, in a private one)
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "/cdn/private",
+            &["CDN-Cache-Control: private", "Cache-Control: max-age=10000", far],
+            "MISS",
+            "HIT",
+        ),
+        (
+            "/cdn/no-store",
+            &["Cache-Control: max-age=10000", "CDN-Cache-Control: no-store", far],
+            "MISS",
+            "HIT",
+        ),
+        (
+            "/cdn/fresh-cc-no-store",
+            &["Cache-Control: no-store", "CDN-Cache-Control: max-age=10000"],
+            "HIT",
+            "MISS",
+        ),
+        (
+            "/cdn/past-expires",
+            &["CDN-Cache-Control: max-age=3600", past],
+            "HIT",
+            "MISS",
+        ),
+        ("/cdn/zero", &["CDN-Cache-Control: max-age=0", far], "MISS", "HIT"),
+        (
+            "/cdn/short",
+            &[
+                "Cache-Control: max-age=3600",
+                "CDN-Cache-Control: max-age=60",
+                "Age: 120",
+            ],
+            "MISS",
+            "HIT",
+        ),
+        (
+            "/cdn/invalid",
+            &["CDN-Cache-Control: max-age=10000, &&&&&", "Cache-Control: no-store"],
+            "MISS",
+            "MISS",
+        ),
+        (
+            "/cdn/wrong-type",
+            &["CDN-Cache-Control: max-age=\"10000\"", "Cache-Control: no-store"],
+            "MISS",
+            "MISS",
+        ),
+        (
+            "/cdn/space",
+            &["Cache-Control: no-store", "CDN-Cache-Control: max-age =100"],
+            "MISS",
+            "MISS",
+        ),
+        (
+            "/cdn/ours-first",
+            &[
+                "Edgecache-Cache-Control: no-store",
+                "CDN-Cache-Control: max-age=60",
+                "Cache-Control: max-age=60",
+            ],
+            "MISS",
+            "HIT",
+        ),
+        (
+            "/cdn/ours-invalid",
+            &[
+                "Edgecache-Cache-Control: max-age=",
+                "CDN-Cache-Control: max-age=60",
+                "Cache-Control: no-store",
+            ],
+            "HIT",
+            "MISS",
+        ),
+    ];
+    for (path, headers, in_shared, in_private) in cases {
+        for (client, mode, expected) in [(&shared, "shared", in_shared), (&private, "private", in_private)] {
+            let url = origin.url(&format!("{path}/{mode}"), 200, headers);
+            let (_, _, first, _) = fetch(client, &url, &[]).await;
+            assert!(
+                first.contains_key("cdn-cache-control"),
+                "{path}: the field is passed on"
+            );
+            let (x_cache, ..) = fetch(client, &url, &[]).await;
+            assert_eq!(&x_cache, expected, "{path} in a {mode} cache");
+        }
+    }
+
+    // `no-cache` in the targeted field: stored, but revalidated before reuse.
+    let url = origin.url(
+        "/cdn/no-cache",
+        200,
+        &[
+            "CDN-Cache-Control: no-cache",
+            "Cache-Control: max-age=10000",
+            "ETag: \"n\"",
+        ],
+    );
+    fetch(&shared, &url, &[]).await;
+    fetch(&shared, &url, &[]).await;
+    assert_eq!(
+        origin.hits("/cdn/no-cache"),
+        2,
+        "the second request was revalidated with the origin"
+    );
+
+    // An empty list turns targeted fields off.
+    let plain = client_with(
+        CacheMiddleware::builder()
+            .store(MemoryStore::default())
+            .shared(true)
+            .targeted_fields([])
+            .build()
+            .expect("cache"),
+    );
+    let url = origin.url(
+        "/cdn/off",
+        200,
+        &["Cache-Control: max-age=60", "CDN-Cache-Control: no-store"],
+    );
+    fetch(&plain, &url, &[]).await;
+    assert_eq!(fetch(&plain, &url, &[]).await.0, "HIT");
+}
+
+/// RFC 9111 §4.3.1 and §4.3.2: a stale entry with a weak `ETag` is
+/// revalidated with that weak tag; a fresh entry without `Last-Modified`
+/// answers `If-Modified-Since` by its `Date`, else the time it arrived.
+#[tokio::test]
+async fn weak_etags_and_dates_validate_rfc9111_4_3_1_and_4_3_2() {
+    let origin = Origin::start().await;
+    let client = private();
+    let url = origin.url("/weak-304", 200, &["Cache-Control: max-age=0", "ETag: W/\"w1\""]);
+    let (_, first, ..) = fetch(&client, &url, &[]).await;
+    let (x_cache, body, head, _) = fetch(&client, &url, &[]).await;
+    assert_eq!((x_cache.as_str(), body), ("REVALIDATED", first));
+    assert_eq!(head["seen-if-none-match"], "W/\"w1\"");
+
+    let date = SystemTime::now() - Duration::from_secs(60);
+    let date_header = format!("Date: {}", httpdate::fmt_http_date(date));
+    let dated = origin.url("/dated", 200, &["Cache-Control: max-age=3600", &date_header]);
+    let at = |offset: i64| -> &'static str {
+        let time = if offset < 0 {
+            date - Duration::from_secs(offset.unsigned_abs())
+        } else {
+            date + Duration::from_secs(offset.unsigned_abs())
+        };
+        Box::leak(httpdate::fmt_http_date(time).into_boxed_str())
+    };
+    let undated = origin.url("/undated", 200, &["Cache-Control: max-age=3600"]);
+    fetch(&client, &dated, &[]).await;
+    fetch(&client, &undated, &[]).await;
+    let status = |url: String, since: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(url)
+                .header("if-modified-since", since)
+                .send()
+                .await
+                .expect("request");
+            response.status().as_u16()
+        }
+    };
+    assert_eq!(status(dated.clone(), at(0)).await, 304);
+    assert_eq!(status(dated, at(-1)).await, 200);
+    assert_eq!(status(undated.clone(), at(86_400)).await, 304);
+    assert_eq!(status(undated, "Tue, 20 Oct 2015 07:28:00 GMT").await, 200);
+    assert_eq!((origin.hits("/dated"), origin.hits("/undated")), (1, 1));
 }

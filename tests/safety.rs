@@ -265,6 +265,21 @@ async fn no_kind_of_secret_reaches_logs_files_redis_debug_output_or_errors() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
+    // Errors the middleware passes on from the origin (gone now): for a
+    // cacheable request, and for one it lets through.
+    let gone = origin.url("/gone?api_key=QUERY-SECRET&access_token=TOKEN-SECRET");
+    let mut passed_errors = Vec::new();
+    for request in [client.get(&gone), client.post(&gone).body("x")] {
+        let error = request.send().await.expect_err("the origin is gone");
+        let text = format!("{error} / {error:?}");
+        assert!(
+            text.contains("api_key=REDACTED"),
+            "the error still names the URL: {text}"
+        );
+        passed_errors.push(text);
+    }
+    debug.extend(passed_errors);
+
     // The command line's error for an unreachable URL.
     let cli = common::edgecache([
         "get",

@@ -15,8 +15,8 @@ pub mod key;
 pub(crate) mod mode;
 pub mod policy;
 pub(crate) mod sign;
+pub(crate) mod targeted;
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -68,9 +68,6 @@ const KEPT_ON_REVALIDATION: &[HeaderName] = &[
 /// requests go through untouched.
 const PRECONDITIONS: &[HeaderName] = &[header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
 
-/// How many shards the per-URL invalidation counters have.
-const GENERATION_SHARDS: usize = 64;
-
 /// The configured cache: rules, store and response options.
 pub(crate) struct Engine {
     pub(crate) store: Arc<dyn Store>,
@@ -91,9 +88,9 @@ pub(crate) struct Engine {
     secret: OnceCell<KeySecret>,
     /// Used while the store can't say its secret, and for stores that keep none.
     process_secret: KeySecret,
-    /// Bumped by every invalidation, so a fetch that was under way when its
-    /// entry was deleted doesn't store it again.
-    generations: Generations,
+    /// Keeps a fetch that was under way when its entry was deleted from
+    /// storing it again.
+    fences: Arc<Fences>,
 }
 
 /// How the engine answers, beyond what to store.
@@ -121,7 +118,7 @@ struct PendingEntry {
     expires: Option<SystemTime>,
     initial_age: Duration,
     tags: Vec<String>,
-    generation: Generation,
+    fence: Fence,
     leader: Option<Leader>,
     now: SystemTime,
 }
@@ -215,7 +212,7 @@ pub(crate) struct Fetch {
     /// A `HEAD` answered from, and refreshing, the stored `GET`.
     head: bool,
     requested_at: SystemTime,
-    generation: Generation,
+    fence: Fence,
 }
 
 impl Fetch {
@@ -256,7 +253,7 @@ impl Engine {
             missed_invalidations: std::sync::Mutex::default(),
             secret,
             process_secret: KeySecret::random(),
-            generations: Generations::default(),
+            fences: Arc::default(),
         }
     }
 
@@ -395,7 +392,7 @@ impl Engine {
             let configured = self
                 .rules
                 .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
-            let generation = self.generations.current(&normalized);
+            let fence = self.fences.enter(&normalized);
             let tags = extensions
                 .get::<CacheTags>()
                 .map(|tags| tags.0.clone())
@@ -412,7 +409,7 @@ impl Engine {
                 forward,
                 head,
                 requested_at: SystemTime::now(),
-                generation,
+                fence,
             })
         };
         // Stale, but allowed to serve while a background refresh runs
@@ -512,7 +509,12 @@ impl Engine {
     }
 
     fn may_serve_stale(&self, entry: &StoredResponse, now: SystemTime, window: StaleWindow, directive: &str) -> bool {
-        !self.rules.forbids_stale(&entry.headers) && window.allows(staleness(entry, now), &entry.headers, directive)
+        !self.rules.forbids_stale(&entry.headers)
+            && window.allows(
+                staleness(entry, now),
+                &self.rules.directives_of(&entry.headers),
+                directive,
+            )
     }
 
     /// Invalidates after a successful unsafe request the cache let through
@@ -581,13 +583,13 @@ impl Engine {
     /// Keeps fetches under way for this URL from storing what they get:
     /// call it before deleting the URL's entries.
     pub(crate) fn fence_url(&self, normalized_url: &str) {
-        self.generations.bump(normalized_url);
+        self.fences.bump(normalized_url);
     }
 
     /// Keeps every fetch under way from storing what it gets: for deletions
     /// that are not by URL (tag, age, clear).
     pub(crate) fn fence_all(&self) {
-        self.generations.bump_all();
+        self.fences.bump_all();
     }
 
     /// Takes the origin's response to a [`Fetch`]: stores it when the rules
@@ -626,7 +628,7 @@ impl Engine {
             tags,
             forward,
             requested_at,
-            generation,
+            fence,
             ..
         } = *fetch;
         let (mut parts, body) = response.into_parts();
@@ -669,7 +671,7 @@ impl Engine {
             expires,
             initial_age,
             tags,
-            generation,
+            fence,
             leader,
             now,
         };
@@ -739,7 +741,7 @@ impl Engine {
             expires,
             initial_age,
             tags,
-            generation,
+            fence,
             leader,
             now,
         } = pending;
@@ -769,7 +771,7 @@ impl Engine {
             tags: self.tags(tags, headers),
         };
         tracing::debug!(url = %entry.url, key = %key, expires = ?entry.expires, "storing response");
-        let stored = self.save(&key, &mut entry, generation).await;
+        let stored = self.save(&key, &mut entry, &fence).await;
         let entry = Arc::new(entry);
         if let Some(leader) = leader {
             leader.share(Arc::clone(&entry));
@@ -818,7 +820,7 @@ impl Engine {
             } else {
                 entry.expires = Some(now);
             }
-            stored = self.save(&fetch.key, &mut entry, fetch.generation).await;
+            stored = self.save(&fetch.key, &mut entry, &fetch.fence).await;
         }
         let info = CacheInfo {
             forward: Some(fetch.forward),
@@ -845,7 +847,7 @@ impl Engine {
             configured,
             leader,
             requested_at,
-            generation,
+            fence,
             ..
         } = fetch;
         let mut entry = Arc::unwrap_or_clone(stale);
@@ -857,7 +859,7 @@ impl Engine {
                 entry.created_at = now;
                 entry.expires = expires;
                 entry.initial_age = initial_age;
-                stored = self.save(&key, &mut entry, generation).await;
+                stored = self.save(&key, &mut entry, &fence).await;
                 let entry = Arc::new(entry);
                 let response = self.revalidated_answer(&entry, key, stored, now);
                 if let Some(leader) = leader {
@@ -954,9 +956,9 @@ impl Engine {
     /// Stores an entry under its request's key, and under its `Vary`
     /// variant's key so other variants don't replace it, unless its URL was
     /// invalidated since the request was planned; whether it was stored.
-    async fn save(&self, key: &CacheKey, entry: &mut StoredResponse, generation: Generation) -> bool {
+    async fn save(&self, key: &CacheKey, entry: &mut StoredResponse, fence: &Fence) -> bool {
         entry.key = key.as_str().to_owned();
-        if self.generations.changed_since(&entry.url, generation) {
+        if fence.breached() {
             tracing::debug!(url = %entry.url, "not storing: the entry was invalidated while it was fetched");
             return false;
         }
@@ -971,7 +973,7 @@ impl Engine {
         let stored = self.put(entry).await;
         // A deletion that ran between the check above and the writes must
         // win: it fenced before it deleted, so this sees it.
-        if self.generations.changed_since(&entry.url, generation) {
+        if fence.breached() {
             for key in std::iter::once(key).chain(&variant_key) {
                 self.remove_quietly(key).await;
             }
@@ -1051,7 +1053,7 @@ impl Engine {
         head: bool,
         validating: Option<&HeaderMap>,
     ) -> Answer {
-        let not_modified = validating.is_some_and(|request| not_modified(request, &entry.headers));
+        let not_modified = validating.is_some_and(|request| not_modified(request, entry));
         let body = if head || not_modified {
             Bytes::new()
         } else {
@@ -1140,47 +1142,53 @@ impl Engine {
     }
 }
 
-/// A generation of the invalidation counters: the global one and the URL's shard.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Generation(u64, u64);
-
-/// Invalidation counters: one for deletions of everything, and one per
-/// shard of URLs, so unrelated URLs rarely disturb each other's stores.
-struct Generations {
+/// Invalidation fences for fetches under way: a fetch takes a [`Fence`] on
+/// its URL when planned, and stores what it got only if no deletion of that
+/// URL (or of everything) ran since. Exact per URL: unrelated URLs never
+/// keep each other's responses out of the cache, however many unsafe
+/// requests run meanwhile.
+#[derive(Default)]
+struct Fences {
+    /// Bumped by deletions that are not by URL (tag, age, clear).
     all: AtomicU64,
-    shards: [AtomicU64; GENERATION_SHARDS],
-    hasher: foldhash::fast::RandomState,
+    /// URLs with a fetch under way: how many, and how often each was
+    /// invalidated meanwhile. A URL nobody fetches has no slot.
+    urls: std::sync::Mutex<std::collections::HashMap<String, UrlFence>>,
 }
 
-impl Default for Generations {
-    fn default() -> Self {
-        Self {
-            all: AtomicU64::new(0),
-            shards: std::array::from_fn(|_| AtomicU64::new(0)),
-            hasher: foldhash::fast::RandomState::default(),
+#[derive(Default)]
+struct UrlFence {
+    fetches: usize,
+    invalidations: u64,
+}
+
+impl Fences {
+    fn urls(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, UrlFence>> {
+        // Counters only: a panic elsewhere can't leave them torn.
+        self.urls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A fence for a fetch of `url` about to start.
+    fn enter(self: &Arc<Self>, url: &str) -> Fence {
+        let all = self.all.load(Ordering::Acquire);
+        let mut urls = self.urls();
+        let slot = match urls.get_mut(url) {
+            Some(slot) => slot,
+            None => urls.entry(url.to_owned()).or_default(),
+        };
+        slot.fetches += 1;
+        Fence {
+            fences: Arc::clone(self),
+            url: url.to_owned(),
+            all,
+            invalidations: slot.invalidations,
         }
-    }
-}
-
-impl Generations {
-    fn shard(&self, url: &str) -> &AtomicU64 {
-        let index = (self.hasher.hash_one(url) % GENERATION_SHARDS as u64) as usize;
-        &self.shards[index]
-    }
-
-    fn current(&self, url: &str) -> Generation {
-        Generation(
-            self.all.load(Ordering::Acquire),
-            self.shard(url).load(Ordering::Acquire),
-        )
-    }
-
-    fn changed_since(&self, url: &str, generation: Generation) -> bool {
-        self.current(url) != generation
     }
 
     fn bump(&self, url: &str) {
-        self.shard(url).fetch_add(1, Ordering::AcqRel);
+        if let Some(slot) = self.urls().get_mut(url) {
+            slot.invalidations = slot.invalidations.wrapping_add(1);
+        }
     }
 
     fn bump_all(&self) {
@@ -1188,12 +1196,43 @@ impl Generations {
     }
 }
 
-/// Whether a stored response with `stored` headers satisfies the request's
-/// `If-None-Match` (weak comparison), or, without one, its
-/// `If-Modified-Since`.
-fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+/// A fetch's hold on its URL's invalidations; released when dropped.
+pub(crate) struct Fence {
+    fences: Arc<Fences>,
+    url: String,
+    all: u64,
+    invalidations: u64,
+}
+
+impl Fence {
+    /// Whether the URL (or everything) was invalidated since the fetch began.
+    fn breached(&self) -> bool {
+        self.fences.all.load(Ordering::Acquire) != self.all
+            || self
+                .fences
+                .urls()
+                .get(&self.url)
+                .is_none_or(|slot| slot.invalidations != self.invalidations)
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        let mut urls = self.fences.urls();
+        if let Some(slot) = urls.get_mut(&self.url) {
+            slot.fetches = slot.fetches.saturating_sub(1);
+            if slot.fetches == 0 {
+                urls.remove(&self.url);
+            }
+        }
+    }
+}
+
+/// Whether a stored response satisfies the request's `If-None-Match` (weak
+/// comparison), or, without one, its `If-Modified-Since`.
+fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|etag| etag.to_str().ok()) else {
+        let Some(etag) = stored.headers.get(header::ETAG).and_then(|etag| etag.to_str().ok()) else {
             return false;
         };
         let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
@@ -1204,13 +1243,20 @@ fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .flat_map(|value| value.split(','))
             .any(|tag| tag.trim() == "*" || weak(tag) == weak(etag));
     }
-    let since = request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
-    let modified = stored
-        .get(header::LAST_MODIFIED)
-        .and_then(|value| httpdate::parse_http_date(value.to_str().ok()?).ok());
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
+    let date = |headers: &HeaderMap, name| {
+        headers
+            .get(name)
+            .and_then(|value: &HeaderValue| httpdate::parse_http_date(value.to_str().ok()?).ok())
+    };
+    let Some(since) = date(request, header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    // Without `Last-Modified`, the stored `Date`, else when it was received
+    // (RFC 9111 §4.3.2).
+    let modified = date(&stored.headers, header::LAST_MODIFIED)
+        .or_else(|| date(&stored.headers, header::DATE))
+        .unwrap_or(stored.created_at);
+    modified <= since
 }
 
 /// How long past its expiry an entry is (zero while fresh).

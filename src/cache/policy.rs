@@ -17,13 +17,14 @@
 //! 5. otherwise the response is stored only if it has a validator (`ETag`,
 //!    `Last-Modified`), and revalidated before each use.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_cache_semantics::{CacheOptions, CachePolicy};
 use url::Url;
 
@@ -213,6 +214,9 @@ pub(crate) struct Rules {
     /// RFC 9111 shared-cache rules.
     pub(crate) shared: bool,
     pub(crate) heuristic_max: Duration,
+    /// Targeted cache-control fields (RFC 9213), most specific first;
+    /// empty in a private cache, which ignores them.
+    targets: Vec<HeaderName>,
 }
 
 /// What [`Rules::new`] needs besides the URL patterns.
@@ -224,6 +228,7 @@ pub(crate) struct RuleOptions {
     pub(crate) honor_cache_control: bool,
     pub(crate) shared: bool,
     pub(crate) heuristic_max: Duration,
+    pub(crate) targets: Vec<HeaderName>,
 }
 
 impl Rules {
@@ -253,7 +258,18 @@ impl Rules {
             honor_cache_control: options.honor_cache_control,
             shared: options.shared,
             heuristic_max: options.heuristic_max,
+            targets: if options.shared { options.targets } else { Vec::new() },
         })
+    }
+
+    /// The response headers whose cache directives apply: in a shared
+    /// cache, a valid targeted field (RFC 9213) replaces `Cache-Control`
+    /// and `Expires`.
+    pub(crate) fn directives_of<'a>(&self, headers: &'a HeaderMap) -> Cow<'a, HeaderMap> {
+        if self.targets.is_empty() {
+            return Cow::Borrowed(headers);
+        }
+        super::targeted::effective_headers(headers, &self.targets)
     }
 
     pub(crate) fn allows_method(&self, method: &Method) -> bool {
@@ -305,7 +321,8 @@ impl Rules {
         requested_at: SystemTime,
         now: SystemTime,
     ) -> Lifetime {
-        let headers = &response.headers;
+        let directives = self.directives_of(&response.headers);
+        let headers = &*directives;
         let explicit = self.honor_cache_control && has_explicit_freshness(headers, self.shared);
         if !self.allows_status(response.status, explicit)
             || configured == Some(ExpireAfter::DoNotCache)
@@ -380,6 +397,7 @@ impl Rules {
     /// §5.2.2.2, §5.2.2.8, §5.2.2.10): `must-revalidate`, `no-cache`, and in
     /// a shared cache `proxy-revalidate` and `s-maxage`.
     pub(crate) fn forbids_stale(&self, headers: &HeaderMap) -> bool {
+        let headers = &*self.directives_of(headers);
         has_directive(headers, "must-revalidate")
             || has_directive(headers, "no-cache")
             || (self.shared && (has_directive(headers, "proxy-revalidate") || has_directive(headers, "s-maxage")))
@@ -601,6 +619,7 @@ mod tests {
             honor_cache_control: true,
             shared: false,
             heuristic_max: Duration::from_secs(86_400),
+            targets: Vec::new(),
         }
     }
 
