@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::cache::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
 use crate::cache::policy::{ExpireAfter, RuleOptions, Rules, StaleWindow};
-use crate::cache::sign::EntrySigner;
 use crate::cache::{Engine, EngineOptions};
 use crate::store::Store;
+use crate::store::sign::EntrySigner;
 use crate::{CacheMiddleware, Error};
 
 /// Builds a [`CacheMiddleware`]. Every option has a default; see each method.
@@ -414,10 +414,7 @@ impl CacheBuilder {
         if let Some(client) = self.refresh_client {
             let _ = refresh_client.set(client);
         }
-        Ok(CacheMiddleware {
-            engine: Arc::new(engine),
-            refresh_client,
-        })
+        Ok(CacheMiddleware { engine, refresh_client })
     }
 }
 

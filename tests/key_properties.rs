@@ -1,8 +1,8 @@
 //! Properties of cache keys and of the entry decoder, over generated inputs.
 
 use bytes::Bytes;
-use edgecache::cache::entry::StoredResponse;
 use edgecache::store::MemoryStore;
+use edgecache::store::entry::StoredResponse;
 use edgecache::{CacheKey, CacheMiddleware, RequestHead};
 use http::{HeaderMap, Method};
 use proptest::prelude::*;

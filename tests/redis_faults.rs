@@ -151,3 +151,46 @@ async fn an_invalidation_made_while_redis_is_down_is_applied_when_it_returns() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// However long the outage, hits resume within moments of Redis answering
+/// again: the cache pings a failed store and closes its breaker as soon as
+/// it answers, rather than waiting out a backoff that has grown to 5 s.
+#[tokio::test]
+async fn hits_resume_within_two_seconds_of_redis_answering_again_however_long_the_outage() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let cache = cache_on(&server).await;
+    let client = client(&cache);
+    let url = origin.url("/max-age/600");
+    assert_eq!(get(&client, &url).await.0, "MISS");
+    assert_eq!(get(&client, &url).await.0, "HIT");
+
+    // Frozen, Redis keeps its data; a request that probes it waits out the
+    // 250 ms deadline, which is how the test sees a probe. After 6.5 s of
+    // failed probes the backoff is at its cap: the next probe would come
+    // 4 to 6 s after the last.
+    server.pause();
+    let outage = Instant::now();
+    loop {
+        let started = Instant::now();
+        assert_ne!(get(&client, &url).await.0, "HIT", "Redis is frozen");
+        let probed = started.elapsed() >= Duration::from_millis(200);
+        if probed && outage.elapsed() >= Duration::from_millis(6500) {
+            break;
+        }
+        assert!(outage.elapsed() < Duration::from_secs(30), "no probe seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.resume();
+
+    let answering = Instant::now();
+    while get(&client, &url).await.0 != "HIT" {
+        assert!(answering.elapsed() < Duration::from_secs(15), "caching never resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waited = answering.elapsed();
+    eprintln!("first hit {} ms after Redis answered again", waited.as_millis());
+    assert!(waited < Duration::from_secs(2), "hits resumed only after {waited:?}");
+}

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = edgecache::cache::entry::StoredResponse::decode(&bytes::Bytes::copy_from_slice(data));
+    let _ = edgecache::store::entry::StoredResponse::decode(&bytes::Bytes::copy_from_slice(data));
 });

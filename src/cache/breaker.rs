@@ -22,6 +22,8 @@ pub(crate) struct Breaker {
     probing: AtomicBool,
     /// The backoff of the current streak of failures.
     backoff: Mutex<Duration>,
+    /// A task is pinging the store to close the breaker once it answers.
+    watched: AtomicBool,
     epoch: Instant,
 }
 
@@ -49,6 +51,7 @@ impl Default for Breaker {
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             backoff: Mutex::new(Duration::ZERO),
+            watched: AtomicBool::new(false),
             epoch: Instant::now(),
         }
     }
@@ -75,6 +78,23 @@ impl Breaker {
                 breaker: self,
                 probe: true,
             })
+    }
+
+    /// Closes the breaker: the store answered a ping.
+    pub(crate) fn close(&self) {
+        *self.backoff() = Duration::ZERO;
+        self.open_until.store(0, Ordering::Release);
+    }
+
+    /// Claims the one watch over an open breaker; `false` if another has it.
+    pub(crate) fn start_watching(&self) -> bool {
+        self.watched
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn stop_watching(&self) {
+        self.watched.store(false, Ordering::Release);
     }
 
     /// Whether calls are being skipped.

@@ -155,7 +155,7 @@ impl KeySecret {
 
     /// A fresh random secret, for stores that keep none.
     pub(crate) fn random() -> Self {
-        Self::new(&random_bytes())
+        Self::new(&crate::store::random_bytes())
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -167,22 +167,6 @@ impl fmt::Debug for KeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeySecret(..)")
     }
-}
-
-/// 32 random bytes from the operating system.
-pub(crate) fn random_bytes() -> [u8; 32] {
-    let mut bytes = [0; 32];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back on what differs between processes and runs.
-        let seed = format!(
-            "{:?}{:?}{}",
-            std::time::SystemTime::now(),
-            std::thread::current().id(),
-            std::process::id()
-        );
-        bytes = Sha256::digest(seed.as_bytes()).into();
-    }
-    bytes
 }
 
 /// A set of parameter names: exact for query and body parameters,

@@ -10,11 +10,9 @@
 pub(crate) mod body;
 mod breaker;
 mod coalesce;
-pub mod entry;
 pub mod key;
 pub(crate) mod mode;
 pub mod policy;
-pub(crate) mod sign;
 pub(crate) mod targeted;
 
 use std::sync::Arc;
@@ -30,13 +28,13 @@ use url::Url;
 use self::body::{CacheBody, Collected, Recorder, collect_limited};
 use self::breaker::{Breaker, Transition};
 use self::coalesce::{Inflight, Leader, Turn, follow};
-use self::entry::{DecodeError, StoredResponse};
 use self::key::{CacheKey, KeyRules, KeySecret, RequestHead};
 use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 use self::policy::{
     ExpireAfter, Lifetime, RequestDirectives, Rules, StaleWindow, has_directive, has_no_cache, vary_names,
 };
-use self::sign::EntrySigner;
+use crate::store::entry::{DecodeError, StoredResponse};
+use crate::store::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -91,6 +89,8 @@ pub(crate) struct Engine {
     /// Keeps a fetch that was under way when its entry was deleted from
     /// storing it again.
     fences: Arc<Fences>,
+    /// This engine, for the task that watches a failed store recover.
+    this: std::sync::Weak<Engine>,
 }
 
 /// How the engine answers, beyond what to store.
@@ -122,6 +122,9 @@ struct PendingEntry {
     leader: Option<Leader>,
     now: SystemTime,
 }
+
+/// How often a failed store that can be pinged is pinged.
+const RECOVERY_PING_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Remembers at most this many invalidations the store missed.
 const MAX_MISSED_INVALIDATIONS: usize = 1024;
@@ -236,13 +239,13 @@ impl Engine {
         rules: Rules,
         options: EngineOptions,
         secret_key: Option<&[u8]>,
-    ) -> Self {
+    ) -> Arc<Self> {
         let secret = match secret_key {
             // Domain-separated from the entry signatures made with the same key.
             Some(key) => OnceCell::new_with(Some(KeySecret::new(&[b"edgecache key digests\0", key].concat()))),
             None => OnceCell::new(),
         };
-        Self {
+        Arc::new_cyclic(|this| Self {
             store_deadline: store.request_deadline(),
             store,
             keys,
@@ -254,7 +257,8 @@ impl Engine {
             secret,
             process_secret: KeySecret::random(),
             fences: Arc::default(),
-        }
+            this: this.clone(),
+        })
     }
 
     /// Whether the cache may answer or store this request at all; when it
@@ -1036,10 +1040,56 @@ impl Engine {
             Err(error) => {
                 if permit.failed() == Transition::Opened {
                     tracing::warn!(%error, operation, "cache store failed; requests go to the origin, and the store is retried with backoff until it answers");
+                    self.watch_for_recovery();
                 }
                 None
             }
         }
+    }
+
+    /// Pings a failed store in the background, if it can be pinged, and
+    /// closes the breaker as soon as it answers (once the invalidations it
+    /// missed are applied), rather than when the backoff runs out.
+    fn watch_for_recovery(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.breaker.start_watching() {
+            return;
+        }
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(RECOVERY_PING_INTERVAL).await;
+                let Some(engine) = this.upgrade() else {
+                    return;
+                };
+                if !engine.breaker.is_open() {
+                    engine.breaker.stop_watching();
+                    return;
+                }
+                match engine
+                    .within_deadline("ping", async { engine.store.ping().await.transpose() })
+                    .await
+                {
+                    // The store can't be pinged: the backoff decides.
+                    Ok(None) => {
+                        engine.breaker.stop_watching();
+                        return;
+                    }
+                    Ok(Some(())) => {
+                        engine.replay_missed_invalidations().await;
+                        if engine.missed_invalidations().urls.is_empty() && engine.breaker.is_open() {
+                            engine.breaker.close();
+                            engine.breaker.stop_watching();
+                            tracing::info!("cache store answers again; caching resumes");
+                            return;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
     }
 
     /// A response from a stored entry: the whole response, its head alone

@@ -541,7 +541,7 @@ impl Index for SqliteIndex {
             if let Some(secret) = existing {
                 return Ok(secret);
             }
-            let secret = crate::cache::key::random_bytes().to_vec();
+            let secret = crate::store::random_bytes().to_vec();
             tx.execute("INSERT INTO meta (name, value) VALUES ('key_secret', ?1)", [&secret])?;
             Ok(secret)
         })

@@ -54,7 +54,6 @@ use std::time::Duration;
 
 pub use auth::{Groups, TokenFileError, Tokens};
 pub use index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, SqliteIndex, VersionFilter};
-pub(crate) use openapi::query_schema;
 
 use crate::cache::key::{KeyRules, KeySecret, MatchHeaders};
 use crate::purge::Backoff;

@@ -3,7 +3,7 @@
 
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, OneOfBuilder, SchemaFormat};
+use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, SchemaFormat};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, ObjectBuilder, OpenApi, OpenApiBuilder, PathItem, PathsBuilder,
@@ -262,22 +262,6 @@ fn selection_parameters() -> impl Iterator<Item = Parameter> {
             parameter.schema = Some(schema_of(kind));
             parameter
         })
-}
-
-/// `query` in a registration: `[name, value]` pairs, or an object of
-/// names to values.
-pub(crate) fn query_schema() -> Schema {
-    let text = || ObjectBuilder::new().schema_type(Type::String);
-    let pairs = ArrayBuilder::new().items(ArrayBuilder::new().items(text()).min_items(Some(2)).max_items(Some(2)));
-    let names = ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .additional_properties(Some(text()));
-    OneOfBuilder::new()
-        .item(pairs)
-        .item(names)
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .description(Some("Query parameters: `[name, value]` pairs, or an object"))
-        .into()
 }
 
 fn parameter(name: &str, place: ParameterIn, kind: Kind, description: Option<&str>) -> Parameter {

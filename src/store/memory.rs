@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use quick_cache::sync::Cache;
 use quick_cache::{Lifecycle, Weighter};
 
+use super::entry::metadata_len;
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
-use crate::cache::entry::metadata_len;
 
 /// Bytes an entry costs beyond its key, URL and value: the table slot, the
 /// URL index's set and its copy of the key, reference counts and allocator

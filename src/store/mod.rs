@@ -14,10 +14,12 @@
 //! A store that fails never fails a request: the cache logs one warning and
 //! lets requests through to the origin until the store recovers.
 
+pub mod entry;
 mod location;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+pub(crate) mod sign;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -28,7 +30,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::cache::entry::StoredResponse;
+use self::entry::StoredResponse;
 
 pub use self::location::{CACHE_VARIABLE, Location, LocationError};
 pub use self::memory::MemoryStore;
@@ -295,4 +297,30 @@ pub trait Store: Send + Sync + 'static {
     fn request_deadline(&self) -> Option<std::time::Duration> {
         None
     }
+
+    /// A cheap check that the store answers again after failing (Redis:
+    /// `PING`). While the cache skips a failed store, it pings it a few
+    /// times a second and resumes the moment it answers, instead of waiting
+    /// out its backoff. `None` (the default) for stores that can't tell:
+    /// the cache then tries a request's own call once the backoff is over.
+    async fn ping(&self) -> Option<Result<(), StoreError>> {
+        None
+    }
+}
+
+/// 32 random bytes from the operating system: the secrets stores keep.
+pub(crate) fn random_bytes() -> [u8; 32] {
+    use sha2::Digest;
+    let mut bytes = [0; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back on what differs between processes and runs.
+        let seed = format!(
+            "{:?}{:?}{}",
+            std::time::SystemTime::now(),
+            std::thread::current().id(),
+            std::process::id()
+        );
+        bytes = sha2::Sha256::digest(seed.as_bytes()).into();
+    }
+    bytes
 }

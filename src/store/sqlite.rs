@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::entry::{from_millis, to_millis};
 use super::{EntryInfo, MemoryStore, Store, StoreEntry, StoreError, StoreStats, StoredValue};
-use crate::cache::entry::{from_millis, to_millis};
 
 /// The schema this release writes; older files are migrated on open, newer
 /// ones are refused rather than misread.
@@ -394,7 +394,7 @@ impl Store for SqliteStore {
     }
 
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let candidate = crate::cache::key::random_bytes().to_vec();
+        let candidate = super::random_bytes().to_vec();
         self.run(move |connection| {
             // The first process to ask creates it; every later one reads it.
             connection.execute(

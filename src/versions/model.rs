@@ -59,7 +59,7 @@ pub(crate) struct Registration {
     #[cfg_attr(feature = "server", schema(pattern = "^https?://\\S+$"))]
     pub(crate) url: String,
     /// Query parameters: `[name, value]` pairs, or an object.
-    #[cfg_attr(feature = "server", schema(schema_with = crate::server::query_schema, required = false))]
+    #[cfg_attr(feature = "server", schema(schema_with = query_schema, required = false))]
     pub(crate) query: Vec<(String, String)>,
     /// Request headers.
     #[cfg_attr(feature = "server", schema(value_type = Option<BTreeMap<String, String>>))]
@@ -585,6 +585,24 @@ pub fn is_valid_tag(tag: &str) -> bool {
         && tag
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+}
+
+/// `query` in a registration, for the API description: `[name, value]`
+/// pairs, or an object of names to values.
+#[cfg(feature = "server")]
+fn query_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let pairs = ArrayBuilder::new().items(ArrayBuilder::new().items(text()).min_items(Some(2)).max_items(Some(2)));
+    let names = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(text()));
+    OneOfBuilder::new()
+        .item(pairs)
+        .item(names)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some("Query parameters: `[name, value]` pairs, or an object"))
+        .into()
 }
 
 #[cfg(test)]

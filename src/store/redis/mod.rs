@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::location::redact;
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
-use crate::cache::entry::{from_millis, to_millis};
+use crate::store::entry::{from_millis, to_millis};
 
 mod tier;
 
@@ -400,6 +400,16 @@ fn escape_pattern(text: &str) -> String {
 
 #[async_trait]
 impl Store for RedisStore {
+    async fn ping(&self) -> Option<Result<(), StoreError>> {
+        let mut connection = self.connection.clone();
+        // A failed command also makes the connection manager reconnect.
+        let answer = redis::cmd("PING").query_async::<()>(&mut connection).await;
+        Some(answer.map_err(|source| StoreError::Redis {
+            location: self.location.clone(),
+            source,
+        }))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         let entry_key = self.entry_key(key);
         if let Some(tier) = &self.tier {
@@ -516,7 +526,7 @@ impl Store for RedisStore {
     }
 
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let candidate = crate::cache::key::random_bytes().to_vec();
+        let candidate = super::random_bytes().to_vec();
         let mut pipeline = redis::pipe();
         // The first process to ask creates it; every later one reads it.
         pipeline
