@@ -31,6 +31,9 @@ use crate::versions::{
 
 /// Listings return at most this many items per page.
 const MAX_PAGE: u64 = 1000;
+/// The longest timed pin: 100 years. Longer is a mistake; a pin without end
+/// has no duration.
+const MAX_PIN_SECONDS: u64 = 100 * 365 * 86_400;
 /// `wait=` is capped, so a request can't hold a connection for ever.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 /// What credential headers and parameters read as in answers.
@@ -89,6 +92,14 @@ impl ApiError {
 
 impl From<IndexError> for ApiError {
     fn from(error: IndexError) -> Self {
+        if error.is_disk_full() {
+            tracing::error!(%error, "the data directory's disk is full");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the server's disk is full; nothing was changed",
+            );
+        }
         tracing::error!(%error, "index failure");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -314,7 +325,15 @@ fn checked_name(field: &str, value: &str, what: &str) -> AppResult<String> {
 fn paging(name: &str, value: &str, skip: &mut u64, limit: &mut u64) -> AppResult<bool> {
     match name {
         "skip" => *skip = query_u64(name, value)?,
-        "limit" => *limit = query_u64(name, value)?.clamp(1, MAX_PAGE),
+        "limit" => {
+            *limit = query_u64(name, value)?.min(MAX_PAGE);
+            if *limit == 0 {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("`limit` must be at least 1 (at most {MAX_PAGE} are returned)"),
+                ));
+            }
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -429,9 +448,13 @@ async fn register(State(state): Shared, Extension(groups): Extension<Groups>, bo
     let body_value = object.remove("body").filter(|value| !value.is_null());
     let group = field::<String>(&mut object, "group")?.unwrap_or_else(|| "default".into());
     let group = checked_name("group", &group, "a group name")?;
-    let strategy = field::<Strategy>(&mut object, "strategy")?.unwrap_or_default();
+    let asked_strategy = field::<Strategy>(&mut object, "strategy")?;
+    let strategy = asked_strategy.clone().unwrap_or_default();
     check_strategy(&strategy)?;
+    let asked_limits = object.contains_key("limits");
     let limits = limits_over(Limits::default(), &mut object)?;
+    let description = note(&mut object, "description")?;
+    let link = note(&mut object, "link")?;
     no_other_fields(&object)?;
     if !groups.allows(&group) {
         return Err(ApiError::new(
@@ -461,8 +484,14 @@ async fn register(State(state): Shared, Extension(groups): Extension<Groups>, bo
         created_at: now,
         last_checked_at: None,
         next_check_at: None,
+        last_attempt_at: None,
+        last_error: None,
+        failures: 0,
+        description,
+        link,
     };
     let key = resource_key(&state, &resource, &header_map)?;
+    let asked = resource.clone();
     let (stored, created) = state.index.register(key, resource).await?;
     // A resource never fetched yet may be one whose registration, racing
     // this one, hasn't started its fetch: starting it here joins or starts
@@ -471,7 +500,49 @@ async fn register(State(state): Shared, Extension(groups): Extension<Groups>, bo
         state.worker.fetch(&stored.id).await?;
     }
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(state.view(stored))).into_response())
+    let mut differences = Vec::new();
+    if !created {
+        if asked_strategy.is_some() && asked.strategy != stored.strategy {
+            differences.push(format!(
+                "strategy {} (asked {})",
+                serde_json::to_string(&stored.strategy).unwrap_or_default(),
+                serde_json::to_string(&asked.strategy).unwrap_or_default()
+            ));
+        }
+        if asked_limits && asked.limits != stored.limits {
+            differences.push(format!(
+                "limits {} (asked {})",
+                serde_json::to_string(&stored.limits).unwrap_or_default(),
+                serde_json::to_string(&asked.limits).unwrap_or_default()
+            ));
+        }
+    }
+    let id = stored.id.clone();
+    let mut response = (status, Json(state.view(stored))).into_response();
+    if !differences.is_empty() {
+        // The registration is idempotent, so the stored resource is kept;
+        // the caller hears that it differs, and how to change it.
+        let warning = format!(
+            "registered already, and kept as it is: {}; change it with PATCH /v1/resources/{id}",
+            differences.join("; ")
+        );
+        if let Ok(value) = HeaderValue::from_str(&warning) {
+            response.headers_mut().insert(WARNING, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `X-Edgecache-Warning`: the request was carried out, but not as asked.
+const WARNING: header::HeaderName = header::HeaderName::from_static(crate::versions::WARNING_HEADER);
+
+/// A free-form text field of at most 4096 bytes.
+fn note(object: &mut Map<String, Value>, name: &str) -> AppResult<Option<String>> {
+    let text = field::<String>(object, name)?;
+    if text.as_ref().is_some_and(|text| text.len() > 4096) {
+        return Err(ApiError::invalid(name, format!("`{name}` is longer than 4096 bytes")));
+    }
+    Ok(text)
 }
 
 /// The cache engine's key of the resource's request.
@@ -862,10 +933,14 @@ async fn pin(
     let mut object = json_object(&body)?;
     let duration = field::<u64>(&mut object, "duration_seconds")?;
     no_other_fields(&object)?;
-    if duration == Some(0) {
+    if let Some(seconds) = duration
+        && !(1..=MAX_PIN_SECONDS).contains(&seconds)
+    {
         return Err(ApiError::invalid(
             "duration_seconds",
-            "`duration_seconds` must be at least 1",
+            format!(
+                "`duration_seconds` must be from 1 to {MAX_PIN_SECONDS} (100 years), not {seconds}; leave it out for a pin without end"
+            ),
         ));
     }
     state.visible(&groups, &rid).await?;

@@ -36,6 +36,17 @@ pub enum IndexError {
     Task,
 }
 
+impl IndexError {
+    /// Whether the index failed for want of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// Which versions a listing shows.
 #[derive(Debug, Clone, Default)]
 pub struct VersionFilter {
@@ -61,6 +72,11 @@ pub enum Finish {
     Unchanged {
         /// The version the origin confirmed.
         latest: String,
+        /// Validators the origin sent with it (a new `ETag` on the same
+        /// body), recorded on `latest` so the next check asks with them.
+        etag: Option<String>,
+        /// As `etag`, for `Last-Modified`.
+        last_modified: Option<String>,
     },
     /// The fetch failed.
     Failed {
@@ -181,6 +197,8 @@ pub trait Index: Send + Sync + 'static {
     async fn due(&self, now: Timestamp) -> Result<(Vec<String>, Option<Timestamp>), IndexError>;
     /// Makes cron resources with `run_at_start` due now.
     async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError>;
+    /// When the next timed pin after `now` runs out, if any.
+    async fn next_pin_end(&self, now: Timestamp) -> Result<Option<Timestamp>, IndexError>;
     /// Enforces every resource's limits (expired pins count as unpinned),
     /// sparing `protected` versions. Answers unreferenced blobs.
     async fn collect(&self, now: Timestamp, protected: Vec<String>) -> Result<Vec<String>, IndexError>;
@@ -242,9 +260,17 @@ CREATE INDEX IF NOT EXISTS versions_by_resource ON versions (resource_id, id);
 CREATE INDEX IF NOT EXISTS versions_by_blob ON versions (sha256);
 ";
 
+/// Columns added after the first release, added to older indexes at open.
+const ADDED_RESOURCE_COLUMNS: &[(&str, &str)] = &[
+    ("last_attempt_at", "INTEGER"),
+    ("last_error", "TEXT"),
+    ("failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("description", "TEXT"),
+    ("link", "TEXT"),
+];
+
 const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error";
-const RESOURCE_COLUMNS: &str =
-    "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at";
+const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link";
 /// A version is pinned now: a timed pin that ran out reads unpinned.
 const PINNED_NOW: &str = "(pinned = 1 AND (pinned_until IS NULL OR pinned_until > ?2))";
 
@@ -254,6 +280,15 @@ impl SqliteIndex {
         let connection = Self::connect(path)?;
         let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         connection.execute_batch(SCHEMA)?;
+        let present: HashSet<String> = connection
+            .prepare("SELECT name FROM pragma_table_info('resources')")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        for (name, declaration) in ADDED_RESOURCE_COLUMNS {
+            if !present.contains(*name) {
+                connection.execute_batch(&format!("ALTER TABLE resources ADD COLUMN {name} {declaration}"))?;
+            }
+        }
         Ok(Self {
             path: path.into(),
             connection: Arc::new(Mutex::new(connection)),
@@ -442,6 +477,11 @@ fn raw_resource(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawResource> {
             created_at: from_millis(row.get(9)?).unwrap_or(Timestamp::UNIX_EPOCH),
             last_checked_at: from_millis(row.get(10)?),
             next_check_at: from_millis(row.get(11)?),
+            last_attempt_at: from_millis(row.get(12)?),
+            last_error: row.get(13)?,
+            failures: row.get(14)?,
+            description: row.get(15)?,
+            link: row.get(16)?,
         },
         row.get(3)?,
         row.get(4)?,
@@ -518,12 +558,23 @@ fn unreferenced(tx: &Connection, mut shas: Vec<String>) -> Result<Vec<String>, I
 
 /// Sets the resource's next check from its strategy, `now` being when the
 /// origin was last asked.
-fn reschedule(tx: &Connection, resource_id: &str, now: Timestamp, failed: bool) -> Result<(), IndexError> {
-    let strategy: String = tx.query_row("SELECT strategy FROM resources WHERE id = ?1", [resource_id], |row| {
-        row.get(0)
-    })?;
+fn reschedule(
+    tx: &Connection,
+    resource_id: &str,
+    now: Timestamp,
+    status_code: Option<Option<u16>>,
+) -> Result<(), IndexError> {
+    let (strategy, failures): (String, u32) = tx.query_row(
+        "SELECT strategy, failures FROM resources WHERE id = ?1",
+        [resource_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
     let strategy: Strategy = parse("resource strategy", &strategy)?;
-    let next = schedule::next_check(&strategy, now, failed);
+    let failure = status_code.map(|status_code| schedule::Failure {
+        in_a_row: failures,
+        status_code,
+    });
+    let next = schedule::next_check(&strategy, now, failure);
     tx.execute(
         "UPDATE resources SET next_check_at = ?2, last_checked_at = ?3 WHERE id = ?1",
         params![resource_id, next.map(millis), millis(now)],
@@ -551,8 +602,8 @@ impl Index for SqliteIndex {
     async fn register(&self, key: String, resource: Resource) -> Result<(Resource, bool), IndexError> {
         self.transaction(move |tx| {
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)",
+                "INSERT OR IGNORE INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at, description, link)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)",
                 params![
                     resource.id,
                     key,
@@ -565,6 +616,8 @@ impl Index for SqliteIndex {
                     json(&resource.strategy),
                     json(&resource.limits),
                     millis(resource.created_at),
+                    resource.description,
+                    resource.link,
                 ],
             )? == 1;
             let id: String = tx.query_row(
@@ -754,11 +807,16 @@ impl Index for SqliteIndex {
                         ],
                     )?;
                 }
-                Finish::Unchanged { latest } => {
+                Finish::Unchanged {
+                    latest,
+                    etag,
+                    last_modified,
+                } => {
                     tx.execute("DELETE FROM versions WHERE id = ?1", [&version_id])?;
                     tx.execute(
-                        "UPDATE versions SET last_checked_at = ?2 WHERE id = ?1",
-                        params![latest, millis(now)],
+                        "UPDATE versions SET last_checked_at = ?2, etag = COALESCE(?3, etag),
+                         last_modified = COALESCE(?4, last_modified) WHERE id = ?1",
+                        params![latest, millis(now), etag, last_modified],
                     )?;
                 }
                 Finish::Failed { status_code, error } => {
@@ -768,7 +826,23 @@ impl Index for SqliteIndex {
                     )?;
                 }
             }
-            reschedule(tx, &resource_id, now, matches!(finish, Finish::Failed { .. }))?;
+            let failed = match &finish {
+                Finish::Failed { status_code, error } => {
+                    tx.execute(
+                        "UPDATE resources SET failures = failures + 1, last_error = ?2, last_attempt_at = ?3 WHERE id = ?1",
+                        params![resource_id, error, millis(now)],
+                    )?;
+                    Some(*status_code)
+                }
+                _ => {
+                    tx.execute(
+                        "UPDATE resources SET failures = 0, last_error = NULL, last_attempt_at = ?2 WHERE id = ?1",
+                        params![resource_id, millis(now)],
+                    )?;
+                    None
+                }
+            };
+            reschedule(tx, &resource_id, now, failed)?;
             let mut orphans = enforce_limits(tx, &resource_id, now, &protected)?;
             if let Finish::Ready(version) = finish {
                 // The new version's own blob is referenced: never an orphan.
@@ -965,6 +1039,18 @@ impl Index for SqliteIndex {
         .await
     }
 
+    async fn next_pin_end(&self, now: Timestamp) -> Result<Option<Timestamp>, IndexError> {
+        self.read(move |tx| {
+            let next: Option<i64> = tx.query_row(
+                "SELECT MIN(pinned_until) FROM versions WHERE pinned = 1 AND pinned_until > ?1",
+                [millis(now)],
+                |row| row.get(0),
+            )?;
+            Ok(from_millis(next))
+        })
+        .await
+    }
+
     async fn collect(&self, now: Timestamp, protected: Vec<String>) -> Result<Vec<String>, IndexError> {
         self.transaction(move |tx| {
             let ids: Vec<String> = tx
@@ -1014,6 +1100,11 @@ mod tests {
             created_at: now,
             last_checked_at: None,
             next_check_at: None,
+            last_attempt_at: None,
+            last_error: None,
+            failures: 0,
+            description: None,
+            link: None,
         }
     }
 

@@ -87,6 +87,14 @@ pub struct ServerConfig {
     /// data directory (default 100 MiB); a fetch that would go below fails,
     /// so the index always has room to record it.
     pub min_free_space: u64,
+    /// The longest one fetch may take, retries included (default 5
+    /// minutes), plus the time its `Content-Length` takes at
+    /// `min_transfer_rate`: a slow origin fails its fetch instead of
+    /// holding a fetch slot for ever.
+    pub fetch_timeout: Duration,
+    /// The slowest a body may arrive, in bytes per second, over any
+    /// 10-second stretch (default 1024; 0 turns the check off).
+    pub min_transfer_rate: u64,
 }
 
 impl ServerConfig {
@@ -102,6 +110,8 @@ impl ServerConfig {
             retries: 2,
             max_body_size: 16 << 30,
             min_free_space: 100 << 20,
+            fetch_timeout: Duration::from_secs(300),
+            min_transfer_rate: 1024,
         }
     }
 }
@@ -213,8 +223,19 @@ impl Server {
                 backoff: Backoff::default(),
                 max_body_size: config.max_body_size,
                 min_free_space: config.min_free_space,
+                timeout: config.fetch_timeout,
+                min_transfer_rate: config.min_transfer_rate,
             },
         )?;
+        if let Some(free) = blobs.free_space()
+            && free < config.min_free_space
+        {
+            tracing::warn!(
+                free_mib = free >> 20,
+                min_free_space_mib = config.min_free_space >> 20,
+                "the data directory's disk has less free space than --min-free-space: every fetch will fail until space is freed"
+            );
+        }
         let key_secret = KeySecret::new(&index.key_secret().await?);
         worker.recover().await?;
         let keys = KeyRules::new(

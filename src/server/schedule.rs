@@ -9,8 +9,25 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::versions::Strategy;
 
-/// After a failed fetch, the origin is asked again this soon at the latest.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
+/// The first retry after a failed fetch waits this long; each failure in a
+/// row doubles it, up to `MAX_RETRY_DELAY`.
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(10);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// A fetch that just failed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure {
+    /// Failures in a row, this one included.
+    pub(crate) in_a_row: u32,
+    /// The origin's status, if it answered.
+    pub(crate) status_code: Option<u16>,
+}
+
+/// How long the retry after `failures_in_a_row` failures waits.
+pub(crate) fn retry_delay(failures_in_a_row: u32) -> Duration {
+    let doublings = failures_in_a_row.saturating_sub(1).min(20);
+    FIRST_RETRY_DELAY.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
+}
 
 /// A parsed cron strategy.
 pub(crate) struct Schedule {
@@ -62,25 +79,26 @@ fn later(now: Timestamp, seconds: u64) -> Option<Timestamp> {
 }
 
 /// The next check after the origin was asked at `now`; `None` when the
-/// strategy schedules nothing.
-pub(crate) fn next_check(strategy: &Strategy, now: Timestamp, failed: bool) -> Option<Timestamp> {
-    let next = match strategy {
-        // Requests drive `on_request`; nothing to schedule, even after a failure.
-        Strategy::OnRequest { .. } => return None,
-        Strategy::Never => None,
+/// strategy schedules nothing. After a failure, the retry backs off
+/// exponentially whatever the strategy's interval, and a `never` resource
+/// whose origin answered `404` or `410` takes that as the final answer.
+pub(crate) fn next_check(strategy: &Strategy, now: Timestamp, failure: Option<Failure>) -> Option<Timestamp> {
+    if let Some(failure) = failure {
+        return match strategy {
+            // Requests drive `on_request`; nothing to schedule, even after a failure.
+            Strategy::OnRequest { .. } => None,
+            Strategy::Never if matches!(failure.status_code, Some(404 | 410)) => None,
+            _ => later(now, retry_delay(failure.in_a_row).as_secs()),
+        };
+    }
+    match strategy {
+        Strategy::OnRequest { .. } | Strategy::Never => None,
         Strategy::Age { seconds } => later(now, *seconds),
         Strategy::RemoteChanged {
             check_every_seconds, ..
         } => later(now, *check_every_seconds),
         Strategy::Cron { expr, timezone, .. } => Schedule::parse(expr, timezone.as_deref()).ok()?.next_after(now),
-    };
-    if failed {
-        // A failure is retried sooner than a long interval, and a never
-        // strategy, whose one fetch failed, is retried too.
-        let retry = later(now, RETRY_AFTER_FAILURE.as_secs());
-        return next.min(retry).or(retry);
     }
-    next
 }
 
 /// The next check of a resource whose strategy just changed, the origin
@@ -91,8 +109,8 @@ pub(crate) fn next_check_from(
     now: Timestamp,
 ) -> Option<Timestamp> {
     match (strategy, last_checked) {
-        (Strategy::Cron { .. }, _) => next_check(strategy, now, false),
-        (_, Some(last)) => next_check(strategy, last, false),
+        (Strategy::Cron { .. }, _) => next_check(strategy, now, None),
+        (_, Some(last)) => next_check(strategy, last, None),
         (Strategy::Never | Strategy::OnRequest { .. }, None) => None,
         (_, None) => Some(now),
     }
@@ -133,23 +151,33 @@ mod tests {
     #[test]
     fn strategies_schedule_from_the_last_check() {
         let now = at("2026-01-10T10:00:00Z");
-        assert_eq!(next_check(&Strategy::Never, now, false), None);
+        assert_eq!(next_check(&Strategy::Never, now, None), None);
         assert_eq!(
-            next_check(&Strategy::Age { seconds: 60 }, now, false),
+            next_check(&Strategy::Age { seconds: 60 }, now, None),
             Some(at("2026-01-10T10:01:00Z"))
         );
         assert_eq!(
-            next_check(&Strategy::Age { seconds: u64::MAX }, now, false),
+            next_check(&Strategy::Age { seconds: u64::MAX }, now, None),
             Some(Timestamp::MAX)
         );
+        let failed = |in_a_row, status_code| Some(Failure { in_a_row, status_code });
+        // Failures back off from 10 s, doubling, whatever the interval.
         assert_eq!(
-            next_check(&Strategy::Never, now, true),
-            Some(at("2026-01-10T10:05:00Z"))
+            next_check(&Strategy::Never, now, failed(1, None)),
+            Some(at("2026-01-10T10:00:10Z"))
         );
         assert_eq!(
-            next_check(&Strategy::Age { seconds: 60 }, now, true),
-            Some(at("2026-01-10T10:01:00Z"))
+            next_check(&Strategy::Age { seconds: 1 }, now, failed(3, Some(503))),
+            Some(at("2026-01-10T10:00:40Z"))
         );
+        assert_eq!(
+            next_check(&Strategy::Age { seconds: 60 }, now, failed(u32::MAX, None)),
+            Some(at("2026-01-10T11:00:00Z"))
+        );
+        // For `never`, a 404 or 410 is the answer.
+        assert_eq!(next_check(&Strategy::Never, now, failed(1, Some(404))), None);
+        assert_eq!(next_check(&Strategy::Never, now, failed(1, Some(410))), None);
+        assert!(next_check(&Strategy::Age { seconds: 60 }, now, failed(1, Some(404))).is_some());
         let daily = Strategy::Age { seconds: 86_400 };
         assert_eq!(
             next_check_from(&daily, Some(at("2026-01-01T00:00:00Z")), now),

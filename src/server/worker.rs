@@ -47,7 +47,19 @@ pub(crate) struct FetchLimits {
     pub(crate) max_body_size: u64,
     /// A fetch that would leave less free space than this fails.
     pub(crate) min_free_space: u64,
+    /// The longest a fetch may take once it has its slots, retries
+    /// included, plus its `Content-Length` at `min_transfer_rate`.
+    pub(crate) timeout: Duration,
+    /// The slowest a body may arrive, in bytes per second over any
+    /// `RATE_WINDOW`; 0 turns the check off.
+    pub(crate) min_transfer_rate: u64,
 }
+
+/// The stretch over which `min_transfer_rate` is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A fetch's slots: its host's and the server's.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// How often, in bytes written, a download checks the free space again.
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
@@ -291,6 +303,7 @@ impl Worker {
     pub(crate) async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         const MAX_SLEEP: Duration = Duration::from_secs(60);
         let mut last_collection = tokio::time::Instant::now();
+        let mut pin_ended = false;
         loop {
             let now = Timestamp::now();
             let sleep = match self.index.due(now).await {
@@ -311,10 +324,31 @@ impl Worker {
                     Duration::from_secs(5)
                 }
             };
-            if last_collection.elapsed() >= MAX_SLEEP {
+            // A timed pin that ran out leaves its version to the limits:
+            // collect then, not at the next fetch (with `never`, never).
+            let pin_end = match self.index.next_pin_end(now).await {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read when pins end");
+                    None
+                }
+            };
+            if last_collection.elapsed() >= MAX_SLEEP || pin_ended {
                 self.collect().await;
                 last_collection = tokio::time::Instant::now();
             }
+            let sleep = match pin_end {
+                Some(end) => {
+                    let until_end = Duration::try_from(end.duration_since(now)).unwrap_or_default();
+                    pin_ended = until_end <= sleep;
+                    // Just past the end, so the pin reads as ended.
+                    sleep.min(until_end.saturating_add(Duration::from_millis(5)))
+                }
+                None => {
+                    pin_ended = false;
+                    sleep
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.wake.notified() => {}
@@ -343,7 +377,7 @@ impl Worker {
             .clone()
     }
 
-    async fn permits(&self, host: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    async fn permits(&self, host: &str) -> Option<Permits> {
         let host = self.host_slots(host).acquire_owned().await.ok()?;
         let global = self.slots.clone().acquire_owned().await.ok()?;
         Some((host, global))
@@ -364,8 +398,16 @@ impl Worker {
                 Outcome::Ready(version_id.to_owned()),
                 Some(temp),
             ),
-            FetchEnd::Unchanged { latest } => (
-                Finish::Unchanged { latest: latest.clone() },
+            FetchEnd::Unchanged {
+                latest,
+                etag,
+                last_modified,
+            } => (
+                Finish::Unchanged {
+                    latest: latest.clone(),
+                    etag,
+                    last_modified,
+                },
                 Outcome::Unchanged(latest),
                 None,
             ),
@@ -430,19 +472,27 @@ impl Worker {
         if !self.allow_private {
             guard::check_literal(&url)?;
         }
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let Some(_permits) = self.permits(&host).await else {
-            return Err("the server is shutting down".into());
-        };
-        self.index.set_downloading(version_id).await.map_err(index_error)?;
         let conditional = conditional_headers(&resource.strategy, latest.as_ref(), now);
-        let response = self.send(&resource, &url, &conditional).await?;
+        let mut clock = FetchClock::new(self.limits.timeout);
+        let (response, _permits) = self.send(&resource, version_id, &url, &conditional, &mut clock).await?;
         let status = response.status();
+        let validators = |headers: &HeaderMap| {
+            let text = |name| {
+                headers
+                    .get(name)
+                    .and_then(|value: &HeaderValue| value.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (text(http::header::ETAG), text(http::header::LAST_MODIFIED))
+        };
         if status == StatusCode::NOT_MODIFIED
             && let Some(latest) = latest.as_ref().filter(|_| !conditional.is_empty())
         {
+            let (etag, last_modified) = validators(response.headers());
             return Ok(FetchEnd::Unchanged {
                 latest: latest.id.clone(),
+                etag,
+                last_modified,
             });
         }
         if !status.is_success() {
@@ -452,10 +502,19 @@ impl Worker {
             });
         }
         let headers = response.headers().clone();
-        let temp = self.download(version_id, response).await?;
+        if let (Some(length), rate @ 1..) = (response.content_length(), self.limits.min_transfer_rate) {
+            clock.extend(Duration::from_secs(length / rate));
+        }
+        let temp = self.download(version_id, response, &clock).await?;
         if let Some(latest) = latest.filter(|latest| latest.sha256.as_deref() == Some(temp.sha256.as_str())) {
             self.blobs.discard(temp).await;
-            return Ok(FetchEnd::Unchanged { latest: latest.id });
+            // The same body under new validators: ask with those next time.
+            let (etag, last_modified) = validators(&headers);
+            return Ok(FetchEnd::Unchanged {
+                latest: latest.id,
+                etag,
+                last_modified,
+            });
         }
         let mut version = Version::from_origin(version_id.to_owned(), status.as_u16(), &headers, is_kept, now);
         version.size = Some(temp.size);
@@ -467,19 +526,34 @@ impl Worker {
     }
 
     /// Sends the request, retrying transport errors, 429 and 5xx with
-    /// backoff (honouring `Retry-After`).
+    /// backoff (honouring `Retry-After`). Each attempt takes the host's and
+    /// the server's slots, and gives them back while it waits to retry;
+    /// the answer comes with the slots of the attempt that got it.
     async fn send(
         &self,
         resource: &Resource,
+        version_id: &str,
         url: &url::Url,
         conditional: &HeaderMap,
-    ) -> Result<reqwest::Response, String> {
+        clock: &mut FetchClock,
+    ) -> Result<(reqwest::Response, Permits), String> {
         let method = Method::from_bytes(resource.method.as_bytes()).map_err(|_| "the stored method is invalid")?;
         let mut headers = header_map(&resource.headers);
         headers.extend(conditional.clone());
         let body = encode_body(resource.body.as_ref(), &mut headers);
+        let host = host_key(url);
         let mut attempt = 0;
         loop {
+            let Some(permits) = self.permits(&host).await else {
+                return Err("the server is shutting down".into());
+            };
+            if attempt == 0 {
+                self.index
+                    .set_downloading(version_id)
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            clock.start();
             let mut request = self
                 .client
                 .request(method.clone(), url.clone())
@@ -487,11 +561,12 @@ impl Worker {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
-            let (retryable, retry_after, failure) = match request.send().await {
+            let sent = clock.within(request.send()).await?;
+            let (retryable, retry_after, failure) = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if !(status == 429 || matches!(status, 500 | 502 | 503 | 504)) || attempt >= self.limits.retries {
-                        return Ok(response);
+                        return Ok((response, permits));
                     }
                     let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(60));
                     (true, retry_after, format!("the origin answered {}", response.status()))
@@ -503,10 +578,14 @@ impl Worker {
                     (!refused, None, message)
                 }
             };
+            drop(permits);
             if !retryable || attempt >= self.limits.retries {
                 return Err(failure);
             }
             let delay = self.limits.backoff.delay(attempt, retry_after);
+            if clock.remaining().is_some_and(|remaining| remaining < delay) {
+                return Err(format!("{failure}; no time left to retry ({})", clock.limit()));
+            }
             tracing::debug!(%failure, ?delay, "retrying a fetch");
             tokio::time::sleep(delay).await;
             attempt += 1;
@@ -533,7 +612,12 @@ impl Worker {
     }
 
     /// Streams the body to a temporary blob.
-    async fn download(&self, version_id: &str, mut response: reqwest::Response) -> Result<TempBlob, String> {
+    async fn download(
+        &self,
+        version_id: &str,
+        mut response: reqwest::Response,
+        clock: &FetchClock,
+    ) -> Result<TempBlob, String> {
         let mut writer = self
             .blobs
             .writer(version_id)
@@ -550,8 +634,36 @@ impl Worker {
             return Err(short);
         }
         let mut next_space_check = SPACE_CHECK_EVERY;
+        let min_rate = self.limits.min_transfer_rate;
+        let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
         loop {
-            match response.chunk().await {
+            let window_end = window_start + RATE_WINDOW;
+            let next = tokio::time::timeout_at(window_end, clock.within(response.chunk()));
+            let chunk = match next.await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(too_slow)) => {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!("{too_slow} after {read} bytes of the body"));
+                }
+                // A window passed without a chunk: judged below.
+                Err(_) => Ok(Some(bytes::Bytes::new())),
+            };
+            if let Ok(Some(bytes)) = &chunk {
+                window_bytes = window_bytes.saturating_add(bytes.len() as u64);
+            }
+            if matches!(chunk, Ok(Some(_))) && tokio::time::Instant::now() >= window_end {
+                if min_rate > 0 && window_bytes < min_rate.saturating_mul(RATE_WINDOW.as_secs()) {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!(
+                        "the origin sent {window_bytes} bytes in {} s, slower than {min_rate} bytes/s (--min-transfer-rate), after {read} bytes",
+                        RATE_WINDOW.as_secs()
+                    ));
+                }
+                (window_start, window_bytes) = (tokio::time::Instant::now(), 0);
+            }
+            match chunk {
                 Ok(Some(chunk)) => {
                     if writer.size().saturating_add(chunk.len() as u64) > limit {
                         writer.abort().await;
@@ -587,10 +699,75 @@ impl Worker {
     }
 }
 
+/// A fetch's deadline: it starts when the first attempt has its slots, and
+/// covers retries and the body.
+struct FetchClock {
+    limit: Duration,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl FetchClock {
+    fn new(limit: Duration) -> Self {
+        Self { limit, deadline: None }
+    }
+
+    /// Starts the clock, unless it runs already.
+    fn start(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = tokio::time::Instant::now().checked_add(self.limit);
+        }
+    }
+
+    /// More time, for a large body.
+    fn extend(&mut self, by: Duration) {
+        self.limit = self.limit.saturating_add(by);
+        self.deadline = self.deadline.and_then(|deadline| deadline.checked_add(by));
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    fn limit(&self) -> String {
+        format!("the fetch may take {} s (--fetch-timeout)", self.limit.as_secs())
+    }
+
+    /// `work`, or why it ran out of time.
+    async fn within<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, work)
+                .await
+                .map_err(|_| format!("the fetch ran out of time: {}", self.limit())),
+            None => Ok(work.await),
+        }
+    }
+}
+
+/// What limits fetches per host: the host and port, as a browser counts
+/// connections.
+fn host_key(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
 enum FetchEnd {
-    Ready { version: Box<Version>, temp: TempBlob },
-    Unchanged { latest: String },
-    Failed { status_code: Option<u16>, error: String },
+    Ready {
+        version: Box<Version>,
+        temp: TempBlob,
+    },
+    Unchanged {
+        latest: String,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+    Failed {
+        status_code: Option<u16>,
+        error: String,
+    },
 }
 
 /// The resource's URL with its query.

@@ -347,6 +347,7 @@ impl Client {
             group: None,
             strategy: None,
             limits: None,
+            notes: Notes::default(),
         }
     }
 
@@ -456,10 +457,13 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<T> {
         let response = self
-            .send(method, path, query, body)
+            .send(method.clone(), path, query, body)
             .await?
             .map_err(|reason| self.unreachable(reason))?;
         let response = checked(response).await?;
+        if let Some(warning) = response.headers().get(super::WARNING_HEADER) {
+            tracing::warn!(warning = %String::from_utf8_lossy(warning.as_bytes()), "{method} {path}");
+        }
         let bytes = response.bytes().await.map_err(Error::Body)?;
         serde_json::from_slice(&bytes).map_err(|error| Error::Decode(error.to_string()))
     }
@@ -535,6 +539,14 @@ pub struct ResourceBuilder {
     group: Option<String>,
     strategy: Option<Strategy>,
     limits: Option<Limits>,
+    notes: Notes,
+}
+
+/// A resource's free-form description and link.
+#[derive(Debug, Default)]
+struct Notes {
+    description: Option<String>,
+    link: Option<String>,
 }
 
 impl ResourceBuilder {
@@ -576,12 +588,33 @@ impl ResourceBuilder {
         self
     }
 
+    /// Free-form notes kept with the resource (at most 4096 bytes), such
+    /// as what it is for.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.notes.description = Some(description.into());
+        self
+    }
+
+    /// A link kept with the resource (at most 4096 bytes), such as its
+    /// ticket or dashboard.
+    pub fn link(mut self, link: impl Into<String>) -> Self {
+        self.notes.link = Some(link.into());
+        self
+    }
+
     /// Registers the resource, or finds it if it is registered already.
     /// With the server unreachable and fallback on, the handle still
     /// serves [`ResourceHandle::content`] from the origin, and registers
     /// when the server is back.
     pub async fn register(self) -> Result<ResourceHandle> {
-        let body = registration(&self.client, &self.spec, self.group, self.strategy, self.limits);
+        let body = registration(
+            &self.client,
+            &self.spec,
+            self.group,
+            self.strategy,
+            self.limits,
+            self.notes,
+        );
         let handle = ResourceHandle {
             client: self.client,
             id: Arc::default(),
@@ -603,6 +636,7 @@ fn registration(
     group: Option<String>,
     strategy: Option<Strategy>,
     limits: Option<Limits>,
+    notes: Notes,
 ) -> Value {
     let body = Registration {
         method: spec.method.as_str().to_owned(),
@@ -613,6 +647,8 @@ fn registration(
         group: group.unwrap_or_else(|| client.inner.group.clone()),
         strategy,
         limits,
+        description: notes.description,
+        link: notes.link,
     };
     serde_json::to_value(body).unwrap_or_default()
 }
@@ -884,7 +920,8 @@ impl VersionHandle {
     /// Pins the version, for `duration` if given.
     pub async fn pin(&self, duration: Option<Duration>) -> Result<Version> {
         let pin = Pin {
-            duration_seconds: duration.map(|duration| duration.as_secs().max(1)),
+            // Whole seconds, as the API takes them: less than one is its error to give.
+            duration_seconds: duration.map(|duration| duration.as_secs()),
         };
         let body = serde_json::to_value(pin).unwrap_or_default();
         self.call(Method::PUT, "/pin", Some(&body)).await

@@ -43,6 +43,24 @@ pub struct Resource {
     /// When the next scheduled fetch is due; `null` when none is scheduled.
     #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
     pub next_check_at: Option<Timestamp>,
+    /// When the last fetch ended, whether it succeeded or failed.
+    #[serde(default)]
+    #[cfg_attr(feature = "server", schema(value_type = Option<String>, format = DateTime))]
+    pub last_attempt_at: Option<Timestamp>,
+    /// Why the last fetch failed; `null` once a fetch succeeds. Content is
+    /// still served from the newest ready version meanwhile.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Fetches that failed in a row. Each failure waits twice as long as
+    /// the one before for its retry (10 s, 20 s, … up to an hour).
+    #[serde(default)]
+    pub failures: u32,
+    /// Free-form notes about the resource, as registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A link about the resource (a ticket, a dashboard), as registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 /// The body of `PUT /v1/resources`: the request to keep versions of, and
@@ -77,6 +95,14 @@ pub(crate) struct Registration {
     /// How many versions are kept; missing fields take their defaults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) limits: Option<Limits>,
+    /// Free-form notes, at most 4096 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(max_length = 4096))]
+    pub(crate) description: Option<String>,
+    /// A link about the resource, at most 4096 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(max_length = 4096))]
+    pub(crate) link: Option<String>,
 }
 
 /// The body of `PATCH /v1/resources/{rid}`: what is absent stays as it is.
@@ -256,6 +282,10 @@ impl Version {
     }
 }
 
+/// What the server says of a request it carried out, but not as asked (a
+/// registration that found the resource registered differently).
+pub(crate) const WARNING_HEADER: &str = "x-edgecache-warning";
+
 /// The request header that asks for the selected version's metadata, and
 /// the response header that carries it (base64url of its JSON) beside its
 /// body, so a client needs no second request to learn what it got.
@@ -282,8 +312,10 @@ pub enum Strategy {
         /// IANA time zone the expression is read in; UTC when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timezone: Option<String>,
-        /// Also fetch when the server starts.
-        #[serde(default = "default_true")]
+        /// Also fetch when the server starts (default `false`: a restart
+        /// refetches nothing, and a slot missed while the server was down
+        /// still runs once).
+        #[serde(default)]
         run_at_start: bool,
     },
     /// Ask the origin every `check_every_seconds` with a conditional GET
@@ -309,9 +341,6 @@ pub enum Strategy {
     },
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_check_every() -> u64 {
     21_600
 }
@@ -339,7 +368,7 @@ impl Strategy {
         Self::Cron {
             expr: expr.into(),
             timezone: None,
-            run_at_start: true,
+            run_at_start: false,
         }
     }
 }

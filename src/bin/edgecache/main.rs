@@ -32,7 +32,7 @@ enum Command {
     /// Run the versioned shared cache server.
     Serve(serve::ServeArgs),
     /// Use a versioned shared cache server.
-    Versions(versions_cmd::VersionsArgs),
+    Versions(Box<versions_cmd::VersionsArgs>),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             Command::Cache(args) => cache_cmd::run(args).await,
             Command::Purge(args) => purge::run(args).await,
             Command::Serve(args) => serve::run(args).await,
-            Command::Versions(args) => versions_cmd::run(args).await,
+            Command::Versions(args) => versions_cmd::run(*args).await,
         }
     });
     match result {

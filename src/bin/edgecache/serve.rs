@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// disk; a fetch that would go below fails (default 100 MiB).
     #[arg(long, default_value_t = 100 << 20, value_name = "BYTES")]
     min_free_space: u64,
+    /// The longest one fetch may take, retries included, in seconds; a
+    /// body's Content-Length adds its time at --min-transfer-rate.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    fetch_timeout: u64,
+    /// The slowest a body may arrive, in bytes per second over any 10 s;
+    /// 0 turns the check off.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    min_transfer_rate: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -69,6 +77,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.retries = args.retries;
     config.max_body_size = args.max_body_size;
     config.min_free_space = args.min_free_space;
+    config.fetch_timeout = std::time::Duration::from_secs(args.fetch_timeout);
+    config.min_transfer_rate = args.min_transfer_rate;
     let server = Server::bind(config).await.context("cannot start the server")?;
     eprintln!(
         "edgecache: serving {} on http://{}",

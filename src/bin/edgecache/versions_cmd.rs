@@ -22,7 +22,9 @@ Examples:
   edgecache versions get https://example.org/data.csv --prefer-pinned -o data.csv
   edgecache versions register https://example.org/data.csv --strategy age:1h
   edgecache versions versions RID --json
-  edgecache versions pin RID VID --for 7d")]
+  edgecache versions pin RID VID --for 7d
+  edgecache versions get https://example.org/data.csv --at -1d -o downloads/
+  edgecache versions update RID --strategy never --max-unpinned 5")]
 pub struct VersionsArgs {
     /// The server's URL [default: $EDGECACHE_SERVER_URL, else http://127.0.0.1:8008].
     #[arg(long, global = true, value_name = "URL")]
@@ -60,13 +62,39 @@ struct RequestArgs {
     /// `remote-changed[:6h]`, `on-request[:10m]`, or the API's JSON.
     #[arg(long, value_parser = parse_strategy)]
     strategy: Option<Strategy>,
+    /// The request body, sent as it is (`@FILE` reads a file).
+    #[arg(long, value_name = "TEXT", conflicts_with = "json_body")]
+    body: Option<String>,
+    /// The request body as JSON, sent with `Content-Type: application/json`
+    /// (`@FILE` reads a file).
+    #[arg(long, value_name = "JSON")]
+    json_body: Option<String>,
+    /// Free-form notes kept with the resource.
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// A link kept with the resource (a ticket, a dashboard).
+    #[arg(long, value_name = "URL")]
+    link: Option<String>,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Ready, unpinned versions kept.
+    #[arg(long, value_name = "N")]
+    max_unpinned: Option<u32>,
+    /// Pinned versions allowed.
+    #[arg(long, value_name = "N")]
+    max_pinned: Option<u32>,
+    /// Failed fetches kept for inspection.
+    #[arg(long, value_name = "N")]
+    max_failed: Option<u32>,
 }
 
 #[derive(Subcommand)]
 enum Action {
     /// Register a URL (or find it, if registered already) and print its id.
     Register(RequestArgs),
-    /// List resources.
+    /// List resources (of the group, when one is given).
     List,
     /// Show a resource.
     Show {
@@ -83,6 +111,47 @@ enum Action {
         /// Only versions with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only pinned versions.
+        #[arg(long)]
+        pinned: bool,
+        /// Leave out this many (newest first).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        skip: usize,
+        /// Show at most this many.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// The version after this one (newer), if any.
+    Next {
+        /// The resource id.
+        rid: String,
+        /// The version id.
+        vid: String,
+    },
+    /// The version before this one (older), if any.
+    Previous {
+        /// The resource id.
+        rid: String,
+        /// The version id.
+        vid: String,
+    },
+    /// Change a resource's strategy or limits.
+    Update {
+        /// The resource id.
+        rid: String,
+        /// When to fetch new versions (as for register).
+        #[arg(long, value_parser = parse_strategy)]
+        strategy: Option<Strategy>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Delete a resource and its versions.
+    Delete {
+        /// The resource id.
+        rid: String,
+        /// Delete it even if versions are pinned.
+        #[arg(long)]
+        force: bool,
     },
     /// Fetch a resource now; print the pending version.
     Fetch {
@@ -111,8 +180,9 @@ enum Action {
         /// Only this version.
         #[arg(long, value_name = "VID")]
         force_version: Option<String>,
-        /// The newest version fetched at or before this time (RFC 3339).
-        #[arg(long, value_name = "TIME")]
+        /// The newest version fetched at or before this time: RFC 3339
+        /// (`2026-12-01T08:00:00Z`) or a time ago (`-1d`, `-90m`).
+        #[arg(long, value_name = "TIME", value_parser = parse_at, allow_hyphen_values = true)]
         at: Option<jiff::Timestamp>,
         /// Fetch a new version first.
         #[arg(long)]
@@ -120,7 +190,8 @@ enum Action {
         /// Wait this long for a first version (default 60s).
         #[arg(long, value_parser = parse_duration, default_value = "60s")]
         wait: Duration,
-        /// Where to write the body (`-`: standard output).
+        /// Where to write the body (`-`: standard output; a directory, or
+        /// a path ending in `/`: there, under the server's file name).
         #[arg(short, long, default_value = "-", value_name = "FILE")]
         output: PathBuf,
     },
@@ -192,6 +263,29 @@ fn parse_strategy(text: &str) -> Result<Strategy, String> {
     }
 }
 
+/// `--at`: an RFC 3339 time, or `-DURATION` for that long ago.
+fn parse_at(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Some(ago) = text.strip_prefix('-') {
+        let ago = parse_duration(ago).map_err(|_| {
+            format!("`{text}` is not a time: give RFC 3339 (2026-12-01T08:00:00Z) or a time ago (-1d, -90m)")
+        })?;
+        let ago = jiff::SignedDuration::try_from(ago).map_err(|_| format!("`{text}` is too long ago"))?;
+        return jiff::Timestamp::now()
+            .checked_sub(ago)
+            .map_err(|_| format!("`{text}` is too long ago"));
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a time: give RFC 3339 (2026-12-01T08:00:00Z) or a time ago (-1d, -90m)"))
+}
+
+/// A `--body` or `--json-body` value: the text, or with `@FILE` the file's.
+fn body_text(flag: &str, value: &str) -> anyhow::Result<String> {
+    match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag} @{path}: cannot read the file")),
+        None => Ok(value.to_owned()),
+    }
+}
+
 pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
     let mut builder = Client::builder_from_env()?;
     if let Some(server) = &args.server {
@@ -221,7 +315,11 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Action::List => {
-            let resources = client.resources(None).await?;
+            // A group given by flag or environment narrows the list; else
+            // every group the token sees.
+            let group_given =
+                args.group.is_some() || std::env::var_os("EDGECACHE_GROUP").is_some_and(|group| !group.is_empty());
+            let resources = client.resources(group_given.then(|| client.group())).await?;
             if json {
                 print_json(&resources)?;
             } else {
@@ -229,7 +327,14 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Action::Show { rid } => print_json(&client.resource_by_id(rid).get().await?)?,
-        Action::Versions { rid, status, tag } => {
+        Action::Versions {
+            rid,
+            status,
+            tag,
+            pinned,
+            skip,
+            limit,
+        } => {
             let status = status
                 .map(|status| {
                     VersionStatus::parse(&status)
@@ -241,13 +346,54 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
                 .versions(VersionFilter {
                     status,
                     tag,
-                    pinned: None,
+                    pinned: pinned.then_some(true),
                 })
                 .await?;
+            let versions: Vec<Version> = versions
+                .into_iter()
+                .skip(skip)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
             if json {
                 print_json(&versions)?;
             } else {
                 print_versions(&versions);
+            }
+        }
+        Action::Next { rid, vid } => {
+            let found = client.resource_by_id(rid).version(vid).next().await?;
+            return neighbour(json, found, "newer");
+        }
+        Action::Previous { rid, vid } => {
+            let found = client.resource_by_id(rid).version(vid).previous().await?;
+            return neighbour(json, found, "older");
+        }
+        Action::Update { rid, strategy, limits } => {
+            let handle = client.resource_by_id(rid);
+            let limits = if limits.max_unpinned.is_some() || limits.max_pinned.is_some() || limits.max_failed.is_some()
+            {
+                let mut current = handle.get().await?.limits;
+                current.max_unpinned = limits.max_unpinned.unwrap_or(current.max_unpinned);
+                current.max_pinned = limits.max_pinned.unwrap_or(current.max_pinned);
+                current.max_failed = limits.max_failed.unwrap_or(current.max_failed);
+                Some(current)
+            } else {
+                None
+            };
+            if strategy.is_none() && limits.is_none() {
+                anyhow::bail!("nothing to change: give --strategy or a --max-… limit");
+            }
+            let resource = handle.update(strategy, limits).await?;
+            if json {
+                print_json(&resource)?;
+            } else {
+                print_resources(&[resource]);
+            }
+        }
+        Action::Delete { rid, force } => {
+            client.resource_by_id(rid.clone()).delete(force).await?;
+            if !json {
+                eprintln!("edgecache: deleted {rid}");
             }
         }
         Action::Fetch { rid } => {
@@ -305,6 +451,9 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
                 }
                 progress.finish_and_clear();
                 closed(out.flush())?;
+            } else if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+                let path = content.download_to_dir(&output).await?;
+                eprintln!("edgecache: wrote {}", path.display());
             } else {
                 content.download_to(&output).await?;
             }
@@ -337,7 +486,35 @@ async fn register(client: &Client, request: &RequestArgs) -> anyhow::Result<edge
     if let Some(strategy) = &request.strategy {
         resource = resource.strategy(strategy.clone());
     }
+    if let Some(body) = &request.body {
+        resource = resource.body(serde_json::Value::String(body_text("--body", body)?));
+    }
+    if let Some(json_body) = &request.json_body {
+        let text = body_text("--json-body", json_body)?;
+        let value = serde_json::from_str(&text).with_context(|| format!("--json-body is not JSON: {text}"))?;
+        resource = resource.body(value);
+    }
+    if let Some(description) = &request.description {
+        resource = resource.description(description.clone());
+    }
+    if let Some(link) = &request.link {
+        resource = resource.link(link.clone());
+    }
     Ok(resource.register().await?)
+}
+
+/// Prints a neighbouring version; without one, says so and fails.
+fn neighbour(json: bool, found: Option<Version>, which: &str) -> anyhow::Result<ExitCode> {
+    match found {
+        Some(found) => {
+            report(json, &found)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("edgecache: no {which} version");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
