@@ -231,6 +231,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 struct OriginState {
     /// Path → body; a missing path is a 404.
     bodies: Mutex<HashMap<String, String>>,
+    /// Name → the `ETag` `/tagged/{name}` sends.
+    etags: Mutex<HashMap<String, String>>,
     hits: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<(String, HeaderMap)>>,
     down: AtomicBool,
@@ -259,6 +261,11 @@ struct Gate {
 ///   then `ok`
 /// - `/gate/{name}`: `name`, once [`ContentOrigin::open_gate`] is called;
 ///   until then the request is held and counted
+/// - `/tagged/{name}`: the body set with [`ContentOrigin::set`], under the
+///   `ETag` set with [`ContentOrigin::set_etag`]; `304` to a matching
+///   `If-None-Match`
+/// - `/trickle/{name}`: `Content-Length: 1000000`, then one byte every 5 s
+/// - `/status/{code}`: that status
 /// - anything while [`ContentOrigin::down`] is on: 503
 pub struct ContentOrigin {
     pub address: SocketAddr,
@@ -286,6 +293,9 @@ impl ContentOrigin {
             .route("/bytes/{size}", axum::routing::get(bytes))
             .route("/flaky/{n}", axum::routing::get(flaky))
             .route("/gate/{name}", axum::routing::get(gate))
+            .route("/tagged/{name}", axum::routing::get(tagged))
+            .route("/trickle/{name}", axum::routing::get(trickle))
+            .route("/status/{code}", axum::routing::get(status))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let mut addresses = Vec::new();
@@ -335,6 +345,14 @@ impl ContentOrigin {
             .insert(name.to_owned(), body.to_owned());
     }
 
+    pub fn set_etag(&self, name: &str, etag: &str) {
+        self.state
+            .etags
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), etag.to_owned());
+    }
+
     pub fn down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
@@ -379,6 +397,38 @@ async fn doc(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<Strin
         return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap();
     }
     builder.body(Body::from(body)).unwrap()
+}
+
+async fn tagged(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+    let body = state.bodies.lock().unwrap().get(&name).cloned().unwrap_or_default();
+    let etag = state.etags.lock().unwrap().get(&name).cloned().unwrap_or_default();
+    let builder = Response::builder().header("etag", &etag);
+    if headers
+        .get("if-none-match")
+        .is_some_and(|value| value.as_bytes() == etag.as_bytes())
+    {
+        return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap();
+    }
+    builder.body(Body::from(body)).unwrap()
+}
+
+async fn trickle() -> Response {
+    let stream = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")), ()))
+    });
+    let first = futures_util::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"x")) });
+    Response::builder()
+        .header("content-length", "1000000")
+        .body(Body::from_stream(futures_util::StreamExt::chain(first, stream)))
+        .unwrap()
+}
+
+async fn status(UrlPath(code): UrlPath<u16>) -> Response {
+    Response::builder()
+        .status(code)
+        .body(Body::from(format!("status {code}")))
+        .unwrap()
 }
 
 async fn plain(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<String>) -> Response {

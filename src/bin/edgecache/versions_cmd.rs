@@ -75,6 +75,8 @@ struct RequestArgs {
     /// A link kept with the resource (a ticket, a dashboard).
     #[arg(long, value_name = "URL")]
     link: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Args)]
@@ -263,6 +265,20 @@ fn parse_strategy(text: &str) -> Result<Strategy, String> {
     }
 }
 
+impl LimitArgs {
+    fn given(&self) -> bool {
+        self.max_unpinned.is_some() || self.max_pinned.is_some() || self.max_failed.is_some()
+    }
+
+    /// `limits` with the ones given here instead.
+    fn over(&self, mut limits: edgecache::versions::Limits) -> edgecache::versions::Limits {
+        limits.max_unpinned = self.max_unpinned.unwrap_or(limits.max_unpinned);
+        limits.max_pinned = self.max_pinned.unwrap_or(limits.max_pinned);
+        limits.max_failed = self.max_failed.unwrap_or(limits.max_failed);
+        limits
+    }
+}
+
 /// `--at`: an RFC 3339 time, or `-DURATION` for that long ago.
 fn parse_at(text: &str) -> Result<jiff::Timestamp, String> {
     if let Some(ago) = text.strip_prefix('-') {
@@ -370,15 +386,9 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Update { rid, strategy, limits } => {
             let handle = client.resource_by_id(rid);
-            let limits = if limits.max_unpinned.is_some() || limits.max_pinned.is_some() || limits.max_failed.is_some()
-            {
-                let mut current = handle.get().await?.limits;
-                current.max_unpinned = limits.max_unpinned.unwrap_or(current.max_unpinned);
-                current.max_pinned = limits.max_pinned.unwrap_or(current.max_pinned);
-                current.max_failed = limits.max_failed.unwrap_or(current.max_failed);
-                Some(current)
-            } else {
-                None
+            let limits = match limits.given() {
+                true => Some(limits.over(handle.get().await?.limits)),
+                false => None,
             };
             if strategy.is_none() && limits.is_none() {
                 anyhow::bail!("nothing to change: give --strategy or a --max-… limit");
@@ -493,6 +503,9 @@ async fn register(client: &Client, request: &RequestArgs) -> anyhow::Result<edge
         let text = body_text("--json-body", json_body)?;
         let value = serde_json::from_str(&text).with_context(|| format!("--json-body is not JSON: {text}"))?;
         resource = resource.body(value);
+    }
+    if request.limits.given() {
+        resource = resource.limits(request.limits.over(edgecache::versions::Limits::default()));
     }
     if let Some(description) = &request.description {
         resource = resource.description(description.clone());
