@@ -403,3 +403,63 @@ async fn starting_short_of_space_is_warned_about() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A full disk under the index answers `507 insufficient_storage`, not a
+/// `500`, and the server works again once space is freed. The data
+/// directory is a 4 MiB tmpfs the test mounts (as root, as CI runs).
+#[tokio::test]
+async fn a_full_disk_answers_507_insufficient_storage() {
+    if std::env::var_os("EDGECACHE_SKIP_MOUNT_TESTS").is_some() {
+        eprintln!("skipped: EDGECACHE_SKIP_MOUNT_TESTS is set");
+        return;
+    }
+    let mount_point = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(mount_point.path())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        mounted,
+        "this test mounts a 4 MiB tmpfs, which needs root (CI runs as root); EDGECACHE_SKIP_MOUNT_TESTS=1 skips it"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount_point.path().to_owned());
+
+    let origin = ContentOrigin::start().await;
+    origin.set("small", "small");
+    let data = mount_point.path().join("data");
+    let server = VersionsServer::start(&data, &["--allow-private-origins", "--min-free-space", "0"], &[]).await;
+    let register = |n: usize| {
+        let body = json!({"url": origin.url(&format!("/plain/small?n={n}")), "strategy": {"kind": "never"}, "description": "x".repeat(4000)});
+        server.call(Method::PUT, "/v1/resources", Some(body))
+    };
+    assert_eq!(register(0).await.0, 201);
+
+    // Fill the disk, then register until the index can't grow.
+    let filler = mount_point.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        while file.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let mut answered = Vec::new();
+    for n in 1..=400 {
+        let (status, body) = register(n).await;
+        if status == 507 {
+            assert_eq!(body["error"]["code"], "insufficient_storage", "{body}");
+            break;
+        }
+        assert!(status == 201, "a full disk answered {status}: {body}");
+        answered.push(status);
+    }
+    assert!(answered.len() < 400, "the index never ran out of space");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(register(1000).await.0, 201, "space freed: registrations work again");
+}
