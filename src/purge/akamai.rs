@@ -280,11 +280,18 @@ impl FastPurgeClient {
     }
 
     /// The client-side rate limits. Default: Akamai's documented ones.
+    ///
+    /// The client refills at 95% of each sustained rate: Akamai counts a
+    /// request when it arrives, and arrivals bunch up by however much the
+    /// network's delay varies, so a client spending exactly at the limit
+    /// would draw `429`s.
     pub fn rate_limits(mut self, limits: RateLimits) -> Self {
-        self.requests = TokenBucket::new(limits.requests.0, limits.requests.1);
-        self.urls = TokenBucket::new(limits.urls.0, limits.urls.1);
-        self.cpcodes = TokenBucket::new(limits.cpcodes.0, limits.cpcodes.1);
-        self.tags = TokenBucket::new(limits.tags.0, limits.tags.1);
+        const MARGIN: f64 = 0.95;
+        let bucket = |(burst, per_second): (u32, f64)| TokenBucket::new(burst, per_second * MARGIN);
+        self.requests = bucket(limits.requests);
+        self.urls = bucket(limits.urls);
+        self.cpcodes = bucket(limits.cpcodes);
+        self.tags = bucket(limits.tags);
         self
     }
 
@@ -406,11 +413,12 @@ impl FastPurgeClient {
         };
         let url = format!("{}://{}/ccu/v3/{action}/{kind}/{network}", self.scheme, self.host);
         let body = body(kind, objects);
+        let tokens = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         let mut attempts = 0;
         loop {
             attempts += 1;
             self.requests.take(1).await;
-            self.bucket(kind).take(objects.len() as u32).await;
+            self.bucket(kind).take(tokens).await;
             let sent = self
                 .client
                 .post(&url)
@@ -471,6 +479,11 @@ impl FastPurgeClient {
                     (failure, None)
                 }
             };
+            // Akamai counts only what it accepts: what a 503, a 429 or a
+            // dropped connection took goes back, or each retry would wait
+            // seconds for a refill that the server never needed.
+            self.requests.put_back(1);
+            self.bucket(kind).put_back(tokens);
             if attempts >= self.max_attempts {
                 return Err(failure);
             }

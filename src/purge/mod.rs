@@ -45,6 +45,13 @@ impl TokenBucket {
         }
     }
 
+    /// Returns `tokens` taken for a request the server did not count (it
+    /// failed before being accepted), up to the capacity.
+    pub fn put_back(&self, tokens: u32) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 = (state.0 + f64::from(tokens)).min(self.capacity);
+    }
+
     /// Takes `tokens` (at most the capacity) if they are there now; otherwise
     /// says how long until they will be, and takes nothing.
     pub fn try_take(&self, tokens: u32) -> Result<(), Duration> {
