@@ -53,7 +53,7 @@ pub struct CacheBuilder {
     stale_if_error: StaleWindow,
     stale_while_revalidate: StaleWindow,
     refresh_client: Option<reqwest::Client>,
-    tag_header: http::HeaderName,
+    tag_headers: Vec<http::HeaderName>,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -108,7 +108,10 @@ impl Default for CacheBuilder {
             stale_if_error: StaleWindow::Never,
             stale_while_revalidate: StaleWindow::Never,
             refresh_client: None,
-            tag_header: http::HeaderName::from_static("edge-cache-tag"),
+            tag_headers: crate::cache::DEFAULT_TAG_HEADERS
+                .iter()
+                .map(|name| http::HeaderName::from_static(name))
+                .collect(),
         }
     }
 }
@@ -355,10 +358,13 @@ impl CacheBuilder {
         self
     }
 
-    /// The response header whose comma-separated values are the entry's
-    /// cache tags. Default: `Edge-Cache-Tag` (Akamai's).
-    pub fn tag_header(mut self, name: http::HeaderName) -> Self {
-        self.tag_header = name;
+    /// The response headers whose values are the entry's cache tags,
+    /// split on commas and spaces as each CDN does. Default:
+    /// `Edge-Cache-Tag` (Akamai), `Cache-Tag` (Cloudflare) and
+    /// `Surrogate-Key` (Fastly). The versioned server records tags from the
+    /// same headers, so one `purge tag` reaches both.
+    pub fn tag_headers(mut self, names: impl IntoIterator<Item = http::HeaderName>) -> Self {
+        self.tag_headers = names.into_iter().collect();
         self
     }
 
@@ -407,7 +413,7 @@ impl CacheBuilder {
                 .map(|key| EntrySigner::new(key, &self.old_secret_keys, &self.salt)),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
-            tag_header: self.tag_header,
+            tag_headers: self.tag_headers,
         };
         let engine = Engine::new(store, keys, rules, options, self.secret_key.as_deref());
         let refresh_client = Arc::new(std::sync::OnceLock::new());

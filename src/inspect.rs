@@ -36,6 +36,16 @@ impl CacheMiddleware {
         Ok(self.engine.store.remove_url(&url).await?)
     }
 
+    /// Deletes the entries of every URL that starts with `prefix` (after
+    /// the same normalization as request URLs: `https://www.example.com/static/`);
+    /// how many were deleted. SQLite answers from its URL index; other
+    /// stores read their entry list, never bodies.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        let prefix = self.normalize(prefix)?;
+        self.engine.fence_all();
+        Ok(self.engine.store.remove_url_prefix(&prefix).await?)
+    }
+
     /// Deletes every entry filed under `tag` (from the tag header or a
     /// [`CacheTags`](crate::CacheTags) extension); how many were deleted.
     pub async fn delete_tag(&self, tag: &str) -> Result<u64, Error> {

@@ -69,9 +69,11 @@
 //! * **Revalidation**: a stale entry with `ETag`/`Last-Modified` is sent as a
 //!   conditional request; a `304` serves the stored body with updated headers.
 //! * **Invalidation**: a successful `POST`/`PUT`/`PATCH`/`DELETE` deletes the
-//!   entries of its URL; [`CacheMiddleware::delete_tag`] deletes every entry
-//!   filed under a cache tag (from the `Edge-Cache-Tag` response header or a
-//!   [`CacheTags`] request extension).
+//!   entries of its URL; [`CacheMiddleware::delete_url`],
+//!   [`CacheMiddleware::delete_prefix`] and [`CacheMiddleware::delete_tag`]
+//!   delete a URL's entries, every URL's under a prefix, or every entry
+//!   filed under a cache tag (from the `Edge-Cache-Tag`, `Cache-Tag` or
+//!   `Surrogate-Key` response headers, or a [`CacheTags`] request extension).
 //! * **Per request**: a [`CacheMode`] and an [`ExpireAfter`] as request
 //!   extensions, and the request's own `Cache-Control` (`max-age`,
 //!   `min-fresh`, `max-stale`, `only-if-cached`). Every response carries a
@@ -103,13 +105,21 @@
 //!   Redis), so a hung server costs one deadline per period, not one per
 //!   request.
 //!
+//! # One purge, every layer
+//!
+//! [`purge::Purger`] purges a URL, a prefix or a tag from every
+//! [`purge::Target`] it is given, from the layer nearest the origin to the
+//! one nearest the user, and answers one [`purge::Report`]: a
+//! [`CacheMiddleware`], a [`versions::Client`] (feature `versions`), Akamai
+//! and Alibaba Cloud CDN are targets.
+//!
 //! # Akamai EdgeGrid
 //!
 //! [`edgegrid::EdgeGridAuth`] signs Akamai OPEN API calls made through a
 //! reqwest client (EG1-HMAC-SHA256, credentials from `.edgerc` or the
 //! environment); it stacks with the cache in one client.
 //! [`purge::akamai::FastPurgeClient`] purges by URL, tag or CP code within
-//! Akamai's limits, and can purge a [`CacheMiddleware`] in the same call.
+//! Akamai's limits.
 //!
 //! # Alibaba Cloud CDN
 //!

@@ -100,6 +100,23 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.remove_tag("green").await.expect("remove tag"), 1);
     assert_eq!(store.remove_tag("red").await.expect("remove tag"), 0);
 
+    // A prefix reaches every URL under it, and no other: not a sibling
+    // that shares the prefix's first characters without its slash.
+    for (key, url) in [
+        ("p1", "http://p/static/a.css"),
+        ("p2", "http://p/static/a.css"),
+        ("p3", "http://p/static/img/b.png"),
+        ("p4", "http://p/staticfiles/c.js"),
+        ("p5", "http://p/other"),
+    ] {
+        store.put(entry(key, url, now, None)).await.expect("put");
+    }
+    assert_eq!(store.remove_url_prefix("http://p/static/").await.expect("prefix"), 3);
+    assert!(!store.contains_url("http://p/static/img/b.png").await.expect("contains"));
+    assert!(store.contains_url("http://p/staticfiles/c.js").await.expect("contains"));
+    assert!(store.contains_url("http://p/other").await.expect("contains"));
+    assert_eq!(store.remove_url_prefix("http://p/static/").await.expect("prefix"), 0);
+
     store.put(entry("k5", "http://e/", now, None)).await.expect("put");
     store.clear().await.expect("clear");
     assert_eq!(store.stats().await.expect("stats").entries, 0);

@@ -272,13 +272,15 @@ async fn a_timed_pin_that_ends_is_collected_without_a_fetch() {
     let data = tempfile::tempdir().unwrap();
     let origin = ContentOrigin::start().await;
     let server = VersionsServer::start(data.path(), &["--allow-private-origins"], &[]).await;
+    // Set before registering: the first version is fetched at once.
+    origin.set("p", "body 0");
     let rid = server
         .register(json!({"url": origin.url("/plain/p"), "strategy": {"kind": "never"}, "limits": {"max_unpinned": 2}}))
         .await;
     let mut ids = Vec::new();
     for round in 0..3 {
-        origin.set("p", &format!("body {round}"));
         if round > 0 {
+            origin.set("p", &format!("body {round}"));
             let (status, _) = server
                 .call(Method::POST, &format!("/v1/resources/{rid}/fetch"), None)
                 .await;

@@ -102,7 +102,7 @@ pub(crate) struct EngineOptions {
     pub(crate) stale_if_error: StaleWindow,
     pub(crate) stale_while_revalidate: StaleWindow,
     /// The response header that carries cache tags.
-    pub(crate) tag_header: HeaderName,
+    pub(crate) tag_headers: Vec<HeaderName>,
 }
 
 /// Bodies up to this size are read whole before the cache answers; larger
@@ -1175,21 +1175,30 @@ impl Engine {
         extensions.insert(info);
     }
 
-    /// The request's tags and those in the response's tag header, each once.
+    /// The request's tags and those in the response's tag headers, each once.
     fn tags(&self, mut tags: Vec<String>, response_headers: &HeaderMap) -> Vec<String> {
-        let from_header = response_headers
-            .get_all(&self.options.tag_header)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .filter(|tag| !tag.is_empty())
-            .map(str::to_owned);
-        tags.extend(from_header);
+        tags.extend(tags_in(response_headers, &self.options.tag_headers));
         tags.sort();
         tags.dedup();
         tags
     }
+}
+
+/// The response headers cache tags are read from by default: Akamai's,
+/// Cloudflare's and Fastly's.
+pub(crate) const DEFAULT_TAG_HEADERS: [&str; 3] = ["edge-cache-tag", "cache-tag", "surrogate-key"];
+
+/// The cache tags in `headers`' values of `names`, split on commas and
+/// spaces (Akamai and Cloudflare separate them with commas, Fastly with
+/// spaces); tags that are not visible ASCII are dropped.
+pub(crate) fn tags_in<'a>(headers: &'a HeaderMap, names: &'a [HeaderName]) -> impl Iterator<Item = String> + 'a {
+    names
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ' ', '\t']))
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
 }
 
 /// Invalidation fences for fetches under way: a fetch takes a [`Fence`] on
@@ -1426,4 +1435,38 @@ fn conditional_headers(entry: &StoredResponse) -> HeaderMap {
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<HeaderName> {
+        DEFAULT_TAG_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect()
+    }
+
+    #[test]
+    fn tags_are_read_from_every_vendors_header_split_as_each_splits_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("edge-cache-tag", HeaderValue::from_static("product-42, sale"));
+        headers.insert("cache-tag", HeaderValue::from_static("cf-a,cf-b"));
+        headers.insert("surrogate-key", HeaderValue::from_static("fastly-a  fastly-b"));
+        headers.insert("x-other", HeaderValue::from_static("not-a-tag"));
+        let tags: Vec<String> = tags_in(&headers, &names()).collect();
+        assert_eq!(tags, ["product-42", "sale", "cf-a", "cf-b", "fastly-a", "fastly-b"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_header_value_gives_tags_without_separators_or_empties(value in proptest::collection::vec(0u8..=255, 0..200)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
+                headers.insert("surrogate-key", value);
+            }
+            for tag in tags_in(&headers, &names()) {
+                proptest::prop_assert!(!tag.is_empty());
+                proptest::prop_assert!(!tag.contains([',', ' ', '\t']));
+            }
+        }
+    }
 }

@@ -33,8 +33,8 @@ pub enum CacheMode {
 }
 
 /// Cache tags for one request's response, passed as a request extension.
-/// They are added to those in the response's tag header (`Edge-Cache-Tag` by
-/// default), and [`CacheMiddleware::delete_tag`](crate::CacheMiddleware::delete_tag)
+/// They are added to those in the response's tag headers (`Edge-Cache-Tag`,
+/// `Cache-Tag` and `Surrogate-Key` by default), and [`CacheMiddleware::delete_tag`](crate::CacheMiddleware::delete_tag)
 /// deletes every entry filed under a tag.
 ///
 /// ```

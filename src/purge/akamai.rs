@@ -8,34 +8,13 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 pub use super::InvalidObject;
-use super::{Backoff, TokenBucket};
-use crate::CacheMiddleware;
+use super::{Backoff, Layer, Outcome, Progress, Target, TokenBucket};
 use crate::edgegrid::{Credentials, EdgeGridAuth};
 
 /// Bodies stay under Akamai's 50,000-byte limit (413 above it).
 const MAX_BODY: usize = 49_000;
 
-/// What the objects are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObjectKind {
-    /// Full URLs (`https://www.example.com/path`).
-    Url,
-    /// Cache tags (`Edge-Cache-Tag`).
-    Tag,
-    /// CP codes (numbers).
-    CpCode,
-}
-
-impl fmt::Display for ObjectKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ObjectKind::Url => "url",
-            ObjectKind::Tag => "tag",
-            ObjectKind::CpCode => "cpcode",
-        })
-    }
-}
+pub use super::ObjectKind;
 
 /// What to do with cached copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,8 +95,29 @@ pub struct Failure {
     pub detail: String,
     /// Quote it to Akamai support.
     pub support_id: Option<String>,
-    /// Attempts made.
+    /// Attempts made; 0 when it was not sent (the run was stopped first).
     pub attempts: u32,
+}
+
+impl Failure {
+    /// Whether trying again later could help: a transport error, a `429`
+    /// or a `5xx`, not a refused request or bad credentials.
+    pub fn is_retryable(&self) -> bool {
+        self.status.is_none_or(|status| status == 429 || status >= 500)
+    }
+
+    /// The failure as one line: `403: Forbidden: … (supportId 17PY1)`.
+    pub fn describe(&self) -> String {
+        let status = self
+            .status
+            .map_or_else(|| "transport error".to_owned(), |status| status.to_string());
+        let support = self
+            .support_id
+            .as_deref()
+            .map(|id| format!(" (supportId {id})"))
+            .unwrap_or_default();
+        format!("{status}: {}{support}", self.detail)
+    }
 }
 
 /// One request's objects and what became of them.
@@ -176,8 +176,34 @@ impl PurgeReport {
     }
 }
 
+impl PurgeReport {
+    /// Each object's outcome in the shape every purge target reports, by
+    /// the object as sent.
+    pub fn outcomes(&self) -> std::collections::HashMap<&str, Outcome> {
+        let mut outcomes = std::collections::HashMap::new();
+        for batch in &self.batches {
+            let outcome = match &batch.outcome {
+                Ok(accepted) => Outcome::accepted(
+                    Some(accepted.estimated_seconds),
+                    format!(
+                        "done in about {}s; supportId {}",
+                        accepted.estimated_seconds, accepted.support_id
+                    ),
+                )
+                .with_id(accepted.purge_id.clone()),
+                Err(failure) if failure.attempts == 0 => Outcome::not_sent(failure.detail.clone()),
+                Err(failure) => Outcome::failed(failure.describe(), failure.is_retryable()),
+            };
+            for object in &batch.objects {
+                outcomes.insert(object.as_str(), outcome.clone());
+            }
+        }
+        outcomes
+    }
+}
+
 /// Called as each request completes.
-pub type Progress = Arc<dyn Fn(&BatchReport) + Send + Sync>;
+pub type BatchProgress = Arc<dyn Fn(&BatchReport) + Send + Sync>;
 
 /// Purges objects from Akamai with Fast Purge v3: packs them into requests
 /// under the body limit, keeps to the documented rate limits on the client
@@ -211,8 +237,7 @@ pub struct FastPurgeClient {
     urls: TokenBucket,
     cpcodes: TokenBucket,
     tags: TokenBucket,
-    cache: Option<CacheMiddleware>,
-    progress: Option<Progress>,
+    progress: Option<BatchProgress>,
 }
 
 impl fmt::Debug for FastPurgeClient {
@@ -245,7 +270,6 @@ impl FastPurgeClient {
             concurrency: 10,
             backoff: Backoff::default(),
             max_attempts: 10,
-            cache: None,
             progress: None,
             requests: TokenBucket::new(1, 1.0),
             urls: TokenBucket::new(1, 1.0),
@@ -307,13 +331,6 @@ impl FastPurgeClient {
         self
     }
 
-    /// Also deletes purged URLs (or tags) from this cache: one call purges
-    /// everywhere.
-    pub fn cache(mut self, cache: CacheMiddleware) -> Self {
-        self.cache = Some(cache);
-        self
-    }
-
     /// Called as each request completes (for progress bars).
     pub fn on_progress(mut self, progress: impl Fn(&BatchReport) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
@@ -350,6 +367,17 @@ impl FastPurgeClient {
     /// Purges objects of one kind. Every object is checked first; if any is
     /// invalid, nothing is sent.
     pub async fn purge(&self, kind: ObjectKind, objects: Vec<String>) -> Result<PurgeReport, PurgeError> {
+        self.purge_within(kind, objects, &Progress::none()).await
+    }
+
+    /// [`purge`](Self::purge), as part of a run: progress reported, nothing
+    /// more sent once it is stopped.
+    async fn purge_within(
+        &self,
+        kind: ObjectKind,
+        objects: Vec<String>,
+        run: &Progress,
+    ) -> Result<PurgeReport, PurgeError> {
         let invalid = check_objects(kind, &objects);
         if !invalid.is_empty() {
             return Err(PurgeError::Invalid(invalid));
@@ -364,7 +392,7 @@ impl FastPurgeClient {
         };
         let batches = pack(kind, objects, self.bucket(kind).capacity() as usize);
         let batches = futures_util::stream::iter(batches)
-            .map(|objects| self.send(kind, objects))
+            .map(|objects| self.send(kind, objects, run))
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -373,36 +401,31 @@ impl FastPurgeClient {
 
     fn bucket(&self, kind: ObjectKind) -> &TokenBucket {
         match kind {
-            ObjectKind::Url => &self.urls,
             ObjectKind::Tag => &self.tags,
             ObjectKind::CpCode => &self.cpcodes,
+            // Only URLs are left once `check_objects` has passed.
+            ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Regex => &self.urls,
         }
     }
 
-    async fn send(&self, kind: ObjectKind, objects: Vec<String>) -> BatchReport {
-        let outcome = self.attempt(kind, &objects).await;
-        if outcome.is_ok()
-            && let Some(cache) = &self.cache
-        {
-            for object in &objects {
-                let deleted = match kind {
-                    ObjectKind::Url => cache.delete_url(object).await,
-                    ObjectKind::Tag => cache.delete_tag(object).await,
-                    ObjectKind::CpCode => Ok(0),
-                };
-                if let Err(error) = deleted {
-                    tracing::warn!(%error, object, "purged at Akamai, but the local cache could not delete it");
-                }
-            }
-        }
+    async fn send(&self, kind: ObjectKind, objects: Vec<String>, run: &Progress) -> BatchReport {
+        let outcome = self.attempt(kind, &objects, run).await;
         let report = BatchReport { objects, outcome };
         if let Some(progress) = &self.progress {
             progress(&report);
         }
+        run.finished(
+            report.objects.len(),
+            if report.outcome.is_ok() {
+                0
+            } else {
+                report.objects.len()
+            },
+        );
         report
     }
 
-    async fn attempt(&self, kind: ObjectKind, objects: &[String]) -> Result<Accepted, Failure> {
+    async fn attempt(&self, kind: ObjectKind, objects: &[String], run: &Progress) -> Result<Accepted, Failure> {
         let action = match self.action {
             Action::Invalidate => "invalidate",
             Action::Delete => "delete",
@@ -415,10 +438,26 @@ impl FastPurgeClient {
         let body = body(kind, objects);
         let tokens = u32::try_from(objects.len()).unwrap_or(u32::MAX);
         let mut attempts = 0;
+        let mut last_failure = None;
         loop {
             attempts += 1;
-            self.requests.take(1).await;
-            self.bucket(kind).take(tokens).await;
+            // A batch waiting for its tokens is not sent yet: a stopped run
+            // drops it, and reports the last failure if it had one.
+            let tokens_taken = async {
+                self.requests.take(1).await;
+                self.bucket(kind).take(tokens).await;
+            };
+            tokio::select! {
+                () = tokens_taken => {}
+                () = run.stopped() => {
+                    return Err(last_failure.unwrap_or_else(|| Failure {
+                        status: None,
+                        detail: "not sent: the run was stopped first".into(),
+                        support_id: None,
+                        attempts: 0,
+                    }));
+                }
+            }
             let sent = self
                 .client
                 .post(&url)
@@ -489,7 +528,65 @@ impl FastPurgeClient {
             }
             tracing::warn!(status = ?failure.status, detail = %failure.detail, attempts, "purge request failed; retrying");
             tokio::time::sleep(self.backoff.delay(attempts - 1, retry_after)).await;
+            last_failure = Some(failure);
         }
+    }
+}
+
+/// Akamai's edge: URLs, tags and CP codes, deleted or invalidated as the
+/// client is configured. A prefix is refused with the reason: Fast Purge has
+/// none.
+#[async_trait::async_trait]
+impl Target for FastPurgeClient {
+    fn name(&self) -> String {
+        "akamai".into()
+    }
+
+    fn layer(&self) -> Layer {
+        Layer::Edge
+    }
+
+    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+        takes(kind)
+    }
+
+    async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
+        match self.purge_within(kind, objects.to_vec(), progress).await {
+            Ok(report) => {
+                let outcomes = report.outcomes();
+                objects
+                    .iter()
+                    .map(|object| {
+                        outcomes
+                            .get(object.as_str())
+                            .cloned()
+                            .unwrap_or_else(|| Outcome::failed("Akamai's answer did not cover it", true))
+                    })
+                    .collect()
+            }
+            Err(PurgeError::Invalid(invalid)) => {
+                let reasons: std::collections::HashMap<&str, &str> = invalid
+                    .iter()
+                    .map(|invalid| (invalid.object.as_str(), invalid.reason.as_str()))
+                    .collect();
+                objects
+                    .iter()
+                    .map(|object| match reasons.get(object.as_str()) {
+                        Some(reason) => Outcome::failed(format!("refused before sending: {reason}"), false),
+                        None => Outcome::not_sent("another object in the list was invalid"),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Sends nothing: Fast Purge has no read-only call. Says which API host
+    /// and network the credentials are for.
+    async fn probe(&self) -> Result<String, String> {
+        Ok(format!(
+            "{} ({:?}, {:?}); Fast Purge has no read-only call to check credentials with",
+            self.host, self.network, self.action
+        ))
     }
 }
 
@@ -533,23 +630,24 @@ fn pack(kind: ObjectKind, objects: Vec<String>, max_objects: usize) -> Vec<Vec<S
 
 /// Checks objects as [`FastPurgeClient::purge`] would, without sending
 /// anything: what is wrong with each invalid one (empty when all are fine).
-/// URLs follow [`check_url`](crate::purge::check_url).
+/// The rules are [`check_object`](crate::purge::check_object)'s; Fast Purge
+/// takes URLs, tags and CP codes only.
 pub fn check_objects(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject> {
-    let reason = |object: &str| -> Option<String> {
-        match kind {
-            ObjectKind::Url => crate::purge::check_url(object).err(),
-            ObjectKind::CpCode => object.parse::<u64>().err().map(|_| "not a CP code (a number)".into()),
-            ObjectKind::Tag if object.is_empty() => Some("empty tag".into()),
-            ObjectKind::Tag if object.len() > 128 => Some("longer than 128 characters".into()),
-            ObjectKind::Tag if object.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                Some("tags have no spaces or control characters".into())
-            }
-            ObjectKind::Tag => None,
-        }
-    };
-    crate::purge::check_each(objects, "nothing to purge", |object| reason(object).map_or(Ok(()), Err))
-        .err()
-        .unwrap_or_default()
+    crate::purge::check_each(objects, "nothing to purge", |object| {
+        takes(kind)?;
+        crate::purge::check_object(kind, object).map(drop)
+    })
+    .err()
+    .unwrap_or_default()
+}
+
+/// Whether Fast Purge has a purge by `kind`; why not.
+fn takes(kind: ObjectKind) -> Result<(), String> {
+    match kind {
+        ObjectKind::Url | ObjectKind::Tag | ObjectKind::CpCode => Ok(()),
+        ObjectKind::Prefix => Err("Fast Purge has no prefix purge: purge the URLs, or a tag they carry".into()),
+        ObjectKind::Regex => Err("Fast Purge has no pattern purge: purge the URLs, or a tag they carry".into()),
+    }
 }
 
 #[cfg(test)]

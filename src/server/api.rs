@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::auth::{Groups, Tokens};
 use super::blobs::Blobs;
 use super::guard;
-use super::index::{DeleteOutcome, Index, IndexError, PinOutcome, VersionFilter};
+use super::index::{DeleteOutcome, Index, IndexError, PinOutcome, ResourceFilter, VersionFilter};
 use super::range::{self, Ranged};
 use super::schedule::Schedule;
 use super::worker::{Outcome, Worker, request_url};
@@ -566,16 +566,21 @@ async fn list_resources(
     Extension(groups): Extension<Groups>,
     RawQuery(raw): RawQuery,
 ) -> AppResult<Json<Page<Resource>>> {
-    let (mut skip, mut limit, mut group) = (0, 100, None);
+    let (mut skip, mut limit, mut filter) = (0, 100, ResourceFilter::default());
     for (name, value) in query_pairs(raw.as_deref()) {
         if !paging(&name, &value, &mut skip, &mut limit)? {
             match name.as_str() {
-                "group" => group = Some(checked_name(&name, &value, "a group name")?),
+                "group" => filter.group = Some(checked_name(&name, &value, "a group name")?),
+                "cache_tag" => {
+                    let tag = crate::purge::check_object(crate::purge::ObjectKind::Tag, &value)
+                        .map_err(|reason| ApiError::invalid(&name, format!("`cache_tag`: {reason}")))?;
+                    filter.cache_tag = Some(tag);
+                }
                 _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
             }
         }
     }
-    let mut page = state.index.resources(groups.list(), group, skip, limit).await?;
+    let mut page = state.index.resources(groups.list(), filter, skip, limit).await?;
     page.items = page.items.into_iter().map(|resource| state.view(resource)).collect();
     Ok(Json(page))
 }

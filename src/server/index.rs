@@ -111,6 +111,16 @@ pub enum DeleteOutcome {
     Pinned(u64),
 }
 
+/// Which resources a listing returns, beyond the caller's groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceFilter {
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only resources with a version whose origin response carried this
+    /// cache tag.
+    pub cache_tag: Option<String>,
+}
+
 /// The metadata store behind the server.
 #[async_trait]
 pub trait Index: Send + Sync + 'static {
@@ -121,11 +131,12 @@ pub trait Index: Send + Sync + 'static {
     async fn register(&self, key: String, resource: Resource) -> Result<(Resource, bool), IndexError>;
     /// One resource.
     async fn resource(&self, id: &str) -> Result<Option<Resource>, IndexError>;
-    /// Resources in `groups` (all when `None`), optionally one `group`.
+    /// Resources in `groups` (all when `None`), optionally one `group`,
+    /// optionally only those with a version that carried `cache_tag`.
     async fn resources(
         &self,
         groups: Option<Vec<String>>,
-        group: Option<String>,
+        filter: ResourceFilter,
         skip: u64,
         limit: u64,
     ) -> Result<Page<Resource>, IndexError>;
@@ -258,6 +269,12 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 CREATE INDEX IF NOT EXISTS versions_by_resource ON versions (resource_id, id);
 CREATE INDEX IF NOT EXISTS versions_by_blob ON versions (sha256);
+CREATE TABLE IF NOT EXISTS cache_tags (
+    tag TEXT NOT NULL,
+    resource_id TEXT NOT NULL REFERENCES resources (id) ON DELETE CASCADE,
+    PRIMARY KEY (tag, resource_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS cache_tags_by_resource ON cache_tags (resource_id);
 ";
 
 /// Columns added after the first release, added to older indexes at open.
@@ -269,7 +286,10 @@ const ADDED_RESOURCE_COLUMNS: &[(&str, &str)] = &[
     ("link", "TEXT"),
 ];
 
-const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error";
+/// Columns added to versions after the first release.
+const ADDED_VERSION_COLUMNS: &[(&str, &str)] = &[("cache_tags", "TEXT NOT NULL DEFAULT '[]'")];
+
+const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error, cache_tags";
 const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link";
 /// A version is pinned now: a timed pin that ran out reads unpinned.
 const PINNED_NOW: &str = "(pinned = 1 AND (pinned_until IS NULL OR pinned_until > ?2))";
@@ -280,13 +300,18 @@ impl SqliteIndex {
         let connection = Self::connect(path)?;
         let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         connection.execute_batch(SCHEMA)?;
-        let present: HashSet<String> = connection
-            .prepare("SELECT name FROM pragma_table_info('resources')")?
-            .query_map([], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        for (name, declaration) in ADDED_RESOURCE_COLUMNS {
-            if !present.contains(*name) {
-                connection.execute_batch(&format!("ALTER TABLE resources ADD COLUMN {name} {declaration}"))?;
+        for (table, added) in [
+            ("resources", ADDED_RESOURCE_COLUMNS),
+            ("versions", ADDED_VERSION_COLUMNS),
+        ] {
+            let present: HashSet<String> = connection
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for (name, declaration) in added {
+                if !present.contains(*name) {
+                    connection.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {declaration}"))?;
+                }
             }
         }
         Ok(Self {
@@ -371,6 +396,7 @@ struct RawVersion {
     version: Version,
     headers: String,
     tags: String,
+    cache_tags: String,
     pinned: bool,
     status: String,
 }
@@ -391,12 +417,14 @@ fn raw_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
             etag: row.get(10)?,
             last_modified: row.get(11)?,
             tags: Vec::new(),
+            cache_tags: Vec::new(),
             pinned: false,
             pinned_until: from_millis(row.get(14)?),
             error: row.get(15)?,
         },
         headers: row.get(6)?,
         tags: row.get(12)?,
+        cache_tags: row.get(16)?,
         pinned: row.get::<_, i64>(13)? != 0,
         status: row.get(1)?,
     })
@@ -406,6 +434,7 @@ fn finish_version(raw: RawVersion, now: Timestamp) -> Result<Version, IndexError
     let mut version = raw.version;
     version.headers = parse("version headers", &raw.headers)?;
     version.tags = parse("version tags", &raw.tags)?;
+    version.cache_tags = parse("version cache tags", &raw.cache_tags)?;
     version.status = VersionStatus::parse(&raw.status).ok_or(IndexError::Corrupt {
         what: "version status",
         detail: raw.status,
@@ -642,22 +671,27 @@ impl Index for SqliteIndex {
     async fn resources(
         &self,
         groups: Option<Vec<String>>,
-        group: Option<String>,
+        filter: ResourceFilter,
         skip: u64,
         limit: u64,
     ) -> Result<Page<Resource>, IndexError> {
         self.read(move |tx| {
             let groups_json = groups.as_ref().map(json);
-            let filter = "(?1 IS NULL OR grp IN (SELECT value FROM json_each(?1))) AND (?2 IS NULL OR grp = ?2)";
+            let ResourceFilter { group, cache_tag } = filter;
+            let filter = "(?1 IS NULL OR grp IN (SELECT value FROM json_each(?1))) AND (?2 IS NULL OR grp = ?2)
+                AND (?3 IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = ?3))";
             let total: i64 = tx.query_row(
                 &format!("SELECT COUNT(*) FROM resources WHERE {filter}"),
-                params![groups_json, group],
+                params![groups_json, group, cache_tag],
                 |row| row.get(0),
             )?;
-            let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {filter} ORDER BY id LIMIT ?3 OFFSET ?4");
+            let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {filter} ORDER BY id LIMIT ?4 OFFSET ?5");
             let mut statement = tx.prepare_cached(&sql)?;
             let raws = statement
-                .query_map(params![groups_json, group, clamp(limit), clamp(skip)], raw_resource)?
+                .query_map(
+                    params![groups_json, group, cache_tag, clamp(limit), clamp(skip)],
+                    raw_resource,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             let items = raws.into_iter().map(finish_resource).collect::<Result<_, _>>()?;
             Ok(Page {
@@ -792,7 +826,8 @@ impl Index for SqliteIndex {
                 Finish::Ready(version) => {
                     tx.execute(
                         "UPDATE versions SET status = 'ready', fetched_at = ?2, last_checked_at = ?2, status_code = ?3,
-                         headers = ?4, size = ?5, sha256 = ?6, media_type = ?7, etag = ?8, last_modified = ?9, error = NULL
+                         headers = ?4, size = ?5, sha256 = ?6, media_type = ?7, etag = ?8, last_modified = ?9, error = NULL,
+                         cache_tags = ?10
                          WHERE id = ?1",
                         params![
                             version_id,
@@ -804,8 +839,15 @@ impl Index for SqliteIndex {
                             version.media_type,
                             version.etag,
                             version.last_modified,
+                            json(&version.cache_tags),
                         ],
                     )?;
+                    let mut tagged = tx.prepare_cached(
+                        "INSERT INTO cache_tags (tag, resource_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    )?;
+                    for tag in &version.cache_tags {
+                        tagged.execute(params![tag, resource_id])?;
+                    }
                 }
                 Finish::Unchanged {
                     latest,
@@ -1123,6 +1165,7 @@ mod tests {
             etag: None,
             last_modified: None,
             tags: Vec::new(),
+            cache_tags: Vec::new(),
             pinned: false,
             pinned_until: None,
             error: None,

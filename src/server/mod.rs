@@ -95,6 +95,10 @@ pub struct ServerConfig {
     /// The slowest a body may arrive, in bytes per second, over any
     /// 10-second stretch (default 1024; 0 turns the check off).
     pub min_transfer_rate: u64,
+    /// Response headers whose values are cache tags, recorded on each
+    /// version so `purge tag` finds its resources (default `Edge-Cache-Tag`,
+    /// `Cache-Tag`, `Surrogate-Key`: the client cache's defaults).
+    pub tag_headers: Vec<http::HeaderName>,
 }
 
 impl ServerConfig {
@@ -112,6 +116,10 @@ impl ServerConfig {
             min_free_space: 100 << 20,
             fetch_timeout: Duration::from_secs(300),
             min_transfer_rate: 1024,
+            tag_headers: crate::cache::DEFAULT_TAG_HEADERS
+                .iter()
+                .map(|name| http::HeaderName::from_static(name))
+                .collect(),
         }
     }
 }
@@ -226,6 +234,7 @@ impl Server {
                 timeout: config.fetch_timeout,
                 min_transfer_rate: config.min_transfer_rate,
             },
+            config.tag_headers.clone(),
         )?;
         if let Some(free) = blobs.free_space()
             && free < config.min_free_space

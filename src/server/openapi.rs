@@ -94,6 +94,11 @@ const ROUTES: &[Route] = &[
     Route {
         query: &[
             ("group", Kind::Tag, "Only this group's resources"),
+            (
+                "cache_tag",
+                Kind::Tag,
+                "Only resources with a version whose origin response carried this cache tag",
+            ),
             PAGING[0],
             PAGING[1],
         ],

@@ -55,6 +55,9 @@ pub(crate) struct FetchLimits {
     pub(crate) min_transfer_rate: u64,
 }
 
+/// At most this many cache tags are recorded per version.
+const MAX_CACHE_TAGS: usize = 128;
+
 /// The stretch over which `min_transfer_rate` is measured.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -71,6 +74,8 @@ pub(crate) struct Worker {
     client: reqwest_middleware::ClientWithMiddleware,
     allow_private: bool,
     limits: FetchLimits,
+    /// Response headers whose values are cache tags.
+    tag_headers: Vec<HeaderName>,
     slots: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: tokio::sync::Mutex<HashMap<String, InFlight>>,
@@ -129,6 +134,7 @@ impl Worker {
         blobs: Arc<Blobs>,
         allow_private: bool,
         limits: FetchLimits,
+        tag_headers: Vec<HeaderName>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
@@ -153,6 +159,7 @@ impl Worker {
             blobs,
             client,
             allow_private,
+            tag_headers,
             slots: Arc::new(Semaphore::new(limits.concurrent.max(1))),
             limits,
             hosts: Mutex::new(HashMap::new()),
@@ -519,6 +526,13 @@ impl Worker {
         let mut version = Version::from_origin(version_id.to_owned(), status.as_u16(), &headers, is_kept, now);
         version.size = Some(temp.size);
         version.sha256 = Some(temp.sha256.clone());
+        // The origin's word: only tags a purge could name, and not too many.
+        version.cache_tags = crate::cache::tags_in(&headers, &self.tag_headers)
+            .filter(|tag| crate::purge::check_object(crate::purge::ObjectKind::Tag, tag).is_ok())
+            .take(MAX_CACHE_TAGS)
+            .collect();
+        version.cache_tags.sort();
+        version.cache_tags.dedup();
         Ok(FetchEnd::Ready {
             version: Box::new(version),
             temp,

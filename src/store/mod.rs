@@ -306,6 +306,34 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Option<Result<(), StoreError>> {
         None
     }
+
+    /// Removes every entry whose normalized URL starts with `prefix`; how
+    /// many. The default reads the entry list (metadata, never bodies) and
+    /// removes each matching URL; stores with an ordered URL index override
+    /// it with a range delete.
+    async fn remove_url_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        let mut urls: Vec<String> = self
+            .entries()
+            .await?
+            .into_iter()
+            .map(|entry| entry.url)
+            .filter(|url| url.starts_with(prefix))
+            .collect();
+        urls.sort_unstable();
+        urls.dedup();
+        let mut removed = 0u64;
+        for url in urls {
+            removed = removed.saturating_add(self.remove_url(&url).await?);
+        }
+        Ok(removed)
+    }
+
+    /// Whether the store lives across a network, shared by many machines
+    /// (Redis): a purge then counts it as a shared layer, purged before CDN
+    /// edges, not as a local one. Default: no.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// 32 random bytes from the operating system: the secrets stores keep.

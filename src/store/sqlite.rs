@@ -364,6 +364,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn remove_url_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        if let Some(tier) = &self.tier {
+            tier.remove_url_prefix(prefix).await?;
+        }
+        // A range on the URL index: normalized URLs are ASCII, so every URL
+        // under the prefix sorts below the prefix followed by DEL.
+        let (low, high) = (prefix.to_owned(), format!("{prefix}\u{7f}"));
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached("DELETE FROM responses WHERE url >= ?1 AND url < ?2")?
+                .execute([low, high])? as u64)
+        })
+        .await
+    }
+
     async fn remove_expired(&self, now: SystemTime) -> Result<u64, StoreError> {
         if let Some(tier) = &self.tier {
             tier.remove_expired(now).await?;

@@ -371,6 +371,14 @@ impl Client {
         self.all_pages("v1/resources", query).await
     }
 
+    /// Every resource this client's token can see that has a version whose
+    /// origin response carried `tag` in a cache-tag header
+    /// (`Edge-Cache-Tag`, `Cache-Tag`, `Surrogate-Key` by default).
+    pub async fn resources_with_cache_tag(&self, tag: &str) -> Result<Vec<Resource>> {
+        self.all_pages("v1/resources", vec![("cache_tag".to_owned(), tag.to_owned())])
+            .await
+    }
+
     async fn all_pages<T: DeserializeOwned>(&self, path: &str, query: Vec<(String, String)>) -> Result<Vec<T>> {
         let mut items = Vec::new();
         loop {

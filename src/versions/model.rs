@@ -202,6 +202,10 @@ pub struct Version {
     pub last_modified: Option<String>,
     /// User labels.
     pub tags: Vec<String>,
+    /// Cache tags the origin's response carried (`Edge-Cache-Tag`,
+    /// `Cache-Tag`, `Surrogate-Key` by default): what `purge tag` reaches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_tags: Vec<String>,
     /// Whether the version is pinned now (an expired timed pin reads `false`).
     pub pinned: bool,
     /// When a timed pin ends.
@@ -252,6 +256,7 @@ impl Version {
             etag: text(http::header::ETAG),
             last_modified: text(http::header::LAST_MODIFIED),
             tags: Vec::new(),
+            cache_tags: Vec::new(),
             pinned: false,
             pinned_until: None,
             error: None,
@@ -653,6 +658,7 @@ mod tests {
             etag: None,
             last_modified: None,
             tags: tags.iter().map(|tag| tag.to_string()).collect(),
+            cache_tags: Vec::new(),
             pinned,
             pinned_until: None,
             error: None,

@@ -264,6 +264,9 @@ struct Gate {
 /// - `/tagged/{name}`: the body set with [`ContentOrigin::set`], under the
 ///   `ETag` set with [`ContentOrigin::set_etag`]; `304` to a matching
 ///   `If-None-Match`
+/// - `/cdn/{name}`: the body set with [`ContentOrigin::set`], fresh for
+///   10 minutes, with cache tags as CDNs read them: `Edge-Cache-Tag:
+///   product-{name}, every-product` and `Surrogate-Key: key-{name}`
 /// - `/trickle/{name}`: `Content-Length: 1000000`, then one byte every 5 s
 /// - `/status/{code}`: that status
 /// - anything while [`ContentOrigin::down`] is on: 503
@@ -294,6 +297,7 @@ impl ContentOrigin {
             .route("/flaky/{n}", axum::routing::get(flaky))
             .route("/gate/{name}", axum::routing::get(gate))
             .route("/tagged/{name}", axum::routing::get(tagged))
+            .route("/cdn/{name}", axum::routing::get(cdn))
             .route("/trickle/{name}", axum::routing::get(trickle))
             .route("/status/{code}", axum::routing::get(status))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
@@ -410,6 +414,18 @@ async fn tagged(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<St
         return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap();
     }
     builder.body(Body::from(body)).unwrap()
+}
+
+async fn cdn(State(state): State<Arc<OriginState>>, UrlPath(name): UrlPath<String>) -> Response {
+    let Some(body) = state.bodies.lock().unwrap().get(&name).cloned() else {
+        return Response::builder().status(404).body(Body::empty()).unwrap();
+    };
+    Response::builder()
+        .header("cache-control", "max-age=600")
+        .header("edge-cache-tag", format!("product-{name}, every-product"))
+        .header("surrogate-key", format!("key-{name}"))
+        .body(Body::from(body))
+        .unwrap()
 }
 
 async fn trickle() -> Response {

@@ -35,7 +35,7 @@ enum Action {
         /// The URL, as it was requested.
         url: String,
     },
-    /// Delete every entry filed under a cache tag (`Edge-Cache-Tag`).
+    /// Delete every entry filed under a cache tag (`Edge-Cache-Tag`, `Cache-Tag`, `Surrogate-Key`).
     DeleteTag {
         /// The tag.
         tag: String,

@@ -3,8 +3,6 @@
 mod cache_cmd;
 mod get;
 mod purge;
-mod purge_alibaba;
-mod report;
 mod serve;
 mod spec;
 mod versions_cmd;
@@ -27,7 +25,7 @@ enum Command {
     Get(get::GetArgs),
     /// Inspect or manage a cache.
     Cache(cache_cmd::CacheArgs),
-    /// Purge objects from a CDN.
+    /// Purge a URL, a prefix or a tag everywhere: caches, the versioned server, CDNs.
     Purge(purge::PurgeArgs),
     /// Run the versioned shared cache server.
     Serve(serve::ServeArgs),

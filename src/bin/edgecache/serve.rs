@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// 0 turns the check off.
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     min_transfer_rate: u64,
+    /// A response header whose values are cache tags, recorded on each
+    /// version for `purge tag` (repeatable) [default: Edge-Cache-Tag,
+    /// Cache-Tag, Surrogate-Key].
+    #[arg(long = "tag-header", value_name = "NAME")]
+    tag_headers: Vec<http::HeaderName>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -79,6 +84,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.min_free_space = args.min_free_space;
     config.fetch_timeout = std::time::Duration::from_secs(args.fetch_timeout);
     config.min_transfer_rate = args.min_transfer_rate;
+    if !args.tag_headers.is_empty() {
+        config.tag_headers = args.tag_headers;
+    }
     let server = Server::bind(config).await.context("cannot start the server")?;
     eprintln!(
         "edgecache: serving {} on http://{}",

@@ -4,16 +4,19 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::client::{AlibabaCdnClient, AlibabaError, ObjectType, PrefetchOptions, Quota, TaskFilter, TaskStatus};
-use super::journal::{Accepted, Header, Journal, JournalError};
-use crate::purge::{Backoff, InvalidObject};
+mod poll;
+
+use super::client::{AlibabaCdnClient, AlibabaError, ObjectType, PrefetchOptions, Quota};
+use super::report::{Outcome, RunReport, UrlReport};
+use crate::purge::journal::{Header, Journal, JournalError};
+use crate::purge::{Backoff, InvalidObject, ObjectKind};
 
 /// At most this many domains in one call.
 const MAX_DOMAINS_PER_CALL: usize = 10;
@@ -91,89 +94,29 @@ impl Operation {
     }
 }
 
-/// What became of one URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The CDN finished it.
-    Complete,
-    /// The CDN's task failed.
-    Failed {
-        /// The task's description of why.
-        reason: String,
-    },
-    /// Accepted; the run did not wait for the task.
-    Accepted,
-    /// Still in progress when the run's timeout passed.
-    TimedOut,
-    /// The CDN refused the call that carried it, or the call never succeeded.
-    Rejected {
-        /// The API's error code, if it answered.
-        code: Option<String>,
-        /// What went wrong.
-        message: String,
-        /// Quote it to Alibaba Cloud support.
-        request_id: Option<String>,
-    },
-    /// Not sent: the run was stopped first.
-    NotSubmitted,
+/// A journal's first line: which operation it records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct JournalHeader {
+    edgecache_journal: u32,
+    operation: String,
+    object_type: Option<ObjectType>,
 }
 
-impl Outcome {
-    /// Whether this is what the user asked for.
-    pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Complete | Outcome::Accepted)
+impl Header for JournalHeader {
+    fn describe(&self) -> String {
+        match self.object_type {
+            Some(object_type) => format!("{} {object_type}", self.operation),
+            None => self.operation.clone(),
+        }
     }
 }
 
-/// One URL and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UrlReport {
-    /// Its position in the list given (the first, for duplicates).
-    pub index: usize,
-    /// The URL as sent (encoded where needed).
-    pub url: String,
-    /// The tasks of the call that carried it.
-    pub task_ids: Vec<String>,
-    /// Whether an earlier run, read from the journal, submitted it.
-    pub resumed: bool,
-    /// What became of it.
-    #[serde(flatten)]
-    pub outcome: Outcome,
-}
-
-/// The result of a batch run: every URL accounted for, in list order.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// `refresh` or `prefetch`.
-    pub operation: &'static str,
-    /// What the refreshed paths are.
-    pub object_type: Option<ObjectType>,
-    /// Each distinct URL.
-    pub urls: Vec<UrlReport>,
-    /// Lines dropped as repeats of an earlier one.
-    pub duplicates: usize,
-    /// Refresh or prefetch calls the CDN accepted in this run.
-    pub calls: usize,
-    /// Whether the run was stopped before it finished.
-    pub stopped: bool,
-}
-
-impl RunReport {
-    /// Whether every URL ended as asked.
-    pub fn is_success(&self) -> bool {
-        !self.stopped && self.urls.iter().all(|url| url.outcome.is_success())
-    }
-
-    /// URLs with this outcome.
-    pub fn count(&self, wanted: impl Fn(&Outcome) -> bool) -> usize {
-        self.urls.iter().filter(|url| wanted(&url.outcome)).count()
-    }
-
-    /// URLs that did not end as asked.
-    pub fn unsuccessful(&self) -> impl Iterator<Item = &UrlReport> {
-        self.urls.iter().filter(|url| !url.outcome.is_success())
-    }
+/// A journal record: a call the CDN accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct AcceptedBatch {
+    urls: Vec<String>,
+    task_ids: Vec<String>,
+    request_id: String,
 }
 
 /// Why a batch run did not start. Nothing was sent.
@@ -355,14 +298,14 @@ impl BatchJob<'_> {
             });
         }
 
-        let header = Header {
+        let header = JournalHeader {
             edgecache_journal: 1,
             operation: self.operation.name().to_owned(),
             object_type: self.operation.object_type(),
         };
         let (journal, earlier) = match &self.journal {
             Some((path, resume)) => {
-                let (journal, earlier) = Journal::open(path, &header, *resume)?;
+                let (journal, earlier) = Journal::open::<_, AcceptedBatch>(path, &header, *resume)?;
                 (Some(journal), earlier)
             }
             None => (None, Vec::new()),
@@ -451,7 +394,7 @@ impl BatchJob<'_> {
                         Operation::Prefetch(options) => this.client.prefetch(&paths, options).await,
                     };
                     if let (Ok(submitted), Some(journal)) = (&submitted, &journal) {
-                        let record = Accepted {
+                        let record = AcceptedBatch {
                             urls: paths,
                             task_ids: submitted.task_ids.clone(),
                             request_id: submitted.request_id.clone(),
@@ -523,185 +466,6 @@ impl BatchJob<'_> {
     fn prepare(&self, objects: &[String]) -> Result<Vec<(usize, String)>, BatchError> {
         prepare(self.operation.object_type(), objects).map_err(BatchError::Invalid)
     }
-
-    /// Polls every accepted batch's tasks until each is done or the timeout
-    /// passes, then reports each URL.
-    async fn poll_until_done(
-        &self,
-        reports: &mut [UrlReport],
-        batches: Vec<(Vec<usize>, Vec<String>)>,
-        mut stopped: watch::Receiver<bool>,
-        progress: &(impl Fn(Progress) + Sync),
-    ) {
-        let deadline = Instant::now() + self.timeout;
-        let mut pending: Vec<(Vec<usize>, Vec<String>)> = batches;
-        // Failed entries found so far, by task.
-        let mut failures: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        let mut absent_before = HashSet::new();
-        let mut round = 0;
-        while !pending.is_empty() {
-            let unfinished: HashSet<&String> = pending.iter().flat_map(|(_, tasks)| tasks).collect();
-            let unfinished: Vec<String> = unfinished
-                .into_iter()
-                .filter(|task| !failures.contains_key(*task))
-                .cloned()
-                .collect();
-            match self.finished_tasks(&unfinished, &mut absent_before).await {
-                Ok(finished) => failures.extend(finished),
-                Err(error) => tracing::warn!(%error, "could not read the tasks' states; will ask again"),
-            }
-            pending.retain(|(members, tasks)| {
-                if !tasks.iter().all(|task| failures.contains_key(task)) {
-                    return true;
-                }
-                let failed: HashMap<&str, &str> = tasks
-                    .iter()
-                    .flat_map(|task| &failures[task])
-                    .map(|(path, reason)| (path.as_str(), reason.as_str()))
-                    .collect();
-                let mut failed_here = 0;
-                for &member in members {
-                    let report = &mut reports[member];
-                    report.outcome = match failed.get(report.url.as_str()) {
-                        Some(reason) => {
-                            failed_here += 1;
-                            Outcome::Failed {
-                                reason: if reason.is_empty() {
-                                    "the task failed".to_owned()
-                                } else {
-                                    (*reason).to_owned()
-                                },
-                            }
-                        }
-                        None => Outcome::Complete,
-                    };
-                }
-                progress(Progress::Completed(members.len() - failed_here));
-                if failed_here > 0 {
-                    progress(Progress::Failed(failed_here));
-                }
-                false
-            });
-            let now = Instant::now();
-            if pending.is_empty() || now >= deadline || *stopped.borrow() {
-                break;
-            }
-            let delay = self.poll.delay(round, None).min(deadline - now);
-            round += 1;
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                _ = stopped.wait_for(|stopped| *stopped) => {}
-            }
-        }
-        if *stopped.borrow() {
-            return; // stopped, not timed out: what is pending stays `Accepted`
-        }
-        for (members, _) in pending {
-            for &member in &members {
-                reports[member].outcome = Outcome::TimedOut;
-            }
-            progress(Progress::Failed(members.len()));
-        }
-    }
-
-    /// Which of `unfinished` tasks are done, with their failed entries as
-    /// `(object path, reason)`.
-    ///
-    /// Task queries are rate-limited (about 5 a second), so this asks in
-    /// whichever way takes fewer calls: one query per task, or listing every
-    /// refreshing entry of the account, 100 a page. Entries can shift between
-    /// pages while they are listed, so a listing counts a task as done only
-    /// once two listings in a row lack it.
-    async fn finished_tasks(
-        &self,
-        unfinished: &[String],
-        absent_before: &mut HashSet<String>,
-    ) -> Result<HashMap<String, Vec<(String, String)>>, AlibabaError> {
-        let refreshing = TaskFilter {
-            status: Some(TaskStatus::Refreshing),
-            ..TaskFilter::default()
-        };
-        let first = self.client.tasks_page(&refreshing, 1, PAGE).await?;
-        let done: Vec<String> = if pages(first.total_count) <= unfinished.len() as u64 {
-            let mut still: HashSet<String> = first.tasks.into_iter().map(|task| task.task_id).collect();
-            for page in 2..=pages(first.total_count) {
-                let more = self.client.tasks_page(&refreshing, page as u32, PAGE).await?;
-                still.extend(more.tasks.into_iter().map(|task| task.task_id));
-            }
-            let absent: HashSet<String> = unfinished
-                .iter()
-                .filter(|task| !still.contains(*task))
-                .cloned()
-                .collect();
-            let confirmed = absent.intersection(absent_before).cloned().collect();
-            *absent_before = absent;
-            confirmed
-        } else {
-            let checks = futures_util::stream::iter(unfinished)
-                .map(|task| async move {
-                    let filter = TaskFilter {
-                        task_id: Some(task.clone()),
-                        status: Some(TaskStatus::Refreshing),
-                        ..TaskFilter::default()
-                    };
-                    let page = self.client.tasks_page(&filter, 1, 1).await?;
-                    Ok::<_, AlibabaError>((page.total_count == 0).then(|| task.clone()))
-                })
-                .buffer_unordered(4)
-                .collect::<Vec<_>>()
-                .await;
-            let mut done = Vec::new();
-            for check in checks {
-                done.extend(check?);
-            }
-            done
-        };
-        if done.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut failed: HashMap<String, Vec<(String, String)>> =
-            done.iter().map(|task| (task.clone(), Vec::new())).collect();
-        for task in self.failed_entries(&done).await? {
-            if let Some(entries) = failed.get_mut(&task.task_id) {
-                entries.push((task.object_path, task.description));
-            }
-        }
-        Ok(failed)
-    }
-
-    /// The failed entries of these tasks: the account's failed tasks listed
-    /// when that takes fewer calls than asking task by task.
-    async fn failed_entries(&self, tasks: &[String]) -> Result<Vec<super::Task>, AlibabaError> {
-        let failed = TaskFilter {
-            status: Some(TaskStatus::Failed),
-            ..TaskFilter::default()
-        };
-        let first = self.client.tasks_page(&failed, 1, PAGE).await?;
-        let mut entries = Vec::new();
-        if pages(first.total_count) <= tasks.len() as u64 {
-            entries.extend(first.tasks);
-            for page in 2..=pages(first.total_count) {
-                entries.extend(self.client.tasks_page(&failed, page as u32, PAGE).await?.tasks);
-            }
-        } else {
-            for task in tasks {
-                let filter = TaskFilter {
-                    task_id: Some(task.clone()),
-                    ..failed.clone()
-                };
-                entries.extend(self.client.tasks(&filter).await?);
-            }
-        }
-        entries.retain(|entry| entry.status == TaskStatus::Failed);
-        Ok(entries)
-    }
-}
-
-/// Task entries per page when listing.
-const PAGE: u32 = 100;
-
-fn pages(entries: u64) -> u64 {
-    entries.div_ceil(u64::from(PAGE))
 }
 
 /// Checks every line as a run of `operation` would, without sending
@@ -724,19 +488,20 @@ fn prepare(object_type: Option<ObjectType>, objects: &[String]) -> Result<Vec<(u
         .collect())
 }
 
-/// The URL to send for one line, or why the line cannot be sent. URLs are
-/// parsed and re-serialized, which percent-encodes spaces and non-ASCII
-/// characters and leaves existing `%XX` escapes alone; regexes are sent as given.
-fn prepare_url(object_type: Option<ObjectType>, line: &str) -> Result<String, String> {
-    if object_type == Some(ObjectType::Regex) {
-        // A pattern is no URL: only its scheme and host are checked.
-        return crate::purge::check_scheme_and_host(line).map(|()| line.to_owned());
-    }
-    let url = crate::purge::check_url(line)?;
-    if object_type == Some(ObjectType::Directory) && !url.path().ends_with('/') {
+/// The URL to send for one line, or why the line cannot be sent: the
+/// shared [`check_object`](crate::purge::check_object), plus Alibaba's
+/// rule that a directory ends with `/`. Regexes are sent as given.
+pub(super) fn prepare_url(object_type: Option<ObjectType>, line: &str) -> Result<String, String> {
+    let kind = match object_type {
+        Some(ObjectType::Regex) => ObjectKind::Regex,
+        Some(ObjectType::Directory) => ObjectKind::Prefix,
+        _ => ObjectKind::Url,
+    };
+    let url = crate::purge::check_object(kind, line)?;
+    if kind == ObjectKind::Prefix && !url.ends_with('/') {
         return Err("a directory must end with `/`".into());
     }
-    Ok(url.into())
+    Ok(url)
 }
 
 /// The authority of `scheme://authority/…`.

@@ -28,14 +28,16 @@
 mod batch;
 mod client;
 mod credentials;
-mod journal;
+mod report;
 mod sign;
+mod target;
 
-pub use self::batch::{BatchError, BatchJob, Operation, Outcome, Progress, RunReport, UrlReport, check_objects};
+pub use self::batch::{BatchError, BatchJob, Operation, Progress, check_objects};
 pub use self::client::{
     API_VERSION, AlibabaCdnClient, AlibabaError, Area, DEFAULT_ENDPOINT, ObjectType, PrefetchOptions, Quota,
     RateLimits, Submitted, Task, TaskFilter, TaskPage, TaskStatus,
 };
 pub use self::credentials::{Credentials, CredentialsError};
-pub use self::journal::JournalError;
+pub use self::report::{Outcome, RunReport, UrlReport};
 pub use self::sign::{Signer, date, percent_encode};
+pub use crate::purge::JournalError;

@@ -521,6 +521,10 @@ impl Store for RedisStore {
         self.delete(&keys).await.map(drop)
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn request_deadline(&self) -> Option<Duration> {
         Some(self.deadline)
     }

@@ -12,10 +12,9 @@ use edgecache::purge::alibaba::{
     AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions, Progress,
     RunReport, check_objects,
 };
-use edgecache::purge::{SourcedObject, read_objects};
+use edgecache::purge::{ObjectReport, read_objects};
 
-use crate::purge::ProgressBar;
-use crate::report::{self, ObjectResult};
+use super::report::{self, ProgressBar};
 
 #[derive(Args)]
 pub struct AlibabaArgs {
@@ -137,16 +136,7 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
             (args.common, Operation::Prefetch(options))
         }
     };
-    if common.resume
-        && let Some(journal) = &common.journal
-        && !journal.exists()
-    {
-        // A mistyped path would otherwise start a fresh run and pay twice.
-        bail!(
-            "--resume: there is no journal at {}; check the path, or drop --resume to start a run that --journal records",
-            journal.display()
-        );
-    }
+    super::check_resume(common.resume, common.journal.as_deref())?;
     let objects = read_objects(&common.urls, &common.files).context("reading URLs")?;
     if objects.is_empty() {
         bail!("nothing to send: give URLs as arguments or with -r FILE");
@@ -183,18 +173,7 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
                 reporter.advance(urls, &line);
             }
         })
-        .stop_when(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "interrupted: finishing the calls in flight, sending nothing more (Ctrl-C again to quit now)"
-                );
-                tokio::spawn(async {
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(130);
-                    }
-                });
-            }
-        });
+        .stop_when(report::interrupted());
     if let Some(size) = common.batch_size {
         job = job.batch_size(size);
     }
@@ -209,7 +188,7 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
         Err(BatchError::Invalid(invalid)) => return Err(report::invalid(&objects, &invalid)),
         Err(error) => return Err(error.into()),
     };
-    report::print(&results(&report, &objects), common.json)?;
+    report::print(&report::results(&lines(&report), &objects), common.json)?;
     summary(&report, started.elapsed(), common.journal.as_deref());
     Ok(if report.is_success() {
         ExitCode::SUCCESS
@@ -218,44 +197,17 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One result per URL, in the shape both CDN commands share.
-fn results(report: &RunReport, objects: &[SourcedObject]) -> Vec<ObjectResult> {
+/// One line per URL, in the shape every purge command reports.
+fn lines(report: &RunReport) -> Vec<ObjectReport> {
     report
         .urls
         .iter()
-        .map(|url| {
-            let (status, detail) = match &url.outcome {
-                Outcome::Complete => ("complete", String::new()),
-                Outcome::Accepted => ("accepted", "not waited for".to_owned()),
-                Outcome::Failed { reason } => ("failed", reason.clone()),
-                Outcome::TimedOut => ("timed_out", "still in progress at the timeout".to_owned()),
-                Outcome::Rejected {
-                    code,
-                    message,
-                    request_id,
-                } => {
-                    let mut detail = message.clone();
-                    if let Some(code) = code {
-                        detail = format!("{code}: {detail}");
-                    }
-                    if let Some(request_id) = request_id {
-                        detail.push_str(&format!(" (RequestId {request_id})"));
-                    }
-                    ("rejected", detail)
-                }
-                Outcome::NotSubmitted => ("not_sent", "the run stopped first".to_owned()),
-            };
-            ObjectResult {
-                object: url.url.clone(),
-                status,
-                detail: if url.resumed && detail.is_empty() {
-                    "submitted by an earlier run (journal)".to_owned()
-                } else {
-                    detail
-                },
-                origin: report::origin(objects, url.index),
-                id: (!url.task_ids.is_empty()).then(|| url.task_ids.join(",")),
-            }
+        .map(|url| ObjectReport {
+            target: "alibaba".into(),
+            object: url.url.clone(),
+            index: url.index,
+            resumed: url.resumed,
+            outcome: url.to_outcome(),
         })
         .collect()
 }

@@ -1,13 +1,14 @@
-//! The journal: one JSON line per accepted batch, written and synced as each
-//! is accepted, so an interrupted run resumes without paying twice.
+//! The journal: a header line saying what kind of run it records, then one
+//! JSON line per accepted piece of work, written and synced as each is
+//! accepted, so an interrupted run resumes without sending anything twice.
+//! Alibaba's batch runs and mixed runs across targets both keep one.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use super::ObjectType;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Why the journal could not be used. Nothing is sent when it cannot.
 #[derive(Debug, thiserror::Error)]
@@ -50,29 +51,11 @@ pub enum JournalError {
     },
 }
 
-/// The first line: what kind of run this journal records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Header {
-    pub edgecache_journal: u32,
-    pub operation: String,
-    pub object_type: Option<ObjectType>,
-}
-
-impl Header {
-    fn describe(&self) -> String {
-        match self.object_type {
-            Some(object_type) => format!("{} {object_type}", self.operation),
-            None => self.operation.clone(),
-        }
-    }
-}
-
-/// A batch the CDN accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Accepted {
-    pub urls: Vec<String>,
-    pub task_ids: Vec<String>,
-    pub request_id: String,
+/// The first line: what kind of run a journal records. Resuming a journal
+/// of another kind is an error.
+pub(crate) trait Header: Serialize + DeserializeOwned + PartialEq {
+    /// The kind of run, for error messages: `file refresh`, `url purge`.
+    fn describe(&self) -> String;
 }
 
 /// An open journal; appends are serialized and synced to disk.
@@ -86,7 +69,11 @@ impl Journal {
     /// Opens a journal for `header`'s kind of run, with the batches an
     /// earlier run recorded when `resume` is set. Without `resume`, an
     /// existing journal with records is an error: it records accepted work.
-    pub(crate) fn open(path: &Path, header: &Header, resume: bool) -> Result<(Self, Vec<Accepted>), JournalError> {
+    pub(crate) fn open<H: Header, R: DeserializeOwned>(
+        path: &Path,
+        header: &H,
+        resume: bool,
+    ) -> Result<(Self, Vec<R>), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
@@ -131,15 +118,26 @@ impl Journal {
         Ok((journal, accepted))
     }
 
-    /// Appends an accepted batch and waits until it is on disk.
-    pub(crate) async fn record(&self, accepted: &Accepted) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(accepted).unwrap_or_default();
-        line.push(b'\n');
+    /// Appends a record and waits until it is on disk.
+    pub(crate) async fn record(&self, record: &impl Serialize) -> Result<(), JournalError> {
+        self.record_all(std::slice::from_ref(record)).await
+    }
+
+    /// Appends records in one write and waits until they are on disk.
+    pub(crate) async fn record_all<R: Serialize>(&self, records: &[R]) -> Result<(), JournalError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut lines = Vec::new();
+        for record in records {
+            lines.extend(serde_json::to_vec(record).unwrap_or_default());
+            lines.push(b'\n');
+        }
         let file = Arc::clone(&self.file);
         let written = tokio::task::spawn_blocking(move || {
             let mut file = file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            // One write per record, so a crash tears at most the last line.
-            file.write_all(&line).and_then(|()| file.sync_data())
+            // One write, so a crash tears at most the last line.
+            file.write_all(&lines).and_then(|()| file.sync_data())
         })
         .await
         .unwrap_or_else(|join| Err(std::io::Error::other(join)));
@@ -150,16 +148,20 @@ impl Journal {
     }
 }
 
-fn read(path: &Path, text: &str, expected: &Header) -> Result<Vec<Accepted>, JournalError> {
+fn read<H: Header, R: DeserializeOwned>(path: &Path, text: &str, expected: &H) -> Result<Vec<R>, JournalError> {
     let corrupt = |line: usize, reason: String| JournalError::Corrupt {
         path: path.to_path_buf(),
         line,
         reason,
     };
     let lines: Vec<&str> = text.lines().collect();
-    let header: Header = serde_json::from_str(lines[0])
-        .map_err(|error| corrupt(1, format!("not an edgecache journal header: {error}")))?;
-    if header.operation != expected.operation || header.object_type != expected.object_type {
+    let header: H = serde_json::from_str(lines.first().copied().unwrap_or_default()).map_err(|error| {
+        corrupt(
+            1,
+            format!("not an edgecache journal header of this kind of run: {error}"),
+        )
+    })?;
+    if header != *expected {
         return Err(JournalError::Mismatch {
             path: path.to_path_buf(),
             found: header.describe(),

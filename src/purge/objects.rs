@@ -1,0 +1,265 @@
+//! What can be purged, and the one check every target shares: objects are
+//! checked before anything is sent, and nothing is sent when any is bad.
+
+use std::fmt;
+use std::path::Path;
+
+/// What objects are. Each [`Target`](super::Target) says which kinds it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    /// Full URLs (`https://www.example.com/app.css`).
+    Url,
+    /// Every URL that starts with this one (`https://www.example.com/static/`).
+    Prefix,
+    /// Cache tags (`Edge-Cache-Tag`, `Cache-Tag`, `Surrogate-Key`).
+    Tag,
+    /// Akamai CP codes (numbers).
+    CpCode,
+    /// Alibaba Cloud refresh patterns (`https://www.example.com/*.jpg`).
+    Regex,
+}
+
+impl ObjectKind {
+    /// The kind as the CLI and the reports spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Url => "url",
+            ObjectKind::Prefix => "prefix",
+            ObjectKind::Tag => "tag",
+            ObjectKind::CpCode => "cpcode",
+            ObjectKind::Regex => "regex",
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Objects of one kind, to purge everywhere a [`Purger`](super::Purger) reaches.
+///
+/// ```
+/// use edgecache::purge::{ObjectKind, Objects};
+///
+/// let objects = Objects::urls(["https://www.example.com/app.css"]);
+/// assert_eq!(objects.kind(), ObjectKind::Url);
+/// assert_eq!(Objects::tags(["product-42"]).len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Objects {
+    kind: ObjectKind,
+    items: Vec<String>,
+}
+
+impl Objects {
+    /// Objects of `kind`.
+    pub fn new<S: Into<String>>(kind: ObjectKind, items: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            kind,
+            items: items.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// URLs.
+    pub fn urls<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
+        Self::new(ObjectKind::Url, urls)
+    }
+
+    /// URL prefixes.
+    pub fn prefixes<S: Into<String>>(prefixes: impl IntoIterator<Item = S>) -> Self {
+        Self::new(ObjectKind::Prefix, prefixes)
+    }
+
+    /// Cache tags.
+    pub fn tags<S: Into<String>>(tags: impl IntoIterator<Item = S>) -> Self {
+        Self::new(ObjectKind::Tag, tags)
+    }
+
+    /// What the objects are.
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// The objects, as given.
+    pub fn items(&self) -> &[String] {
+        &self.items
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Checks one object of `kind` by the rules every target shares, and
+/// returns it as targets must send it (URLs percent-encoded where needed,
+/// host lower-cased), or the reason it can't be sent.
+///
+/// ```
+/// use edgecache::purge::{ObjectKind, check_object};
+///
+/// assert_eq!(check_object(ObjectKind::Url, "https://Example.com/a b")?, "https://example.com/a%20b");
+/// assert_eq!(check_object(ObjectKind::Tag, "two words").unwrap_err(), "tags have no spaces or control characters");
+/// assert!(check_object(ObjectKind::CpCode, "12ab").is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn check_object(kind: ObjectKind, object: &str) -> Result<String, String> {
+    match kind {
+        ObjectKind::Url | ObjectKind::Prefix => check_url(object).map(String::from),
+        // A pattern is no URL: only its scheme and host are checked.
+        ObjectKind::Regex => check_scheme_and_host(object).map(|()| object.to_owned()),
+        ObjectKind::CpCode => object
+            .parse::<u64>()
+            .map(|code| code.to_string())
+            .map_err(|_| "not a CP code (a number)".to_owned()),
+        ObjectKind::Tag if object.is_empty() => Err("empty tag".into()),
+        ObjectKind::Tag if object.len() > 128 => Err("longer than 128 characters".into()),
+        ObjectKind::Tag if object.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Err("tags have no spaces or control characters".into())
+        }
+        ObjectKind::Tag => Ok(object.to_owned()),
+    }
+}
+
+/// Checks a URL to purge or prefetch, the same way for every CDN: an
+/// absolute `http`/`https` URL with a host, no control characters, every
+/// `%` starting a `%XX` escape, and no `#fragment` (it never reaches a CDN).
+/// The URL comes back as the CDN must see it: spaces and non-ASCII
+/// characters percent-encoded, host lower-cased. The reason is one short
+/// phrase.
+///
+/// ```
+/// use edgecache::purge::check_url;
+///
+/// assert_eq!(check_url("https://Example.com/a b")?.as_str(), "https://example.com/a%20b");
+/// assert_eq!(check_url("https:///nohost").unwrap_err(), "has no host");
+/// assert!(check_url("https://example.com/100%").is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn check_url(line: &str) -> Result<url::Url, String> {
+    check_scheme_and_host(line)?;
+    if line.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    let bytes = line.as_bytes();
+    for (at, _) in line.match_indices('%') {
+        let escape = bytes.get(at + 1..at + 3);
+        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return Err("has a `%` that starts no %XX escape (write %25 for a literal %)".into());
+        }
+    }
+    let url = url::Url::parse(line).map_err(|error| format!("not a URL: {error}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if url.fragment().is_some() {
+        return Err("has a #fragment, which never reaches the CDN".into());
+    }
+    Ok(url)
+}
+
+/// The part of [`check_url`] that applies to patterns too.
+fn check_scheme_and_host(line: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = line.split_once("://") else {
+        return Err("must start with http:// or https://".into());
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err("must start with http:// or https://".into());
+    }
+    // Checked on the text: the URL parser would take `https:///path`'s
+    // first path segment as the host.
+    if rest.split(['/', '?', '#']).next().unwrap_or_default().is_empty() {
+        return Err("has no host".into());
+    }
+    Ok(())
+}
+
+/// An object that cannot be sent as given; nothing is sent when any is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InvalidObject {
+    /// Its position in the list, from 0.
+    pub index: usize,
+    /// The object as given.
+    pub object: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Checks every object with `check`: each one's result with its index when
+/// all pass; otherwise what is wrong with each that failed (and `nothing`
+/// for an empty list), so a run sends all or nothing.
+pub(crate) fn check_each<T>(
+    objects: &[String],
+    nothing: &str,
+    mut check: impl FnMut(&str) -> Result<T, String>,
+) -> Result<Vec<(usize, T)>, Vec<InvalidObject>> {
+    if objects.is_empty() {
+        return Err(vec![InvalidObject {
+            index: 0,
+            object: String::new(),
+            reason: nothing.to_owned(),
+        }]);
+    }
+    let mut passed = Vec::with_capacity(objects.len());
+    let mut invalid = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        match check(object) {
+            Ok(value) => passed.push((index, value)),
+            Err(reason) => invalid.push(InvalidObject {
+                index,
+                object: object.clone(),
+                reason,
+            }),
+        }
+    }
+    if invalid.is_empty() { Ok(passed) } else { Err(invalid) }
+}
+
+/// An object to purge, and where it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcedObject {
+    /// The object, trimmed.
+    pub text: String,
+    /// `file:line`, `-:line` for standard input, or `argument N`.
+    pub origin: String,
+}
+
+/// Reads objects one per line from files (`-` for standard input), skipping
+/// blank lines and `#` comments, after the objects given directly.
+pub fn read_objects(arguments: &[String], files: &[impl AsRef<Path>]) -> std::io::Result<Vec<SourcedObject>> {
+    let mut objects: Vec<SourcedObject> = arguments
+        .iter()
+        .enumerate()
+        .map(|(index, text)| SourcedObject {
+            text: text.trim().to_owned(),
+            origin: format!("argument {}", index + 1),
+        })
+        .collect();
+    for file in files {
+        let file = file.as_ref();
+        let text = if file == Path::new("-") {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(file)
+                .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", file.display())))?
+        };
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                objects.push(SourcedObject {
+                    text: line.to_owned(),
+                    origin: format!("{}:{}", file.display(), index + 1),
+                });
+            }
+        }
+    }
+    Ok(objects)
+}

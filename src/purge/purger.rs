@@ -1,0 +1,435 @@
+//! The purger: every target, in layer order, one report.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::journal::{self, Journal, JournalError};
+use super::target::ProgressFn;
+use super::{
+    Event, InvalidObject, ObjectKind, ObjectReport, Objects, Outcome, Progress, Report, Status, Target, TargetReport,
+};
+
+/// Why a run did not start. Nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PurgeRunError {
+    /// Some objects can't be sent; each says why (and for which target).
+    #[error("{} invalid object(s), nothing sent; first: {:?}: {}", .0.len(), .0[0].object, .0[0].reason)]
+    Invalid(Vec<InvalidObject>),
+    /// No target was given.
+    #[error("no target to purge: give the purger at least one")]
+    NoTargets,
+    /// The journal could not be used.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Purges objects from every target, layer by layer, and reports each
+/// object at each target. Made by [`Purger::builder`].
+///
+/// Targets are purged from the layer nearest the origin to the one nearest
+/// the user ([`Layer`]): each layer starts once the one before it has
+/// confirmed, including waiting out a CDN's own estimate. A target that
+/// fails fails its own objects; later layers are purged anyway (the report
+/// says the order was broken) unless [`PurgerBuilder::stop_on_failure`].
+pub struct Purger {
+    targets: Vec<Arc<dyn Target>>,
+    progress: Option<ProgressFn>,
+    parallel: bool,
+    stop_on_failure: bool,
+    max_confirm_wait: Duration,
+    journal: Option<(PathBuf, bool)>,
+    // In a mutex only so that the purger is `Sync` and its run future `Send`.
+    stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
+}
+
+impl std::fmt::Debug for Purger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.targets.iter().map(|target| target.name()).collect();
+        f.debug_struct("Purger")
+            .field("targets", &names)
+            .field("parallel", &self.parallel)
+            .field("stop_on_failure", &self.stop_on_failure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Purger`].
+pub struct PurgerBuilder {
+    purger: Purger,
+}
+
+impl Purger {
+    /// A purger with no targets yet.
+    pub fn builder() -> PurgerBuilder {
+        PurgerBuilder {
+            purger: Purger {
+                targets: Vec::new(),
+                progress: None,
+                parallel: false,
+                stop_on_failure: false,
+                max_confirm_wait: Duration::from_secs(600),
+                journal: None,
+                stop: std::sync::Mutex::new(None),
+            },
+        }
+    }
+
+    /// The targets, in the order they will be purged.
+    pub fn targets(&self) -> &[Arc<dyn Target>] {
+        &self.targets
+    }
+}
+
+impl PurgerBuilder {
+    /// Adds a target: a [`CacheMiddleware`](crate::CacheMiddleware), a
+    /// [`versions::Client`](crate::versions::Client), a CDN client, or an
+    /// `Arc<dyn Target>`.
+    pub fn target(mut self, target: impl Target + 'static) -> Self {
+        self.purger.targets.push(Arc::new(target));
+        self
+    }
+
+    /// Called at each step of the run (for one progress bar across targets).
+    pub fn on_progress(mut self, progress: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.purger.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Purges every target at once instead of layer by layer. Faster, but a
+    /// CDN edge may refetch a stale copy from a shared cache not yet purged.
+    pub fn parallel(mut self, parallel: bool) -> Self {
+        self.purger.parallel = parallel;
+        self
+    }
+
+    /// When a layer fails, sends nothing to the layers after it (their
+    /// objects are reported `not_sent`). Default: they are purged anyway.
+    pub fn stop_on_failure(mut self, stop: bool) -> Self {
+        self.purger.stop_on_failure = stop;
+        self
+    }
+
+    /// The longest wait for a CDN's estimate before the next layer starts.
+    /// Default: 10 minutes.
+    pub fn max_confirm_wait(mut self, wait: Duration) -> Self {
+        self.purger.max_confirm_wait = wait;
+        self
+    }
+
+    /// Records what each target accepted in a journal file. With `resume`,
+    /// what an earlier run recorded is reported from it and not sent again;
+    /// without, a journal that already has records is an error.
+    pub fn journal(mut self, path: impl Into<PathBuf>, resume: bool) -> Self {
+        self.purger.journal = Some((path.into(), resume));
+        self
+    }
+
+    /// Stops the run when `signal` resolves (on Ctrl-C, say): nothing more
+    /// is sent, calls in flight finish and are journaled, and the report
+    /// marks what was not sent.
+    pub fn stop_when(self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
+        *self
+            .purger
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::pin(signal));
+        self
+    }
+
+    /// The purger, targets sorted by layer (in the order given within one).
+    pub fn build(mut self) -> Purger {
+        self.purger.targets.sort_by_key(|target| target.layer());
+        self.purger
+    }
+}
+
+/// A journal's first line: a mixed run of this kind of object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct JournalHeader {
+    edgecache_purge_journal: u32,
+    kind: ObjectKind,
+}
+
+impl journal::Header for JournalHeader {
+    fn describe(&self) -> String {
+        format!("{} purge", self.kind)
+    }
+}
+
+/// A journal record: an object a target did or accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Done {
+    target: String,
+    object: String,
+    status: Status,
+    detail: String,
+    id: Option<String>,
+}
+
+impl Purger {
+    /// Purges `objects` from every target that takes their kind. Every
+    /// object is checked first, by the shared rules and each target's own:
+    /// if any is bad, nothing is sent.
+    pub async fn purge(&self, objects: Objects) -> Result<Report, PurgeRunError> {
+        let started = Instant::now();
+        if self.targets.is_empty() {
+            return Err(PurgeRunError::NoTargets);
+        }
+        let kind = objects.kind();
+        let (distinct, duplicates) = self.check(&objects)?;
+
+        let (journal, earlier) = match &self.journal {
+            Some((path, resume)) => {
+                let header = JournalHeader {
+                    edgecache_purge_journal: 1,
+                    kind,
+                };
+                let (journal, records) = Journal::open::<_, Done>(path, &header, *resume)?;
+                let earlier: HashMap<(String, String), Done> = records
+                    .into_iter()
+                    .map(|done| ((done.target.clone(), done.object.clone()), done))
+                    .collect();
+                (Some(journal), earlier)
+            }
+            None => (None, HashMap::new()),
+        };
+
+        let (stop_sender, stop) = watch::channel(false);
+        let signal = self
+            .stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let watcher = signal.map(|signal| {
+            tokio::spawn(async move {
+                signal.await;
+                let _ = stop_sender.send(true);
+            })
+        });
+
+        let mut layers: Vec<Vec<&Arc<dyn Target>>> = Vec::new();
+        for target in &self.targets {
+            match layers.last_mut() {
+                Some(layer) if self.parallel || layer[0].layer() == target.layer() => layer.push(target),
+                _ => layers.push(vec![target]),
+            }
+        }
+
+        let mut reports = Vec::new();
+        let mut failed_layers: Vec<String> = Vec::new();
+        let mut order_broken = None;
+        let layer_count = layers.len();
+        for (position, layer) in layers.into_iter().enumerate() {
+            let held_back = if *stop.borrow() {
+                Some("the run was stopped first".to_owned())
+            } else if self.stop_on_failure && !failed_layers.is_empty() {
+                Some(format!(
+                    "not sent: an earlier layer failed ({}), and the run stops on failure",
+                    failed_layers.join(", ")
+                ))
+            } else {
+                None
+            };
+            if held_back.is_none() && !failed_layers.is_empty() && order_broken.is_none() {
+                order_broken = Some(format!(
+                    "{} failed; later layers were purged anyway and may have refetched a stale copy from it",
+                    failed_layers.join(", ")
+                ));
+            }
+            let run = Run {
+                kind,
+                objects: &distinct,
+                earlier: &earlier,
+                journal: journal.as_ref(),
+                held_back: held_back.as_deref(),
+            };
+            let runs = layer.iter().map(|target| {
+                let progress = Progress::new(&target.name(), self.progress.clone(), Some(stop.clone()));
+                run.target(target.as_ref(), progress)
+            });
+            let finished = futures_util::future::join_all(runs).await;
+            let mut longest_estimate = 0;
+            for report in &finished {
+                if !report.is_success() {
+                    failed_layers.push(report.name.clone());
+                }
+                longest_estimate = report
+                    .objects
+                    .iter()
+                    .filter(|line| line.outcome.status == Status::Accepted && !line.resumed)
+                    .filter_map(|line| line.outcome.estimated_seconds)
+                    .fold(longest_estimate, u64::max);
+            }
+            reports.extend(finished);
+            // The next layer starts once this one is done, by the CDN's own estimate.
+            if position + 1 < layer_count && longest_estimate > 0 && !*stop.borrow() {
+                let wait = Duration::from_secs(longest_estimate).min(self.max_confirm_wait);
+                Progress::new("", self.progress.clone(), None).note(format!(
+                    "waiting {}s for the CDN's estimate before the next layer",
+                    wait.as_secs()
+                ));
+                let mut stopped = stop.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stopped.wait_for(|stopped| *stopped) => {}
+                }
+            }
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        let stopped = *stop.borrow();
+        Ok(Report {
+            kind,
+            targets: reports,
+            duplicates,
+            order_broken,
+            stopped,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The distinct objects to send, `(index in the list, form to send)`,
+    /// and how many lines repeated an earlier one; or every reason an object
+    /// can't be sent.
+    fn check(&self, objects: &Objects) -> Result<(Vec<(usize, String)>, usize), PurgeRunError> {
+        let kind = objects.kind();
+        let taking: Vec<&Arc<dyn Target>> = self
+            .targets
+            .iter()
+            .filter(|target| target.takes(kind).is_ok())
+            .collect();
+        let checked = super::check_each(objects.items(), "nothing to purge", |object| {
+            let object = object.trim();
+            let prepared = super::check_object(kind, object)?;
+            for target in &taking {
+                target
+                    .check(kind, &prepared)
+                    .map_err(|reason| format!("{}: {reason}", target.name()))?;
+            }
+            Ok(prepared)
+        })
+        .map_err(PurgeRunError::Invalid)?;
+        let total = checked.len();
+        let mut seen = HashSet::new();
+        let distinct: Vec<(usize, String)> = checked
+            .into_iter()
+            .filter(|(_, object)| seen.insert(object.clone()))
+            .collect();
+        let duplicates = total - distinct.len();
+        Ok((distinct, duplicates))
+    }
+}
+
+/// What every target of a layer shares in a run.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    kind: ObjectKind,
+    /// `(index in the list, form to send)`, distinct.
+    objects: &'a [(usize, String)],
+    /// What an earlier run journaled, by (target, object).
+    earlier: &'a HashMap<(String, String), Done>,
+    journal: Option<&'a Journal>,
+    /// Why nothing is sent to this layer, if nothing is.
+    held_back: Option<&'a str>,
+}
+
+impl Run<'_> {
+    async fn target(self, target: &dyn Target, progress: Progress) -> TargetReport {
+        let Run {
+            kind,
+            objects,
+            earlier,
+            journal,
+            held_back,
+        } = self;
+        let name = target.name();
+        let line = |index: usize, object: &str, resumed: bool, outcome: Outcome| ObjectReport {
+            target: name.clone(),
+            object: object.to_owned(),
+            index,
+            resumed,
+            outcome,
+        };
+        let mut report = TargetReport {
+            name: name.clone(),
+            layer: target.layer(),
+            started_at: None,
+            finished_at: None,
+            objects: Vec::with_capacity(objects.len()),
+        };
+        if let Err(reason) = target.takes(kind) {
+            report.objects = objects
+                .iter()
+                .map(|(index, object)| line(*index, object, false, Outcome::skipped(reason.clone())))
+                .collect();
+            return report;
+        }
+        let mut lines: Vec<Option<ObjectReport>> = vec![None; objects.len()];
+        let mut to_send = Vec::new();
+        for (at, (index, object)) in objects.iter().enumerate() {
+            match earlier.get(&(name.clone(), object.clone())) {
+                Some(done) => {
+                    let mut outcome = match done.status {
+                        Status::Accepted => Outcome::accepted(None, done.detail.clone()),
+                        _ => Outcome::done(done.detail.clone()),
+                    };
+                    outcome.id = done.id.clone();
+                    lines[at] = Some(line(*index, object, true, outcome));
+                }
+                None => to_send.push(at),
+            }
+        }
+        if let Some(reason) = held_back {
+            for &at in &to_send {
+                let (index, object) = &objects[at];
+                lines[at] = Some(line(*index, object, false, Outcome::not_sent(reason)));
+            }
+            report.objects = lines.into_iter().flatten().collect();
+            return report;
+        }
+        let resumed = objects.len() - to_send.len();
+        progress.emit_started(objects.len());
+        if resumed > 0 {
+            progress.finished(resumed, 0);
+        }
+        if !to_send.is_empty() {
+            report.started_at = Some(SystemTime::now());
+            let sending: Vec<String> = to_send.iter().map(|&at| objects[at].1.clone()).collect();
+            let mut outcomes = target.purge(kind, &sending, &progress).await.into_iter();
+            progress.flush();
+            report.finished_at = Some(SystemTime::now());
+            let mut records = Vec::new();
+            for &at in &to_send {
+                let (index, object) = &objects[at];
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Outcome::failed("the target reported nothing for this object", true));
+                if matches!(outcome.status, Status::Done | Status::Accepted) {
+                    records.push(Done {
+                        target: name.clone(),
+                        object: object.clone(),
+                        status: outcome.status,
+                        detail: outcome.detail.clone(),
+                        id: outcome.id.clone(),
+                    });
+                }
+                lines[at] = Some(line(*index, object, false, outcome));
+            }
+            if let Some(journal) = journal
+                && let Err(error) = journal.record_all(&records).await
+            {
+                tracing::error!(%error, target = %name, "purged, but the journal could not record it");
+            }
+        }
+        report.objects = lines.into_iter().flatten().collect();
+        report
+    }
+}

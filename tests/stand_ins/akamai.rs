@@ -1,0 +1,172 @@
+//! A Fast Purge stand-in that verifies every EdgeGrid signature, enforces
+//! the body limit and the token buckets, answers every 7th request with a
+//! 503 and drops every 4th connection. Shared through `#[path]`.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use edgecache::edgegrid::{Credentials, Signer};
+use edgecache::purge::TokenBucket;
+use edgecache::purge::akamai::RateLimits;
+
+#[derive(Clone)]
+pub struct StandIn {
+    pub signer: Arc<Signer>,
+    pub requests: Arc<TokenBucket>,
+    pub urls: Arc<TokenBucket>,
+    pub cpcodes: Arc<TokenBucket>,
+    pub seen: Arc<AtomicUsize>,
+    pub accepted: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// When each request was accepted, and its path.
+    pub accepted_at: Arc<Mutex<Vec<(std::time::SystemTime, String)>>>,
+    pub paths: Arc<Mutex<HashSet<String>>>,
+    pub too_large: Arc<AtomicUsize>,
+    pub throttled: Arc<AtomicUsize>,
+    pub unsigned: Arc<AtomicUsize>,
+    pub largest_body: Arc<AtomicUsize>,
+    pub dropped: Arc<AtomicUsize>,
+}
+
+pub fn problem(status: u16, title: &str, detail: &str) -> Response {
+    let body = serde_json::json!({ "httpStatus": status, "title": title, "detail": detail, "supportId": "17PY1" });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/problem+json")
+        .header("connection", "close")
+        .body(axum::body::Body::from(body.to_string()))
+        .expect("response")
+}
+
+pub async fn fast_purge(State(state): State<StandIn>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+    let count = state.seen.fetch_add(1, Ordering::SeqCst) + 1;
+    state.largest_body.fetch_max(body.len(), Ordering::SeqCst);
+    state.paths.lock().expect("paths").insert(parts.uri.path().to_owned());
+    if !crate::common::edgegrid_verified(&state.signer, &parts, &body) {
+        state.unsigned.fetch_add(1, Ordering::SeqCst);
+        return problem(401, "Unauthorized", "The signature does not match");
+    }
+    if body.len() >= 50_000 {
+        state.too_large.fetch_add(1, Ordering::SeqCst);
+        return problem(413, "Request Entity Too Large", "body over 50,000 bytes");
+    }
+    if count.is_multiple_of(7) {
+        return problem(503, "Service Unavailable", "try again");
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+    let objects = request["objects"].as_array().cloned().unwrap_or_default();
+    if objects
+        .iter()
+        .any(|object| object.as_str().is_some_and(|text| text.contains("bad")))
+    {
+        return problem(
+            400,
+            "Bad Request",
+            "Invalid URL contained in the request body: https://bad.example/",
+        );
+    }
+    // Rate limits: a refused request consumes no tokens.
+    let objects_bucket = if parts.uri.path().contains("/cpcode/") {
+        &state.cpcodes
+    } else {
+        &state.urls
+    };
+    if state.requests.try_take(1).is_err() || objects_bucket.try_take(objects.len() as u32).is_err() {
+        state.throttled.fetch_add(1, Ordering::SeqCst);
+        return problem(429, "Too Many Requests", "rate limit");
+    }
+    state.accepted.lock().expect("accepted").extend(objects);
+    state
+        .accepted_at
+        .lock()
+        .expect("accepted_at")
+        .push((std::time::SystemTime::now(), parts.uri.path().to_owned()));
+    let answer = serde_json::json!({
+        "httpStatus": 201, "estimatedSeconds": 0, "purgeId": format!("p-{count}"),
+        "supportId": format!("s-{count}"), "detail": "Request accepted"
+    });
+    Response::builder()
+        .status(201)
+        .header("content-type", "application/json")
+        .header("connection", "close")
+        .body(axum::body::Body::from(answer.to_string()))
+        .expect("response")
+}
+
+/// Drops every fourth connection as soon as it is accepted.
+pub struct DroppingListener {
+    inner: tokio::net::TcpListener,
+    accepted: usize,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for DroppingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = axum::serve::Listener::accept(&mut self.inner).await;
+            self.accepted += 1;
+            if !self.accepted.is_multiple_of(4) {
+                return (stream, address);
+            }
+            drop(stream);
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Starts a stand-in enforcing `limits`, on a free port: its state, and
+/// credentials for it.
+pub async fn serve(limits: RateLimits) -> (StandIn, Credentials) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("address").to_string();
+    let credentials = Credentials::new(&host, "akab-client", "secret=", "akab-access").expect("credentials");
+    let state = StandIn {
+        signer: Arc::new(Signer::new(credentials.clone())),
+        requests: Arc::new(TokenBucket::new(limits.requests.0, limits.requests.1)),
+        urls: Arc::new(TokenBucket::new(limits.urls.0, limits.urls.1)),
+        cpcodes: Arc::new(TokenBucket::new(limits.cpcodes.0, limits.cpcodes.1)),
+        seen: Arc::default(),
+        accepted: Arc::default(),
+        accepted_at: Arc::default(),
+        paths: Arc::default(),
+        too_large: Arc::default(),
+        throttled: Arc::default(),
+        unsigned: Arc::default(),
+        largest_body: Arc::default(),
+        dropped: Arc::default(),
+    };
+    let app = Router::new().fallback(fast_purge).with_state(state.clone());
+    let dropping = DroppingListener {
+        inner: listener,
+        accepted: 0,
+        dropped: Arc::clone(&state.dropped),
+    };
+    tokio::spawn(async move { axum::serve(dropping, app).await });
+    (state, credentials)
+}
+
+/// An `.edgerc` for the stand-in, in `directory`.
+pub fn edgerc(state: &StandIn, directory: &std::path::Path) -> std::path::PathBuf {
+    let edgerc = directory.join(".edgerc");
+    let host = state.signer.credentials().host();
+    std::fs::write(
+        &edgerc,
+        format!("[default]\nhost = {host}\nclient_token = akab-client\nclient_secret = secret=\naccess_token = akab-access\n"),
+    )
+    .expect("write .edgerc");
+    edgerc
+}
