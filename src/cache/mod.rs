@@ -1442,7 +1442,10 @@ mod tests {
     use super::*;
 
     fn names() -> Vec<HeaderName> {
-        DEFAULT_TAG_HEADERS.iter().map(|name| HeaderName::from_static(name)).collect()
+        DEFAULT_TAG_HEADERS
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect()
     }
 
     #[test]
