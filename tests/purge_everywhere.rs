@@ -199,6 +199,14 @@ async fn one_url_is_purged_at_every_layer_in_layer_order_with_one_report() {
         })
         .sum();
     assert_eq!(finished, 4, "one object at four targets");
+    // Calls made, as each target counts them.
+    assert_eq!(report.target("cache").expect("cache").calls, 1, "one delete");
+    assert!(report.target("akamai").expect("akamai").calls >= 1);
+    assert_eq!(report.target("alibaba").expect("alibaba").calls, 1, "one refresh call");
+    assert!(
+        report.target("versions").expect("versions").calls >= 2,
+        "a listing and a fetch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

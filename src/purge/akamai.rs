@@ -458,6 +458,7 @@ impl FastPurgeClient {
                     }));
                 }
             }
+            run.called(1);
             let sent = self
                 .client
                 .post(&url)

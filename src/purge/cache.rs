@@ -47,6 +47,7 @@ impl Target for CacheMiddleware {
                 if progress.is_stopped() {
                     return Outcome::not_sent("the run was stopped first");
                 }
+                progress.called(1);
                 let deleted = match kind {
                     ObjectKind::Prefix => self.delete_prefix(object).await,
                     ObjectKind::Tag => self.delete_tag(object).await,

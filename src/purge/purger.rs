@@ -131,9 +131,9 @@ impl PurgerBuilder {
         self
     }
 
-    /// Stops the run when `signal` resolves (on Ctrl-C, say): nothing more
-    /// is sent, calls in flight finish and are journaled, and the report
-    /// marks what was not sent.
+    /// Stops the first run when `signal` resolves (on Ctrl-C, say): nothing
+    /// more is sent, calls in flight finish and are journaled, and the
+    /// report marks what was not sent.
     pub fn stop_when(self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         *self
             .purger
@@ -231,7 +231,7 @@ impl Purger {
                 Some("the run was stopped first".to_owned())
             } else if self.stop_on_failure && !failed_layers.is_empty() {
                 Some(format!(
-                    "not sent: an earlier layer failed ({}), and the run stops on failure",
+                    "an earlier layer failed ({}), and the run stops on failure",
                     failed_layers.join(", ")
                 ))
             } else {
@@ -363,6 +363,7 @@ impl Run<'_> {
             layer: target.layer(),
             started_at: None,
             finished_at: None,
+            calls: 0,
             objects: Vec::with_capacity(objects.len()),
         };
         if let Err(reason) = target.takes(kind) {
@@ -405,6 +406,7 @@ impl Run<'_> {
             let sending: Vec<String> = to_send.iter().map(|&at| objects[at].1.clone()).collect();
             let mut outcomes = target.purge(kind, &sending, &progress).await.into_iter();
             progress.flush();
+            report.calls = progress.calls();
             report.finished_at = Some(SystemTime::now());
             let mut records = Vec::new();
             for &at in &to_send {

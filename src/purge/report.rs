@@ -137,6 +137,10 @@ pub struct TargetReport {
     pub started_at: Option<SystemTime>,
     /// When it finished, if it did.
     pub finished_at: Option<SystemTime>,
+    /// Calls made to it, as it counts them: Akamai's requests (retries
+    /// included), Alibaba's accepted refresh calls, the versioned server's
+    /// requests, the cache's store calls.
+    pub calls: usize,
     /// One line per object, in list order.
     pub objects: Vec<ObjectReport>,
 }

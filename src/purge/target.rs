@@ -48,6 +48,7 @@ pub struct Progress {
     /// objects one by one tells the callback a few times a second, not
     /// 20,000 times.
     untold: Arc<std::sync::Mutex<Untold>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -79,6 +80,7 @@ impl Progress {
             callback,
             stop,
             untold: Arc::default(),
+            calls: Arc::default(),
         }
     }
 
@@ -145,6 +147,16 @@ impl Progress {
                 failed,
             });
         }
+    }
+
+    /// `calls` more calls were made to the target (requests, store calls),
+    /// for the report.
+    pub fn called(&self, calls: usize) {
+        self.calls.fetch_add(calls, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A step that finishes nothing (waiting for a vendor's estimate, say).

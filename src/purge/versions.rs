@@ -37,34 +37,38 @@ impl Target for Client {
     async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
         // URLs and prefixes are matched against one listing; tags are
         // looked up on the server, which indexes them.
-        let resources = match kind {
-            ObjectKind::Tag => Vec::new(),
-            _ => match self.resources(None).await {
+        let resources = if kind == ObjectKind::Tag || objects.is_empty() {
+            Vec::new()
+        } else {
+            progress.called(1);
+            match self.resources(None).await {
                 Ok(resources) => resources,
                 Err(error) => {
                     let outcome = Outcome::failed(format!("listing resources: {error}"), retryable(&error));
                     progress.finished(objects.len(), objects.len());
                     return vec![outcome; objects.len()];
                 }
-            },
+            }
         };
         let resources = &resources;
         // By index: a closure over `&String` trips the compiler's `Send` check.
         futures_util::stream::iter(0..objects.len())
             .map(|at| async move {
                 let object = &objects[at];
-                let tagged;
-                let matching: Vec<&Resource> = match kind {
-                    ObjectKind::Tag => match self.resources_with_cache_tag(object).await {
-                        Ok(found) => {
-                            tagged = found;
-                            tagged.iter().collect()
-                        }
+                let tagged = if kind == ObjectKind::Tag {
+                    progress.called(1);
+                    match self.resources_with_cache_tag(object).await {
+                        Ok(found) => found,
                         Err(error) => {
                             progress.finished(1, 1);
                             return Outcome::failed(format!("listing resources: {error}"), retryable(&error));
                         }
-                    },
+                    }
+                } else {
+                    Vec::new()
+                };
+                let matching: Vec<&Resource> = match kind {
+                    ObjectKind::Tag => tagged.iter().collect(),
                     _ => resources
                         .iter()
                         .filter(|resource| matches(kind, object, resource))
@@ -100,7 +104,7 @@ impl Client {
         let mut fetched = Vec::new();
         let mut unchanged = 0;
         for resource in resources {
-            match self.fetch_and_wait(&resource.id).await {
+            match self.fetch_and_wait(&resource.id, progress).await {
                 Ok(Some(version)) => fetched.push(version),
                 Ok(None) => unchanged += 1,
                 Err((reason, retryable)) => {
@@ -127,8 +131,9 @@ impl Client {
 
     /// The new version's id, `None` when the content was unchanged, or why
     /// the fetch failed and whether trying again could help.
-    async fn fetch_and_wait(&self, resource: &str) -> Result<Option<String>, (String, bool)> {
+    async fn fetch_and_wait(&self, resource: &str, progress: &Progress) -> Result<Option<String>, (String, bool)> {
         let handle = self.resource_by_id(resource);
+        progress.called(1);
         let pending = handle
             .fetch_now()
             .await
@@ -157,6 +162,7 @@ impl Client {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
+            progress.called(1);
             version = match handle.version(&version.id).get().await {
                 Ok(version) => version,
                 // An unchanged body creates no version: the pending one goes.

@@ -60,6 +60,7 @@ impl Target for AlibabaCdnClient {
             .await;
         match run {
             Ok(report) => {
+                progress.called(report.calls);
                 let outcomes: std::collections::HashMap<&str, Outcome> = report
                     .urls
                     .iter()

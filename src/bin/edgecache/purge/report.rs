@@ -95,8 +95,8 @@ pub fn print(results: &[ObjectResult], json: bool) -> anyhow::Result<()> {
 /// Counts per target on standard error, and what the run noticed.
 pub fn summary(report: &Report, journal: Option<&std::path::Path>) {
     eprintln!(
-        "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "target", "done", "accepted", "failed", "skipped", "not sent"
+        "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "target", "done", "accepted", "failed", "skipped", "not sent", "calls", "time"
     );
     for target in &report.targets {
         let count = |status: Status| {
@@ -106,14 +106,22 @@ pub fn summary(report: &Report, journal: Option<&std::path::Path>) {
                 .filter(|line| line.outcome.status == status)
                 .count()
         };
+        let took = match (target.started_at, target.finished_at) {
+            (Some(started), Some(finished)) => finished
+                .duration_since(started)
+                .map_or_else(|_| "-".to_owned(), |took| format!("{:.1}s", took.as_secs_f64())),
+            _ => "-".to_owned(),
+        };
         eprintln!(
-            "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
             target.name,
             count(Status::Done),
             count(Status::Accepted),
             count(Status::Failed),
             count(Status::Skipped),
-            count(Status::NotSent)
+            count(Status::NotSent),
+            target.calls,
+            took
         );
     }
     let resumed = report.lines().filter(|line| line.resumed).count();
