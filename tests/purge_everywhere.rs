@@ -640,3 +640,69 @@ async fn a_cache_in_redis_is_a_shared_layer_purged_before_the_edges() {
     let akamai_at = layers.akamai.accepted_at.lock().expect("times")[0].0;
     assert!(shared_done <= akamai_at, "Redis was purged before Akamai was asked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_run_killed_outright_resends_nothing_its_journal_recorded() {
+    let layers = layers().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let targets = targets_file(&layers, directory.path(), "");
+    let list = directory.path().join("changed.txt");
+    let urls: Vec<String> = (0..12_000).map(|n| format!("https://www.example.com/assets/{n}.js")).collect();
+    std::fs::write(&list, urls.join("\n")).expect("write");
+    let journal = directory.path().join("purge.journal");
+    let arguments = |resume: bool| {
+        let mut arguments = vec![
+            "purge".to_owned(),
+            "url".into(),
+            "-r".into(),
+            list.display().to_string(),
+            "--targets".into(),
+            targets.display().to_string(),
+            "--journal".into(),
+            journal.display().to_string(),
+        ];
+        if resume {
+            arguments.push("--resume".into());
+        }
+        arguments
+    };
+    let recorded = || -> Vec<String> {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| record["target"] == "akamai")
+            .filter_map(|record| record["object"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let mut child = common::command(arguments(false), &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    // Killed, not interrupted, as soon as the journal holds an accepted batch:
+    // the run gets no chance to finish anything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while recorded().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing was journaled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.start_kill().expect("kill");
+    child.wait().await.expect("wait");
+    let journaled = recorded();
+    assert!(journaled.len() < 12_000, "killed halfway: {} journaled", journaled.len());
+
+    let second = common::edgecache(arguments(true)).await;
+    assert!(second.success, "{}", second.stderr);
+    let sent: Vec<serde_json::Value> = layers.akamai.accepted.lock().expect("accepted").clone();
+    let mut times_sent: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for url in &sent {
+        *times_sent.entry(url.as_str().expect("string")).or_default() += 1;
+    }
+    assert_eq!(times_sent.len(), 12_000, "every URL reached Akamai");
+    for url in &journaled {
+        assert_eq!(times_sent.get(url.as_str()), Some(&1), "{url} was journaled, and sent again");
+    }
+}

@@ -182,23 +182,31 @@ impl PurgeReport {
     pub fn outcomes(&self) -> std::collections::HashMap<&str, Outcome> {
         let mut outcomes = std::collections::HashMap::new();
         for batch in &self.batches {
-            let outcome = match &batch.outcome {
-                Ok(accepted) => Outcome::accepted(
-                    Some(accepted.estimated_seconds),
-                    format!(
-                        "done in about {}s; supportId {}",
-                        accepted.estimated_seconds, accepted.support_id
-                    ),
-                )
-                .with_id(accepted.purge_id.clone()),
-                Err(failure) if failure.attempts == 0 => Outcome::not_sent(failure.detail.clone()),
-                Err(failure) => Outcome::failed(failure.describe(), failure.is_retryable()),
-            };
+            let outcome = batch.to_outcome();
             for object in &batch.objects {
                 outcomes.insert(object.as_str(), outcome.clone());
             }
         }
         outcomes
+    }
+}
+
+impl BatchReport {
+    /// The outcome of each of its objects, in the shape every purge target
+    /// reports.
+    pub fn to_outcome(&self) -> Outcome {
+        match &self.outcome {
+            Ok(accepted) => Outcome::accepted(
+                Some(accepted.estimated_seconds),
+                format!(
+                    "done in about {}s; supportId {}",
+                    accepted.estimated_seconds, accepted.support_id
+                ),
+            )
+            .with_id(accepted.purge_id.clone()),
+            Err(failure) if failure.attempts == 0 => Outcome::not_sent(failure.detail.clone()),
+            Err(failure) => Outcome::failed(failure.describe(), failure.is_retryable()),
+        }
     }
 }
 
@@ -414,6 +422,7 @@ impl FastPurgeClient {
         if let Some(progress) = &self.progress {
             progress(&report);
         }
+        run.settled(&report.objects, &report.to_outcome());
         run.finished(
             report.objects.len(),
             if report.outcome.is_ok() {

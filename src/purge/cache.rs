@@ -61,6 +61,7 @@ impl Target for CacheMiddleware {
                     }),
                     Err(error) => Outcome::failed(format!("the cache store failed: {error}"), true),
                 };
+                progress.settled(std::slice::from_ref(object), &outcome);
                 progress.finished(1, usize::from(outcome.status == super::Status::Failed));
                 outcome
             })

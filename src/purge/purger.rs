@@ -173,6 +173,57 @@ struct Done {
     id: Option<String>,
 }
 
+/// The run's journal: records wait here until the next write (a few times
+/// a second, and when each target returns), each (target, object) once.
+struct JournalWriter {
+    journal: Journal,
+    pending: std::sync::Mutex<Pending>,
+}
+
+/// Records not written yet, and every (target, object) ever added.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Done>,
+    seen: HashSet<(String, String)>,
+}
+
+/// How often settled objects are written to the journal.
+const JOURNAL_EVERY: Duration = Duration::from_millis(250);
+
+impl JournalWriter {
+    fn add(&self, target: &str, objects: &[String], outcome: &Outcome) {
+        if !matches!(outcome.status, Status::Done | Status::Accepted) {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Pending { records, seen } = &mut *pending;
+        for object in objects {
+            if seen.insert((target.to_owned(), object.clone())) {
+                records.push(Done {
+                    target: target.to_owned(),
+                    object: object.clone(),
+                    status: outcome.status,
+                    detail: outcome.detail.clone(),
+                    id: outcome.id.clone(),
+                });
+            }
+        }
+    }
+
+    async fn flush(&self) {
+        let records = std::mem::take(
+            &mut self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .records,
+        );
+        if let Err(error) = self.journal.record_all(&records).await {
+            tracing::error!(%error, "purged, but the journal could not record it");
+        }
+    }
+}
+
 impl Purger {
     /// Purges `objects` from every target that takes their kind. Every
     /// object is checked first, by the shared rules and each target's own:
@@ -196,10 +247,30 @@ impl Purger {
                     .into_iter()
                     .map(|done| ((done.target.clone(), done.object.clone()), done))
                     .collect();
-                (Some(journal), earlier)
+                let writer = Arc::new(JournalWriter {
+                    journal,
+                    pending: std::sync::Mutex::default(),
+                });
+                (Some(writer), earlier)
             }
             None => (None, HashMap::new()),
         };
+        // Writes what targets settle as they go, so a run killed halfway
+        // loses at most the last quarter second.
+        let (finished_sender, mut finished) = watch::channel(false);
+        let journal_task = journal.clone().map(|writer| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(JOURNAL_EVERY) => writer.flush().await,
+                        _ = finished.changed() => {
+                            writer.flush().await;
+                            break;
+                        }
+                    }
+                }
+            })
+        });
 
         let (stop_sender, stop) = watch::channel(false);
         let signal = self
@@ -285,6 +356,10 @@ impl Purger {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+        let _ = finished_sender.send(true);
+        if let Some(task) = journal_task {
+            let _ = task.await;
+        }
         let stopped = *stop.borrow();
         Ok(Report {
             kind,
@@ -336,7 +411,7 @@ struct Run<'a> {
     objects: &'a [(usize, String)],
     /// What an earlier run journaled, by (target, object).
     earlier: &'a HashMap<(String, String), Done>,
-    journal: Option<&'a Journal>,
+    journal: Option<&'a Arc<JournalWriter>>,
     /// Why nothing is sent to this layer, if nothing is.
     held_back: Option<&'a str>,
 }
@@ -404,31 +479,32 @@ impl Run<'_> {
         if !to_send.is_empty() {
             report.started_at = Some(SystemTime::now());
             let sending: Vec<String> = to_send.iter().map(|&at| objects[at].1.clone()).collect();
+            let progress = match journal {
+                Some(writer) => {
+                    let (writer, target_name) = (Arc::clone(writer), name.clone());
+                    progress.with_settled(Arc::new(move |objects, outcome| {
+                        writer.add(&target_name, objects, outcome);
+                    }))
+                }
+                None => progress,
+            };
             let mut outcomes = target.purge(kind, &sending, &progress).await.into_iter();
             progress.flush();
             report.calls = progress.calls();
             report.finished_at = Some(SystemTime::now());
-            let mut records = Vec::new();
             for &at in &to_send {
                 let (index, object) = &objects[at];
                 let outcome = outcomes
                     .next()
                     .unwrap_or_else(|| Outcome::failed("the target reported nothing for this object", true));
-                if matches!(outcome.status, Status::Done | Status::Accepted) {
-                    records.push(Done {
-                        target: name.clone(),
-                        object: object.clone(),
-                        status: outcome.status,
-                        detail: outcome.detail.clone(),
-                        id: outcome.id.clone(),
-                    });
+                // What the target did not settle as it went.
+                if let Some(writer) = journal {
+                    writer.add(&name, std::slice::from_ref(object), &outcome);
                 }
                 lines[at] = Some(line(*index, object, false, outcome));
             }
-            if let Some(journal) = journal
-                && let Err(error) = journal.record_all(&records).await
-            {
-                tracing::error!(%error, target = %name, "purged, but the journal could not record it");
+            if let Some(writer) = journal {
+                writer.flush().await;
             }
         }
         report.objects = lines.into_iter().flatten().collect();

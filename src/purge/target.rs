@@ -34,6 +34,8 @@ impl Layer {
 
 /// A run's progress callback.
 pub(crate) type ProgressFn = Arc<dyn Fn(&Event) + Send + Sync>;
+/// Where a run keeps what targets settle, for its journal.
+pub(crate) type SettledFn = Arc<dyn Fn(&[String], &Outcome) + Send + Sync>;
 
 /// A target's view of the run: it reports progress with
 /// [`Progress::finished`] as batches complete, and asks
@@ -49,6 +51,7 @@ pub struct Progress {
     /// 20,000 times.
     untold: Arc<std::sync::Mutex<Untold>>,
     calls: Arc<std::sync::atomic::AtomicUsize>,
+    settled: Option<SettledFn>,
 }
 
 #[derive(Default)]
@@ -81,7 +84,13 @@ impl Progress {
             stop,
             untold: Arc::default(),
             calls: Arc::default(),
+            settled: None,
         }
+    }
+
+    pub(crate) fn with_settled(mut self, settled: SettledFn) -> Self {
+        self.settled = Some(settled);
+        self
     }
 
     /// A progress that tells no one and is never stopped (for calling a
@@ -146,6 +155,18 @@ impl Progress {
                 objects,
                 failed,
             });
+        }
+    }
+
+    /// These objects are done or accepted, as `outcome` says: the run's
+    /// journal records them now, so a run stopped or killed later resends
+    /// none of them. Targets call it as each batch is accepted; what they
+    /// don't tell is journaled when they return.
+    pub fn settled(&self, objects: &[String], outcome: &Outcome) {
+        if let Some(settled) = &self.settled
+            && matches!(outcome.status, super::Status::Done | super::Status::Accepted)
+        {
+            settled(objects, outcome);
         }
     }
 

@@ -75,6 +75,7 @@ impl Target for Client {
                         .collect(),
                 };
                 let outcome = self.refetch(&matching, progress).await;
+                progress.settled(std::slice::from_ref(object), &outcome);
                 progress.finished(1, usize::from(outcome.status == Status::Failed));
                 outcome
             })

@@ -168,6 +168,7 @@ pub enum Progress {
 }
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+type AcceptedFn = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 /// A call's outcome (`None` in its place: not sent, the run was stopped).
 type SubmitResult = Result<super::Submitted, AlibabaError>;
@@ -202,6 +203,7 @@ pub struct BatchJob<'a> {
     poll: Backoff,
     journal: Option<(PathBuf, bool)>,
     progress: Option<ProgressFn>,
+    accepted: Option<AcceptedFn>,
     // In a mutex only so that the job is `Sync` and its run future `Send`.
     stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
 }
@@ -222,6 +224,7 @@ impl AlibabaCdnClient {
             },
             journal: None,
             progress: None,
+            accepted: None,
             stop: std::sync::Mutex::new(None),
         }
     }
@@ -270,6 +273,13 @@ impl BatchJob<'_> {
     /// Called at each step (for progress bars).
     pub fn on_progress(mut self, progress: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Called with a call's URLs (as sent) as soon as the CDN accepts it,
+    /// for a journal kept outside the job.
+    pub fn on_accepted(mut self, accepted: impl Fn(&[String]) + Send + Sync + 'static) -> Self {
+        self.accepted = Some(Arc::new(accepted));
         self
     }
 
@@ -393,6 +403,9 @@ impl BatchJob<'_> {
                         }
                         Operation::Prefetch(options) => this.client.prefetch(&paths, options).await,
                     };
+                    if let (Ok(_), Some(accepted)) = (&submitted, &this.accepted) {
+                        accepted(&paths);
+                    }
                     if let (Ok(submitted), Some(journal)) = (&submitted, &journal) {
                         let record = AcceptedBatch {
                             urls: paths,

@@ -45,6 +45,7 @@ impl Target for AlibabaCdnClient {
         };
         let stop = progress.clone();
         let reporter = progress.clone();
+        let journal = progress.clone();
         let run = self
             .batch(Operation::Refresh {
                 object_type,
@@ -54,6 +55,12 @@ impl Target for AlibabaCdnClient {
                 super::Progress::Submitted(_) => {}
                 super::Progress::Completed(urls) => reporter.finished(urls, 0),
                 super::Progress::Failed(urls) => reporter.finished(urls, urls),
+            })
+            .on_accepted(move |urls| {
+                journal.settled(
+                    urls,
+                    &Outcome::accepted(None, "submitted; its task was not seen complete"),
+                )
             })
             .stop_when(async move { stop.stopped().await })
             .run(objects.iter().cloned())
