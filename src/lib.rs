@@ -110,8 +110,8 @@
 //! [`purge::Purger`] purges a URL, a prefix or a tag from every
 //! [`purge::Target`] it is given, from the layer nearest the origin to the
 //! one nearest the user, and answers one [`purge::Report`]: a
-//! [`CacheMiddleware`], a [`versions::Client`] (feature `versions`), Akamai
-//! and Alibaba Cloud CDN are targets.
+//! [`CacheMiddleware`], a [`versions::Client`] (feature `versions`),
+//! Akamai, Alibaba Cloud CDN, Cloudflare and Fastly are targets.
 //!
 //! # Akamai EdgeGrid
 //!

@@ -6,7 +6,11 @@
 mod akamai_stand_in;
 #[path = "stand_ins/alibaba.rs"]
 mod alibaba_stand_in;
+#[path = "stand_ins/cloudflare.rs"]
+mod cloudflare_stand_in;
 mod common;
+#[path = "stand_ins/fastly.rs"]
+mod fastly_stand_in;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -647,7 +651,9 @@ async fn a_cli_run_killed_outright_resends_nothing_its_journal_recorded() {
     let directory = tempfile::tempdir().expect("tempdir");
     let targets = targets_file(&layers, directory.path(), "");
     let list = directory.path().join("changed.txt");
-    let urls: Vec<String> = (0..12_000).map(|n| format!("https://www.example.com/assets/{n}.js")).collect();
+    let urls: Vec<String> = (0..12_000)
+        .map(|n| format!("https://www.example.com/assets/{n}.js"))
+        .collect();
     std::fs::write(&list, urls.join("\n")).expect("write");
     let journal = directory.path().join("purge.journal");
     let arguments = |resume: bool| {
@@ -692,7 +698,11 @@ async fn a_cli_run_killed_outright_resends_nothing_its_journal_recorded() {
     child.start_kill().expect("kill");
     child.wait().await.expect("wait");
     let journaled = recorded();
-    assert!(journaled.len() < 12_000, "killed halfway: {} journaled", journaled.len());
+    assert!(
+        journaled.len() < 12_000,
+        "killed halfway: {} journaled",
+        journaled.len()
+    );
 
     let second = common::edgecache(arguments(true)).await;
     assert!(second.success, "{}", second.stderr);
@@ -703,6 +713,63 @@ async fn a_cli_run_killed_outright_resends_nothing_its_journal_recorded() {
     }
     assert_eq!(times_sent.len(), 12_000, "every URL reached Akamai");
     for url in &journaled {
-        assert_eq!(times_sent.get(url.as_str()), Some(&1), "{url} was journaled, and sent again");
+        assert_eq!(
+            times_sent.get(url.as_str()),
+            Some(&1),
+            "{url} was journaled, and sent again"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tag_through_all_six_targets() {
+    let layers = layers().await;
+    let (url, rid) = layers.cached("shoe").await;
+    let cloudflare = cloudflare_stand_in::StandIn::start().await;
+    let fastly = fastly_stand_in::StandIn::start().await;
+    let purger = Purger::builder()
+        .target(layers.cache.clone())
+        .target(layers.versions.clone())
+        .target(layers.akamai_client())
+        .target(layers.alibaba_client())
+        .target(
+            edgecache::purge::cloudflare::CloudflarePurge::new(cloudflare_stand_in::ZONE, cloudflare_stand_in::TOKEN)
+                .expect("client")
+                .api_base(cloudflare.api_base()),
+        )
+        .target(
+            edgecache::purge::fastly::FastlyPurge::new(fastly_stand_in::SERVICE, fastly_stand_in::TOKEN)
+                .expect("client")
+                .api_base(fastly.api_base()),
+        )
+        .build();
+    let report = purger.purge(Objects::tags(["product-shoe"])).await.expect("valid");
+    assert!(report.is_success(), "{:#?}", report.unsuccessful().collect::<Vec<_>>());
+    let statuses: Vec<(String, Status)> = report
+        .targets
+        .iter()
+        .map(|target| (target.name.clone(), target.objects[0].outcome.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("versions".to_owned(), Status::Done),
+            ("akamai".to_owned(), Status::Accepted),
+            ("alibaba".to_owned(), Status::Skipped),
+            ("cloudflare".to_owned(), Status::Done),
+            ("fastly".to_owned(), Status::Done),
+            ("cache".to_owned(), Status::Done),
+        ]
+    );
+    assert!(!layers.cache.contains_url(&url).await.expect("contains"));
+    assert_eq!(
+        layers.server.versions(&rid, "").await[0]["cache_tags"][2],
+        "product-shoe"
+    );
+    assert_eq!(cloudflare.asked("tags"), [serde_json::json!("product-shoe")]);
+    assert_eq!(fastly.purges()[0].objects, ["product-shoe"]);
+    // The edges went before the local cache.
+    let cloudflare_at = cloudflare.accepted.lock().expect("accepted")[0].0;
+    let cache_started = time_of(report.target("cache").expect("cache").started_at, "cache");
+    assert!(cloudflare_at <= cache_started);
 }

@@ -136,6 +136,8 @@ const SECRETS: &[&str] = &[
     "TOWER-SECRET",
     "REFRESH-SECRET",
     "SIGNING-KEY",
+    "CLOUDFLARE-SECRET",
+    "FASTLY-SECRET",
 ];
 
 /// Sends requests carrying each kind of secret through `cache`.
@@ -279,6 +281,32 @@ async fn no_kind_of_secret_reaches_logs_files_redis_debug_output_or_errors() {
         passed_errors.push(text);
     }
     debug.extend(passed_errors);
+
+    // CDN tokens: in the clients' Debug, their errors, their retry logs.
+    let quick = edgecache::purge::Backoff {
+        base: std::time::Duration::from_millis(1),
+        cap: std::time::Duration::from_millis(5),
+    };
+    let cloudflare = edgecache::purge::cloudflare::CloudflarePurge::new("zone", "CLOUDFLARE-SECRET")
+        .expect("client")
+        .api_base("http://127.0.0.1:9")
+        .backoff(quick);
+    let fastly = edgecache::purge::fastly::FastlyPurge::new("service", "FASTLY-SECRET")
+        .expect("client")
+        .api_base("http://127.0.0.1:9")
+        .backoff(quick);
+    debug.push(format!("{cloudflare:?} {fastly:?}"));
+    let purger = edgecache::purge::Purger::builder()
+        .target(cloudflare)
+        .target(fastly)
+        .build();
+    let report = purger
+        .purge(edgecache::purge::Objects::urls(["https://www.example.com/a"]))
+        .await
+        .expect("valid");
+    assert!(!report.is_success(), "nobody listens on port 9");
+    debug.push(format!("{report:?}"));
+    debug.push(serde_json::to_string(&report).expect("json"));
 
     // The command line's error for an unreachable URL.
     let cli = common::edgecache([

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 pub use super::InvalidObject;
+use super::call::{self, NoAnswer, Retry};
 use super::{Backoff, Layer, Outcome, Progress, Target, TokenBucket};
 use crate::edgegrid::{Credentials, EdgeGridAuth};
 
@@ -412,7 +413,7 @@ impl FastPurgeClient {
             ObjectKind::Tag => &self.tags,
             ObjectKind::CpCode => &self.cpcodes,
             // Only URLs are left once `check_objects` has passed.
-            ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Regex => &self.urls,
+            _ => &self.urls,
         }
     }
 
@@ -446,100 +447,63 @@ impl FastPurgeClient {
         let url = format!("{}://{}/ccu/v3/{action}/{kind}/{network}", self.scheme, self.host);
         let body = body(kind, objects);
         let tokens = u32::try_from(objects.len()).unwrap_or(u32::MAX);
-        let mut attempts = 0;
-        let mut last_failure = None;
-        loop {
-            attempts += 1;
-            // A batch waiting for its tokens is not sent yet: a stopped run
-            // drops it, and reports the last failure if it had one.
-            let tokens_taken = async {
-                self.requests.take(1).await;
-                self.bucket(kind).take(tokens).await;
-            };
-            tokio::select! {
-                () = tokens_taken => {}
-                () = run.stopped() => {
-                    return Err(last_failure.unwrap_or_else(|| Failure {
-                        status: None,
-                        detail: "not sent: the run was stopped first".into(),
-                        support_id: None,
-                        attempts: 0,
-                    }));
-                }
-            }
-            run.called(1);
-            let sent = self
-                .client
+        let request = || {
+            self.client
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.clone())
-                .send()
-                .await;
-            let (failure, retry_after) = match sent {
-                Ok(response) if response.status().as_u16() == 201 => {
-                    let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
-                    return serde_json::from_slice::<Accepted>(&bytes).map_err(|error| Failure {
-                        status: Some(201),
-                        detail: format!("accepted, but the answer did not parse: {error}"),
-                        support_id: None,
-                        attempts,
-                    });
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    // `Retry-After`, else when Akamai says the limit refreshes.
-                    let seconds = |name: &str| {
-                        response
-                            .headers()
-                            .get(name)
-                            .and_then(|value| value.to_str().ok())?
-                            .trim()
-                            .parse()
-                            .ok()
-                    };
-                    let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(3600))
-                        .or_else(|| seconds("x-ratelimit-seconds-to-refresh-limit").map(Duration::from_secs));
-                    let bytes = response.bytes().await.map(|bytes| bytes.to_vec()).unwrap_or_default();
-                    let problem = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
-                    let text = |field: &str| problem.get(field).and_then(|value| value.as_str()).map(str::to_owned);
-                    let detail = [text("title"), text("detail")]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>()
-                        .join(": ");
-                    let failure = Failure {
-                        status: Some(status.as_u16()),
-                        detail: if detail.is_empty() { status.to_string() } else { detail },
-                        support_id: text("supportId"),
-                        attempts,
-                    };
-                    if status.as_u16() != 429 && !status.is_server_error() {
-                        return Err(failure); // a 400 or 403 will not change with retrying
-                    }
-                    (failure, retry_after)
-                }
-                Err(error) => {
-                    let failure = Failure {
-                        status: None,
-                        detail: crate::purge::error_chain(&error),
-                        support_id: None,
-                        attempts,
-                    };
-                    (failure, None)
-                }
-            };
-            // Akamai counts only what it accepts: what a 503, a 429 or a
-            // dropped connection took goes back, or each retry would wait
-            // seconds for a refill that the server never needed.
-            self.requests.put_back(1);
-            self.bucket(kind).put_back(tokens);
-            if attempts >= self.max_attempts {
-                return Err(failure);
+        };
+        let retry = Retry {
+            backoff: self.backoff,
+            max_attempts: self.max_attempts,
+            refill_header: Some("x-ratelimit-seconds-to-refresh-limit"),
+        };
+        let buckets = [(&self.requests, 1), (self.bucket(kind), tokens)];
+        let answer = match call::call(request, &buckets, retry, run).await {
+            Ok(answer) => answer,
+            Err(NoAnswer::NotSent) => {
+                return Err(Failure {
+                    status: None,
+                    detail: "not sent: the run was stopped first".into(),
+                    support_id: None,
+                    attempts: 0,
+                });
             }
-            tracing::warn!(status = ?failure.status, detail = %failure.detail, attempts, "purge request failed; retrying");
-            tokio::time::sleep(self.backoff.delay(attempts - 1, retry_after)).await;
-            last_failure = Some(failure);
+            Err(NoAnswer::Transport(detail, attempts)) => {
+                return Err(Failure {
+                    status: None,
+                    detail,
+                    support_id: None,
+                    attempts,
+                });
+            }
+        };
+        if answer.status == 201 {
+            return serde_json::from_slice::<Accepted>(&answer.body).map_err(|error| Failure {
+                status: Some(201),
+                detail: format!("accepted, but the answer did not parse: {error}"),
+                support_id: None,
+                attempts: answer.attempts,
+            });
         }
+        let problem = serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap_or_default();
+        let text = |field: &str| problem.get(field).and_then(|value| value.as_str()).map(str::to_owned);
+        let detail = [text("title"), text("detail")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        Err(Failure {
+            status: Some(answer.status),
+            detail: if detail.is_empty() {
+                http::StatusCode::from_u16(answer.status)
+                    .map_or_else(|_| answer.status.to_string(), |status| status.to_string())
+            } else {
+                detail
+            },
+            support_id: text("supportId"),
+            attempts: answer.attempts,
+        })
     }
 }
 
@@ -657,6 +621,7 @@ fn takes(kind: ObjectKind) -> Result<(), String> {
         ObjectKind::Url | ObjectKind::Tag | ObjectKind::CpCode => Ok(()),
         ObjectKind::Prefix => Err("Fast Purge has no prefix purge: purge the URLs, or a tag they carry".into()),
         ObjectKind::Regex => Err("Fast Purge has no pattern purge: purge the URLs, or a tag they carry".into()),
+        ObjectKind::Everything => Err("Fast Purge has no purge-everything: purge the CP codes that serve it".into()),
     }
 }
 

@@ -33,7 +33,7 @@ impl Target for CacheMiddleware {
 
     fn takes(&self, kind: ObjectKind) -> Result<(), String> {
         match kind {
-            ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag => Ok(()),
+            ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag | ObjectKind::Everything => Ok(()),
             ObjectKind::CpCode => Err("CP codes are Akamai's; the cache files entries by URL and tag".into()),
             ObjectKind::Regex => Err("the cache deletes by URL, prefix or tag, not by pattern".into()),
         }
@@ -49,6 +49,13 @@ impl Target for CacheMiddleware {
                 }
                 progress.called(1);
                 let deleted = match kind {
+                    ObjectKind::Everything => {
+                        let count = self.len().await;
+                        match self.clear().await {
+                            Ok(()) => count,
+                            Err(error) => Err(error),
+                        }
+                    }
                     ObjectKind::Prefix => self.delete_prefix(object).await,
                     ObjectKind::Tag => self.delete_tag(object).await,
                     _ => self.delete_url(object).await,

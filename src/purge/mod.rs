@@ -34,7 +34,10 @@
 //!   resource of the URL, prefix or tag the token can see is fetched now;
 //! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3 (URL, tag, CP code);
 //! - [`alibaba::AlibabaCdnClient`]: Alibaba Cloud CDN refresh (URL, prefix as a
-//!   directory, regex); prefetch stays its own warm-up.
+//!   directory, regex); prefetch stays its own warm-up;
+//! - [`cloudflare::CloudflarePurge`]: Cloudflare (URL, tag, prefix, everything);
+//! - [`fastly::FastlyPurge`]: Fastly (URL, surrogate key, everything; soft
+//!   purges on request).
 //!
 //! What they share lives here: the object check ([`check_object`]), rate
 //! limits and backoff ([`TokenBucket`], [`Backoff`]), reading object lists
@@ -44,6 +47,9 @@
 pub mod akamai;
 pub mod alibaba;
 mod cache;
+mod call;
+pub mod cloudflare;
+pub mod fastly;
 mod journal;
 mod limits;
 mod objects;
@@ -57,7 +63,9 @@ pub use self::journal::JournalError;
 pub(crate) use self::limits::retry_after;
 pub use self::limits::{Backoff, TokenBucket};
 pub(crate) use self::objects::check_each;
-pub use self::objects::{InvalidObject, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects};
+pub use self::objects::{
+    EVERYTHING, InvalidObject, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects,
+};
 pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
 pub use self::target::{Layer, Progress, Target};

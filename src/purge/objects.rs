@@ -18,6 +18,9 @@ pub enum ObjectKind {
     CpCode,
     /// Alibaba Cloud refresh patterns (`https://www.example.com/*.jpg`).
     Regex,
+    /// Everything a target holds ([`Objects::everything`]): never the
+    /// default, and only where asked for explicitly.
+    Everything,
 }
 
 impl ObjectKind {
@@ -29,6 +32,7 @@ impl ObjectKind {
             ObjectKind::Tag => "tag",
             ObjectKind::CpCode => "cpcode",
             ObjectKind::Regex => "regex",
+            ObjectKind::Everything => "everything",
         }
     }
 }
@@ -78,6 +82,12 @@ impl Objects {
         Self::new(ObjectKind::Tag, tags)
     }
 
+    /// Everything each target holds: one object, `everything`. Targets
+    /// that can't purge everything skip it and say why.
+    pub fn everything() -> Self {
+        Self::new(ObjectKind::Everything, [EVERYTHING])
+    }
+
     /// What the objects are.
     pub fn kind(&self) -> ObjectKind {
         self.kind
@@ -98,6 +108,9 @@ impl Objects {
         self.items.is_empty()
     }
 }
+
+/// The one object of [`ObjectKind::Everything`].
+pub const EVERYTHING: &str = "everything";
 
 /// Checks one object of `kind` by the rules every target shares, and
 /// returns it as targets must send it (URLs percent-encoded where needed,
@@ -126,6 +139,8 @@ pub fn check_object(kind: ObjectKind, object: &str) -> Result<String, String> {
             Err("tags have no spaces or control characters".into())
         }
         ObjectKind::Tag => Ok(object.to_owned()),
+        ObjectKind::Everything if object == EVERYTHING => Ok(object.to_owned()),
+        ObjectKind::Everything => Err(format!("purging everything takes no objects (only {EVERYTHING:?})")),
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use serde::de::DeserializeOwned;
@@ -335,12 +334,8 @@ impl fmt::Debug for AlibabaCdnClient {
 impl AlibabaCdnClient {
     /// A client for `https://cdn.aliyuncs.com` with these credentials.
     pub fn new(credentials: Credentials) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         Ok(Self {
-            http,
+            http: crate::purge::call::http_client()?,
             signer: Signer::new(credentials),
             endpoint: Url::parse(DEFAULT_ENDPOINT).unwrap_or_else(|_| unreachable!("a valid constant URL")),
             backoff: Backoff::default(),

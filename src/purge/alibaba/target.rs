@@ -14,6 +14,7 @@ fn object_type(kind: ObjectKind) -> Result<ObjectType, String> {
         ObjectKind::Regex => Ok(ObjectType::Regex),
         ObjectKind::Tag => Err("Alibaba Cloud CDN refreshes by URL, directory or pattern, not by tag".into()),
         ObjectKind::CpCode => Err("CP codes are Akamai's".into()),
+        ObjectKind::Everything => Err("Alibaba Cloud CDN has no purge-everything: refresh a directory".into()),
     }
 }
 

@@ -33,12 +33,23 @@ enum Command {
     Cpcode(RunArgs),
     /// Purge Alibaba Cloud refresh patterns (the other targets skip them).
     Regex(RunArgs),
+    /// Purge everything at every target that can (Cloudflare, Fastly, the cache); needs --yes.
+    Everything(EverythingArgs),
     /// List the targets file's targets, and whether each is reachable and credentialed.
     Targets(TargetsArgs),
     /// Akamai Fast Purge v3 alone.
     Akamai(akamai::AkamaiArgs),
     /// Alibaba Cloud CDN refresh and prefetch alone.
     Alibaba(alibaba::AlibabaArgs),
+}
+
+#[derive(Args)]
+struct EverythingArgs {
+    /// Yes, purge everything: without it nothing is sent.
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -61,7 +72,7 @@ struct RunArgs {
     /// The targets file [default: $EDGECACHE_TARGETS, else ./edgecache.toml].
     #[arg(long = "targets", value_name = "FILE")]
     targets: Option<PathBuf>,
-    /// Only these targets (comma-separated names: cache, versions, akamai, alibaba).
+    /// Only these targets (comma-separated names: cache, versions, akamai, alibaba, cloudflare, fastly).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Purge every target at once instead of layer by layer.
@@ -79,6 +90,12 @@ struct RunArgs {
     /// Print the results as JSON (one record per target and object; see the README).
     #[arg(long)]
     json: bool,
+    /// Cloudflare's zone id, over the targets file's.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Fastly soft purges: mark stale instead of removing.
+    #[arg(long)]
+    soft: bool,
 }
 
 pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
@@ -88,19 +105,37 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         Command::Tag(args) => (ObjectKind::Tag, args),
         Command::Cpcode(args) => (ObjectKind::CpCode, args),
         Command::Regex(args) => (ObjectKind::Regex, args),
+        Command::Everything(args) => {
+            if !args.yes {
+                bail!("`purge everything` empties every cache the targets file names that can be emptied: add --yes");
+            }
+            if !args.run.objects.is_empty() || !args.run.files.is_empty() {
+                bail!("`purge everything` takes no objects");
+            }
+            (ObjectKind::Everything, args.run)
+        }
         Command::Targets(args) => return list_targets(args).await,
         Command::Akamai(args) => return akamai::run(args).await,
         Command::Alibaba(args) => return alibaba::run(args).await,
     };
     check_resume(args.resume, args.journal.as_deref())?;
-    let objects = read_objects(&args.objects, &args.files).context("reading objects")?;
+    let objects = if kind == ObjectKind::Everything {
+        read_objects(&[edgecache::purge::EVERYTHING.to_owned()], &[] as &[PathBuf])?
+    } else {
+        read_objects(&args.objects, &args.files).context("reading objects")?
+    };
+    // An empty list purges nothing: never everything.
     if objects.is_empty() {
         bail!("nothing to purge: give objects as arguments or with -r FILE");
     }
     let specs = targets::read(&targets::path(args.targets), &args.only)?;
+    let overrides = targets::Overrides {
+        zone: args.zone,
+        soft: args.soft,
+    };
     let opened = specs
         .iter()
-        .map(targets::TargetSpec::open)
+        .map(|spec| spec.open(&overrides))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let taking = opened.iter().filter(|target| target.takes(kind).is_ok()).count();
     let builder = Purger::builder()
@@ -205,7 +240,7 @@ async fn list_targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     let mut all_ok = true;
     for spec in &specs {
-        let (layer, state) = match spec.open() {
+        let (layer, state) = match spec.open(&targets::Overrides::default()) {
             Ok(target) => (Some(target.layer()), target.probe().await),
             Err(error) => (None, Err(crate::one_line(&error))),
         };

@@ -11,6 +11,8 @@ use edgecache::edgegrid::Credentials;
 use edgecache::purge::Target;
 use edgecache::purge::akamai::{Action, FastPurgeClient, Network};
 use edgecache::purge::alibaba::AlibabaCdnClient;
+use edgecache::purge::cloudflare::{CloudflarePurge, Plan};
+use edgecache::purge::fastly::FastlyPurge;
 use edgecache::store::Location;
 use serde::Deserialize;
 use toml::Spanned;
@@ -38,6 +40,22 @@ struct RawTarget {
     scheme: Option<Spanned<String>>,
     profile: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
+    zone: Option<Spanned<String>>,
+    plan: Option<Spanned<Plan>>,
+    service: Option<Spanned<String>>,
+    soft: Option<Spanned<bool>>,
+    api_base: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+}
+
+/// A credential from the file: never shown in `Debug` or errors.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A problem at a byte offset of the file.
@@ -48,7 +66,7 @@ impl RawTarget {
         let kind = self.kind.get_ref().clone();
         let value = |field: Option<Spanned<String>>| field.map(Spanned::into_inner);
         // A field another kind takes is a mistake worth naming, not ignoring.
-        let fields: [(&str, Option<usize>); 10] = [
+        let fields: [(&str, Option<usize>); 16] = [
             ("store", self.store.as_ref().map(|f| f.span().start)),
             ("server", self.server.as_ref().map(|f| f.span().start)),
             ("token_env", self.token_env.as_ref().map(|f| f.span().start)),
@@ -59,16 +77,26 @@ impl RawTarget {
             ("scheme", self.scheme.as_ref().map(|f| f.span().start)),
             ("profile", self.profile.as_ref().map(|f| f.span().start)),
             ("endpoint", self.endpoint.as_ref().map(|f| f.span().start)),
+            ("zone", self.zone.as_ref().map(|f| f.span().start)),
+            ("plan", self.plan.as_ref().map(|f| f.span().start)),
+            ("service", self.service.as_ref().map(|f| f.span().start)),
+            ("soft", self.soft.as_ref().map(|f| f.span().start)),
+            ("api_base", self.api_base.as_ref().map(|f| f.span().start)),
+            ("token", self.token.as_ref().map(|f| f.span().start)),
         ];
         let takes: &[&str] = match kind.as_str() {
             "cache" => &["store"],
             "versions" => &["server", "token_env"],
             "akamai" => &["edgerc", "section", "network", "action", "scheme"],
             "alibaba" => &["profile", "endpoint"],
+            "cloudflare" => &["zone", "plan", "api_base", "token"],
+            "fastly" => &["service", "soft", "api_base", "token"],
             other => {
                 return Err((
                     self.kind.span().start,
-                    format!("kind {other:?}: expected one of `cache`, `versions`, `akamai`, `alibaba`"),
+                    format!(
+                        "kind {other:?}: expected one of `cache`, `versions`, `akamai`, `alibaba`, `cloudflare`, `fastly`"
+                    ),
                 ));
             }
         };
@@ -100,9 +128,21 @@ impl RawTarget {
                 action: self.action.map(Spanned::into_inner).unwrap_or_default(),
                 scheme: value(self.scheme),
             },
-            _ => TargetSpec::Alibaba {
+            "alibaba" => TargetSpec::Alibaba {
                 profile: value(self.profile),
                 endpoint: value(self.endpoint),
+            },
+            "cloudflare" => TargetSpec::Cloudflare {
+                zone: value(self.zone),
+                plan: self.plan.map(Spanned::into_inner).unwrap_or_default(),
+                api_base: value(self.api_base),
+                token: value(self.token).map(Secret),
+            },
+            _ => TargetSpec::Fastly {
+                service: value(self.service),
+                soft: self.soft.map(Spanned::into_inner).unwrap_or_default(),
+                api_base: value(self.api_base),
+                token: value(self.token).map(Secret),
             },
         })
     }
@@ -143,6 +183,37 @@ pub enum TargetSpec {
         /// The API endpoint [default: the public one].
         endpoint: Option<String>,
     },
+    /// Cloudflare cache purge.
+    Cloudflare {
+        /// The zone id [default: $CLOUDFLARE_ZONE_ID; `--zone` overrides].
+        zone: Option<String>,
+        /// `free` (default), `pro`, `business` or `enterprise`: the purge rate.
+        plan: Plan,
+        /// The API base [default: https://api.cloudflare.com].
+        api_base: Option<String>,
+        /// The API token [default: $CLOUDFLARE_API_TOKEN].
+        token: Option<Secret>,
+    },
+    /// Fastly purge.
+    Fastly {
+        /// The service id [default: $FASTLY_SERVICE_ID].
+        service: Option<String>,
+        /// Soft purges (mark stale); `--soft` turns them on too.
+        soft: bool,
+        /// The API base [default: https://api.fastly.com].
+        api_base: Option<String>,
+        /// The API token [default: $FASTLY_API_TOKEN].
+        token: Option<Secret>,
+    },
+}
+
+/// What the command line changes in the file's targets.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--zone`: Cloudflare's zone.
+    pub zone: Option<String>,
+    /// `--soft`: Fastly soft purges.
+    pub soft: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -169,11 +240,13 @@ impl TargetSpec {
             TargetSpec::Versions { .. } => "versions",
             TargetSpec::Akamai { .. } => "akamai",
             TargetSpec::Alibaba { .. } => "alibaba",
+            TargetSpec::Cloudflare { .. } => "cloudflare",
+            TargetSpec::Fastly { .. } => "fastly",
         }
     }
 
     /// The target, with its credentials read. Nothing is sent.
-    pub fn open(&self) -> anyhow::Result<Arc<dyn Target>> {
+    pub fn open(&self, overrides: &Overrides) -> anyhow::Result<Arc<dyn Target>> {
         let name = self.name();
         let target: Arc<dyn Target> = match self {
             TargetSpec::Cache { store } => {
@@ -236,8 +309,59 @@ impl TargetSpec {
                 }
                 Arc::new(client)
             }
+            TargetSpec::Cloudflare {
+                zone,
+                plan,
+                api_base,
+                token,
+            } => {
+                let zone = overrides
+                    .zone
+                    .clone()
+                    .or_else(|| zone.clone())
+                    .or_else(|| env("CLOUDFLARE_ZONE_ID"))
+                    .context("target `cloudflare`: no zone: give zone = \"…\", --zone, or $CLOUDFLARE_ZONE_ID")?;
+                let token = secret(token, "CLOUDFLARE_API_TOKEN", name)?;
+                let client = CloudflarePurge::new(zone, token)?.plan(*plan);
+                Arc::new(match api_base {
+                    Some(base) => client.api_base(base),
+                    None => client,
+                })
+            }
+            TargetSpec::Fastly {
+                service,
+                soft,
+                api_base,
+                token,
+            } => {
+                let service = service
+                    .clone()
+                    .or_else(|| env("FASTLY_SERVICE_ID"))
+                    .context("target `fastly`: no service: give service = \"…\" or $FASTLY_SERVICE_ID")?;
+                let token = secret(token, "FASTLY_API_TOKEN", name)?;
+                let client = FastlyPurge::new(service, token)?.soft(*soft || overrides.soft);
+                Arc::new(match api_base {
+                    Some(base) => client.api_base(base),
+                    None => client,
+                })
+            }
         };
         Ok(target)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+/// The file's token, else the variable's; the error names where to put one,
+/// never a value.
+fn secret(token: &Option<Secret>, variable: &str, target: &str) -> anyhow::Result<String> {
+    match token {
+        Some(Secret(token)) => Ok(token.clone()),
+        None => {
+            env(variable).with_context(|| format!("target `{target}`: no token: set ${variable}, or token = \"…\""))
+        }
     }
 }
 
