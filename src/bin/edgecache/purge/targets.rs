@@ -446,9 +446,9 @@ mod tests {
             .to_string();
         assert!(error.contains("edgecache.toml:6"), "{error}");
         assert!(error.contains("netwrok"), "{error}");
-        let error = parse("[[target]]\nkind = \"fastly\"\n").unwrap_err().to_string();
+        let error = parse("[[target]]\nkind = \"bunny\"\n").unwrap_err().to_string();
         assert!(error.contains("edgecache.toml:2"), "{error}");
-        assert!(error.contains("fastly"), "{error}");
+        assert!(error.contains("bunny"), "{error}");
         let error = parse("[[target]]\nkind = \"akamai\"\n\nserver = \"https://x\"\n")
             .unwrap_err()
             .to_string();
@@ -457,6 +457,29 @@ mod tests {
             "{error}"
         );
         let error = parse("[[target]]\nkind = \"akamai\"\nnetwork = \"stagin\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("edgecache.toml:3"), "{error}");
+    }
+
+    #[test]
+    fn cdn_fields_belong_to_their_kind_and_tokens_never_show() {
+        let specs = parse(
+            "[[target]]\nkind = \"cloudflare\"\nzone = \"z\"\nplan = \"pro\"\ntoken = \"cf-file-secret\"\n\n\
+             [[target]]\nkind = \"fastly\"\nservice = \"s\"\nsoft = true\ntoken = \"fastly-file-secret\"\n",
+        )
+        .unwrap();
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("file-secret"), "{shown}");
+        assert!(matches!(specs[1], TargetSpec::Fastly { soft: true, .. }));
+        let error = parse("[[target]]\nkind = \"cloudflare\"\nsoft = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("edgecache.toml:3: `soft` does not apply to kind `cloudflare`"),
+            "{error}"
+        );
+        let error = parse("[[target]]\nkind = \"cloudflare\"\nplan = \"gold\"\n")
             .unwrap_err()
             .to_string();
         assert!(error.contains("edgecache.toml:3"), "{error}");
