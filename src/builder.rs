@@ -108,10 +108,7 @@ impl Default for CacheBuilder {
             stale_if_error: StaleWindow::Never,
             stale_while_revalidate: StaleWindow::Never,
             refresh_client: None,
-            tag_headers: crate::cache::DEFAULT_TAG_HEADERS
-                .iter()
-                .map(|name| http::HeaderName::from_static(name))
-                .collect(),
+            tag_headers: crate::cache::default_tag_headers(),
         }
     }
 }

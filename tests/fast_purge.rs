@@ -32,16 +32,7 @@ async fn start_with(limits: RateLimits) -> (StandIn, FastPurgeClient) {
         base: std::time::Duration::from_millis(5),
         cap: std::time::Duration::from_millis(50),
     };
-    // The stand-in counts requests as they arrive. At 60× Akamai's rates,
-    // loopback delays in a busy debug build are worth hundreds of tokens,
-    // more than the client's margin: the client refills at half the rate.
-    let half = |(burst, per_second): (u32, f64)| (burst, per_second / 2.0);
-    let client_limits = RateLimits {
-        requests: half(limits.requests),
-        urls: half(limits.urls),
-        cpcodes: half(limits.cpcodes),
-        tags: half(limits.tags),
-    };
+    let client_limits = stand_in::half_rates(limits);
     let client = FastPurgeClient::new(credentials)
         .expect("client")
         .scheme("http")

@@ -31,13 +31,7 @@ fn akamai_limits() -> (RateLimits, RateLimits) {
         cpcodes: (300, 30.0),
         tags: (5_000, 500.0),
     };
-    let half = |(burst, per_second): (u32, f64)| (burst, per_second / 2.0);
-    let client = RateLimits {
-        requests: half(server.requests),
-        urls: half(server.urls),
-        cpcodes: half(server.cpcodes),
-        tags: half(server.tags),
-    };
+    let client = akamai_stand_in::half_rates(server);
     (server, client)
 }
 

@@ -1184,9 +1184,14 @@ impl Engine {
     }
 }
 
-/// The response headers cache tags are read from by default: Akamai's,
-/// Cloudflare's and Fastly's.
-pub(crate) const DEFAULT_TAG_HEADERS: [&str; 3] = ["edge-cache-tag", "cache-tag", "surrogate-key"];
+/// The response headers cache tags are read from by default, by the cache
+/// and the versioned server alike: Akamai's, Cloudflare's and Fastly's.
+pub(crate) fn default_tag_headers() -> Vec<HeaderName> {
+    ["edge-cache-tag", "cache-tag", "surrogate-key"]
+        .into_iter()
+        .map(HeaderName::from_static)
+        .collect()
+}
 
 /// The cache tags in `headers`' values of `names`, split on commas and
 /// spaces (Akamai and Cloudflare separate them with commas, Fastly with
@@ -1441,13 +1446,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn names() -> Vec<HeaderName> {
-        DEFAULT_TAG_HEADERS
-            .iter()
-            .map(|name| HeaderName::from_static(name))
-            .collect()
-    }
-
     #[test]
     fn tags_are_read_from_every_vendors_header_split_as_each_splits_them() {
         let mut headers = HeaderMap::new();
@@ -1455,7 +1453,7 @@ mod tests {
         headers.insert("cache-tag", HeaderValue::from_static("cf-a,cf-b"));
         headers.insert("surrogate-key", HeaderValue::from_static("fastly-a  fastly-b"));
         headers.insert("x-other", HeaderValue::from_static("not-a-tag"));
-        let tags: Vec<String> = tags_in(&headers, &names()).collect();
+        let tags: Vec<String> = tags_in(&headers, &default_tag_headers()).collect();
         assert_eq!(tags, ["product-42", "sale", "cf-a", "cf-b", "fastly-a", "fastly-b"]);
     }
 
@@ -1466,7 +1464,7 @@ mod tests {
             if let Ok(value) = HeaderValue::from_bytes(&value) {
                 headers.insert("surrogate-key", value);
             }
-            for tag in tags_in(&headers, &names()) {
+            for tag in tags_in(&headers, &default_tag_headers()) {
                 proptest::prop_assert!(!tag.is_empty());
                 proptest::prop_assert!(!tag.contains([',', ' ', '\t']));
             }

@@ -9,6 +9,26 @@ use bytes::Bytes;
 
 use super::{Backoff, Progress, TokenBucket};
 
+/// Whether a status says trying again later could help: a `429` or a `5xx`.
+pub(crate) fn retryable_status(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
+/// A run's stop flag: `true` once `signal` resolves (never without one),
+/// and the task that watches it, to abort when the run ends.
+pub(crate) fn watch_stop(
+    signal: Option<futures_util::future::BoxFuture<'static, ()>>,
+) -> (tokio::sync::watch::Receiver<bool>, Option<tokio::task::JoinHandle<()>>) {
+    let (sender, stop) = tokio::sync::watch::channel(false);
+    let watcher = signal.map(|signal| {
+        tokio::spawn(async move {
+            signal.await;
+            let _ = sender.send(true);
+        })
+    });
+    (stop, watcher)
+}
+
 /// The HTTP client a vendor target talks through: edgecache's user agent,
 /// and a 30 s limit on each call.
 pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
@@ -50,7 +70,7 @@ pub(crate) struct Answer {
 impl Answer {
     /// Whether retrying later could help.
     pub(crate) fn is_retryable(&self) -> bool {
-        self.status == 429 || self.status >= 500
+        retryable_status(self.status)
     }
 }
 

@@ -272,18 +272,12 @@ impl Purger {
             })
         });
 
-        let (stop_sender, stop) = watch::channel(false);
         let signal = self
             .stop
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let watcher = signal.map(|signal| {
-            tokio::spawn(async move {
-                signal.await;
-                let _ = stop_sender.send(true);
-            })
-        });
+        let (stop, watcher) = super::call::watch_stop(signal);
 
         let mut layers: Vec<Vec<&Arc<dyn Target>>> = Vec::new();
         for target in &self.targets {

@@ -150,6 +150,11 @@ impl TargetReport {
     pub fn is_success(&self) -> bool {
         self.objects.iter().all(|line| line.outcome.status.is_success())
     }
+
+    /// Lines with this status.
+    pub fn count(&self, status: Status) -> usize {
+        self.objects.iter().filter(|line| line.outcome.status == status).count()
+    }
 }
 
 /// The result of a purge across targets.
@@ -188,7 +193,7 @@ impl Report {
 
     /// Lines with this status.
     pub fn count(&self, status: Status) -> usize {
-        self.lines().filter(|line| line.outcome.status == status).count()
+        self.targets.iter().map(|target| target.count(status)).sum()
     }
 
     /// The report of the target with this name.

@@ -116,10 +116,7 @@ impl ServerConfig {
             min_free_space: 100 << 20,
             fetch_timeout: Duration::from_secs(300),
             min_transfer_rate: 1024,
-            tag_headers: crate::cache::DEFAULT_TAG_HEADERS
-                .iter()
-                .map(|name| http::HeaderName::from_static(name))
-                .collect(),
+            tag_headers: crate::cache::default_tag_headers(),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
-use tokio::sync::watch;
 
 mod poll;
 
@@ -369,18 +368,12 @@ impl BatchJob<'_> {
         }
         let packed = pack(&reports, to_send, batch_size);
 
-        let (stop_sender, stopped) = watch::channel(false);
         let stop = self
             .stop
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let watcher = stop.map(|signal| {
-            tokio::spawn(async move {
-                signal.await;
-                let _ = stop_sender.send(true);
-            })
-        });
+        let (stopped, watcher) = crate::purge::call::watch_stop(stop);
         let this = &self;
         let progress = |step| {
             if let Some(progress) = &this.progress {

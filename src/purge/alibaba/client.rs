@@ -262,13 +262,17 @@ impl AlibabaError {
     /// (validation, quota, permissions) is never retried.
     pub fn is_retryable(&self) -> bool {
         match self {
-            AlibabaError::Api { status, code, .. } => {
-                *status >= 500 || code.starts_with("Throttling") || code.starts_with("QuotaPerMinuteExceeded")
-            }
+            AlibabaError::Api { status, code, .. } => *status >= 500 || retryable_code(code),
             AlibabaError::Transport { .. } => true,
             AlibabaError::Unexpected { status, .. } => *status >= 500,
         }
     }
+}
+
+/// Whether an API error code says trying again later may succeed:
+/// throttling and per-minute limits.
+pub(crate) fn retryable_code(code: &str) -> bool {
+    code.starts_with("Throttling") || code.starts_with("QuotaPerMinuteExceeded")
 }
 
 /// Client-side call rates, kept below Alibaba Cloud's documented limits:

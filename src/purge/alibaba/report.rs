@@ -79,9 +79,7 @@ impl UrlReport {
                     detail.push_str(&format!(" (RequestId {request_id})"));
                 }
                 // Transport errors and throttling pass; a refused call does not.
-                let retryable = code
-                    .as_deref()
-                    .is_none_or(|code| code.starts_with("Throttling") || code.starts_with("QuotaPerMinuteExceeded"));
+                let retryable = code.as_deref().is_none_or(super::client::retryable_code);
                 Line::failed(detail, retryable)
             }
             Outcome::NotSubmitted => Line::not_sent("the run stopped first"),

@@ -99,13 +99,7 @@ pub fn summary(report: &Report, journal: Option<&std::path::Path>) {
         "target", "done", "accepted", "failed", "skipped", "not sent", "calls", "time"
     );
     for target in &report.targets {
-        let count = |status: Status| {
-            target
-                .objects
-                .iter()
-                .filter(|line| line.outcome.status == status)
-                .count()
-        };
+        let count = |status: Status| target.count(status);
         let took = match (target.started_at, target.finished_at) {
             (Some(started), Some(finished)) => finished
                 .duration_since(started)
