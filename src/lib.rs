@@ -146,6 +146,7 @@
 //! | `redis` | yes (via `cli`) | `store::RedisStore`, shared by many machines |
 //! | `versions` | yes (via `cli`) | [`versions`]: the versioned cache's model, its `Client` and `VersionsMiddleware` |
 //! | `server` | yes (via `cli`) | [`server`]: the versioned shared cache server, `edgecache serve` |
+//! | `replicas` | yes (via `cli`) | the server on PostgreSQL and an S3-compatible bucket: several replicas |
 //! | `cli` | yes | the `edgecache` command-line tool |
 
 #![deny(missing_docs)]

@@ -100,6 +100,16 @@ impl From<IndexError> for ApiError {
                 "the server's disk is full; nothing was changed",
             );
         }
+        if error.is_unavailable() {
+            tracing::error!(%error, "the index can't be reached");
+            let mut unavailable = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "index_unavailable",
+                "the server can't reach its index database, so it can't confirm any version; try another replica or again shortly",
+            );
+            unavailable.retry_after = Some(5);
+            return unavailable;
+        }
         tracing::error!(%error, "index failure");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -151,7 +161,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20));
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .merge(api)
         .layer(axum::middleware::from_fn(count_request))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -629,10 +639,10 @@ async fn delete_resource(
         }
     }
     state.visible(&groups, &rid).await?;
-    let _lock = state.blobs.lock().await;
+    let _lock = state.worker.lock_blobs().await?;
     match state.index.delete(&rid, force, Timestamp::now()).await? {
         DeleteOutcome::Deleted(orphans) => {
-            state.blobs.delete(&orphans).await;
+            state.worker.release(orphans).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(ApiError::not_found("resource")),
@@ -798,6 +808,10 @@ async fn select(state: &Arc<AppState>, groups: &Groups, rid: &str, selection: &S
             Some(_) => {}
         }
     }
+    // The common case: the first read has a match, and nothing else is asked.
+    if let Some(version) = ready.as_deref().and_then(|ready| selection.pick(ready)) {
+        return Ok(version.clone());
+    }
     let wait = selection.wait.map(|seconds| Duration::from_secs(seconds).min(MAX_WAIT));
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     let mut changes = state.worker.changes();
@@ -806,15 +820,10 @@ async fn select(state: &Arc<AppState>, groups: &Groups, rid: &str, selection: &S
         // Asked before reading: a fetch records its version before it stops
         // counting as under way, so "not fetching" and "nothing ready" read
         // in this order mean there is nothing to wait for.
-        let fetching = state.worker.is_fetching(&resource.id).await;
-        let ready = match ready.take() {
-            // The first read came before `fetching` was asked: read again
-            // before concluding there is none.
-            Some(ready) if !ready.is_empty() => ready,
-            _ => match state.index.selectable(&resource.id, Timestamp::now()).await? {
-                Some((_, ready)) => ready,
-                None => return Err(ApiError::not_found("resource")),
-            },
+        let fetching = state.worker.is_fetching(&resource.id).await?;
+        let ready = match state.index.selectable(&resource.id, Timestamp::now()).await? {
+            Some((_, ready)) => ready,
+            None => return Err(ApiError::not_found("resource")),
         };
         if let Some(version) = selection.pick(&ready) {
             return Ok(version.clone());
@@ -1007,6 +1016,40 @@ async fn remove_tag(
 }
 
 // ------------------------------------------------------- metrics, openapi
+
+/// Whether this replica reaches its index and its blobs: 200, or 503 with
+/// what fails.
+async fn healthz(State(state): Shared) -> Response {
+    let (index, blobs) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(5), state.index.ping()),
+        tokio::time::timeout(Duration::from_secs(5), state.blobs.ping()),
+    );
+    let index = match index {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("the index did not answer within 5 s".to_owned()),
+    };
+    let blobs = match blobs {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("the blob store did not answer within 5 s".to_owned()),
+    };
+    let status = if index.is_none() && blobs.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let check = |failure: Option<String>| match failure {
+        None => serde_json::json!({"status": "ok"}),
+        Some(error) => serde_json::json!({"status": "failing", "error": error}),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "failing" },
+        "index": check(index),
+        "blobs": check(blobs),
+    });
+    (status, Json(body)).into_response()
+}
 
 async fn metrics(State(state): Shared) -> Response {
     let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();

@@ -1,9 +1,13 @@
 //! Response bodies, stored once per content: `sha256/<2 hex>/<64 hex>`,
-//! through `object_store` (a local directory now; a bucket can follow).
+//! through `object_store`: a local directory, or an S3-compatible bucket
+//! (feature `replicas`) that several replicas share.
 //!
-//! A body is streamed to `tmp/<version>` while it is hashed, then renamed
-//! to its content address, so a crash never leaves a partial body under a
-//! real name and identical bodies share one blob.
+//! A body is streamed to `tmp/<version>` while it is hashed (a multipart
+//! upload in a bucket, visible only once complete), then moved to its
+//! content address, so a crash never leaves a partial body under a real
+//! name and identical bodies share one blob. In a bucket the move is a
+//! copy: overwriting a blob with the same bytes changes nothing a reader
+//! sees.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -16,12 +20,19 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, MutexGuard};
 
 /// Parts handed to the store while a body streams in: memory per download
-/// stays near `PART_SIZE * PARTS_IN_FLIGHT`.
-const PART_SIZE: usize = 1 << 20;
+/// stays near `part_size * PARTS_IN_FLIGHT`.
+const LOCAL_PART_SIZE: usize = 1 << 20;
+/// S3 refuses parts under 5 MiB but the last.
+#[cfg(feature = "replicas")]
+const BUCKET_PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 2;
+
+/// Temporary bodies in a bucket older than this were left by a replica
+/// that died; the sweep deletes them (no fetch takes this long).
+#[cfg(feature = "replicas")]
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Bodies up to this size are kept in memory once read: blobs never
 /// change, so the copy never goes stale.
@@ -40,18 +51,22 @@ impl quick_cache::Weighter<String, Bytes> for BodyBytes {
 
 /// The blob store.
 pub(crate) struct Blobs {
-    root: std::path::PathBuf,
-    store: Arc<LocalFileSystem>,
+    /// The local directory, for free space; `None` for a bucket.
+    root: Option<std::path::PathBuf>,
+    store: Arc<dyn ObjectStore>,
+    part_size: usize,
     small: quick_cache::sync::Cache<String, Bytes, BodyBytes>,
-    /// Held while blobs are committed or deleted, so a collection never
-    /// deletes a blob a new version is about to reference.
-    lock: Mutex<()>,
 }
 
 /// A body being written.
 pub(crate) struct BlobWriter {
+    store: Arc<dyn ObjectStore>,
     path: Path,
-    upload: WriteMultipart,
+    part_size: usize,
+    /// The start of the body, until it outgrows one part: a body that ends
+    /// sooner is written with one request, not a multipart upload's three.
+    first_part: Vec<u8>,
+    upload: Option<WriteMultipart>,
     hasher: Sha256,
     size: u64,
 }
@@ -87,11 +102,58 @@ impl Blobs {
             .with_automatic_cleanup(true)
             .with_fsync(true);
         Ok(Self {
-            root: dir.to_owned(),
+            root: Some(dir.to_owned()),
             store: Arc::new(store),
-            small: quick_cache::sync::Cache::with_weighter(4096, SMALL_BODIES_TOTAL, BodyBytes),
-            lock: Mutex::new(()),
+            part_size: LOCAL_PART_SIZE,
+            small: small_bodies(),
         })
+    }
+
+    /// The store in a bucket, `s3://bucket/prefix`, with credentials and
+    /// region from the usual `AWS_*` variables, and `endpoint` for an
+    /// S3-compatible server other than AWS.
+    #[cfg(feature = "replicas")]
+    pub(crate) fn bucket(url: &str, endpoint: Option<&str>) -> Result<Self, object_store::Error> {
+        let parsed = url::Url::parse(url).map_err(|error| object_store::Error::Generic {
+            store: "S3",
+            source: format!("{url} is not an s3://bucket/prefix URL: {error}").into(),
+        })?;
+        if parsed.scheme() != "s3" || parsed.host_str().is_none_or(str::is_empty) {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!("{url} is not an s3://bucket/prefix URL").into(),
+            });
+        }
+        let mut builder =
+            object_store::aws::AmazonS3Builder::from_env().with_bucket_name(parsed.host_str().unwrap_or_default());
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"))
+                // S3-compatible servers answer on the endpoint's own host.
+                .with_virtual_hosted_style_request(false);
+        }
+        let bucket: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let prefix = parsed.path().trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            bucket
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(bucket, prefix))
+        };
+        Ok(Self {
+            root: None,
+            store,
+            part_size: BUCKET_PART_SIZE,
+            small: small_bodies(),
+        })
+    }
+
+    /// Whether the store answers: a read of a name nobody writes.
+    pub(crate) async fn ping(&self) -> Result<(), object_store::Error> {
+        match self.store.head(&Path::from("healthz")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Bytes an unprivileged writer may still use on the disk holding the
@@ -99,7 +161,7 @@ impl Blobs {
     pub(crate) fn free_space(&self) -> Option<u64> {
         #[cfg(unix)]
         {
-            let stats = rustix::fs::statvfs(&self.root).ok()?;
+            let stats = rustix::fs::statvfs(self.root.as_ref()?).ok()?;
             stats.f_bavail.checked_mul(stats.f_frsize)
         }
         #[cfg(not(unix))]
@@ -110,30 +172,28 @@ impl Blobs {
 
     /// Starts writing the body of `version_id`.
     pub(crate) async fn writer(&self, version_id: &str) -> Result<BlobWriter, object_store::Error> {
-        let path = Path::from(format!("tmp/{version_id}"));
-        let upload = self.store.put_multipart(&path).await?;
         Ok(BlobWriter {
-            path,
-            upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            store: self.store.clone(),
+            path: Path::from(format!("tmp/{version_id}")),
+            part_size: self.part_size,
+            first_part: Vec::new(),
+            upload: None,
             hasher: Sha256::new(),
             size: 0,
         })
     }
 
-    /// Held while committing a blob and recording its version, and while
-    /// collecting and deleting blobs.
-    pub(crate) async fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().await
-    }
-
     /// Moves a complete body to its content address (the caller holds
-    /// [`Blobs::lock`]). An identical body already there is kept.
+    /// the index's blobs lock). An identical body already there is kept.
     pub(crate) async fn commit(&self, temp: &TempBlob) -> Result<(), object_store::Error> {
-        match self
-            .store
-            .rename_if_not_exists(&temp.path, &blob_path(&temp.sha256))
-            .await
-        {
+        let target = blob_path(&temp.sha256);
+        if self.root.is_none() {
+            // A bucket has no atomic rename: a server-side copy, then the
+            // temporary goes. Same name, same bytes.
+            self.store.copy(&temp.path, &target).await?;
+            return self.store.delete(&temp.path).await;
+        }
+        match self.store.rename_if_not_exists(&temp.path, &target).await {
             Ok(()) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => self.store.delete(&temp.path).await,
             Err(error) => Err(error),
@@ -180,7 +240,7 @@ impl Blobs {
         Ok(self.store.get_opts(&blob_path(sha256), options).await?.into_stream())
     }
 
-    /// Deletes blobs (the caller holds [`Blobs::lock`]).
+    /// Deletes blobs (the caller holds the index's blobs lock).
     pub(crate) async fn delete(&self, shas: &[String]) {
         for sha in shas {
             self.small.remove(sha);
@@ -201,8 +261,31 @@ impl Blobs {
             .filter(|sha| !referenced.contains(sha))
             .collect();
         self.delete(&stray).await;
+        #[cfg(feature = "replicas")]
+        if self.root.is_none() {
+            // Temporaries of replicas that died after completing an upload.
+            let stale = seconds_ago(STALE_TEMP);
+            let temps: Vec<_> = self.store.list(Some(&Path::from("tmp"))).try_collect().await?;
+            for meta in temps.into_iter().filter(|meta| meta.last_modified.timestamp() < stale) {
+                if let Err(error) = self.store.delete(&meta.location).await {
+                    tracing::warn!(%error, "could not delete a stale temporary body");
+                }
+            }
+        }
         Ok(stray.len())
     }
+}
+
+fn small_bodies() -> quick_cache::sync::Cache<String, Bytes, BodyBytes> {
+    quick_cache::sync::Cache::with_weighter(4096, SMALL_BODIES_TOTAL, BodyBytes)
+}
+
+/// Seconds since the epoch, `age` ago.
+#[cfg(feature = "replicas")]
+fn seconds_ago(age: std::time::Duration) -> i64 {
+    jiff::Timestamp::now()
+        .as_second()
+        .saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl BlobWriter {
@@ -210,8 +293,20 @@ impl BlobWriter {
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), object_store::Error> {
         self.hasher.update(chunk);
         self.size = self.size.saturating_add(chunk.len() as u64);
-        self.upload.write(chunk);
-        self.upload.wait_for_capacity(PARTS_IN_FLIGHT).await
+        if let Some(upload) = &mut self.upload {
+            upload.write(chunk);
+            return upload.wait_for_capacity(PARTS_IN_FLIGHT).await;
+        }
+        self.first_part.extend_from_slice(chunk);
+        if self.first_part.len() < self.part_size {
+            return Ok(());
+        }
+        let started = self.store.put_multipart(&self.path).await?;
+        let mut upload = WriteMultipart::new_with_chunk_size(started, self.part_size);
+        upload.write(&std::mem::take(&mut self.first_part));
+        let waited = upload.wait_for_capacity(PARTS_IN_FLIGHT).await;
+        self.upload = Some(upload);
+        waited
     }
 
     /// Bytes written so far.
@@ -221,7 +316,15 @@ impl BlobWriter {
 
     /// Completes the body under its temporary name.
     pub(crate) async fn finish(self) -> Result<TempBlob, object_store::Error> {
-        self.upload.finish().await?;
+        match self.upload {
+            Some(upload) => {
+                upload.finish().await?;
+            }
+            // One request: the object appears whole or not at all.
+            None => {
+                self.store.put(&self.path, self.first_part.into()).await?;
+            }
+        }
         let sha256 = crate::cache::key::hex_lower(&self.hasher.finalize());
         Ok(TempBlob {
             path: self.path,
@@ -232,7 +335,9 @@ impl BlobWriter {
 
     /// Abandons the body.
     pub(crate) async fn abort(self) {
-        if let Err(error) = self.upload.abort().await {
+        if let Some(upload) = self.upload
+            && let Err(error) = upload.abort().await
+        {
             tracing::debug!(%error, "could not abort a partial body");
         }
     }

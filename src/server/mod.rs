@@ -15,6 +15,12 @@
 //!   `object_store`: streamed to a temporary file while hashed, then
 //!   renamed. A fetch whose body hashes like the newest ready version
 //!   creates no version.
+//! * **Replicas** (feature `replicas`, `--index postgres://… --blobs
+//!   s3://…`): any number of servers share one PostgreSQL index and one
+//!   bucket. Fetches are handed out with leases in PostgreSQL, so one fetch
+//!   of a resource runs at a time in the whole cluster and a replica that
+//!   dies mid-download is replaced when its lease runs out. See
+//!   [`ServerConfig::index`].
 //! * **Schedule**: each resource's next check is in the index; a restart
 //!   resumes unfinished downloads and runs a missed cron slot once.
 //! * **Safety**: bearer tokens scoped to groups (no token: loopback only);
@@ -31,6 +37,24 @@
 //! let server = Server::bind(config).await?;
 //! println!("listening on http://{}", server.local_addr());
 //! server.run_until(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Several replicas
+//!
+//! Each replica runs with the same settings; any of them can die:
+//!
+//! ```no_run
+//! # #[cfg(feature = "replicas")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use edgecache::server::{Server, ServerConfig};
+//!
+//! // S3 credentials and region come from the usual AWS_* variables.
+//! let mut config = ServerConfig::replica(std::env::var("EDGECACHE_INDEX")?, "s3://content-cache/edgecache");
+//! config.s3_endpoint = Some("https://s3.internal".into());
+//! config.listen = "0.0.0.0:8008".parse()?;
+//! config.tokens = edgecache::server::Tokens::read(std::path::Path::new("tokens.txt"))?;
+//! Server::bind(config).await?.run_until(async { tokio::signal::ctrl_c().await.ok(); }).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -53,7 +77,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use auth::{Groups, TokenFileError, Tokens};
-pub use index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, SqliteIndex, VersionFilter};
+#[cfg(feature = "replicas")]
+pub use index::PgIndex;
+pub use index::{
+    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, ResourceFilter, SqliteIndex,
+    Start, VersionFilter,
+};
 
 use crate::cache::key::{KeyRules, KeySecret, MatchHeaders};
 use crate::purge::Backoff;
@@ -62,7 +91,6 @@ use crate::purge::Backoff;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How the server runs. [`ServerConfig::new`] gives the defaults.
-#[derive(Debug)]
 pub struct ServerConfig {
     /// The data directory: `index.sqlite3` and `objects/`.
     pub data: PathBuf,
@@ -99,9 +127,83 @@ pub struct ServerConfig {
     /// version so `purge tag` finds its resources (default `Edge-Cache-Tag`,
     /// `Cache-Tag`, `Surrogate-Key`: the client cache's defaults).
     pub tag_headers: Vec<http::HeaderName>,
+    /// The index: `None` for SQLite in `data`, or a `postgres://` URL
+    /// (feature `replicas`) that several replicas share. Migrations run at
+    /// start, one replica at a time.
+    ///
+    /// With PostgreSQL, the fetch limits (`max_fetches`,
+    /// `max_fetches_per_host`) hold per replica: counting slots in the
+    /// database would cost a round trip per fetch and need leases of their
+    /// own. Three replicas may send up to three times `max_fetches_per_host`
+    /// requests to one host; one fetch of a resource still runs at a time
+    /// in the whole cluster.
+    pub index: Option<String>,
+    /// Where bodies go: `None` for `data/objects`, or an `s3://bucket/prefix`
+    /// URL (feature `replicas`); credentials and region come from the
+    /// usual `AWS_*` variables.
+    pub blobs: Option<String>,
+    /// The bucket's endpoint, for S3-compatible servers other than AWS.
+    pub s3_endpoint: Option<String>,
+    /// How long a replica's hold on a fetch lasts without renewal (default
+    /// 30 s); a replica that dies mid-download is replaced this long after.
+    pub lease_ttl: Duration,
+    /// How long a blob no version references stays before it is deleted,
+    /// so readers on other replicas finish streaming it. `None` picks: zero
+    /// with SQLite (one server knows its own readers), 10 minutes with
+    /// PostgreSQL.
+    pub blob_grace: Option<Duration>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The index URL may carry the database's password.
+        let index = self.index.as_deref().map(without_password);
+        f.debug_struct("ServerConfig")
+            .field("data", &self.data)
+            .field("listen", &self.listen)
+            .field("tokens", &self.tokens)
+            .field("allow_private_origins", &self.allow_private_origins)
+            .field("max_fetches", &self.max_fetches)
+            .field("max_fetches_per_host", &self.max_fetches_per_host)
+            .field("retries", &self.retries)
+            .field("max_body_size", &self.max_body_size)
+            .field("min_free_space", &self.min_free_space)
+            .field("fetch_timeout", &self.fetch_timeout)
+            .field("min_transfer_rate", &self.min_transfer_rate)
+            .field("tag_headers", &self.tag_headers)
+            .field("index", &index)
+            .field("blobs", &self.blobs)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("blob_grace", &self.blob_grace)
+            .finish()
+    }
+}
+
+/// A database URL fit to show: the password replaced, or the whole URL
+/// when it doesn't parse (it might be a key=value string with one).
+fn without_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "REDACTED".to_owned(),
+    }
 }
 
 impl ServerConfig {
+    /// The defaults for one replica of many: the index in PostgreSQL at
+    /// `index` (`postgres://…`), the bodies in the bucket `blobs`
+    /// (`s3://bucket/prefix`). Nothing is kept on the local disk.
+    pub fn replica(index: impl Into<String>, blobs: impl Into<String>) -> Self {
+        let mut config = Self::new(PathBuf::new());
+        config.index = Some(index.into());
+        config.blobs = Some(blobs.into());
+        config
+    }
+
     /// The defaults, with data in `data`.
     pub fn new(data: impl Into<PathBuf>) -> Self {
         Self {
@@ -117,6 +219,11 @@ impl ServerConfig {
             fetch_timeout: Duration::from_secs(300),
             min_transfer_rate: 1024,
             tag_headers: crate::cache::default_tag_headers(),
+            index: None,
+            blobs: None,
+            s3_endpoint: None,
+            lease_ttl: Duration::from_secs(30),
+            blob_grace: None,
         }
     }
 }
@@ -143,6 +250,17 @@ pub enum ServerError {
     /// The index failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The blob store can't be used.
+    #[error("cannot use the blob store {location}: {detail}")]
+    Blobs {
+        /// `--blobs`.
+        location: String,
+        /// Why.
+        detail: String,
+    },
+    /// A setting this build or combination doesn't support.
+    #[error("{0}")]
+    Unsupported(String),
     /// The address can't be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -159,12 +277,66 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
+/// The index `config` names, and the data directory's lock for SQLite.
+async fn open_index(config: &ServerConfig) -> Result<(Arc<dyn Index>, Option<std::fs::File>), ServerError> {
+    if let Some(url) = &config.index {
+        #[cfg(feature = "replicas")]
+        {
+            let index: Arc<dyn Index> = Arc::new(PgIndex::connect(url).await?);
+            if config.blobs.is_none() {
+                tracing::warn!(
+                    "the index is shared but bodies go to a local directory: replicas on other machines can't serve them (give --blobs s3://…)"
+                );
+            }
+            return Ok((index, None));
+        }
+        #[cfg(not(feature = "replicas"))]
+        return Err(ServerError::Unsupported(format!(
+            "--index {url} needs the `replicas` feature, which this build lacks"
+        )));
+    }
+    let data_error = |source| ServerError::Data {
+        path: config.data.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data).map_err(data_error)?;
+    // One server per directory: a second would delete the first's
+    // downloads as strays. The lock goes with the process, even on kill -9.
+    let lock = std::fs::File::create(config.data.join("lock")).map_err(data_error)?;
+    if let Err(error) = lock.try_lock() {
+        return Err(match error {
+            std::fs::TryLockError::WouldBlock => ServerError::InUse(config.data.clone()),
+            std::fs::TryLockError::Error(error) => data_error(error),
+        });
+    }
+    let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&config.data.join("index.sqlite3"))?);
+    Ok((index, Some(lock)))
+}
+
+/// The bucket `--blobs` names.
+fn open_bucket(location: &str, endpoint: Option<&str>) -> Result<blobs::Blobs, ServerError> {
+    #[cfg(feature = "replicas")]
+    {
+        blobs::Blobs::bucket(location, endpoint).map_err(|error| ServerError::Blobs {
+            location: location.to_owned(),
+            detail: error.to_string(),
+        })
+    }
+    #[cfg(not(feature = "replicas"))]
+    {
+        let _ = endpoint;
+        Err(ServerError::Unsupported(format!(
+            "--blobs {location} needs the `replicas` feature, which this build lacks"
+        )))
+    }
+}
+
 /// A bound server, ready to run.
 pub struct Server {
     listener: tokio::net::TcpListener,
     state: Arc<api::AppState>,
-    /// Held while the server runs.
-    data_lock: std::fs::File,
+    /// Held while the server runs, with a SQLite index.
+    data_lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Server {
@@ -199,18 +371,25 @@ impl Server {
             path: config.data.clone(),
             source,
         };
-        std::fs::create_dir_all(&config.data).map_err(data_error)?;
-        // One server per directory: a second would delete the first's
-        // downloads as strays. The lock goes with the process, even on kill -9.
-        let lock = std::fs::File::create(config.data.join("lock")).map_err(data_error)?;
-        if let Err(error) = lock.try_lock() {
-            return Err(match error {
-                std::fs::TryLockError::WouldBlock => ServerError::InUse(config.data.clone()),
-                std::fs::TryLockError::Error(error) => data_error(error),
+        let (index, data_lock) = open_index(&config).await?;
+        let blobs = Arc::new(match &config.blobs {
+            None => {
+                std::fs::create_dir_all(&config.data).map_err(data_error)?;
+                blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?
+            }
+            Some(location) => open_bucket(location, config.s3_endpoint.as_deref())?,
+        });
+        if let Err(error) = blobs.ping().await {
+            return Err(ServerError::Blobs {
+                location: config.blobs.clone().unwrap_or_default(),
+                detail: error.to_string(),
             });
         }
-        let index: Arc<dyn Index> = Arc::new(SqliteIndex::open(&config.data.join("index.sqlite3"))?);
-        let blobs = Arc::new(blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?);
+        let blob_grace = config.blob_grace.unwrap_or(if config.index.is_some() {
+            Duration::from_secs(600)
+        } else {
+            Duration::ZERO
+        });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind {
@@ -230,8 +409,10 @@ impl Server {
                 min_free_space: config.min_free_space,
                 timeout: config.fetch_timeout,
                 min_transfer_rate: config.min_transfer_rate,
+                blob_grace,
             },
             config.tag_headers.clone(),
+            index::Lease::new(config.lease_ttl.max(Duration::from_secs(1))),
         )?;
         if let Some(free) = blobs.free_space()
             && free < config.min_free_space
@@ -266,7 +447,7 @@ impl Server {
         Ok(Self {
             listener,
             state,
-            data_lock: lock,
+            data_lock,
         })
     }
 
@@ -309,5 +490,20 @@ impl Server {
         };
         scheduler.abort();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_password_never_shows_in_debug_output() {
+        let mut config = ServerConfig::replica("postgres://cache:hunter2-pg@db.internal/edgecache", "s3://bucket/p");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-pg"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+        config.index = Some("host=db.internal password=hunter2-pg".into());
+        assert!(!format!("{config:?}").contains("hunter2-pg"));
     }
 }

@@ -216,8 +216,8 @@ const ROUTES: &[Route] = &[
         ..route(
             HttpMethod::Get,
             "/healthz",
-            "Health; needs no token",
-            &[("200", Answer::Health)],
+            "Health: whether this replica reaches its index and its blobs; needs no token",
+            &[("200", Answer::Health), ("503", Answer::Health)],
         )
     },
     route(
@@ -229,6 +229,19 @@ const ROUTES: &[Route] = &[
 ];
 
 const TAG_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+
+/// One part of `/healthz`: `ok`, or `failing` with the error.
+fn check() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property(
+            "status",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["ok", "failing"])),
+        )
+        .property("error", ObjectBuilder::new().schema_type(Type::String))
+        .required("status")
+}
 
 fn schema_of(kind: Kind) -> RefOr<Schema> {
     match kind {
@@ -311,7 +324,14 @@ fn answer(summary: &str, answer: &Answer) -> utoipa::openapi::Response {
             "application/json",
             json(
                 ObjectBuilder::new()
-                    .property("status", ObjectBuilder::new().schema_type(Type::String))
+                    .property(
+                        "status",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(["ok", "failing"])),
+                    )
+                    .property("index", check())
+                    .property("blobs", check())
                     .required("status")
                     .into(),
             ),

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use super::blobs::{Blobs, TempBlob};
 use super::guard;
-use super::index::{Finish, Index, IndexError};
+use super::index::{BlobsLock, Claimed, Finish, Index, IndexError, Lease, Start};
 use crate::purge::Backoff;
 use crate::versions::{Resource, Strategy, Version, encode_body, header_map, url_with_query};
 
@@ -34,6 +34,8 @@ pub(crate) enum Outcome {
 struct InFlight {
     version: Version,
     done: watch::Receiver<Option<Outcome>>,
+    /// Turned true when the lease is lost: the fetch stops unrecorded.
+    cancel: watch::Sender<bool>,
 }
 
 /// Limits of the fetcher.
@@ -53,6 +55,9 @@ pub(crate) struct FetchLimits {
     /// The slowest a body may arrive, in bytes per second over any
     /// `RATE_WINDOW`; 0 turns the check off.
     pub(crate) min_transfer_rate: u64,
+    /// How long an unreferenced blob stays, for readers on other replicas;
+    /// zero deletes it at once (one server knows its own readers).
+    pub(crate) blob_grace: Duration,
 }
 
 /// At most this many cache tags are recorded per version.
@@ -84,6 +89,8 @@ pub(crate) struct Worker {
     /// Versions being streamed to a client, and how many times.
     readers: Mutex<HashMap<String, usize>>,
     wake: Notify,
+    /// This process's hold on its fetches.
+    lease: Lease,
 }
 
 /// Keeps a version from collection while its body streams.
@@ -135,6 +142,7 @@ impl Worker {
         allow_private: bool,
         limits: FetchLimits,
         tag_headers: Vec<HeaderName>,
+        lease: Lease,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
@@ -167,6 +175,7 @@ impl Worker {
             changes: watch::Sender::new(0),
             readers: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            lease,
         }))
     }
 
@@ -175,14 +184,38 @@ impl Worker {
         self.wake.notify_one();
     }
 
-    /// A receiver that sees every fetch end.
+    /// A receiver that sees every fetch end, here or (through the index's
+    /// notifications) on another replica.
     pub(crate) fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    /// Whether a fetch of the resource is under way.
-    pub(crate) async fn is_fetching(&self, resource_id: &str) -> bool {
-        self.in_flight.lock().await.contains_key(resource_id)
+    /// Whether a fetch of the resource is under way, here or elsewhere.
+    pub(crate) async fn is_fetching(&self, resource_id: &str) -> Result<bool, IndexError> {
+        if self.in_flight.lock().await.contains_key(resource_id) {
+            return Ok(true);
+        }
+        self.index.fetching(resource_id).await
+    }
+
+    /// The lock that commits and releases of blobs hold: shared when
+    /// releases only doom blobs for later, exclusive when they delete.
+    pub(crate) async fn lock_blobs(&self) -> Result<BlobsLock, IndexError> {
+        self.index.lock_blobs(self.limits.blob_grace.is_zero()).await
+    }
+
+    /// Lets blobs no version references go (the caller holds
+    /// [`Worker::lock_blobs`]): at once, or after the grace period.
+    pub(crate) async fn release(&self, orphans: Vec<String>) {
+        if orphans.is_empty() {
+            return;
+        }
+        if self.limits.blob_grace.is_zero() {
+            self.blobs.delete(&orphans).await;
+        } else if let Err(error) = self.index.doom_blobs(orphans, Timestamp::now()).await {
+            // Left as strays: the sweep at the next start removes them.
+            tracing::warn!(%error, "could not record blobs to delete");
+        }
     }
 
     /// Protects `version` from collection until the guard drops.
@@ -200,9 +233,9 @@ impl Worker {
         readers.keys().cloned().collect()
     }
 
-    /// Starts a fetch of the resource, or joins the one under way. Answers
-    /// its pending version and a receiver of its outcome; `None` for an
-    /// unknown resource.
+    /// Starts a fetch of the resource, or joins the one under way here or
+    /// on another replica. Answers its pending version and a receiver of
+    /// its outcome; `None` for an unknown resource.
     pub(crate) async fn fetch(
         self: &Arc<Self>,
         resource_id: &str,
@@ -211,11 +244,62 @@ impl Worker {
         if let Some(fetch) = in_flight.get(resource_id) {
             return Ok(Some((fetch.version.clone(), fetch.done.clone())));
         }
-        let Some(version) = self.index.start_version(resource_id, Timestamp::now()).await? else {
-            return Ok(None);
+        let version = match self
+            .index
+            .start_version(resource_id, &self.lease, Timestamp::now())
+            .await?
+        {
+            Start::NotFound => return Ok(None),
+            Start::Running(version) => {
+                let done = self.follow(resource_id, &version.id);
+                return Ok(Some((version, done)));
+            }
+            Start::TakenOver(version) => {
+                metrics::counter!("edgecache_server_lease_takeovers_total").increment(1);
+                version
+            }
+            Start::Started(version) => version,
         };
+        metrics::counter!("edgecache_server_lease_claims_total").increment(1);
         let done = self.spawn(&mut in_flight, resource_id, version.clone());
         Ok(Some((version, done)))
+    }
+
+    /// The outcome of a fetch another replica runs, read from the index
+    /// when it notifies a change (and every second without notifications).
+    fn follow(self: &Arc<Self>, resource_id: &str, version_id: &str) -> watch::Receiver<Option<Outcome>> {
+        let (sender, done) = watch::channel(None);
+        let (worker, resource_id, version_id) = (self.clone(), resource_id.to_owned(), version_id.to_owned());
+        tokio::spawn(async move {
+            let mut changes = worker.changes();
+            loop {
+                tokio::select! {
+                    () = sender.closed() => return,
+                    _ = changes.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let now = Timestamp::now();
+                let outcome = match worker.index.version(&resource_id, &version_id, now).await {
+                    Ok(Some(version)) => match version.status {
+                        crate::versions::VersionStatus::Ready => Outcome::Ready(version.id),
+                        crate::versions::VersionStatus::Failed => {
+                            Outcome::Failed(version.error.unwrap_or_else(|| "the fetch failed".into()))
+                        }
+                        _ => continue,
+                    },
+                    // An unchanged body removes the pending version.
+                    Ok(None) => match worker.index.version(&resource_id, "latest", now).await {
+                        Ok(Some(latest)) => Outcome::Unchanged(latest.id),
+                        Ok(None) => Outcome::Failed("the fetch left no version".into()),
+                        Err(error) => Outcome::Failed(error.to_string()),
+                    },
+                    Err(error) => Outcome::Failed(error.to_string()),
+                };
+                sender.send_replace(Some(outcome));
+                return;
+            }
+        });
+        done
     }
 
     fn spawn(
@@ -225,17 +309,25 @@ impl Worker {
         version: Version,
     ) -> watch::Receiver<Option<Outcome>> {
         let (sender, done) = watch::channel(None);
+        let (cancel, mut cancelled) = watch::channel(false);
         in_flight.insert(
             resource_id.to_owned(),
             InFlight {
                 version: version.clone(),
                 done: done.clone(),
+                cancel,
             },
         );
         let worker = self.clone();
         let resource_id = resource_id.to_owned();
         tokio::spawn(async move {
-            let outcome = worker.run(&resource_id, &version.id).await;
+            let outcome = tokio::select! {
+                outcome = worker.run(&resource_id, &version.id) => outcome,
+                // Another replica has the fetch now (or will): it records it.
+                _ = cancelled.wait_for(|cancelled| *cancelled) => {
+                    Outcome::Failed("this replica lost its lease on the fetch".into())
+                }
+            };
             metrics::counter!("edgecache_server_fetches_total", "outcome" => match &outcome {
                 Outcome::Ready(_) => "new_version",
                 Outcome::Unchanged(_) => "unchanged",
@@ -268,63 +360,114 @@ impl Worker {
         ))
     }
 
-    /// Restarts the fetches an earlier run left unfinished, removes blobs
-    /// nothing references, and makes cron resources with `run_at_start`
-    /// due.
+    /// Removes blobs nothing references, and makes cron resources with
+    /// `run_at_start` due. Unfinished fetches of an earlier run are
+    /// claimed by the schedule once their leases run out (at once with
+    /// SQLite, whose one server holds every lease).
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), IndexError> {
-        // Strays first, before any fetch can commit a blob; the referenced
-        // set is read under the lock that commits take.
+        // Strays first, before any fetch here can commit a blob; the
+        // referenced set is read under the lock that commits take.
         {
-            let _lock = self.blobs.lock().await;
-            let referenced = self.index.referenced_blobs().await?;
-            match self.blobs.sweep(&referenced).await {
+            let _lock = self.index.lock_blobs(true).await?;
+            let mut kept = self.index.referenced_blobs().await?;
+            kept.extend(self.index.doomed_blobs().await?);
+            match self.blobs.sweep(&kept).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "removed blobs no version references"),
                 Err(error) => tracing::warn!(%error, "could not list the blobs to remove strays"),
             }
         }
-        let unfinished = self.index.unfinished().await?;
-        let mut in_flight = self.in_flight.lock().await;
-        for (resource_id, version_id) in unfinished {
-            let now = Timestamp::now();
-            if in_flight.contains_key(&resource_id) {
-                // One fetch per resource: a second leftover is closed.
-                let superseded = Finish::Failed {
-                    status_code: None,
-                    error: "interrupted; another fetch of this resource was restarted".into(),
-                };
-                self.record(&resource_id, &version_id, superseded, now).await;
+        self.index.schedule_run_at_start(Timestamp::now()).await
+    }
+
+    /// Renews the leases of this replica's fetches every third of their
+    /// time. A fetch whose lease was taken, or that couldn't be renewed in
+    /// time (the database is out of reach), stops: another replica will
+    /// restart it, and two must never fetch one resource at once.
+    async fn heartbeat(self: Arc<Self>) {
+        let every = self.lease.ttl / 3;
+        let mut renewed_at = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let held: Vec<String> = {
+                let in_flight = self.in_flight.lock().await;
+                in_flight.values().map(|fetch| fetch.version.id.clone()).collect()
+            };
+            let lost: Vec<String> = match self.index.renew(&self.lease, held.clone()).await {
+                Ok(still) => {
+                    renewed_at = tokio::time::Instant::now();
+                    held.into_iter().filter(|id| !still.contains(id)).collect()
+                }
+                Err(error) if renewed_at.elapsed() + every >= self.lease.ttl => {
+                    tracing::error!(%error, "could not renew the fetch leases in time; stopping this replica's fetches");
+                    held
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not renew the fetch leases");
+                    Vec::new()
+                }
+            };
+            if lost.is_empty() {
                 continue;
             }
-            let Some(version) = self.index.version(&resource_id, &version_id, now).await? else {
-                continue;
-            };
-            tracing::info!(resource = %resource_id, version = %version_id, "restarting an unfinished download");
+            metrics::counter!("edgecache_server_lease_expiries_total").increment(lost.len() as u64);
+            let in_flight = self.in_flight.lock().await;
+            for fetch in in_flight.values().filter(|fetch| lost.contains(&fetch.version.id)) {
+                tracing::warn!(version = %fetch.version.id, "lost the lease on a fetch; stopping it");
+                fetch.cancel.send_replace(true);
+            }
+        }
+    }
+
+    /// Starts the fetches a claim handed this replica.
+    async fn start_claimed(self: &Arc<Self>, claimed: Claimed) {
+        let mut in_flight = self.in_flight.lock().await;
+        let taken_over = claimed.taken_over.len() as u64;
+        let claims = taken_over + claimed.started.len() as u64;
+        metrics::counter!("edgecache_server_lease_claims_total").increment(claims);
+        metrics::counter!("edgecache_server_lease_takeovers_total").increment(taken_over);
+        for (resource_id, version) in claimed.taken_over {
+            tracing::info!(resource = %resource_id, version = %version.id, "restarting an unfinished download");
             self.spawn(&mut in_flight, &resource_id, version);
         }
-        drop(in_flight);
-        self.index.schedule_run_at_start(Timestamp::now()).await
+        for (resource_id, version) in claimed.started {
+            self.spawn(&mut in_flight, &resource_id, version);
+        }
     }
 
     /// Runs the schedule until `shutdown` turns true.
     pub(crate) async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         const MAX_SLEEP: Duration = Duration::from_secs(60);
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
+        let _heartbeat = AbortOnDrop(heartbeat);
+        let mut others = self.index.changes();
         let mut last_collection = tokio::time::Instant::now();
         let mut pin_ended = false;
         loop {
             let now = Timestamp::now();
-            let sleep = match self.index.due(now).await {
-                Ok((due, next)) => {
-                    for resource_id in due {
-                        if let Err(error) = self.fetch(&resource_id).await {
-                            tracing::warn!(%error, resource = %resource_id, "could not start a scheduled fetch");
-                        }
+            // Only as many as there are free slots: the rest is left to
+            // other replicas, or to the next round here.
+            let room = self.limits.concurrent.saturating_sub(self.in_flight.lock().await.len());
+            let claim = if room == 0 {
+                Ok(Claimed::default())
+            } else {
+                self.index.claim(&self.lease, now, room).await
+            };
+            let sleep = match claim {
+                Ok(mut claimed) => {
+                    let full = claimed.started.len() + claimed.taken_over.len() >= room;
+                    let next = claimed.next.take();
+                    self.start_claimed(claimed).await;
+                    if full {
+                        // More may be due: look again when a fetch ends.
+                        MAX_SLEEP
+                    } else {
+                        next.map_or(MAX_SLEEP, |next| {
+                            Duration::try_from(next.duration_since(now))
+                                .unwrap_or_default()
+                                .min(MAX_SLEEP)
+                        })
                     }
-                    next.map_or(MAX_SLEEP, |next| {
-                        Duration::try_from(next.duration_since(now))
-                            .unwrap_or_default()
-                            .min(MAX_SLEEP)
-                    })
                 }
                 Err(error) => {
                     tracing::warn!(%error, "could not read the schedule");
@@ -359,6 +502,15 @@ impl Worker {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.wake.notified() => {}
+                Some(()) = async {
+                    match others.as_mut() {
+                        Some(others) => others.changed().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Waiters on another replica's fetch read again.
+                    self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+                }
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
@@ -367,10 +519,35 @@ impl Worker {
     /// Enforces every resource's limits (timed pins that ran out count as
     /// unpinned) and deletes the blobs that frees.
     pub(crate) async fn collect(&self) {
-        let _lock = self.blobs.lock().await;
-        match self.index.collect(Timestamp::now(), self.protected()).await {
-            Ok(orphans) => self.blobs.delete(&orphans).await,
-            Err(error) => tracing::warn!(%error, "could not collect old versions"),
+        let now = Timestamp::now();
+        {
+            // Shared when released blobs only wait for their grace period:
+            // other replicas' commits go on meanwhile.
+            let _lock = match self.lock_blobs().await {
+                Ok(lock) => lock,
+                Err(error) => {
+                    tracing::warn!(%error, "could not collect old versions");
+                    return;
+                }
+            };
+            match self.index.collect(now, self.protected()).await {
+                Ok(orphans) => self.release(orphans).await,
+                Err(error) => tracing::warn!(%error, "could not collect old versions"),
+            }
+        }
+        let _deleting = match self.index.lock_blobs(true).await {
+            Ok(lock) => lock,
+            Err(error) => {
+                tracing::warn!(%error, "could not delete blobs past their grace period");
+                return;
+            }
+        };
+        let before = now
+            .checked_sub(jiff::SignedDuration::try_from(self.limits.blob_grace).unwrap_or_default())
+            .unwrap_or(now);
+        match self.index.take_doomed(before).await {
+            Ok(expired) => self.blobs.delete(&expired).await,
+            Err(error) => tracing::warn!(%error, "could not delete blobs past their grace period"),
         }
     }
 
@@ -430,36 +607,70 @@ impl Worker {
                 )
             }
         };
-        let _lock = self.blobs.lock().await;
+        let _lock = match self.lock_blobs().await {
+            Ok(lock) => lock,
+            Err(error) => {
+                // Unrecorded: the lease runs out and a replica that reaches
+                // the index fetches again.
+                if let Some(temp) = temp {
+                    self.blobs.discard(temp).await;
+                }
+                let error = format!("could not record the fetch: {error}");
+                tracing::error!(resource = %resource_id, %error);
+                return Outcome::Failed(error);
+            }
+        };
         if let Some(temp) = &temp
             && let Err(error) = self.blobs.commit(temp).await
         {
             let error = format!("could not store the body: {error}");
             tracing::warn!(resource = %resource_id, %error);
-            self.record(
-                resource_id,
-                version_id,
-                Finish::Failed {
-                    status_code: None,
-                    error: error.clone(),
-                },
-                now,
-            )
-            .await;
+            let _unrecorded = self
+                .record(
+                    resource_id,
+                    version_id,
+                    Finish::Failed {
+                        status_code: None,
+                        error: error.clone(),
+                    },
+                    now,
+                )
+                .await;
             return Outcome::Failed(error);
         }
-        self.record(resource_id, version_id, record, now).await;
+        if let Err(lost) = self.record(resource_id, version_id, record, now).await {
+            if let Some(temp) = temp {
+                // Committed for nothing: deleted by the next collection
+                // unless a version references the same body.
+                if let Err(error) = self.index.doom_blobs(vec![temp.sha256.clone()], now).await {
+                    tracing::warn!(%error, "could not record a blob to delete");
+                }
+            }
+            return Outcome::Failed(lost);
+        }
         outcome
     }
 
-    async fn record(&self, resource_id: &str, version_id: &str, finish: Finish, now: Timestamp) {
+    /// Records how a fetch ended. Answers why it wasn't recorded.
+    async fn record(&self, resource_id: &str, version_id: &str, finish: Finish, now: Timestamp) -> Result<(), String> {
         match self
             .index
-            .finish(resource_id, version_id, finish, now, self.protected())
+            .finish(resource_id, version_id, finish, &self.lease, now, self.protected())
             .await
         {
-            Ok(orphans) => self.blobs.delete(&orphans).await,
-            Err(error) => tracing::error!(%error, resource = %resource_id, "could not record a fetch"),
+            Ok(orphans) => {
+                self.release(orphans).await;
+                Ok(())
+            }
+            Err(IndexError::LeaseLost) => {
+                metrics::counter!("edgecache_server_lease_expiries_total").increment(1);
+                tracing::warn!(resource = %resource_id, version = %version_id, "the lease ran out before the fetch was recorded; another replica has it");
+                Err(IndexError::LeaseLost.to_string())
+            }
+            Err(error) => {
+                tracing::error!(%error, resource = %resource_id, "could not record a fetch");
+                Err(format!("could not record the fetch: {error}"))
+            }
         }
     }
 
@@ -710,6 +921,15 @@ impl Worker {
             .finish()
             .await
             .map_err(|error| format!("could not complete the body: {error}"))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -550,7 +550,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable, machine-readable code: `invalid_json`, `invalid`,
     /// `not_found`, `no_matching_version`, `not_ready`, `pinned`,
-    /// `pin_limit`, `unauthorized`, `forbidden`, `internal`.
+    /// `pin_limit`, `unauthorized`, `forbidden`, `internal`, `index_unavailable`.
     pub code: String,
     /// A sentence for a person.
     pub message: String,

@@ -1,8 +1,12 @@
 //! A real origin on 127.0.0.1 that counts and records what reaches it.
 #![allow(dead_code)] // each test file uses a different part
 
+#[cfg(feature = "replicas")]
+pub mod postgres_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+#[cfg(feature = "replicas")]
+pub mod s3_server;
 #[cfg(feature = "cli")]
 pub mod versions_server;
 

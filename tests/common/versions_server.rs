@@ -37,7 +37,11 @@ impl VersionsServer {
 
     /// Like [`VersionsServer::start`], but answers the log when the server exits instead.
     pub async fn try_start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<VersionsServer, String> {
-        let mut all_args = vec!["serve", "--data", data.to_str().expect("utf-8 path")];
+        let mut all_args = vec!["serve"];
+        // A replica keeps nothing locally: its index and bodies are shared.
+        if !args.contains(&"--index") {
+            all_args.extend(["--data", data.to_str().expect("utf-8 path")]);
+        }
         if !args.contains(&"--listen") {
             all_args.extend(["--listen", "127.0.0.1:0"]);
         }

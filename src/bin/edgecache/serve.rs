@@ -14,13 +14,42 @@ Examples:
   edgecache serve --data ./versions
   EDGECACHE_SERVER_TOKEN=$(openssl rand -hex 24) edgecache serve --data /srv/versions --listen 0.0.0.0:8008
   edgecache serve --data ./versions --token-file tokens.txt   # lines: `TOKEN group,group` or `TOKEN *`
+  # replicas: each machine the same flags; S3 credentials from the usual AWS_* variables
+  edgecache serve --listen 0.0.0.0:8008 --token-file tokens.txt \
+    --index postgres://cache@db.internal/edgecache \
+    --blobs s3://content-cache/edgecache --s3-endpoint https://s3.internal
 
 EDGECACHE_SERVER_TOKEN, if set, is a token for every group (clients read the same variable).
 The API is described at /openapi.json; /healthz needs no token.")]
 pub struct ServeArgs {
     /// Directory for the index (SQLite) and the bodies; created if missing.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    /// One server per directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "index",
+        conflicts_with = "index"
+    )]
+    data: Option<PathBuf>,
+    /// A PostgreSQL index shared by any number of replicas, instead of
+    /// SQLite in --data: `postgres://user:password@host/database`.
+    #[arg(long, value_name = "URL", env = "EDGECACHE_INDEX", hide_env_values = true)]
+    index: Option<String>,
+    /// Where bodies go instead of --data: an S3-compatible bucket,
+    /// `s3://bucket/prefix` (credentials and region: the AWS_* variables).
+    #[arg(long, value_name = "URL")]
+    blobs: Option<String>,
+    /// The bucket's endpoint, for S3-compatible servers other than AWS.
+    #[arg(long, value_name = "URL", requires = "blobs")]
+    s3_endpoint: Option<String>,
+    /// How long a replica's hold on a fetch lasts without renewal; a
+    /// replica that dies mid-download is replaced this long after.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    lease_seconds: u64,
+    /// How long a body no version references stays, so readers on other
+    /// replicas finish [default: 0 with SQLite, 600 with --index].
+    #[arg(long, value_name = "SECONDS")]
+    blob_grace_seconds: Option<u64>,
     /// Address to listen on. Without a token, only loopback is allowed.
     #[arg(long, default_value = "127.0.0.1:8008", value_name = "ADDR")]
     listen: SocketAddr,
@@ -73,7 +102,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         tokens.add_all_groups(&token);
     }
-    let mut config = ServerConfig::new(&args.data);
+    if args.index.is_some() && args.blobs.is_none() {
+        anyhow::bail!(
+            "--index is shared by replicas on other machines, so their bodies must be shared too: give --blobs s3://bucket/prefix"
+        );
+    }
+    let data = args.data.clone().unwrap_or_default();
+    let mut config = ServerConfig::new(&data);
+    config.index = args.index.clone();
+    config.blobs = args.blobs.clone();
+    config.s3_endpoint = args.s3_endpoint.clone();
+    config.lease_ttl = std::time::Duration::from_secs(args.lease_seconds.max(1));
+    config.blob_grace = args.blob_grace_seconds.map(std::time::Duration::from_secs);
     config.listen = args.listen;
     config.tokens = tokens;
     config.allow_private_origins = args.allow_private_origins;
@@ -88,11 +128,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.tag_headers = args.tag_headers;
     }
     let server = Server::bind(config).await.context("cannot start the server")?;
-    eprintln!(
-        "edgecache: serving {} on http://{}",
-        args.data.display(),
-        server.local_addr()
-    );
+    let storage = match (&args.index, &args.blobs) {
+        (Some(_), Some(blobs)) => format!("a PostgreSQL index and {blobs}"),
+        (None, Some(blobs)) => format!("{} and {blobs}", data.display()),
+        _ => data.display().to_string(),
+    };
+    eprintln!("edgecache: serving {storage} on http://{}", server.local_addr());
     server.run_until(shutdown_signal()).await?;
     eprintln!("edgecache: stopped");
     Ok(ExitCode::SUCCESS)

@@ -1,9 +1,6 @@
-//! The server's metadata: resources, versions, the schedule.
-//!
-//! [`Index`] is the seam: [`SqliteIndex`] keeps everything in one SQLite
-//! file (WAL); a PostgreSQL index can later let several replicas share it.
-//! Every method is one transaction, so limits are enforced in the
-//! transaction that crosses them and nothing is half-written.
+//! The SQLite index: one file, one server (the data directory's lock makes
+//! sure of that), so leases left by an earlier process are expired at open
+//! and its unfinished fetches restart at once.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,208 +11,13 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::schedule;
+use super::{
+    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS, RawResource,
+    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionFilter, clamp, finish_resource,
+    finish_version, from_millis, json, millis, parse,
+};
+use crate::server::schedule;
 use crate::versions::{Limits, Page, Resource, Strategy, Version, VersionStatus};
-
-/// A failure of the metadata store.
-#[derive(Debug, thiserror::Error)]
-pub enum IndexError {
-    /// SQLite failed.
-    #[error("the index database failed: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored value doesn't parse.
-    #[error("the index holds a malformed {what}: {detail}")]
-    Corrupt {
-        /// Which value.
-        what: &'static str,
-        /// Why it doesn't parse.
-        detail: String,
-    },
-    /// The blocking task was lost.
-    #[error("an index task panicked or was cancelled")]
-    Task,
-}
-
-impl IndexError {
-    /// Whether the index failed for want of disk space.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            IndexError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
-                if failure.code == rusqlite::ErrorCode::DiskFull
-        )
-    }
-}
-
-/// Which versions a listing shows.
-#[derive(Debug, Clone, Default)]
-pub struct VersionFilter {
-    /// Only this status.
-    pub status: Option<VersionStatus>,
-    /// Only versions with this tag.
-    pub tag: Option<String>,
-    /// Only pinned (or only unpinned) versions.
-    pub pinned: Option<bool>,
-    /// Versions to skip (newest first).
-    pub skip: u64,
-    /// Versions to return at most.
-    pub limit: u64,
-}
-
-/// How a fetch ended, as the index records it.
-#[derive(Debug, Clone)]
-pub enum Finish {
-    /// A new body: the version is ready.
-    Ready(Box<Version>),
-    /// The origin confirmed the newest ready version (a 304 or the same
-    /// body): the pending version goes, the check is recorded on `latest`.
-    Unchanged {
-        /// The version the origin confirmed.
-        latest: String,
-        /// Validators the origin sent with it (a new `ETag` on the same
-        /// body), recorded on `latest` so the next check asks with them.
-        etag: Option<String>,
-        /// As `etag`, for `Last-Modified`.
-        last_modified: Option<String>,
-    },
-    /// The fetch failed.
-    Failed {
-        /// The origin's status code, if it answered.
-        status_code: Option<u16>,
-        /// What went wrong.
-        error: String,
-    },
-}
-
-/// What a pin asks for.
-#[derive(Debug)]
-pub enum PinOutcome {
-    /// Pinned.
-    Pinned(Box<Version>),
-    /// No such version.
-    NotFound,
-    /// Only ready versions can be pinned.
-    NotReady,
-    /// `max_pinned` versions are pinned already.
-    LimitReached(u32),
-}
-
-/// What deleting a resource did.
-#[derive(Debug)]
-pub enum DeleteOutcome {
-    /// Deleted; these blobs are no longer referenced.
-    Deleted(Vec<String>),
-    /// No such resource.
-    NotFound,
-    /// Some versions are pinned and `force` wasn't given.
-    Pinned(u64),
-}
-
-/// Which resources a listing returns, beyond the caller's groups.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResourceFilter {
-    /// Only this group.
-    pub group: Option<String>,
-    /// Only resources with a version whose origin response carried this
-    /// cache tag.
-    pub cache_tag: Option<String>,
-}
-
-/// The metadata store behind the server.
-#[async_trait]
-pub trait Index: Send + Sync + 'static {
-    /// The secret that keys resource identities, created on first use.
-    async fn key_secret(&self) -> Result<Vec<u8>, IndexError>;
-    /// Registers a resource, or finds the one with the same key and group.
-    /// Answers the resource and whether it is new.
-    async fn register(&self, key: String, resource: Resource) -> Result<(Resource, bool), IndexError>;
-    /// One resource.
-    async fn resource(&self, id: &str) -> Result<Option<Resource>, IndexError>;
-    /// Resources in `groups` (all when `None`), optionally one `group`,
-    /// optionally only those with a version that carried `cache_tag`.
-    async fn resources(
-        &self,
-        groups: Option<Vec<String>>,
-        filter: ResourceFilter,
-        skip: u64,
-        limit: u64,
-    ) -> Result<Page<Resource>, IndexError>;
-    /// Changes a resource's strategy and limits, and reschedules it.
-    async fn update(
-        &self,
-        id: &str,
-        strategy: Strategy,
-        limits: Limits,
-        now: Timestamp,
-    ) -> Result<Option<Resource>, IndexError>;
-    /// Deletes a resource and its versions.
-    async fn delete(&self, id: &str, force: bool, now: Timestamp) -> Result<DeleteOutcome, IndexError>;
-    /// Starts a fetch: a pending version, and the resource off the schedule
-    /// until the fetch ends. `None` for an unknown resource.
-    async fn start_version(&self, resource_id: &str, now: Timestamp) -> Result<Option<Version>, IndexError>;
-    /// Versions left pending or downloading by an earlier run, as
-    /// `(resource, version)`.
-    async fn unfinished(&self) -> Result<Vec<(String, String)>, IndexError>;
-    /// Marks a version as downloading.
-    async fn set_downloading(&self, version_id: &str) -> Result<(), IndexError>;
-    /// Records how a fetch ended, reschedules the resource and enforces its
-    /// limits, sparing `protected` versions. Answers the blobs no version
-    /// references any more.
-    async fn finish(
-        &self,
-        resource_id: &str,
-        version_id: &str,
-        finish: Finish,
-        now: Timestamp,
-        protected: Vec<String>,
-    ) -> Result<Vec<String>, IndexError>;
-    /// A resource's versions, newest first.
-    async fn versions(
-        &self,
-        resource_id: &str,
-        filter: VersionFilter,
-        now: Timestamp,
-    ) -> Result<Page<Version>, IndexError>;
-    /// A resource and its ready versions, newest first, read together.
-    async fn selectable(
-        &self,
-        resource_id: &str,
-        now: Timestamp,
-    ) -> Result<Option<(Resource, Vec<Version>)>, IndexError>;
-    /// One version; `latest` is the newest ready one.
-    async fn version(&self, resource_id: &str, version_id: &str, now: Timestamp)
-    -> Result<Option<Version>, IndexError>;
-    /// Pins a version, until `until` if given.
-    async fn pin(
-        &self,
-        resource_id: &str,
-        version_id: &str,
-        until: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Result<PinOutcome, IndexError>;
-    /// Unpins a version.
-    async fn unpin(&self, resource_id: &str, version_id: &str, now: Timestamp) -> Result<Option<Version>, IndexError>;
-    /// Adds or removes a tag.
-    async fn tag(
-        &self,
-        resource_id: &str,
-        version_id: &str,
-        tag: &str,
-        add: bool,
-        now: Timestamp,
-    ) -> Result<Option<Version>, IndexError>;
-    /// Resources due at `now`, and the earliest due time after them.
-    async fn due(&self, now: Timestamp) -> Result<(Vec<String>, Option<Timestamp>), IndexError>;
-    /// Makes cron resources with `run_at_start` due now.
-    async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError>;
-    /// When the next timed pin after `now` runs out, if any.
-    async fn next_pin_end(&self, now: Timestamp) -> Result<Option<Timestamp>, IndexError>;
-    /// Enforces every resource's limits (expired pins count as unpinned),
-    /// sparing `protected` versions. Answers unreferenced blobs.
-    async fn collect(&self, now: Timestamp, protected: Vec<String>) -> Result<Vec<String>, IndexError>;
-    /// Every blob some version references.
-    async fn referenced_blobs(&self) -> Result<HashSet<String>, IndexError>;
-}
 
 /// The SQLite index: one file, WAL, one connection used from blocking
 /// threads.
@@ -227,6 +29,8 @@ pub struct SqliteIndex {
     connection: Arc<Mutex<Connection>>,
     /// Idle read connections: WAL lets reads run beside the writer.
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// [`Index::lock_blobs`]: one process, so an in-process lock.
+    blobs: Arc<tokio::sync::RwLock<()>>,
 }
 
 const SCHEMA: &str = "
@@ -275,6 +79,7 @@ CREATE TABLE IF NOT EXISTS cache_tags (
     PRIMARY KEY (tag, resource_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS cache_tags_by_resource ON cache_tags (resource_id);
+CREATE TABLE IF NOT EXISTS doomed_blobs (sha256 TEXT PRIMARY KEY, since INTEGER NOT NULL);
 ";
 
 /// Columns added after the first release, added to older indexes at open.
@@ -287,10 +92,15 @@ const ADDED_RESOURCE_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// Columns added to versions after the first release.
-const ADDED_VERSION_COLUMNS: &[(&str, &str)] = &[("cache_tags", "TEXT NOT NULL DEFAULT '[]'")];
+const ADDED_VERSION_COLUMNS: &[(&str, &str)] = &[
+    ("cache_tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("lease_holder", "TEXT"),
+    ("lease_expires_at", "INTEGER"),
+];
 
-const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error, cache_tags";
-const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link";
+/// An unfinished version: a fetch started and not recorded.
+const UNFINISHED: &str = "status IN ('pending', 'downloading')";
+
 /// A version is pinned now: a timed pin that ran out reads unpinned.
 const PINNED_NOW: &str = "(pinned = 1 AND (pinned_until IS NULL OR pinned_until > ?2))";
 
@@ -314,10 +124,15 @@ impl SqliteIndex {
                 }
             }
         }
+        // One server per file: whatever an earlier process held is free.
+        connection.execute_batch(&format!(
+            "UPDATE versions SET lease_expires_at = NULL, lease_holder = NULL WHERE {UNFINISHED}"
+        ))?;
         Ok(Self {
             path: path.into(),
             connection: Arc::new(Mutex::new(connection)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            blobs: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -372,35 +187,6 @@ impl SqliteIndex {
     }
 }
 
-fn millis(at: Timestamp) -> i64 {
-    at.as_millisecond()
-}
-
-fn from_millis(value: Option<i64>) -> Option<Timestamp> {
-    value.and_then(|value| Timestamp::from_millisecond(value).ok())
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    // Our own model types always serialize.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, IndexError> {
-    serde_json::from_str(text).map_err(|error| IndexError::Corrupt {
-        what,
-        detail: error.to_string(),
-    })
-}
-
-struct RawVersion {
-    version: Version,
-    headers: String,
-    tags: String,
-    cache_tags: String,
-    pinned: bool,
-    status: String,
-}
-
 fn raw_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
     Ok(RawVersion {
         version: Version {
@@ -428,22 +214,6 @@ fn raw_version(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawVersion> {
         pinned: row.get::<_, i64>(13)? != 0,
         status: row.get(1)?,
     })
-}
-
-fn finish_version(raw: RawVersion, now: Timestamp) -> Result<Version, IndexError> {
-    let mut version = raw.version;
-    version.headers = parse("version headers", &raw.headers)?;
-    version.tags = parse("version tags", &raw.tags)?;
-    version.cache_tags = parse("version cache tags", &raw.cache_tags)?;
-    version.status = VersionStatus::parse(&raw.status).ok_or(IndexError::Corrupt {
-        what: "version status",
-        detail: raw.status,
-    })?;
-    version.pinned = raw.pinned && version.pinned_until.is_none_or(|until| until > now);
-    if !version.pinned {
-        version.pinned_until = None;
-    }
-    Ok(version)
 }
 
 fn query_versions(
@@ -489,8 +259,6 @@ fn load_resource(tx: &Connection, id: &str) -> Result<Option<Resource>, IndexErr
     raw.map(finish_resource).transpose()
 }
 
-type RawResource = (Resource, String, String, Option<String>, String, String);
-
 fn raw_resource(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawResource> {
     Ok((
         Resource {
@@ -518,17 +286,6 @@ fn raw_resource(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawResource> {
         row.get(7)?,
         row.get(8)?,
     ))
-}
-
-fn finish_resource(
-    (mut resource, query, headers, body, strategy, limits): RawResource,
-) -> Result<Resource, IndexError> {
-    resource.query = parse("resource query", &query)?;
-    resource.headers = parse("resource headers", &headers)?;
-    resource.body = body.map(|body| parse("resource body", &body)).transpose()?;
-    resource.strategy = parse("resource strategy", &strategy)?;
-    resource.limits = parse("resource limits", &limits)?;
-    Ok(resource)
 }
 
 /// Deletes the versions beyond the resource's limits, sparing pinned and
@@ -609,6 +366,42 @@ fn reschedule(
         params![resource_id, next.map(millis), millis(now)],
     )?;
     Ok(())
+}
+
+/// Gives an unfinished version to `lease`, as pending again.
+fn hold(tx: &Connection, version_id: &str, lease: &Lease, clock: i64) -> Result<(), IndexError> {
+    tx.execute(
+        "UPDATE versions SET status = 'pending', lease_holder = ?2, lease_expires_at = ?3 WHERE id = ?1",
+        params![version_id, lease.holder, clock.saturating_add(lease.ttl_millis())],
+    )?;
+    Ok(())
+}
+
+/// A new pending version held by `lease`, and its resource off the schedule.
+fn insert_pending(
+    tx: &Connection,
+    resource_id: &str,
+    lease: &Lease,
+    now: Timestamp,
+    clock: i64,
+) -> Result<Version, IndexError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    tx.execute(
+        "INSERT INTO versions (id, resource_id, status, created_at, lease_holder, lease_expires_at)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?5)",
+        params![
+            id,
+            resource_id,
+            millis(now),
+            lease.holder,
+            clock.saturating_add(lease.ttl_millis())
+        ],
+    )?;
+    tx.execute("UPDATE resources SET next_check_at = NULL WHERE id = ?1", [resource_id])?;
+    load_version(tx, resource_id, &id, now)?.ok_or(IndexError::Corrupt {
+        what: "version",
+        detail: "vanished while starting a fetch".into(),
+    })
 }
 
 #[async_trait]
@@ -757,33 +550,130 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn start_version(&self, resource_id: &str, now: Timestamp) -> Result<Option<Version>, IndexError> {
-        let resource_id = resource_id.to_owned();
+    async fn start_version(&self, resource_id: &str, lease: &Lease, now: Timestamp) -> Result<Start, IndexError> {
+        let (resource_id, lease) = (resource_id.to_owned(), lease.clone());
         self.transaction(move |tx| {
             if load_resource(tx, &resource_id)?.is_none() {
-                return Ok(None);
+                return Ok(Start::NotFound);
             }
-            let id = uuid::Uuid::now_v7().to_string();
-            tx.execute(
-                "INSERT INTO versions (id, resource_id, status, created_at) VALUES (?1, ?2, 'pending', ?3)",
-                params![id, resource_id, millis(now)],
-            )?;
-            tx.execute(
-                "UPDATE resources SET next_check_at = NULL WHERE id = ?1",
-                [&resource_id],
-            )?;
-            load_version(tx, &resource_id, &id, now)
+            let clock = millis(Timestamp::now());
+            let unfinished: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    &format!(
+                        "SELECT id, lease_expires_at FROM versions WHERE resource_id = ?1 AND {UNFINISHED} ORDER BY id DESC LIMIT 1"
+                    ),
+                    [&resource_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            if let Some((id, expires)) = unfinished {
+                let running = expires.is_some_and(|expires| expires > clock);
+                if !running {
+                    hold(tx, &id, &lease, clock)?;
+                }
+                let version = load_version(tx, &resource_id, &id, now)?.ok_or(IndexError::Corrupt {
+                    what: "version",
+                    detail: "vanished while starting a fetch".into(),
+                })?;
+                return Ok(if running {
+                    Start::Running(version)
+                } else {
+                    Start::TakenOver(version)
+                });
+            }
+            let version = insert_pending(tx, &resource_id, &lease, now, clock)?;
+            Ok(Start::Started(version))
         })
         .await
     }
 
-    async fn unfinished(&self) -> Result<Vec<(String, String)>, IndexError> {
-        self.read(|tx| {
-            let mut statement = tx.prepare_cached(
-                "SELECT resource_id, id FROM versions WHERE status IN ('pending', 'downloading') ORDER BY id",
+    async fn claim(&self, lease: &Lease, now: Timestamp, max: usize) -> Result<Claimed, IndexError> {
+        let lease = lease.clone();
+        self.transaction(move |tx| {
+            let clock = millis(Timestamp::now());
+            let mut claimed = Claimed::default();
+            // A resource fetched twice at once (an index from before leases)
+            // keeps its newest fetch.
+            tx.execute(
+                &format!(
+                    "UPDATE versions SET status = 'failed', error = ?1, lease_holder = NULL, lease_expires_at = NULL
+                     WHERE {UNFINISHED} AND id < (SELECT MAX(id) FROM versions newer
+                        WHERE newer.resource_id = versions.resource_id AND newer.status IN ('pending', 'downloading'))"
+                ),
+                [SUPERSEDED],
             )?;
-            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let expired: Vec<(String, String)> = tx
+                .prepare_cached(&format!(
+                    "SELECT resource_id, id FROM versions WHERE {UNFINISHED}
+                     AND (lease_expires_at IS NULL OR lease_expires_at <= ?1) ORDER BY id LIMIT ?2"
+                ))?
+                .query_map(params![clock, clamp(max as u64)], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (resource_id, id) in expired {
+                hold(tx, &id, &lease, clock)?;
+                if let Some(version) = load_version(tx, &resource_id, &id, now)? {
+                    claimed.taken_over.push((resource_id, version));
+                }
+            }
+            let room = max.saturating_sub(claimed.taken_over.len());
+            let due: Vec<String> = tx
+                .prepare_cached(&format!(
+                    "SELECT id FROM resources WHERE next_check_at <= ?1
+                     AND NOT EXISTS (SELECT 1 FROM versions WHERE resource_id = resources.id AND {UNFINISHED})
+                     ORDER BY next_check_at LIMIT ?2"
+                ))?
+                .query_map(params![millis(now), clamp(room as u64)], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for resource_id in due {
+                let version = insert_pending(tx, &resource_id, &lease, now, clock)?;
+                claimed.started.push((resource_id, version));
+            }
+            let next_check: Option<i64> = tx.query_row(
+                "SELECT MIN(next_check_at) FROM resources WHERE next_check_at > ?1",
+                [millis(now)],
+                |row| row.get(0),
+            )?;
+            let next_expiry: Option<i64> = tx.query_row(
+                &format!("SELECT MIN(lease_expires_at) FROM versions WHERE {UNFINISHED} AND lease_expires_at > ?1"),
+                [clock],
+                |row| row.get(0),
+            )?;
+            // A lease's end is on this clock; the schedule's on the caller's.
+            let next_expiry = next_expiry.map(|expiry| millis(now).saturating_add(expiry.saturating_sub(clock)));
+            claimed.next = from_millis(next_check.into_iter().chain(next_expiry).min());
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, version_ids: Vec<String>) -> Result<Vec<String>, IndexError> {
+        let lease = lease.clone();
+        self.transaction(move |tx| {
+            let clock = millis(Timestamp::now());
+            let mut held = Vec::new();
+            let mut statement = tx.prepare_cached(&format!(
+                "UPDATE versions SET lease_expires_at = ?3 WHERE id = ?1 AND lease_holder = ?2 AND {UNFINISHED}"
+            ))?;
+            for id in version_ids {
+                if statement.execute(params![id, lease.holder, clock.saturating_add(lease.ttl_millis())])? == 1 {
+                    held.push(id);
+                }
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn fetching(&self, resource_id: &str) -> Result<bool, IndexError> {
+        let resource_id = resource_id.to_owned();
+        self.read(move |tx| {
+            Ok(tx.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM versions WHERE resource_id = ?1 AND {UNFINISHED} AND lease_expires_at > ?2)"
+                ),
+                params![resource_id, millis(Timestamp::now())],
+                |row| row.get(0),
+            )?)
         })
         .await
     }
@@ -805,11 +695,22 @@ impl Index for SqliteIndex {
         resource_id: &str,
         version_id: &str,
         finish: Finish,
+        lease: &Lease,
         now: Timestamp,
         protected: Vec<String>,
     ) -> Result<Vec<String>, IndexError> {
-        let (resource_id, version_id) = (resource_id.to_owned(), version_id.to_owned());
+        let (resource_id, version_id, holder) = (resource_id.to_owned(), version_id.to_owned(), lease.holder.clone());
         self.transaction(move |tx| {
+            let recorded_holder: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT lease_holder FROM versions WHERE id = ?1",
+                    [&version_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if recorded_holder.is_some_and(|recorded| recorded.as_deref() != Some(holder.as_str())) {
+                return Err(IndexError::LeaseLost);
+            }
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM resources WHERE id = ?1)",
                 [&resource_id],
@@ -827,7 +728,7 @@ impl Index for SqliteIndex {
                     tx.execute(
                         "UPDATE versions SET status = 'ready', fetched_at = ?2, last_checked_at = ?2, status_code = ?3,
                          headers = ?4, size = ?5, sha256 = ?6, media_type = ?7, etag = ?8, last_modified = ?9, error = NULL,
-                         cache_tags = ?10
+                         cache_tags = ?10, lease_holder = NULL, lease_expires_at = NULL
                          WHERE id = ?1",
                         params![
                             version_id,
@@ -842,6 +743,9 @@ impl Index for SqliteIndex {
                             json(&version.cache_tags),
                         ],
                     )?;
+                    if let Some(sha) = &version.sha256 {
+                        tx.execute("DELETE FROM doomed_blobs WHERE sha256 = ?1", [sha])?;
+                    }
                     let mut tagged = tx.prepare_cached(
                         "INSERT INTO cache_tags (tag, resource_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     )?;
@@ -863,7 +767,8 @@ impl Index for SqliteIndex {
                 }
                 Finish::Failed { status_code, error } => {
                     tx.execute(
-                        "UPDATE versions SET status = 'failed', status_code = ?2, error = ?3, last_checked_at = ?4 WHERE id = ?1",
+                        "UPDATE versions SET status = 'failed', status_code = ?2, error = ?3, last_checked_at = ?4,
+                         lease_holder = NULL, lease_expires_at = NULL WHERE id = ?1",
                         params![version_id, status_code, error, millis(now)],
                     )?;
                 }
@@ -1052,22 +957,6 @@ impl Index for SqliteIndex {
         .await
     }
 
-    async fn due(&self, now: Timestamp) -> Result<(Vec<String>, Option<Timestamp>), IndexError> {
-        self.transaction(move |tx| {
-            let due: Vec<String> = tx
-                .prepare_cached("SELECT id FROM resources WHERE next_check_at <= ?1 ORDER BY next_check_at")?
-                .query_map([millis(now)], |row| row.get(0))?
-                .collect::<Result<_, _>>()?;
-            let next: Option<i64> = tx.query_row(
-                "SELECT MIN(next_check_at) FROM resources WHERE next_check_at > ?1",
-                [millis(now)],
-                |row| row.get(0),
-            )?;
-            Ok((due, from_millis(next)))
-        })
-        .await
-    }
-
     async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError> {
         self.transaction(move |tx| {
             tx.execute(
@@ -1118,10 +1007,54 @@ impl Index for SqliteIndex {
         })
         .await
     }
-}
 
-fn clamp(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
+    async fn doom_blobs(&self, shas: Vec<String>, now: Timestamp) -> Result<(), IndexError> {
+        self.transaction(move |tx| {
+            let mut statement =
+                tx.prepare_cached("INSERT INTO doomed_blobs (sha256, since) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+            for sha in shas {
+                statement.execute(params![sha, millis(now)])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_doomed(&self, before: Timestamp) -> Result<Vec<String>, IndexError> {
+        self.transaction(move |tx| {
+            let doomed: Vec<String> = tx
+                .prepare_cached("SELECT sha256 FROM doomed_blobs WHERE since <= ?1")?
+                .query_map([millis(before)], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            for sha in &doomed {
+                tx.execute("DELETE FROM doomed_blobs WHERE sha256 = ?1", [sha])?;
+            }
+            unreferenced(tx, doomed)
+        })
+        .await
+    }
+
+    async fn doomed_blobs(&self) -> Result<HashSet<String>, IndexError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT sha256 FROM doomed_blobs")?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn lock_blobs(&self, exclusive: bool) -> Result<BlobsLock, IndexError> {
+        Ok(if exclusive {
+            BlobsLock::new(self.blobs.clone().write_owned().await)
+        } else {
+            BlobsLock::new(self.blobs.clone().read_owned().await)
+        })
+    }
+
+    async fn ping(&self) -> Result<(), IndexError> {
+        self.read(|tx| Ok(tx.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
 }
 
 #[cfg(test)]
@@ -1196,21 +1129,23 @@ mod tests {
             stored.id
         };
         let index = SqliteIndex::open(&path).unwrap();
-        let (due, _) = index.due(now).await.unwrap();
-        assert_eq!(due, vec![rid.clone()]);
-        let version = index.start_version(&rid, now).await.unwrap().unwrap();
+        let lease = Lease::new(Duration::from_secs(30));
+        let claimed = index.claim(&lease, now, 8).await.unwrap();
+        assert_eq!(claimed.started.len(), 1);
+        let (claimed_rid, version) = claimed.started.into_iter().next().unwrap();
+        assert_eq!(claimed_rid, rid);
         assert!(
-            index.due(now).await.unwrap().0.is_empty(),
+            index.claim(&lease, now, 8).await.unwrap().started.is_empty(),
             "a started fetch is off the schedule"
         );
         let orphans = index
-            .finish(&rid, &version.id, ready(&version.id, "aa"), now, Vec::new())
+            .finish(&rid, &version.id, ready(&version.id, "aa"), &lease, now, Vec::new())
             .await
             .unwrap();
         assert!(orphans.is_empty());
-        let (due, next) = index.due(now).await.unwrap();
-        assert!(due.is_empty(), "one run for all the missed slots");
-        let next = next.unwrap();
+        let claimed = index.claim(&lease, now, 8).await.unwrap();
+        assert!(claimed.started.is_empty(), "one run for all the missed slots");
+        let next = claimed.next.unwrap();
         assert!(next > now && next.duration_since(now).as_hours() < 24, "{next}");
     }
 
