@@ -155,6 +155,7 @@
 mod builder;
 pub mod cache;
 mod clock;
+mod digest;
 pub mod edgegrid;
 mod error;
 mod ini;

@@ -73,7 +73,7 @@ impl CacheKey {
 
     fn from_digest(digest: [u8; 32]) -> Self {
         let mut digits = [0u8; 32];
-        hex_lower_into(&truncate(digest), &mut digits);
+        crate::digest::hex_lower_into(&truncate(digest), &mut digits);
         Self(KeyText::Digest(digits))
     }
 
@@ -150,12 +150,12 @@ pub(crate) struct KeySecret(Hmac<Sha256>);
 impl KeySecret {
     pub(crate) fn new(secret: &[u8]) -> Self {
         // HMAC takes keys of any length; the fallback is never used.
-        Self(Hmac::new_from_slice(secret).unwrap_or_else(|_| <Hmac<Sha256> as Mac>::new(&Default::default())))
+        Self(crate::digest::hmac_sha256_keyed(secret))
     }
 
     /// A fresh random secret, for stores that keep none.
     pub(crate) fn random() -> Self {
-        Self::new(&crate::store::random_bytes())
+        Self::new(&crate::digest::random_bytes())
     }
 
     fn mac(&self) -> Hmac<Sha256> {
@@ -601,21 +601,5 @@ impl<'a> FormPart<'a> {
         } else {
             out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
         }
-    }
-}
-
-/// The lower-case hex digits of `bytes`.
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    let mut text = vec![0; bytes.len() * 2];
-    hex_lower_into(bytes, &mut text);
-    String::from_utf8(text).unwrap_or_default()
-}
-
-/// Writes the lower-case hex digits of `bytes` into `out`, which is twice as long.
-pub(crate) fn hex_lower_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }

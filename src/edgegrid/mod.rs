@@ -24,7 +24,6 @@ use http::{Extensions, Method, StatusCode};
 use reqwest_middleware::{Middleware, Next};
 
 pub use self::edgerc::{Credentials, CredentialsError, DEFAULT_MAX_BODY};
-pub(crate) use self::sign::hmac_sha256;
 pub use self::sign::{Signer, timestamp};
 
 /// Redirects followed (and re-signed) before giving up.

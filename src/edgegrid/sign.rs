@@ -3,9 +3,9 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
+use crate::digest::hmac_sha256;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, Mac};
 use http::{HeaderMap, Method};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -110,13 +110,6 @@ impl Signer {
         }
         canonical.join("\t")
     }
-}
-
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(message);
-    mac.finalize().into_bytes().into()
 }
 
 /// `yyyyMMddTHH:mm:ss+0000` in UTC, as EdgeGrid wants it.

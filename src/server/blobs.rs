@@ -325,7 +325,7 @@ impl BlobWriter {
                 self.store.put(&self.path, self.first_part.into()).await?;
             }
         }
-        let sha256 = crate::cache::key::hex_lower(&self.hasher.finalize());
+        let sha256 = crate::digest::hex_lower(&self.hasher.finalize());
         Ok(TempBlob {
             path: self.path,
             sha256,

@@ -335,20 +335,3 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 }
-
-/// 32 random bytes from the operating system: the secrets stores keep.
-pub(crate) fn random_bytes() -> [u8; 32] {
-    use sha2::Digest;
-    let mut bytes = [0; 32];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back on what differs between processes and runs.
-        let seed = format!(
-            "{:?}{:?}{}",
-            std::time::SystemTime::now(),
-            std::thread::current().id(),
-            std::process::id()
-        );
-        bytes = sha2::Sha256::digest(seed.as_bytes()).into();
-    }
-    bytes
-}

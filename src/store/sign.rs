@@ -31,8 +31,7 @@ impl EntrySigner {
     pub(crate) fn new(secret: &[u8], older: &[Vec<u8>], salt: &[u8]) -> Self {
         let keys = std::iter::once(secret)
             .chain(older.iter().map(Vec::as_slice))
-            // HMAC takes keys of any length; this cannot fail.
-            .filter_map(|key| Hmac::<Sha256>::new_from_slice(key).ok())
+            .map(crate::digest::hmac_sha256_keyed)
             .collect();
         Self {
             keys,

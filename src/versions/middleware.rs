@@ -205,5 +205,5 @@ fn identity(request: &reqwest::Request) -> String {
         hasher.update([0]);
         hasher.update(value.as_bytes());
     }
-    crate::cache::key::hex_lower(&hasher.finalize())
+    crate::digest::hex_lower(&hasher.finalize())
 }

@@ -5,12 +5,11 @@ use std::time::SystemTime;
 use http::header::{AUTHORIZATION, HOST, HeaderName};
 use http::{HeaderMap, HeaderValue, Method};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::Credentials;
-use crate::cache::key::hex_lower as hex;
-use crate::edgegrid::hmac_sha256;
+use crate::digest::hex_lower as hex;
+use crate::digest::{hmac_sha256, sha256_hex};
 
 /// Everything but `A–Z a–z 0–9 - _ . ~` is encoded (RFC 3986 unreserved).
 const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -97,7 +96,7 @@ impl Signer {
         };
         set("x-acs-date", date);
         set("x-acs-signature-nonce", nonce);
-        set("x-acs-content-sha256", &hex(&Sha256::digest(body)));
+        set("x-acs-content-sha256", &sha256_hex(body));
         if let Some(token) = self.credentials.security_token.as_deref() {
             set("x-acs-security-token", token);
         }
@@ -145,7 +144,7 @@ impl Signer {
             hashed_payload,
         ]
         .join("\n");
-        let string_to_sign = format!("ACS3-HMAC-SHA256\n{}", hex(&Sha256::digest(canonical_request)));
+        let string_to_sign = format!("ACS3-HMAC-SHA256\n{}", sha256_hex(canonical_request.as_bytes()));
         let signature = hex(&hmac_sha256(
             self.credentials.access_key_secret.as_bytes(),
             string_to_sign.as_bytes(),

@@ -174,6 +174,18 @@ pub enum Finish {
     },
 }
 
+impl Finish {
+    /// The version the fetch leaves to serve: the new one, or the one the
+    /// origin confirmed; `None` when it failed.
+    pub fn served_version(&self) -> Option<&str> {
+        match self {
+            Finish::Ready(version) => Some(&version.id),
+            Finish::Unchanged { latest, .. } => Some(latest),
+            Finish::Failed { .. } => None,
+        }
+    }
+}
+
 /// What a pin asks for.
 #[derive(Debug)]
 pub enum PinOutcome {

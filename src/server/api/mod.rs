@@ -1,0 +1,581 @@
+//! The HTTP API: routes, auth and the answers; parsing, registration and
+//! selection have rooms of their own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+mod parse;
+mod register;
+mod selection;
+
+use parse::*;
+use register::register;
+use selection::{content, select};
+
+use super::auth::{Groups, Tokens};
+use super::blobs::Blobs;
+use super::guard;
+use super::index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, ResourceFilter, VersionFilter};
+use super::range::{self, Ranged};
+use super::schedule::Schedule;
+use super::worker::{Worker, request_url};
+use crate::cache::key::{KeyRules, KeySecret, RequestHead};
+use crate::versions::{
+    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, VERSION_METADATA, Version, VersionStatus,
+    encode_body, is_valid_tag, strict_bool,
+};
+
+/// Listings return at most this many items per page.
+const MAX_PAGE: u64 = 1000;
+/// The longest timed pin: 100 years. Longer is a mistake; a pin without end
+/// has no duration.
+const MAX_PIN_SECONDS: u64 = 100 * 365 * 86_400;
+/// `wait=` is capped, so a request can't hold a connection for ever.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// What credential headers and parameters read as in answers.
+const REDACTED: &str = "<redacted>";
+
+/// Everything the handlers share.
+pub(crate) struct AppState {
+    pub(crate) index: Arc<dyn Index>,
+    pub(crate) blobs: Arc<Blobs>,
+    pub(crate) worker: Arc<Worker>,
+    pub(crate) tokens: Tokens,
+    pub(crate) keys: KeyRules,
+    pub(crate) key_secret: KeySecret,
+    pub(crate) allow_private: bool,
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+type AppResult<T> = Result<T, ApiError>;
+type Shared = State<Arc<AppState>>;
+
+/// An error answer: `{"error":{"code","message","field"?}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    detail: ErrorDetail,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let mut error = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
+        error.detail.field = Some(field.into());
+        error
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
+    }
+
+    fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(error: IndexError) -> Self {
+        if error.is_disk_full() {
+            tracing::error!(%error, "the data directory's disk is full");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the server's disk is full; nothing was changed",
+            );
+        }
+        if error.is_unavailable() {
+            tracing::error!(%error, "the index can't be reached");
+            let mut unavailable = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "index_unavailable",
+                "the server can't reach its index database, so it can't confirm any version; try another replica or again shortly",
+            );
+            unavailable.retry_after = Some(5);
+            return unavailable;
+        }
+        tracing::error!(%error, "index failure");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server's index failed; see its log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// The routes, behind authentication (all but `/healthz`).
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/resources", put(register).get(list_resources))
+        .route(
+            "/v1/resources/{rid}",
+            get(get_resource).patch(update_resource).delete(delete_resource),
+        )
+        .route("/v1/resources/{rid}/fetch", post(fetch_now))
+        .route("/v1/resources/{rid}/content", get(select_content))
+        .route("/v1/resources/{rid}/versions", get(list_versions))
+        .route("/v1/resources/{rid}/versions/select", get(select_version))
+        .route("/v1/resources/{rid}/versions/{vid}", get(get_version))
+        .route("/v1/resources/{rid}/versions/{vid}/content", get(version_content))
+        .route("/v1/resources/{rid}/versions/{vid}/pin", put(pin).delete(unpin))
+        .route(
+            "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
+            put(add_tag).delete(remove_tag),
+        )
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(api)
+        .layer(axum::middleware::from_fn(count_request))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Counts answers by route template, method and status: a bounded set of
+/// labels whatever the callers send.
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = match *request.method() {
+        http::Method::GET => "GET",
+        http::Method::PUT => "PUT",
+        http::Method::POST => "POST",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    metrics::counter!(
+        "edgecache_server_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_str().to_owned(),
+    )
+    .increment(1);
+    response
+}
+
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let groups = if state.tokens.is_empty() {
+        Groups::All
+    } else {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                // The scheme is case-insensitive (RFC 9110 §11.1).
+                let (scheme, token) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
+            .map(str::trim);
+        match presented.and_then(|token| state.tokens.check(token)) {
+            Some(groups) => groups,
+            None => {
+                let message = if presented.is_some() {
+                    "the bearer token is not valid"
+                } else {
+                    "this server needs `Authorization: Bearer <token>`"
+                };
+                return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+            }
+        }
+    };
+    request.extensions_mut().insert(groups);
+    next.run(request).await
+}
+
+// -------------------------------------------------------------- resources
+
+impl AppState {
+    /// The resource, if the caller may see it.
+    async fn visible(&self, groups: &Groups, id: &str) -> AppResult<Resource> {
+        match self.index.resource(id).await? {
+            Some(resource) if groups.allows(&resource.group) => Ok(resource),
+            _ => Err(ApiError::not_found("resource")),
+        }
+    }
+
+    /// What the API shows of a resource: credential values redacted.
+    fn view(&self, mut resource: Resource) -> Resource {
+        for (name, value) in resource.headers.iter_mut() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|name| self.keys.is_credential_header(&name)) {
+                *value = REDACTED.into();
+            }
+        }
+        for (name, value) in resource.query.iter_mut() {
+            if self.keys.is_credential_parameter(name) {
+                *value = REDACTED.into();
+            }
+        }
+        resource
+    }
+}
+
+async fn list_resources(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    RawQuery(raw): RawQuery,
+) -> AppResult<Json<Page<Resource>>> {
+    let (mut skip, mut limit, mut filter) = (0, 100, ResourceFilter::default());
+    for (name, value) in query_pairs(raw.as_deref()) {
+        if !paging(&name, &value, &mut skip, &mut limit)? {
+            match name.as_str() {
+                "group" => filter.group = Some(checked_name(&name, &value, "a group name")?),
+                "cache_tag" => {
+                    let tag = crate::purge::check_object(crate::purge::ObjectKind::Tag, &value)
+                        .map_err(|reason| ApiError::invalid(&name, format!("`cache_tag`: {reason}")))?;
+                    filter.cache_tag = Some(tag);
+                }
+                _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
+            }
+        }
+    }
+    let mut page = state.index.resources(groups.list(), filter, skip, limit).await?;
+    page.items = page.items.into_iter().map(|resource| state.view(resource)).collect();
+    Ok(Json(page))
+}
+
+async fn get_resource(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+) -> AppResult<Json<Resource>> {
+    let resource = state.visible(&groups, &rid).await?;
+    Ok(Json(state.view(resource)))
+}
+
+async fn update_resource(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Resource>> {
+    let mut object = json_object(&body)?;
+    let resource = state.visible(&groups, &rid).await?;
+    let strategy = field::<Strategy>(&mut object, "strategy")?.unwrap_or(resource.strategy);
+    check_strategy(&strategy)?;
+    let limits = limits_over(resource.limits, &mut object)?;
+    no_other_fields(&object)?;
+    let updated = state
+        .index
+        .update(&rid, strategy, limits, Timestamp::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("resource"))?;
+    state.worker.wake();
+    Ok(Json(state.view(updated)))
+}
+
+async fn delete_resource(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> AppResult<StatusCode> {
+    let mut force = false;
+    for (name, value) in query_pairs(raw.as_deref()) {
+        match name.as_str() {
+            "force" => force = query_bool(&name, &value)?,
+            _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
+        }
+    }
+    state.visible(&groups, &rid).await?;
+    let _lock = state.worker.lock_blobs().await?;
+    match state.index.delete(&rid, force, Timestamp::now()).await? {
+        DeleteOutcome::Deleted(orphans) => {
+            state.worker.release(orphans).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteOutcome::NotFound => Err(ApiError::not_found("resource")),
+        DeleteOutcome::Pinned(count) => Err(ApiError::conflict(
+            "pinned",
+            format!("{count} version(s) are pinned; unpin them or delete with ?force=true"),
+        )),
+    }
+}
+
+async fn fetch_now(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+) -> AppResult<Response> {
+    state.visible(&groups, &rid).await?;
+    let (version, _) = state
+        .worker
+        .fetch(&rid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("resource"))?;
+    Ok((StatusCode::ACCEPTED, Json(version)).into_response())
+}
+
+// --------------------------------------------------------------- versions
+
+async fn list_versions(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> AppResult<Json<Page<Version>>> {
+    let mut filter = VersionFilter {
+        limit: 100,
+        ..VersionFilter::default()
+    };
+    for (name, value) in query_pairs(raw.as_deref()) {
+        if paging(&name, &value, &mut filter.skip, &mut filter.limit)? {
+            continue;
+        }
+        match name.as_str() {
+            "status" => {
+                filter.status = Some(VersionStatus::parse(&value).ok_or_else(|| {
+                    ApiError::invalid(
+                        "status",
+                        format!("`{value}` is not a status: pending, downloading, ready or failed"),
+                    )
+                })?)
+            }
+            "tag" => filter.tag = Some(query_tag(&name, &value)?),
+            "pinned" => filter.pinned = Some(query_bool(&name, &value)?),
+            _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
+        }
+    }
+    state.visible(&groups, &rid).await?;
+    Ok(Json(state.index.versions(&rid, filter, Timestamp::now()).await?))
+}
+
+async fn get_version(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid)): Path<(String, String)>,
+) -> AppResult<Json<Version>> {
+    state.visible(&groups, &rid).await?;
+    let version = state.index.version(&rid, &vid, Timestamp::now()).await?;
+    Ok(Json(version.ok_or_else(|| ApiError::not_found("version"))?))
+}
+
+async fn version_content(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    state.visible(&groups, &rid).await?;
+    let version = state
+        .index
+        .version(&rid, &vid, Timestamp::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found("version"))?;
+    if version.status != VersionStatus::Ready {
+        return Err(ApiError::conflict(
+            "not_ready",
+            format!(
+                "version {} is {}; only ready versions have content",
+                version.id, version.status
+            ),
+        ));
+    }
+    content(&state, version, &headers).await
+}
+
+async fn select_version(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> AppResult<Json<Version>> {
+    let selection = selection(raw.as_deref())?;
+    Ok(Json(select(&state, &groups, &rid, &selection).await?))
+}
+
+async fn select_content(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path(rid): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    let selection = selection(raw.as_deref())?;
+    let version = select(&state, &groups, &rid, &selection).await?;
+    // Only for clients that ask: most callers want the body alone.
+    let metadata = headers
+        .contains_key(VERSION_METADATA)
+        .then(|| version.to_header())
+        .flatten();
+    let mut response = content(&state, version, &headers).await?;
+    if let Some(metadata) = metadata {
+        response.headers_mut().insert(VERSION_METADATA, metadata);
+    }
+    Ok(response)
+}
+
+// ------------------------------------------------------------ pins, tags
+
+async fn pin(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid)): Path<(String, String)>,
+    body: Bytes,
+) -> AppResult<Json<Version>> {
+    let mut object = json_object(&body)?;
+    let duration = field::<u64>(&mut object, "duration_seconds")?;
+    no_other_fields(&object)?;
+    if let Some(seconds) = duration
+        && !(1..=MAX_PIN_SECONDS).contains(&seconds)
+    {
+        return Err(ApiError::invalid(
+            "duration_seconds",
+            format!(
+                "`duration_seconds` must be from 1 to {MAX_PIN_SECONDS} (100 years), not {seconds}; leave it out for a pin without end"
+            ),
+        ));
+    }
+    state.visible(&groups, &rid).await?;
+    let now = Timestamp::now();
+    let until = duration.map(|seconds| {
+        now.saturating_add(SignedDuration::from_secs(i64::try_from(seconds).unwrap_or(i64::MAX)))
+            .unwrap_or(Timestamp::MAX)
+    });
+    match state.index.pin(&rid, &vid, until, now).await? {
+        PinOutcome::Pinned(version) => Ok(Json(*version)),
+        PinOutcome::NotFound => Err(ApiError::not_found("version")),
+        PinOutcome::NotReady => Err(ApiError::conflict("not_ready", "only ready versions can be pinned")),
+        PinOutcome::LimitReached(limit) => Err(ApiError::conflict(
+            "pin_limit",
+            format!("{limit} versions are pinned already (max_pinned); unpin one first"),
+        )),
+    }
+}
+
+async fn unpin(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid)): Path<(String, String)>,
+) -> AppResult<Json<Version>> {
+    state.visible(&groups, &rid).await?;
+    let version = state.index.unpin(&rid, &vid, Timestamp::now()).await?;
+    state.worker.wake();
+    Ok(Json(version.ok_or_else(|| ApiError::not_found("version"))?))
+}
+
+async fn tag(
+    state: &AppState,
+    groups: &Groups,
+    rid: &str,
+    vid: &str,
+    tag: &str,
+    add: bool,
+) -> AppResult<Json<Version>> {
+    let tag = query_tag("tag", tag)?;
+    state.visible(groups, rid).await?;
+    let version = state.index.tag(rid, vid, &tag, add, Timestamp::now()).await?;
+    Ok(Json(version.ok_or_else(|| ApiError::not_found("version"))?))
+}
+
+async fn add_tag(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid, name)): Path<(String, String, String)>,
+) -> AppResult<Json<Version>> {
+    tag(&state, &groups, &rid, &vid, &name, true).await
+}
+
+async fn remove_tag(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    Path((rid, vid, name)): Path<(String, String, String)>,
+) -> AppResult<Json<Version>> {
+    tag(&state, &groups, &rid, &vid, &name, false).await
+}
+
+// ------------------------------------------------------- metrics, openapi
+
+/// Whether this replica reaches its index and its blobs: 200, or 503 with
+/// what fails.
+async fn healthz(State(state): Shared) -> Response {
+    let (index, blobs) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(5), state.index.ping()),
+        tokio::time::timeout(Duration::from_secs(5), state.blobs.ping()),
+    );
+    let index = match index {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("the index did not answer within 5 s".to_owned()),
+    };
+    let blobs = match blobs {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("the blob store did not answer within 5 s".to_owned()),
+    };
+    let status = if index.is_none() && blobs.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let check = |failure: Option<String>| match failure {
+        None => serde_json::json!({"status": "ok"}),
+        Some(error) => serde_json::json!({"status": "failing", "error": error}),
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ok" } else { "failing" },
+        "index": check(index),
+        "blobs": check(blobs),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::document())
+}

@@ -1,0 +1,179 @@
+//! Choosing the version a request gets, and streaming its body.
+
+use super::*;
+
+/// Runs a selection: fetches first when asked (`fresh`, or an
+/// `on_request` resource due a check), waits for a first version when
+/// asked (`wait`), and picks among ready versions.
+pub(super) async fn select(
+    state: &Arc<AppState>,
+    groups: &Groups,
+    rid: &str,
+    selection: &Selection,
+) -> AppResult<Version> {
+    let now = Timestamp::now();
+    // The common case, a ready version at hand, takes one read.
+    let (resource, mut ready) = match state.index.selectable(rid, now).await? {
+        Some((resource, ready)) if groups.allows(&resource.group) => (resource, Some(ready)),
+        _ => return Err(ApiError::not_found("resource")),
+    };
+    let stale_on_request = match resource.strategy {
+        Strategy::OnRequest { min_interval_seconds } => resource.last_checked_at.is_none_or(|checked| {
+            let interval = SignedDuration::from_secs(i64::try_from(min_interval_seconds).unwrap_or(i64::MAX));
+            now.duration_since(checked) >= interval
+        }),
+        _ => false,
+    };
+    if selection.fresh || stale_on_request {
+        ready = None;
+        let outcome = state.worker.fetch_and_wait(&resource.id).await?;
+        match outcome {
+            None => return Err(ApiError::not_found("resource")),
+            Some(Finish::Failed { error, .. }) if selection.fresh => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "fetch_failed",
+                    format!("the fresh fetch failed: {error}"),
+                ));
+            }
+            Some(finished) if selection.fresh => {
+                let id = finished.served_version().unwrap_or_default();
+                return state
+                    .index
+                    .version(&resource.id, id, Timestamp::now())
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::new(StatusCode::CONFLICT, "not_ready", "the fresh version was collected")
+                    });
+            }
+            // `on_request` serves what it has when the origin fails.
+            Some(_) => {}
+        }
+    }
+    // The common case: the first read has a match, and nothing else is asked.
+    if let Some(version) = ready.as_deref().and_then(|ready| selection.pick(ready)) {
+        return Ok(version.clone());
+    }
+    let wait = selection.wait.map(|seconds| Duration::from_secs(seconds).min(MAX_WAIT));
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let mut changes = state.worker.changes();
+    loop {
+        changes.mark_unchanged();
+        // Asked before reading: a fetch records its version before it stops
+        // counting as under way, so "not fetching" and "nothing ready" read
+        // in this order mean there is nothing to wait for.
+        let fetching = state.worker.is_fetching(&resource.id).await?;
+        let ready = match state.index.selectable(&resource.id, Timestamp::now()).await? {
+            Some((_, ready)) => ready,
+            None => return Err(ApiError::not_found("resource")),
+        };
+        if let Some(version) = selection.pick(&ready) {
+            return Ok(version.clone());
+        }
+        if !ready.is_empty() || !fetching {
+            let message = if ready.is_empty() {
+                "no version is ready (the last fetch failed; see the versions listing)"
+            } else {
+                "no ready version matches the selection"
+            };
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no_matching_version", message));
+        }
+        let waited_out = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, changes.changed()).await.is_err(),
+            None => true,
+        };
+        if waited_out {
+            let mut error = ApiError::new(
+                StatusCode::ACCEPTED,
+                "pending",
+                "the first version is still being fetched",
+            );
+            error.retry_after = Some(1);
+            return Err(error);
+        }
+    }
+}
+
+/// Streams a ready version: `ETag` is its sha256; `Range` and
+/// `If-None-Match` are honoured.
+pub(super) async fn content(state: &Arc<AppState>, version: Version, request: &HeaderMap) -> AppResult<Response> {
+    let sha = version
+        .sha256
+        .clone()
+        .ok_or_else(|| ApiError::conflict("not_ready", "the version has no body"))?;
+    let size = version.size.unwrap_or_default();
+    let etag = format!("\"{sha}\"");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).map_err(|_| ApiError::conflict("not_ready", "bad digest"))?,
+    );
+    if let Ok(id) = HeaderValue::from_str(&version.id) {
+        headers.insert("x-edgecache-version", id);
+    }
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    for (name, value) in &version.headers {
+        if matches!(
+            name.as_str(),
+            "content-type" | "content-disposition" | "content-language" | "content-encoding"
+        ) && let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    let if_none_match = request.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok());
+    if if_none_match.is_some_and(|list| {
+        list.split(',')
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == "*" || tag == etag)
+    }) {
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    let ranged = request
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok())
+        .map_or(Ranged::Whole, |value| range::parse(value, size));
+    let (status, range) = match ranged {
+        Ranged::Whole => (StatusCode::OK, None),
+        Ranged::Part(range) => {
+            let content_range = format!("bytes {}-{}/{size}", range.start, range.end - 1);
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&content_range).unwrap_or(HeaderValue::from_static("")),
+            );
+            (StatusCode::PARTIAL_CONTENT, Some(range))
+        }
+        Ranged::Unsatisfiable => {
+            headers.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{size}")).unwrap_or(HeaderValue::from_static("")),
+            );
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, headers).into_response());
+        }
+    };
+    let length = range.as_ref().map_or(size, |range| range.end - range.start);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    let guard = state.worker.read(&version.id);
+    let body = if length == 0 {
+        Body::empty()
+    } else {
+        let stream = state.blobs.read(&sha, size, range).await.map_err(|error| {
+            tracing::error!(%error, blob = %sha, "a ready version's body is missing");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the version's body can't be read; see the server log",
+            )
+        })?;
+        metrics::counter!("edgecache_server_content_bytes_total").increment(length);
+        // The guard lives as long as the body streams.
+        Body::from_stream(stream.map(move |chunk| {
+            let _reading = &guard;
+            chunk
+        }))
+    };
+    metrics::counter!("edgecache_server_content_requests_total").increment(1);
+    Ok((status, headers, body).into_response())
+}

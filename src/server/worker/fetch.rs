@@ -1,0 +1,482 @@
+//! One fetch: slots, the request with its retries, the download to a
+//! temporary blob with its limits, and recording how it ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use jiff::Timestamp;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Worker;
+use crate::server::blobs::TempBlob;
+use crate::server::guard;
+use crate::server::index::{Finish, IndexError};
+use crate::versions::{Resource, Strategy, Version, encode_body, header_map, url_with_query};
+
+/// At most this many cache tags are recorded per version.
+const MAX_CACHE_TAGS: usize = 128;
+
+/// The stretch over which `min_transfer_rate` is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A fetch's slots: its host's and the server's.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// How often, in bytes written, a download checks the free space again.
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
+
+/// Response headers not kept with a version: per-connection, or meant for
+/// the server's own session with the origin.
+fn is_kept(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "set-cookie"
+            | "content-length"
+    )
+}
+
+impl Worker {
+    fn host_slots(&self, host: &str) -> Arc<Semaphore> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Drop idle hosts so the map stays small.
+        hosts.retain(|_, slots| Arc::strong_count(slots) > 1);
+        hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.per_host.max(1))))
+            .clone()
+    }
+
+    async fn permits(&self, host: &str) -> Option<Permits> {
+        let host = self.host_slots(host).acquire_owned().await.ok()?;
+        let global = self.slots.clone().acquire_owned().await.ok()?;
+        Some((host, global))
+    }
+
+    /// One fetch, committed and recorded; answers how it ended.
+    pub(super) async fn run(self: &Arc<Self>, resource_id: &str, version_id: &str) -> Finish {
+        let (finish, body) = match self.attempt(resource_id, version_id).await {
+            Ok(fetched) => fetched,
+            Err(error) => (failed(error), None),
+        };
+        if let Finish::Failed { error, .. } = &finish {
+            tracing::warn!(resource = %resource_id, %error, "fetch failed");
+        }
+        let now = Timestamp::now();
+        let _lock = match self.lock_blobs().await {
+            Ok(lock) => lock,
+            Err(error) => {
+                // Unrecorded: the lease runs out and a replica that reaches
+                // the index fetches again.
+                if let Some(temp) = body {
+                    self.blobs.discard(temp).await;
+                }
+                let error = format!("could not record the fetch: {error}");
+                tracing::error!(resource = %resource_id, %error);
+                return failed(error);
+            }
+        };
+        if let Some(temp) = &body
+            && let Err(error) = self.blobs.commit(temp).await
+        {
+            let failure = failed(format!("could not store the body: {error}"));
+            tracing::warn!(resource = %resource_id, ?failure);
+            let _unrecorded = self.record(resource_id, version_id, failure.clone(), now).await;
+            return failure;
+        }
+        if let Err(lost) = self.record(resource_id, version_id, finish.clone(), now).await {
+            if let Some(temp) = body {
+                // Committed for nothing: deleted by the next collection
+                // unless a version references the same body.
+                if let Err(error) = self.index.doom_blobs(vec![temp.sha256.clone()], now).await {
+                    tracing::warn!(%error, "could not record a blob to delete");
+                }
+            }
+            return failed(lost);
+        }
+        finish
+    }
+
+    /// Records how a fetch ended. Answers why it wasn't recorded.
+    async fn record(&self, resource_id: &str, version_id: &str, finish: Finish, now: Timestamp) -> Result<(), String> {
+        match self
+            .index
+            .finish(resource_id, version_id, finish, &self.lease, now, self.protected())
+            .await
+        {
+            Ok(orphans) => {
+                self.release(orphans).await;
+                Ok(())
+            }
+            Err(IndexError::LeaseLost) => {
+                metrics::counter!("edgecache_server_lease_expiries_total").increment(1);
+                tracing::warn!(resource = %resource_id, version = %version_id, "the lease ran out before the fetch was recorded; another replica has it");
+                Err(IndexError::LeaseLost.to_string())
+            }
+            Err(error) => {
+                tracing::error!(%error, resource = %resource_id, "could not record a fetch");
+                Err(format!("could not record the fetch: {error}"))
+            }
+        }
+    }
+
+    /// One fetch, with retries; everything but recording it. Answers how it
+    /// ended, and the new body under its temporary name.
+    async fn attempt(&self, resource_id: &str, version_id: &str) -> Result<(Finish, Option<TempBlob>), String> {
+        let now = Timestamp::now();
+        let index_error = |error: IndexError| error.to_string();
+        // The resource and its newest ready version, in one read.
+        let (resource, ready) = self
+            .index
+            .selectable(resource_id, now)
+            .await
+            .map_err(index_error)?
+            .ok_or("the resource was deleted")?;
+        let latest = ready.into_iter().next();
+        let url = request_url(&resource)?;
+        if !self.allow_private {
+            guard::check_literal(&url)?;
+        }
+        let conditional = conditional_headers(&resource.strategy, latest.as_ref(), now);
+        let mut clock = FetchClock::new(self.limits.timeout);
+        let (response, _permits) = self.send(&resource, version_id, &url, &conditional, &mut clock).await?;
+        let status = response.status();
+        let validators = |headers: &HeaderMap| {
+            let text = |name| {
+                headers
+                    .get(name)
+                    .and_then(|value: &HeaderValue| value.to_str().ok())
+                    .map(str::to_owned)
+            };
+            (text(http::header::ETAG), text(http::header::LAST_MODIFIED))
+        };
+        if status == StatusCode::NOT_MODIFIED
+            && let Some(latest) = latest.as_ref().filter(|_| !conditional.is_empty())
+        {
+            let (etag, last_modified) = validators(response.headers());
+            let unchanged = Finish::Unchanged {
+                latest: latest.id.clone(),
+                etag,
+                last_modified,
+            };
+            return Ok((unchanged, None));
+        }
+        if !status.is_success() {
+            let refused = Finish::Failed {
+                status_code: Some(status.as_u16()),
+                error: format!("the origin answered {status}"),
+            };
+            return Ok((refused, None));
+        }
+        let headers = response.headers().clone();
+        if let (Some(length), rate @ 1..) = (response.content_length(), self.limits.min_transfer_rate) {
+            clock.extend(Duration::from_secs(length / rate));
+        }
+        let temp = self.download(version_id, response, &clock).await?;
+        if let Some(latest) = latest.filter(|latest| latest.sha256.as_deref() == Some(temp.sha256.as_str())) {
+            self.blobs.discard(temp).await;
+            // The same body under new validators: ask with those next time.
+            let (etag, last_modified) = validators(&headers);
+            let unchanged = Finish::Unchanged {
+                latest: latest.id,
+                etag,
+                last_modified,
+            };
+            return Ok((unchanged, None));
+        }
+        let mut version = Version::from_origin(version_id.to_owned(), status.as_u16(), &headers, is_kept, now);
+        version.size = Some(temp.size);
+        version.sha256 = Some(temp.sha256.clone());
+        // The origin's word: only tags a purge could name, and not too many.
+        version.cache_tags = crate::cache::tags_in(&headers, &self.tag_headers)
+            .filter(|tag| crate::purge::check_object(crate::purge::ObjectKind::Tag, tag).is_ok())
+            .take(MAX_CACHE_TAGS)
+            .collect();
+        version.cache_tags.sort();
+        version.cache_tags.dedup();
+        Ok((Finish::Ready(Box::new(version)), Some(temp)))
+    }
+
+    /// Sends the request, retrying transport errors, 429 and 5xx with
+    /// backoff (honouring `Retry-After`). Each attempt takes the host's and
+    /// the server's slots, and gives them back while it waits to retry;
+    /// the answer comes with the slots of the attempt that got it.
+    async fn send(
+        &self,
+        resource: &Resource,
+        version_id: &str,
+        url: &url::Url,
+        conditional: &HeaderMap,
+        clock: &mut FetchClock,
+    ) -> Result<(reqwest::Response, Permits), String> {
+        let method = Method::from_bytes(resource.method.as_bytes()).map_err(|_| "the stored method is invalid")?;
+        let mut headers = header_map(&resource.headers);
+        headers.extend(conditional.clone());
+        let body = encode_body(resource.body.as_ref(), &mut headers);
+        let host = host_key(url);
+        let mut attempt = 0;
+        loop {
+            let Some(permits) = self.permits(&host).await else {
+                return Err("the server is shutting down".into());
+            };
+            if attempt == 0 {
+                self.index
+                    .set_downloading(version_id)
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            clock.start();
+            let mut request = self
+                .client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let sent = clock.within(request.send()).await?;
+            let (retryable, retry_after, failure) = match sent {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if !(status == 429 || matches!(status, 500 | 502 | 503 | 504)) || attempt >= self.limits.retries {
+                        return Ok((response, permits));
+                    }
+                    let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(60));
+                    (true, retry_after, format!("the origin answered {}", response.status()))
+                }
+                Err(error) => {
+                    let message = crate::purge::error_chain(&error);
+                    // A refused private address won't change by retrying.
+                    let refused = message.contains("refusing to fetch");
+                    (!refused, None, message)
+                }
+            };
+            drop(permits);
+            if !retryable || attempt >= self.limits.retries {
+                return Err(failure);
+            }
+            let delay = self.limits.backoff.delay(attempt, retry_after);
+            if clock.remaining().is_some_and(|remaining| remaining < delay) {
+                return Err(format!("{failure}; no time left to retry ({})", clock.limit()));
+            }
+            tracing::debug!(%failure, ?delay, "retrying a fetch");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Why writing `needed` more bytes would leave too little free space,
+    /// if it would.
+    fn short_of_space(&self, needed: u64) -> Option<String> {
+        let floor = self.limits.min_free_space;
+        let free = self.blobs.free_space()?;
+        (free < floor.saturating_add(needed)).then(|| {
+            format!(
+                "the disk holding the data directory has {} MiB free; the server keeps {} MiB free (--min-free-space){}",
+                free >> 20,
+                floor >> 20,
+                if needed > 0 {
+                    format!(" and the body is {} MiB", needed >> 20)
+                } else {
+                    String::new()
+                }
+            )
+        })
+    }
+
+    /// Streams the body to a temporary blob.
+    async fn download(
+        &self,
+        version_id: &str,
+        mut response: reqwest::Response,
+        clock: &FetchClock,
+    ) -> Result<TempBlob, String> {
+        let mut writer = self
+            .blobs
+            .writer(version_id)
+            .await
+            .map_err(|error| format!("could not start writing the body: {error}"))?;
+        let limit = self.limits.max_body_size;
+        let too_large = || format!("the body is larger than the server's limit of {limit} bytes (--max-body-size)");
+        if response.content_length().is_some_and(|length| length > limit) {
+            writer.abort().await;
+            return Err(too_large());
+        }
+        if let Some(short) = self.short_of_space(response.content_length().unwrap_or(0)) {
+            writer.abort().await;
+            return Err(short);
+        }
+        let mut next_space_check = SPACE_CHECK_EVERY;
+        let min_rate = self.limits.min_transfer_rate;
+        let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
+        loop {
+            let window_end = window_start + RATE_WINDOW;
+            let next = tokio::time::timeout_at(window_end, clock.within(response.chunk()));
+            let chunk = match next.await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(too_slow)) => {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!("{too_slow} after {read} bytes of the body"));
+                }
+                // A window passed without a chunk: judged below.
+                Err(_) => Ok(Some(bytes::Bytes::new())),
+            };
+            if let Ok(Some(bytes)) = &chunk {
+                window_bytes = window_bytes.saturating_add(bytes.len() as u64);
+            }
+            if matches!(chunk, Ok(Some(_))) && tokio::time::Instant::now() >= window_end {
+                if min_rate > 0 && window_bytes < min_rate.saturating_mul(RATE_WINDOW.as_secs()) {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!(
+                        "the origin sent {window_bytes} bytes in {} s, slower than {min_rate} bytes/s (--min-transfer-rate), after {read} bytes",
+                        RATE_WINDOW.as_secs()
+                    ));
+                }
+                (window_start, window_bytes) = (tokio::time::Instant::now(), 0);
+            }
+            match chunk {
+                Ok(Some(chunk)) => {
+                    if writer.size().saturating_add(chunk.len() as u64) > limit {
+                        writer.abort().await;
+                        return Err(too_large());
+                    }
+                    if writer.size() >= next_space_check {
+                        next_space_check = writer.size().saturating_add(SPACE_CHECK_EVERY);
+                        if let Some(short) = self.short_of_space(0) {
+                            writer.abort().await;
+                            return Err(short);
+                        }
+                    }
+                    if let Err(error) = writer.write(&chunk).await {
+                        writer.abort().await;
+                        return Err(format!("could not write the body: {error}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let read = writer.size();
+                    writer.abort().await;
+                    return Err(format!(
+                        "the body broke off after {read} bytes: {}",
+                        crate::purge::error_chain(&error)
+                    ));
+                }
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|error| format!("could not complete the body: {error}"))
+    }
+}
+
+/// A fetch's deadline: it starts when the first attempt has its slots, and
+/// covers retries and the body.
+struct FetchClock {
+    limit: Duration,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl FetchClock {
+    fn new(limit: Duration) -> Self {
+        Self { limit, deadline: None }
+    }
+
+    /// Starts the clock, unless it runs already.
+    fn start(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = tokio::time::Instant::now().checked_add(self.limit);
+        }
+    }
+
+    /// More time, for a large body.
+    fn extend(&mut self, by: Duration) {
+        self.limit = self.limit.saturating_add(by);
+        self.deadline = self.deadline.and_then(|deadline| deadline.checked_add(by));
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    fn limit(&self) -> String {
+        format!("the fetch may take {} s (--fetch-timeout)", self.limit.as_secs())
+    }
+
+    /// `work`, or why it ran out of time.
+    async fn within<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, work)
+                .await
+                .map_err(|_| format!("the fetch ran out of time: {}", self.limit())),
+            None => Ok(work.await),
+        }
+    }
+}
+
+/// What limits fetches per host: the host and port, as a browser counts
+/// connections.
+fn host_key(url: &url::Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// A fetch that failed before the origin answered.
+pub(super) fn failed(error: impl Into<String>) -> Finish {
+    Finish::Failed {
+        status_code: None,
+        error: error.into(),
+    }
+}
+
+/// The resource's URL with its query.
+pub(crate) fn request_url(resource: &Resource) -> Result<url::Url, String> {
+    url_with_query(&resource.url, &resource.query).map_err(|error| format!("the stored URL is invalid: {error}"))
+}
+
+/// The validators a `remote_changed` check sends: the newest version's
+/// `ETag` and `Last-Modified`, unless it is older than the fallback age
+/// (then a full GET refreshes it).
+fn conditional_headers(strategy: &Strategy, latest: Option<&Version>, now: Timestamp) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let (
+        Strategy::RemoteChanged {
+            fallback_max_age_seconds,
+            ..
+        },
+        Some(latest),
+    ) = (strategy, latest)
+    else {
+        return headers;
+    };
+    let age = latest
+        .fetched_at
+        .map_or(0, |fetched| now.duration_since(fetched).as_secs().max(0) as u64);
+    if age >= *fallback_max_age_seconds {
+        return headers;
+    }
+    if let Some(etag) = latest.etag.as_deref().and_then(|etag| HeaderValue::from_str(etag).ok()) {
+        headers.insert(http::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(date) = latest
+        .last_modified
+        .as_deref()
+        .and_then(|date| HeaderValue::from_str(date).ok())
+    {
+        headers.insert(http::header::IF_MODIFIED_SINCE, date);
+    }
+    headers
+}
