@@ -1,0 +1,432 @@
+//! Deciding what to do with a request before it is sent: answer from the
+//! store, let it through, or fetch (alone, or for everyone waiting).
+
+use super::*;
+
+/// What an adapter does with a request.
+pub(crate) enum Plan {
+    /// Not the cache's business: send it and report with [`Engine::after_pass`].
+    Pass(Pass),
+    /// Answer with this response without touching the network.
+    Respond(Answer),
+    /// Answer with this (stale) response now, and send the [`Fetch`] in the
+    /// background, handing its response to [`Engine::finish`].
+    RespondAndRefresh(Answer, Box<Fetch>),
+    /// Send it, with [`Fetch::conditional_headers`] added, and hand the
+    /// response to [`Engine::finish`].
+    Fetch(Box<Fetch>),
+}
+
+/// A response the cache answers with, its headers already marked, and the
+/// report that goes in its extensions. Kept apart so an adapter that needs
+/// extensions of its own (reqwest's response URL) fills one map, not two.
+pub(crate) struct Answer {
+    pub(crate) response: http::Response<Bytes>,
+    pub(crate) info: CacheInfo,
+}
+
+impl Answer {
+    /// The response with the report in its extensions.
+    pub(crate) fn into_response(self) -> http::Response<Bytes> {
+        let mut response = self.response;
+        response.extensions_mut().insert(self.info);
+        response
+    }
+}
+
+/// A request the cache lets through.
+pub(crate) struct Pass {
+    /// The URL whose entries a successful unsafe request invalidates.
+    pub(super) invalidate: Option<Url>,
+    pub(super) forward: Forward,
+    pub(super) cache_key: Option<CacheKey>,
+}
+
+impl Pass {
+    pub(super) fn new(forward: Forward) -> Self {
+        Self {
+            invalidate: None,
+            forward,
+            cache_key: None,
+        }
+    }
+}
+
+/// A request the cache wants the origin's answer to.
+pub(crate) struct Fetch {
+    pub(super) key: CacheKey,
+    pub(super) url: String,
+    pub(super) request: http::request::Parts,
+    pub(super) configured: Option<ExpireAfter>,
+    pub(super) stale: Option<Arc<StoredResponse>>,
+    pub(super) conditional: HeaderMap,
+    /// Set when this request fetches on behalf of concurrent ones.
+    pub(super) leader: Option<Leader>,
+    /// Tags from the request's [`CacheTags`] extension.
+    pub(super) tags: Vec<String>,
+    pub(super) forward: Forward,
+    /// A `HEAD` answered from, and refreshing, the stored `GET`.
+    pub(super) head: bool,
+    pub(super) requested_at: SystemTime,
+    pub(super) fence: Fence,
+}
+
+impl Fetch {
+    /// Headers the adapter adds to the request before sending it.
+    pub(crate) fn conditional_headers(&self) -> &HeaderMap {
+        &self.conditional
+    }
+}
+
+/// Request preconditions the cache cannot evaluate for the origin: such
+/// requests go through untouched.
+pub(super) const PRECONDITIONS: &[HeaderName] = &[header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
+
+/// What planning knows of a request once it is keyed.
+#[derive(Clone)]
+pub(super) struct Planned<'r> {
+    method: &'r Method,
+    url: &'r Url,
+    headers: &'r HeaderMap,
+    extensions: &'r http::Extensions,
+    mode: CacheMode,
+    /// A `HEAD` answered from, and refreshing, the stored `GET`.
+    head: bool,
+    /// The normalized URL, for fences and invalidation.
+    normalized: String,
+}
+
+impl Engine {
+    /// Decides what to do with a request. `body` is `None` when the body is a
+    /// stream that cannot be read ahead: such requests bypass the cache.
+    ///
+    /// In phases: requests the cache leaves alone; the lookup; an answer
+    /// from the store; a stale answer with a background refresh; and a
+    /// fetch, alone or for everyone waiting on the same key.
+    pub(crate) async fn plan(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        extensions: &http::Extensions,
+    ) -> Plan {
+        let (mode, body) = match self.let_through(method, url, headers, body, extensions) {
+            Ok(considered) => considered,
+            Err(pass) => return Plan::Pass(pass),
+        };
+        let directives = if headers.contains_key(header::CACHE_CONTROL) {
+            RequestDirectives::parse(headers)
+        } else {
+            RequestDirectives::default()
+        };
+        let mode = if mode == CacheMode::Default && has_no_cache(headers) {
+            CacheMode::Refresh
+        } else {
+            mode
+        };
+        // HEAD is answered from, and refreshes, the stored GET (RFC 9111 §4.3.5).
+        let head = method == Method::HEAD && self.rules.allows_method(&Method::GET);
+        let lookup_method = if head { &Method::GET } else { method };
+        let head_of_request = RequestHead {
+            method: lookup_method,
+            url,
+            headers,
+            body,
+        };
+        let (key, normalized) = self.keys.key_and_url(&head_of_request, self.secret().await);
+        let now = SystemTime::now();
+        let Lookup { entry, vary_miss } = match mode {
+            CacheMode::ForceRefresh => Lookup {
+                entry: None,
+                vary_miss: false,
+            },
+            _ => self.load(&key, lookup_method, headers).await,
+        };
+        let planned = Planned {
+            method,
+            url,
+            headers,
+            extensions,
+            mode,
+            head,
+            normalized,
+        };
+        if let Some(answered) = self.answer_from_store(&planned, &directives, entry.as_deref(), &key, now) {
+            return answered;
+        }
+        let forward = match (mode, &entry) {
+            (CacheMode::Refresh | CacheMode::ForceRefresh, _) => Forward::Request,
+            (_, Some(_)) => Forward::Stale,
+            (_, None) if vary_miss => Forward::VaryMiss,
+            (_, None) => Forward::UriMiss,
+        };
+        if let Some(refreshing) = self.serve_stale_while_revalidating(&planned, &entry, &key, forward, now) {
+            return refreshing;
+        }
+        let leader = match mode {
+            CacheMode::ForceRefresh => None,
+            _ if head => None,
+            _ => match self.inflight.join(&key) {
+                Turn::Lead(leader) => Some(leader),
+                Turn::Follow(flight) => {
+                    if let Some(shared) = follow(flight).await
+                        && self.matches_vary(&shared, headers)
+                    {
+                        let now = SystemTime::now();
+                        let info = CacheInfo {
+                            collapsed: true,
+                            forward: Some(forward),
+                            forward_status: Some(shared.status),
+                            ttl: None,
+                            ..served(&shared, key, CacheStatus::Hit, now)
+                        };
+                        return Plan::Respond(self.answer(&shared, info, now, false, None));
+                    }
+                    // The leader had nothing to share: fetch alone.
+                    None
+                }
+            },
+        };
+        Plan::Fetch(self.new_fetch(planned, key, forward, entry, leader))
+    }
+
+    /// Requests the cache lets through untouched: `Err` with how; else the
+    /// mode and the body to key.
+    fn let_through<'b>(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: Option<&'b [u8]>,
+        extensions: &http::Extensions,
+    ) -> Result<(CacheMode, &'b [u8]), Pass> {
+        let mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
+        if mode == CacheMode::NoStore {
+            return Err(Pass::new(Forward::Bypass));
+        }
+        if !self.rules.allows_method(method) {
+            return Err(Pass {
+                invalidate: (!method.is_safe()).then(|| url.clone()),
+                ..Pass::new(Forward::Method)
+            });
+        }
+        let Some(body) = body else {
+            return Err(Pass::new(Forward::Bypass));
+        };
+        if PRECONDITIONS.iter().any(|name| headers.contains_key(name)) || has_directive(headers, "no-store") {
+            return Err(Pass::new(Forward::Request));
+        }
+        Ok((mode, body))
+    }
+
+    /// The answer when the store has one the request accepts, or when the
+    /// origin must not be asked (`only-if-cached`), or when the client
+    /// validates its own copy and nothing fresh is here to answer it.
+    fn answer_from_store(
+        &self,
+        planned: &Planned<'_>,
+        directives: &RequestDirectives,
+        entry: Option<&StoredResponse>,
+        key: &CacheKey,
+        now: SystemTime,
+    ) -> Option<Plan> {
+        let mode = planned.mode;
+        // The client validating its own copy (RFC 9111 §4.3.2).
+        let validating = planned.headers.contains_key(header::IF_NONE_MATCH)
+            || planned.headers.contains_key(header::IF_MODIFIED_SINCE);
+        if let Some(entry) = entry {
+            // `OnlyIfCached` takes whatever is stored; otherwise the request's
+            // directives decide between fresh, acceptably stale, or the origin.
+            let status = match mode {
+                CacheMode::OnlyIfCached if entry.is_expired(now) => Some(CacheStatus::Stale),
+                CacheMode::OnlyIfCached => Some(CacheStatus::Hit),
+                CacheMode::Default if self.is_fresh_enough(entry, directives, now) => Some(CacheStatus::Hit),
+                CacheMode::Default if self.accepts_stale(entry, directives, now) => Some(CacheStatus::Stale),
+                _ => None,
+            };
+            if let Some(status) = status {
+                let info = served(entry, key.clone(), status, now);
+                return Some(Plan::Respond(self.answer(
+                    entry,
+                    info,
+                    now,
+                    planned.head,
+                    validating.then_some(planned.headers),
+                )));
+            }
+        }
+        if mode == CacheMode::OnlyIfCached || directives.only_if_cached {
+            return Some(Plan::Respond(self.gateway_timeout(key.clone())));
+        }
+        if validating {
+            // Nothing fresh to validate against here: the origin decides.
+            return Some(Plan::Pass(Pass {
+                cache_key: Some(key.clone()),
+                ..Pass::new(Forward::Request)
+            }));
+        }
+        None
+    }
+
+    /// A stale answer now and one background refresh per key, when the
+    /// entry's `stale-while-revalidate` (or the cache's) allows it.
+    fn serve_stale_while_revalidating(
+        &self,
+        planned: &Planned<'_>,
+        entry: &Option<Arc<StoredResponse>>,
+        key: &CacheKey,
+        forward: Forward,
+        now: SystemTime,
+    ) -> Option<Plan> {
+        let stale = entry.as_ref()?;
+        if planned.mode != CacheMode::Default
+            || planned.head
+            || !stale.is_expired(now)
+            || !self.may_serve_stale(
+                stale,
+                now,
+                self.options.stale_while_revalidate,
+                "stale-while-revalidate",
+            )
+        {
+            return None;
+        }
+        let response = self.answer(
+            stale,
+            served(stale, key.clone(), CacheStatus::Stale, now),
+            now,
+            false,
+            None,
+        );
+        Some(match self.inflight.join(key) {
+            Turn::Lead(leader) => Plan::RespondAndRefresh(
+                response,
+                self.new_fetch(planned.clone(), key.clone(), forward, entry.clone(), Some(leader)),
+            ),
+            Turn::Follow(_) => Plan::Respond(response),
+        })
+    }
+
+    /// The fetch of a planned request: its conditional headers, expiry
+    /// rules, tags and fence.
+    fn new_fetch(
+        &self,
+        planned: Planned<'_>,
+        key: CacheKey,
+        forward: Forward,
+        stale: Option<Arc<StoredResponse>>,
+        leader: Option<Leader>,
+    ) -> Box<Fetch> {
+        let Planned {
+            method,
+            url,
+            headers,
+            extensions,
+            head,
+            normalized,
+            ..
+        } = planned;
+        // A HEAD is sent as it came; the stored GET is refreshed from it.
+        let conditional = match (&stale, head) {
+            (Some(stale), false) => conditional_headers(stale),
+            _ => HeaderMap::new(),
+        };
+        let mut request = http::Request::new(());
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = url.as_str().parse().unwrap_or_default();
+        *request.headers_mut() = headers.clone();
+        let (request, ()) = request.into_parts();
+        let configured = self
+            .rules
+            .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
+        let fence = self.fences.enter(&normalized);
+        let tags = extensions
+            .get::<CacheTags>()
+            .map(|tags| tags.0.clone())
+            .unwrap_or_default();
+        Box::new(Fetch {
+            key,
+            url: normalized,
+            request,
+            configured,
+            stale,
+            conditional,
+            leader,
+            tags,
+            forward,
+            head,
+            requested_at: SystemTime::now(),
+            fence,
+        })
+    }
+
+    /// Whether a stored response may answer a request without the origin:
+    /// fresh, and within the request's `max-age` and `min-fresh`.
+    pub(super) fn is_fresh_enough(
+        &self,
+        entry: &StoredResponse,
+        directives: &RequestDirectives,
+        now: SystemTime,
+    ) -> bool {
+        if entry.is_expired(now) {
+            return false;
+        }
+        if directives.is_default() {
+            return true;
+        }
+        if directives.max_age.is_some_and(|max_age| entry.age(now) > max_age) {
+            return false;
+        }
+        match (directives.min_fresh, entry.expires) {
+            (Some(min_fresh), Some(expires)) => expires.duration_since(now).unwrap_or_default() >= min_fresh,
+            _ => true,
+        }
+    }
+
+    /// Whether the request's `max-stale` accepts this stale response, and
+    /// the response allows it (RFC 9111 §4.2.4, §5.2.1.2).
+    pub(super) fn accepts_stale(
+        &self,
+        entry: &StoredResponse,
+        directives: &RequestDirectives,
+        now: SystemTime,
+    ) -> bool {
+        let Some(max_stale) = directives.max_stale else {
+            return false;
+        };
+        if directives.max_age.is_some_and(|max_age| entry.age(now) > max_age)
+            || self.rules.forbids_stale(&entry.headers)
+        {
+            return false;
+        }
+        max_stale.is_none_or(|max_stale| staleness(entry, now) <= max_stale)
+    }
+
+    /// A stale answer when sending a [`Fetch`] failed, if `stale_if_error`
+    /// (or the entry's own directive) allows one; `None` lets the error through.
+    pub(crate) fn fetch_failed(&self, fetch: &Fetch) -> Option<Answer> {
+        let now = SystemTime::now();
+        let stale = fetch.stale.as_ref()?;
+        self.may_serve_stale(stale, now, self.options.stale_if_error, "stale-if-error")
+            .then(|| {
+                let info = served(stale, fetch.key.clone(), CacheStatus::Stale, now);
+                self.answer(stale, info, now, fetch.head, None)
+            })
+    }
+
+    pub(super) fn may_serve_stale(
+        &self,
+        entry: &StoredResponse,
+        now: SystemTime,
+        window: StaleWindow,
+        directive: &str,
+    ) -> bool {
+        !self.rules.forbids_stale(&entry.headers)
+            && window.allows(
+                staleness(entry, now),
+                &self.rules.directives_of(&entry.headers),
+                directive,
+            )
+    }
+}

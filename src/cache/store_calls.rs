@@ -1,0 +1,220 @@
+//! Calls to the store: each under the store's deadline and the breaker, so a
+//! failing store costs requests nothing.
+
+use super::*;
+
+/// What a lookup found.
+pub(super) struct Lookup {
+    pub(super) entry: Option<Arc<StoredResponse>>,
+    /// Something is stored for the key, but for other `Vary` values.
+    pub(super) vary_miss: bool,
+}
+
+/// How often a failed store that can be pinged is pinged.
+pub(super) const RECOVERY_PING_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Engine {
+    /// Reads and decodes an entry, and its `Vary` variant when the latest
+    /// response stored for the key was for other header values. Store
+    /// failures, corrupt entries and entries stored for another request
+    /// count as misses: the cache steps aside rather than failing the request.
+    pub(super) async fn load(&self, key: &CacheKey, method: &Method, request_headers: &HeaderMap) -> Lookup {
+        let Some(entry) = self.load_one(key, method).await else {
+            return Lookup {
+                entry: None,
+                vary_miss: false,
+            };
+        };
+        if entry.vary_names.is_empty() {
+            return Lookup {
+                entry: Some(entry),
+                vary_miss: false,
+            };
+        }
+        let digest = KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret());
+        if digest == entry.vary_digest {
+            return Lookup {
+                entry: Some(entry),
+                vary_miss: false,
+            };
+        }
+        let variant = self
+            .load_one(&key.variant(&digest), method)
+            .await
+            .filter(|variant| self.matches_vary(variant, request_headers));
+        Lookup {
+            vary_miss: variant.is_none(),
+            entry: variant,
+        }
+    }
+
+    pub(super) async fn load_one(&self, key: &CacheKey, method: &Method) -> Option<Arc<StoredResponse>> {
+        let key_text = key.as_str();
+        let value = self.call_store("read", || self.store.get(key_text)).await??;
+        let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
+            Ok(entry) if entry.key == key_text && entry.method == method => entry,
+            Ok(_) => {
+                tracing::warn!(key = %key, "dropping a cache entry stored for another request");
+                self.remove_quietly(key).await;
+                return None;
+            }
+            Err(DecodeError::UnsupportedVersion(version)) => {
+                tracing::debug!(key = %key, version, "dropping a cache entry of another format version");
+                self.remove_quietly(key).await;
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(key = %key, %error, "dropping undecodable cache entry");
+                self.remove_quietly(key).await;
+                return None;
+            }
+        };
+        Some(entry)
+    }
+
+    pub(super) async fn remove_quietly(&self, key: &CacheKey) {
+        self.call_store("remove", || self.store.remove(key.as_str())).await;
+    }
+
+    /// Whether a stored entry answers a request with these headers, given
+    /// the response's `Vary`.
+    pub(super) fn matches_vary(&self, entry: &StoredResponse, request_headers: &HeaderMap) -> bool {
+        entry.vary_names.is_empty()
+            || KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret()) == entry.vary_digest
+    }
+
+    /// Stores an entry under its request's key, and under its `Vary`
+    /// variant's key so other variants don't replace it, unless its URL was
+    /// invalidated since the request was planned; whether it was stored.
+    pub(super) async fn save(&self, key: &CacheKey, entry: &mut StoredResponse, fence: &Fence) -> bool {
+        entry.key = key.as_str().to_owned();
+        if fence.breached() {
+            tracing::debug!(url = %entry.url, "not storing: the entry was invalidated while it was fetched");
+            return false;
+        }
+        let variant_key = (!entry.vary_names.is_empty()).then(|| key.variant(&entry.vary_digest));
+        if let Some(variant_key) = &variant_key {
+            let mut variant = entry.clone();
+            variant.key = variant_key.as_str().to_owned();
+            if !self.put(&variant).await {
+                return false;
+            }
+        }
+        let stored = self.put(entry).await;
+        // A deletion that ran between the check above and the writes must
+        // win: it fenced before it deleted, so this sees it.
+        if fence.breached() {
+            for key in std::iter::once(key).chain(&variant_key) {
+                self.remove_quietly(key).await;
+            }
+            return false;
+        }
+        stored
+    }
+
+    pub(super) async fn put(&self, entry: &StoredResponse) -> bool {
+        let record = StoreEntry {
+            key: entry.key.clone(),
+            url: entry.url.clone(),
+            created_at: entry.created_at,
+            expires: entry.expires,
+            tags: entry.tags.clone(),
+            // Not memoizing `entry`: its body and header values are slices of the
+            // transport's read buffer (8 KiB or more), which the store would pin
+            // for as long as it keeps the entry. The first hit decodes instead.
+            value: StoredValue::new(entry.encode(self.options.signer.as_ref())),
+        };
+        self.call_store("write", || self.store.put(record)).await.is_some()
+    }
+
+    /// A store call, given up (as a failure) past the store's deadline.
+    pub(super) async fn within_deadline<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.store_deadline {
+            Some(after) => tokio::time::timeout(after, call)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut { operation, after })),
+            None => call.await,
+        }
+    }
+
+    /// Calls the store on a request's behalf: not at all while the breaker
+    /// is open, and never past the store's deadline. Failures become `None`
+    /// (the request goes on as a miss); only the first of a streak, and the
+    /// recovery, are logged.
+    pub(super) async fn call_store<'a, T, F>(&'a self, operation: &'static str, call: impl FnOnce() -> F) -> Option<T>
+    where
+        F: Future<Output = Result<T, StoreError>> + 'a,
+    {
+        let permit = self.breaker.permit()?;
+        let result = self.within_deadline(operation, call()).await;
+        match result {
+            Ok(value) => {
+                if permit.succeeded() == Transition::Closed {
+                    tracing::info!("cache store answers again; caching resumes");
+                    // What this probe read may be what an unsafe request
+                    // invalidated meanwhile: delete those, and don't use it.
+                    if self.replay_missed_invalidations().await {
+                        return None;
+                    }
+                }
+                Some(value)
+            }
+            Err(error) => {
+                if permit.failed() == Transition::Opened {
+                    tracing::warn!(%error, operation, "cache store failed; requests go to the origin, and the store is retried with backoff until it answers");
+                    self.watch_for_recovery();
+                }
+                None
+            }
+        }
+    }
+
+    /// Pings a failed store in the background, if it can be pinged, and
+    /// closes the breaker as soon as it answers (once the invalidations it
+    /// missed are applied), rather than when the backoff runs out.
+    pub(super) fn watch_for_recovery(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.breaker.start_watching() {
+            return;
+        }
+        let this = self.this.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(RECOVERY_PING_INTERVAL).await;
+                let Some(engine) = this.upgrade() else {
+                    return;
+                };
+                if !engine.breaker.is_open() {
+                    engine.breaker.stop_watching();
+                    return;
+                }
+                match engine
+                    .within_deadline("ping", async { engine.store.ping().await.transpose() })
+                    .await
+                {
+                    // The store can't be pinged: the backoff decides.
+                    Ok(None) => {
+                        engine.breaker.stop_watching();
+                        return;
+                    }
+                    Ok(Some(())) => {
+                        engine.replay_missed_invalidations().await;
+                        if engine.missed_invalidations().urls.is_empty() && engine.breaker.is_open() {
+                            engine.breaker.close();
+                            engine.breaker.stop_watching();
+                            tracing::info!("cache store answers again; caching resumes");
+                            return;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+}
