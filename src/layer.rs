@@ -41,7 +41,7 @@ use url::Url;
 
 use crate::CacheMiddleware;
 use crate::cache::body::CacheBody;
-use crate::cache::{Engine, Plan};
+use crate::cache::{Answer, Engine, Fetch, Transport};
 
 /// The error type of [`CacheService`]: the inner service's or body's error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,10 +106,10 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         // The ready service goes into the future; a clone stays behind.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let engine = Arc::clone(&self.engine);
         Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
+            let (parts, body) = request.into_parts();
             let url = request_url(&parts);
             let (body_bytes, body) = match &url {
                 Some(_) if engine.considers(&parts.method, &parts.extensions) => {
@@ -132,59 +132,82 @@ where
                 }
                 None => engine.plan_unaddressable(),
             };
-            match plan {
-                Plan::Respond(answer) => Ok(answer.into_response().map(CacheBody::full)),
-                Plan::RespondAndRefresh(response, fetch) => {
-                    // The ready inner service sends the refresh; the caller has its answer.
-                    for (name, value) in fetch.conditional_headers() {
-                        parts.headers.insert(name, value.clone());
-                    }
-                    let refresh = inner.call(http::Request::from_parts(parts, body));
-                    tokio::spawn(async move {
-                        let refreshed: Result<_, BoxError> = refresh.await.map_err(Into::into);
-                        match refreshed {
-                            Ok(response) => {
-                                if let Err(error) = engine.finish(fetch, response).await {
-                                    tracing::debug!(error = %error.into(), "background refresh failed reading the body");
-                                }
-                            }
-                            Err(error) => tracing::debug!(%error, "background refresh failed"),
-                        }
-                    });
-                    Ok(response.into_response().map(CacheBody::full))
-                }
-                Plan::Pass(pass) => {
-                    let response = inner
-                        .call(http::Request::from_parts(parts, body))
-                        .await
-                        .map_err(Into::into)?;
-                    let (mut parts, body) = response.into_parts();
-                    let info = engine.after_pass(pass, parts.status, &parts.headers).await;
-                    engine.mark(&mut parts.headers, &info);
-                    parts.extensions.insert(info);
-                    Ok(http::Response::from_parts(
-                        parts,
-                        CacheBody::streaming(Bytes::new(), body),
-                    ))
-                }
-                Plan::Fetch(fetch) => {
-                    for (name, value) in fetch.conditional_headers() {
-                        parts.headers.insert(name, value.clone());
-                    }
-                    let response = match inner.call(http::Request::from_parts(parts, body)).await {
-                        Ok(response) => response,
-                        Err(error) => {
-                            return match engine.fetch_failed(&fetch) {
-                                Some(stale) => Ok(stale.into_response().map(CacheBody::full)),
-                                None => Err(error.into()),
-                            };
-                        }
-                    };
-                    // Boxed: inline, its state would make every hit's future kilobytes larger.
-                    Box::pin(engine.finish(fetch, response)).await.map_err(Into::into)
-                }
-            }
+            let transport = TowerTransport {
+                inner,
+                request: http::Request::from_parts(parts, body),
+            };
+            engine.drive(plan, transport).await
         })
+    }
+}
+
+/// A request to the inner service, which is ready to take it.
+struct TowerTransport<S, ReqBody> {
+    inner: S,
+    request: http::Request<ReqBody>,
+}
+
+impl<S, ReqBody, ResBody> Transport for TowerTransport<S, ReqBody>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Body = ResBody;
+    type Response = http::Response<CacheBody<ResBody>>;
+    type Error = BoxError;
+    type Reply = ();
+
+    fn reply(&self) {}
+
+    fn add_headers(&mut self, headers: &http::HeaderMap) {
+        for (name, value) in headers {
+            self.request.headers_mut().insert(name, value.clone());
+        }
+    }
+
+    fn send(mut self) -> impl Future<Output = Result<http::Response<ResBody>, BoxError>> + Send {
+        let call = self.inner.call(self.request);
+        async move { call.await.map_err(Into::into) }
+    }
+
+    fn refresh(mut self, engine: Arc<Engine>, fetch: Box<Fetch>) {
+        // The ready inner service sends the refresh; the caller has its answer.
+        let refresh = self.inner.call(self.request);
+        tokio::spawn(async move {
+            let refreshed: Result<_, BoxError> = refresh.await.map_err(Into::into);
+            match refreshed {
+                Ok(response) => {
+                    if let Err(error) = engine.finish(fetch, response).await {
+                        tracing::debug!(error = %error.into(), "background refresh failed reading the body");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "background refresh failed"),
+            }
+        });
+    }
+
+    fn answer_now(&self, answer: Answer) -> Self::Response {
+        answer.into_response().map(CacheBody::full)
+    }
+
+    fn answer(_: &(), answer: Answer) -> Self::Response {
+        answer.into_response().map(CacheBody::full)
+    }
+
+    fn passed(_: &(), response: http::Response<ResBody>) -> Self::Response {
+        response.map(|body| CacheBody::streaming(Bytes::new(), body))
+    }
+
+    fn fetched(_: &(), response: http::Response<CacheBody<ResBody>>) -> Self::Response {
+        response
+    }
+
+    fn body_error(_: &(), error: ResBody::Error) -> BoxError {
+        error.into()
     }
 }
 

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::builder::CacheBuilder;
 use crate::cache::body::CacheBody;
-use crate::cache::{Engine, Plan};
+use crate::cache::{Answer, Engine, Fetch, Transport};
 
 /// An HTTP cache for reqwest clients and tower services.
 ///
@@ -61,7 +61,7 @@ impl CacheMiddleware {
 impl Middleware for CacheMiddleware {
     async fn handle(
         &self,
-        mut request: reqwest::Request,
+        request: reqwest::Request,
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
@@ -75,43 +75,87 @@ impl Middleware for CacheMiddleware {
         let plan = engine
             .plan(request.method(), request.url(), request.headers(), body, extensions)
             .await;
-        match plan {
-            Plan::Respond(answer) => Ok(answer_to_reqwest(answer, request.url())),
-            Plan::RespondAndRefresh(answer, fetch) => {
-                self.refresh_in_background(&request, fetch);
-                Ok(answer_to_reqwest(answer, request.url()))
-            }
-            Plan::Pass(pass) => {
-                let mut response = next
-                    .run(request, extensions)
-                    .await
-                    .map_err(|error| self.redacted(error))?;
-                let info = engine.after_pass(pass, response.status(), response.headers()).await;
-                engine.mark(response.headers_mut(), &info);
-                response.extensions_mut().insert(info);
-                Ok(response)
-            }
-            Plan::Fetch(fetch) => {
-                for (name, value) in fetch.conditional_headers() {
-                    request.headers_mut().insert(name, value.clone());
-                }
-                let url = request.url().clone();
-                let response: http::Response<reqwest::Body> = match next.run(request, extensions).await {
-                    Ok(response) => response.into(),
-                    Err(error) => {
-                        return match engine.fetch_failed(&fetch) {
-                            Some(stale) => Ok(answer_to_reqwest(stale, &url)),
-                            None => Err(self.redacted(error)),
-                        };
-                    }
-                };
-                // Boxed: inline, its state would make every hit's future kilobytes larger.
-                let response = Box::pin(engine.finish(fetch, response))
-                    .await
-                    .map_err(|error| self.redacted(error.into()))?;
-                Ok(into_reqwest(response.map(into_reqwest_body), &url))
+        let transport = ReqwestTransport {
+            middleware: self,
+            request,
+            extensions,
+            next,
+        };
+        engine.drive(plan, transport).await
+    }
+}
+
+/// A reqwest request on its way through the middleware chain.
+struct ReqwestTransport<'a> {
+    middleware: &'a CacheMiddleware,
+    request: reqwest::Request,
+    extensions: &'a mut Extensions,
+    next: Next<'a>,
+}
+
+/// What a reqwest response needs once its request is gone: the URL it
+/// reports, and the middleware that redacts errors.
+struct ReqwestReply<'a> {
+    middleware: &'a CacheMiddleware,
+    url: Url,
+}
+
+impl<'a> Transport for ReqwestTransport<'a> {
+    type Body = reqwest::Body;
+    type Response = reqwest::Response;
+    type Error = reqwest_middleware::Error;
+    type Reply = ReqwestReply<'a>;
+
+    fn reply(&self) -> ReqwestReply<'a> {
+        ReqwestReply {
+            middleware: self.middleware,
+            url: self.request.url().clone(),
+        }
+    }
+
+    fn add_headers(&mut self, headers: &http::HeaderMap) {
+        for (name, value) in headers {
+            self.request.headers_mut().insert(name, value.clone());
+        }
+    }
+
+    fn send(self) -> impl std::future::Future<Output = Result<http::Response<reqwest::Body>, Self::Error>> + Send {
+        let Self {
+            middleware,
+            request,
+            extensions,
+            next,
+        } = self;
+        async move {
+            match next.run(request, extensions).await {
+                Ok(response) => Ok(response.into()),
+                Err(error) => Err(middleware.redacted(error)),
             }
         }
+    }
+
+    fn refresh(self, engine: Arc<Engine>, fetch: Box<Fetch>) {
+        self.middleware.refresh_in_background(engine, &self.request, fetch);
+    }
+
+    fn answer_now(&self, answer: Answer) -> reqwest::Response {
+        answer_to_reqwest(answer, self.request.url())
+    }
+
+    fn answer(reply: &ReqwestReply<'a>, answer: Answer) -> reqwest::Response {
+        answer_to_reqwest(answer, &reply.url)
+    }
+
+    fn passed(reply: &ReqwestReply<'a>, response: http::Response<reqwest::Body>) -> reqwest::Response {
+        into_reqwest(response, &reply.url)
+    }
+
+    fn fetched(reply: &ReqwestReply<'a>, response: http::Response<CacheBody<reqwest::Body>>) -> reqwest::Response {
+        into_reqwest(response.map(into_reqwest_body), &reply.url)
+    }
+
+    fn body_error(reply: &ReqwestReply<'a>, error: reqwest::Error) -> Self::Error {
+        reply.middleware.redacted(error.into())
     }
 }
 
@@ -129,15 +173,12 @@ impl CacheMiddleware {
         })
     }
 
-    /// Sends a copy of `request` (with the refresh's conditional headers) on
-    /// the refresh client, and stores what comes back.
-    fn refresh_in_background(&self, request: &reqwest::Request, fetch: Box<crate::cache::Fetch>) {
-        let Some(mut refresh) = request.try_clone() else {
+    /// Sends a copy of `request` (which carries the refresh's conditional
+    /// headers) on the refresh client, and stores what comes back.
+    fn refresh_in_background(&self, engine: Arc<Engine>, request: &reqwest::Request, fetch: Box<Fetch>) {
+        let Some(refresh) = request.try_clone() else {
             return;
         };
-        for (name, value) in fetch.conditional_headers() {
-            refresh.headers_mut().insert(name, value.clone());
-        }
         let client = match self.refresh_client.get() {
             Some(client) => client.clone(),
             None => match reqwest::Client::builder().build() {
@@ -148,7 +189,6 @@ impl CacheMiddleware {
                 }
             },
         };
-        let engine = Arc::clone(&self.engine);
         // reqwest's errors carry the full URL: log the redacted one instead.
         let url = self.redact_url(request.url());
         tokio::spawn(async move {
@@ -187,7 +227,7 @@ pub(crate) fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -
 
 /// An answer from the cache as a `reqwest::Response`: its report goes into
 /// the map that carries the URL (this runs on every hit).
-fn answer_to_reqwest(answer: crate::cache::Answer, url: &Url) -> reqwest::Response {
+fn answer_to_reqwest(answer: Answer, url: &Url) -> reqwest::Response {
     let (mut parts, body) = answer.response.into_parts();
     parts.extensions = url_extension(url);
     parts.extensions.insert(answer.info);

@@ -15,6 +15,7 @@ pub(crate) mod mode;
 pub mod policy;
 pub(crate) mod targeted;
 
+mod drive;
 mod finish;
 mod invalidation;
 mod plan;
@@ -43,6 +44,7 @@ use crate::store::entry::{DecodeError, StoredResponse};
 use crate::store::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
 
+pub(crate) use self::drive::Transport;
 use self::finish::*;
 use self::invalidation::*;
 pub(crate) use self::plan::{Answer, Fetch, Pass, Plan};

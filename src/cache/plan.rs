@@ -82,6 +82,14 @@ impl Fetch {
 /// requests go through untouched.
 pub(super) const PRECONDITIONS: &[HeaderName] = &[header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
 
+/// Whether the cache takes part in a request.
+pub(super) enum Considered<'b> {
+    /// It does, in this mode, keying this body.
+    Cacheable(CacheMode, &'b [u8]),
+    /// It lets the request through.
+    LetThrough(Pass),
+}
+
 /// What planning knows of a request once it is keyed.
 #[derive(Clone)]
 pub(super) struct Planned<'r> {
@@ -111,9 +119,9 @@ impl Engine {
         body: Option<&[u8]>,
         extensions: &http::Extensions,
     ) -> Plan {
-        let (mode, body) = match self.let_through(method, url, headers, body, extensions) {
-            Ok(considered) => considered,
-            Err(pass) => return Plan::Pass(pass),
+        let (mode, body) = match self.considered(method, url, headers, body, extensions) {
+            Considered::Cacheable(mode, body) => (mode, body),
+            Considered::LetThrough(pass) => return Plan::Pass(pass),
         };
         let directives = if headers.contains_key(header::CACHE_CONTROL) {
             RequestDirectives::parse(headers)
@@ -191,33 +199,33 @@ impl Engine {
         Plan::Fetch(self.new_fetch(planned, key, forward, entry, leader))
     }
 
-    /// Requests the cache lets through untouched: `Err` with how; else the
-    /// mode and the body to key.
-    fn let_through<'b>(
+    /// Whether the cache takes part: requests it lets through untouched,
+    /// and how; else the mode and the body to key.
+    fn considered<'b>(
         &self,
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
         body: Option<&'b [u8]>,
         extensions: &http::Extensions,
-    ) -> Result<(CacheMode, &'b [u8]), Pass> {
+    ) -> Considered<'b> {
         let mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
         if mode == CacheMode::NoStore {
-            return Err(Pass::new(Forward::Bypass));
+            return Considered::LetThrough(Pass::new(Forward::Bypass));
         }
         if !self.rules.allows_method(method) {
-            return Err(Pass {
+            return Considered::LetThrough(Pass {
                 invalidate: (!method.is_safe()).then(|| url.clone()),
                 ..Pass::new(Forward::Method)
             });
         }
         let Some(body) = body else {
-            return Err(Pass::new(Forward::Bypass));
+            return Considered::LetThrough(Pass::new(Forward::Bypass));
         };
         if PRECONDITIONS.iter().any(|name| headers.contains_key(name)) || has_directive(headers, "no-store") {
-            return Err(Pass::new(Forward::Request));
+            return Considered::LetThrough(Pass::new(Forward::Request));
         }
-        Ok((mode, body))
+        Considered::Cacheable(mode, body)
     }
 
     /// The answer when the store has one the request accepts, or when the
