@@ -162,6 +162,7 @@ mod ini;
 mod inspect;
 mod layer;
 mod middleware;
+mod net;
 pub mod purge;
 #[cfg(feature = "server")]
 pub mod server;

@@ -104,7 +104,7 @@ impl Failure {
     /// Whether trying again later could help: a transport error, a `429`
     /// or a `5xx`, not a refused request or bad credentials.
     pub fn is_retryable(&self) -> bool {
-        self.status.is_none_or(call::retryable_status)
+        self.status.is_none_or(crate::net::retryable_status)
     }
 
     /// The failure as one line: `403: Forbidden: … (supportId 17PY1)`.

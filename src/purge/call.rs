@@ -7,12 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Backoff, Progress, TokenBucket};
-
-/// Whether a status says trying again later could help: a `429` or a `5xx`.
-pub(crate) fn retryable_status(status: u16) -> bool {
-    status == 429 || status >= 500
-}
+use super::Progress;
+use crate::net::{Backoff, TokenBucket, error_chain, retry_after, retryable_status};
 
 /// A run's stop flag: `true` once `signal` resolves (never without one),
 /// and the task that watches it, to abort when the run ends.
@@ -27,15 +23,6 @@ pub(crate) fn watch_stop(
         })
     });
     (stop, watcher)
-}
-
-/// The HTTP client a vendor target talks through: edgecache's user agent,
-/// and a 30 s limit on each call.
-pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
-        .timeout(Duration::from_secs(30))
-        .build()
 }
 
 /// How a target retries.
@@ -91,13 +78,13 @@ pub(crate) trait Request {
 
 impl Request for reqwest::RequestBuilder {
     async fn send_now(self) -> Result<reqwest::Response, String> {
-        self.send().await.map_err(|error| super::error_chain(&error))
+        self.send().await.map_err(|error| error_chain(&error))
     }
 }
 
 impl Request for reqwest_middleware::RequestBuilder {
     async fn send_now(self) -> Result<reqwest::Response, String> {
-        self.send().await.map_err(|error| super::error_chain(&error))
+        self.send().await.map_err(|error| error_chain(&error))
     }
 }
 
@@ -129,7 +116,7 @@ pub(crate) async fn call<R: Request>(
         let (failure, retry_after) = match request().send_now().await {
             Ok(response) => {
                 let headers = response.headers();
-                let retry_after = super::retry_after(headers, Duration::from_secs(3600)).or_else(|| {
+                let retry_after = retry_after(headers, Duration::from_secs(3600)).or_else(|| {
                     let seconds = headers.get(retry.refill_header?)?.to_str().ok()?.trim().parse().ok()?;
                     Some(Duration::from_secs(seconds).min(Duration::from_secs(3600)))
                 });

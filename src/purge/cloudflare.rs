@@ -94,7 +94,7 @@ impl CloudflarePurge {
     /// A client for one zone, on the Free plan's limits until told the plan.
     pub fn new(zone: impl Into<String>, token: impl Into<String>) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http: call::http_client()?,
+            http: crate::net::http_client()?,
             zone: zone.into(),
             token: token.into(),
             api_base: DEFAULT_API_BASE.into(),
@@ -258,7 +258,7 @@ impl Target for CloudflarePurge {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|error| super::error_chain(&error))?;
+            .map_err(|error| crate::net::error_chain(&error))?;
         let status = answer.status().as_u16();
         let body = answer.bytes().await.unwrap_or_default();
         let parsed: Answer = serde_json::from_slice(&body).unwrap_or_default();

@@ -60,7 +60,7 @@ impl FastlyPurge {
     /// A client for one service: hard purges, 8 requests at once.
     pub fn new(service: impl Into<String>, token: impl Into<String>) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http: call::http_client()?,
+            http: crate::net::http_client()?,
             service: service.into(),
             token: token.into(),
             api_base: DEFAULT_API_BASE.into(),
@@ -242,7 +242,7 @@ impl Target for FastlyPurge {
             .header("fastly-key", &self.token)
             .send()
             .await
-            .map_err(|error| super::error_chain(&error))?;
+            .map_err(|error| crate::net::error_chain(&error))?;
         match answer.status().as_u16() {
             200 => Ok(format!(
                 "service {}{}",

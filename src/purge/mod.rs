@@ -51,7 +51,6 @@ mod call;
 pub mod cloudflare;
 pub mod fastly;
 mod journal;
-mod limits;
 mod objects;
 mod purger;
 mod report;
@@ -60,8 +59,6 @@ mod target;
 mod versions;
 
 pub use self::journal::JournalError;
-pub(crate) use self::limits::retry_after;
-pub use self::limits::{Backoff, TokenBucket};
 pub(crate) use self::objects::check_each;
 pub use self::objects::{
     EVERYTHING, InvalidObject, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects,
@@ -69,22 +66,4 @@ pub use self::objects::{
 pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
 pub use self::target::{Layer, Progress, Target};
-
-/// An error and its causes on one line, each message once (many errors
-/// repeat their source's message in their own): `error sending request:
-/// client error (Connect): tcp connect error: Connection refused`.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        let message = error.to_string();
-        if !line.contains(&message) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&message);
-        }
-        cause = error.source();
-    }
-    line
-}
+pub use crate::net::{Backoff, TokenBucket};

@@ -85,7 +85,7 @@ pub use index::{
 };
 
 use crate::cache::key::{KeyRules, KeySecret, MatchHeaders};
-use crate::purge::Backoff;
+use crate::net::Backoff;
 
 /// How long in-flight responses may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);

@@ -339,7 +339,7 @@ impl AlibabaCdnClient {
     /// A client for `https://cdn.aliyuncs.com` with these credentials.
     pub fn new(credentials: Credentials) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            http: crate::purge::call::http_client()?,
+            http: crate::net::http_client()?,
             signer: Signer::new(credentials),
             endpoint: Url::parse(DEFAULT_ENDPOINT).unwrap_or_else(|_| unreachable!("a valid constant URL")),
             backoff: Backoff::default(),
@@ -520,7 +520,7 @@ impl AlibabaCdnClient {
             if !error.is_retryable() || attempt >= self.max_attempts {
                 return Err(error);
             }
-            tracing::warn!(error = %crate::purge::error_chain(&error), attempt, action, "Alibaba Cloud CDN call failed; retrying");
+            tracing::warn!(error = %crate::net::error_chain(&error), attempt, action, "Alibaba Cloud CDN call failed; retrying");
             tokio::time::sleep(self.backoff.delay(attempt - 1, None)).await;
         }
     }

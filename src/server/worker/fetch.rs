@@ -245,14 +245,14 @@ impl Worker {
             let (retryable, retry_after, failure) = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    if !(status == 429 || matches!(status, 500 | 502 | 503 | 504)) || attempt >= self.limits.retries {
+                    if !crate::net::retryable_origin_status(status) || attempt >= self.limits.retries {
                         return Ok((response, permits));
                     }
-                    let retry_after = crate::purge::retry_after(response.headers(), Duration::from_secs(60));
+                    let retry_after = crate::net::retry_after(response.headers(), Duration::from_secs(60));
                     (true, retry_after, format!("the origin answered {}", response.status()))
                 }
                 Err(error) => {
-                    let message = crate::purge::error_chain(&error);
+                    let message = crate::net::error_chain(&error);
                     // A refused private address won't change by retrying.
                     let refused = message.contains("refusing to fetch");
                     (!refused, None, message)
@@ -367,7 +367,7 @@ impl Worker {
                     writer.abort().await;
                     return Err(format!(
                         "the body broke off after {read} bytes: {}",
-                        crate::purge::error_chain(&error)
+                        crate::net::error_chain(&error)
                     ));
                 }
             }

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::blobs::Blobs;
 use super::guard;
 use super::index::{BlobsLock, Claimed, Finish, Index, IndexError, Lease, Start};
-use crate::purge::Backoff;
+use crate::net::Backoff;
 use crate::versions::Version;
 
 mod fetch;

@@ -433,7 +433,7 @@ impl Client {
                 Err(format!("it answered {}", response.status()))
             }
             Ok(response) => Ok(response),
-            Err(error) => Err(crate::purge::error_chain(&error)),
+            Err(error) => Err(crate::net::error_chain(&error)),
         };
         match &outcome {
             Ok(_) => {

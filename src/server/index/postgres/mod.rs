@@ -140,7 +140,7 @@ impl From<tokio_postgres::Error> for IndexError {
             // Class 08 is "connection exception"; 57P0x the server going away.
             !(code.starts_with("08") || code.starts_with("57P"))
         });
-        let message = crate::purge::error_chain(&error);
+        let message = crate::net::error_chain(&error);
         if reachable {
             IndexError::Postgres(message)
         } else {
@@ -153,7 +153,7 @@ impl From<deadpool_postgres::PoolError> for IndexError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
         match error {
             deadpool_postgres::PoolError::Backend(error) => error.into(),
-            other => IndexError::Unreachable(crate::purge::error_chain(&other)),
+            other => IndexError::Unreachable(crate::net::error_chain(&other)),
         }
     }
 }
@@ -275,7 +275,7 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
                                 Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
                                 Ok(_) => {}
                                 Err(error) => {
-                                    tracing::warn!(error = %crate::purge::error_chain(&error), "the index's notification connection broke");
+                                    tracing::warn!(error = %crate::net::error_chain(&error), "the index's notification connection broke");
                                     break;
                                 }
                             }
@@ -295,7 +295,7 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
                 driver.abort();
             }
             Err(error) => {
-                tracing::debug!(error = %crate::purge::error_chain(&error), "cannot listen for index changes yet");
+                tracing::debug!(error = %crate::net::error_chain(&error), "cannot listen for index changes yet");
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

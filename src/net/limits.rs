@@ -1,5 +1,5 @@
-//! Staying within a vendor's limits: client-side token buckets, capped
-//! exponential backoff with jitter, and `Retry-After`.
+//! Staying within another server's limits: client-side token buckets,
+//! capped exponential backoff with jitter, and `Retry-After`.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
