@@ -65,6 +65,7 @@ mod auth;
 mod blobs;
 mod guard;
 mod index;
+mod library;
 mod openapi;
 mod range;
 mod schedule;
@@ -396,9 +397,14 @@ impl Server {
                 address: config.listen,
                 source,
             })?;
-        let worker = worker::Worker::new(
+        let library = library::Library::new(
             index.clone(),
             blobs.clone(),
+            index::Lease::new(config.lease_ttl.max(Duration::from_secs(1))),
+            blob_grace,
+        );
+        let worker = worker::Worker::new(
+            library.clone(),
             config.allow_private_origins,
             worker::FetchLimits {
                 concurrent: config.max_fetches,
@@ -409,10 +415,8 @@ impl Server {
                 min_free_space: config.min_free_space,
                 timeout: config.fetch_timeout,
                 min_transfer_rate: config.min_transfer_rate,
-                blob_grace,
             },
             config.tag_headers.clone(),
-            index::Lease::new(config.lease_ttl.max(Duration::from_secs(1))),
         )?;
         if let Some(free) = blobs.free_space()
             && free < config.min_free_space
@@ -436,7 +440,7 @@ impl Server {
         );
         let state = Arc::new(api::AppState {
             index,
-            blobs,
+            library,
             worker,
             tokens: config.tokens,
             keys,

@@ -26,9 +26,9 @@ use register::register;
 use selection::{content, select};
 
 use super::auth::{Groups, Tokens};
-use super::blobs::Blobs;
 use super::guard;
 use super::index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, ResourceFilter, VersionFilter};
+use super::library::Library;
 use super::range::{self, Ranged};
 use super::schedule::Schedule;
 use super::worker::{Worker, request_url};
@@ -51,7 +51,7 @@ const REDACTED: &str = "<redacted>";
 /// Everything the handlers share.
 pub(crate) struct AppState {
     pub(crate) index: Arc<dyn Index>,
-    pub(crate) blobs: Arc<Blobs>,
+    pub(crate) library: Arc<Library>,
     pub(crate) worker: Arc<Worker>,
     pub(crate) tokens: Tokens,
     pub(crate) keys: KeyRules,
@@ -329,12 +329,8 @@ async fn delete_resource(
         }
     }
     state.visible(&groups, &rid).await?;
-    let _lock = state.worker.lock_blobs().await?;
-    match state.index.delete(&rid, force, Timestamp::now()).await? {
-        DeleteOutcome::Deleted(orphans) => {
-            state.worker.release(orphans).await;
-            Ok(StatusCode::NO_CONTENT)
-        }
+    match state.library.delete(&rid, force).await? {
+        DeleteOutcome::Deleted(_) => Ok(StatusCode::NO_CONTENT),
         DeleteOutcome::NotFound => Err(ApiError::not_found("resource")),
         DeleteOutcome::Pinned(count) => Err(ApiError::conflict(
             "pinned",
@@ -542,7 +538,7 @@ async fn remove_tag(
 async fn healthz(State(state): Shared) -> Response {
     let (index, blobs) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(5), state.index.ping()),
-        tokio::time::timeout(Duration::from_secs(5), state.blobs.ping()),
+        tokio::time::timeout(Duration::from_secs(5), state.library.blobs.ping()),
     );
     let index = match index {
         Ok(Ok(())) => None,

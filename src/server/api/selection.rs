@@ -155,11 +155,11 @@ pub(super) async fn content(state: &Arc<AppState>, version: Version, request: &H
     };
     let length = range.as_ref().map_or(size, |range| range.end - range.start);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    let guard = state.worker.read(&version.id);
+    let guard = state.library.read(&version.id);
     let body = if length == 0 {
         Body::empty()
     } else {
-        let stream = state.blobs.read(&sha, size, range).await.map_err(|error| {
+        let stream = state.library.blobs.read(&sha, size, range).await.map_err(|error| {
             tracing::error!(%error, blob = %sha, "a ready version's body is missing");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,6 +12,7 @@ use super::Worker;
 use crate::server::blobs::TempBlob;
 use crate::server::guard;
 use crate::server::index::{Finish, IndexError};
+use crate::server::library::failed;
 use crate::versions::{Resource, Strategy, Version, encode_body, header_map, url_with_query};
 
 /// At most this many cache tags are recorded per version.
@@ -70,62 +71,7 @@ impl Worker {
         if let Finish::Failed { error, .. } = &finish {
             tracing::warn!(resource = %resource_id, %error, "fetch failed");
         }
-        let now = Timestamp::now();
-        let _lock = match self.lock_blobs().await {
-            Ok(lock) => lock,
-            Err(error) => {
-                // Unrecorded: the lease runs out and a replica that reaches
-                // the index fetches again.
-                if let Some(temp) = body {
-                    self.blobs.discard(temp).await;
-                }
-                let error = format!("could not record the fetch: {error}");
-                tracing::error!(resource = %resource_id, %error);
-                return failed(error);
-            }
-        };
-        if let Some(temp) = &body
-            && let Err(error) = self.blobs.commit(temp).await
-        {
-            let failure = failed(format!("could not store the body: {error}"));
-            tracing::warn!(resource = %resource_id, ?failure);
-            let _unrecorded = self.record(resource_id, version_id, failure.clone(), now).await;
-            return failure;
-        }
-        if let Err(lost) = self.record(resource_id, version_id, finish.clone(), now).await {
-            if let Some(temp) = body {
-                // Committed for nothing: deleted by the next collection
-                // unless a version references the same body.
-                if let Err(error) = self.index.doom_blobs(vec![temp.sha256.clone()], now).await {
-                    tracing::warn!(%error, "could not record a blob to delete");
-                }
-            }
-            return failed(lost);
-        }
-        finish
-    }
-
-    /// Records how a fetch ended. Answers why it wasn't recorded.
-    async fn record(&self, resource_id: &str, version_id: &str, finish: Finish, now: Timestamp) -> Result<(), String> {
-        match self
-            .index
-            .finish(resource_id, version_id, finish, &self.lease, now, self.protected())
-            .await
-        {
-            Ok(orphans) => {
-                self.release(orphans).await;
-                Ok(())
-            }
-            Err(IndexError::LeaseLost) => {
-                metrics::counter!("edgecache_server_lease_expiries_total").increment(1);
-                tracing::warn!(resource = %resource_id, version = %version_id, "the lease ran out before the fetch was recorded; another replica has it");
-                Err(IndexError::LeaseLost.to_string())
-            }
-            Err(error) => {
-                tracing::error!(%error, resource = %resource_id, "could not record a fetch");
-                Err(format!("could not record the fetch: {error}"))
-            }
-        }
+        self.library.commit(resource_id, version_id, finish, body).await
     }
 
     /// One fetch, with retries; everything but recording it. Answers how it
@@ -182,7 +128,7 @@ impl Worker {
         }
         let temp = self.download(version_id, response, &clock).await?;
         if let Some(latest) = latest.filter(|latest| latest.sha256.as_deref() == Some(temp.sha256.as_str())) {
-            self.blobs.discard(temp).await;
+            self.library.blobs.discard(temp).await;
             // The same body under new validators: ask with those next time.
             let (etag, last_modified) = validators(&headers);
             let unchanged = Finish::Unchanged {
@@ -276,7 +222,7 @@ impl Worker {
     /// if it would.
     fn short_of_space(&self, needed: u64) -> Option<String> {
         let floor = self.limits.min_free_space;
-        let free = self.blobs.free_space()?;
+        let free = self.library.blobs.free_space()?;
         (free < floor.saturating_add(needed)).then(|| {
             format!(
                 "the disk holding the data directory has {} MiB free; the server keeps {} MiB free (--min-free-space){}",
@@ -299,6 +245,7 @@ impl Worker {
         clock: &FetchClock,
     ) -> Result<TempBlob, String> {
         let mut writer = self
+            .library
             .blobs
             .writer(version_id)
             .await
@@ -432,14 +379,6 @@ fn host_key(url: &url::Url) -> String {
         url.host_str().unwrap_or_default(),
         url.port_or_known_default().unwrap_or_default()
     )
-}
-
-/// A fetch that failed before the origin answered.
-pub(super) fn failed(error: impl Into<String>) -> Finish {
-    Finish::Failed {
-        status_code: None,
-        error: error.into(),
-    }
 }
 
 /// The resource's URL with its query.

@@ -14,15 +14,14 @@ use http::HeaderName;
 use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore, watch};
 
-use super::blobs::Blobs;
 use super::guard;
-use super::index::{BlobsLock, Claimed, Finish, Index, IndexError, Lease, Start};
+use super::index::{Claimed, Finish, Index, IndexError, Start};
 use crate::net::Backoff;
 use crate::versions::Version;
 
 mod fetch;
 
-use fetch::failed;
+use super::library::{Library, failed};
 pub(crate) use fetch::request_url;
 
 struct InFlight {
@@ -49,15 +48,13 @@ pub(crate) struct FetchLimits {
     /// The slowest a body may arrive, in bytes per second over any
     /// `RATE_WINDOW`; 0 turns the check off.
     pub(crate) min_transfer_rate: u64,
-    /// How long an unreferenced blob stays, for readers on other replicas;
-    /// zero deletes it at once (one server knows its own readers).
-    pub(crate) blob_grace: Duration,
 }
 
 /// The fetcher and scheduler.
 pub(crate) struct Worker {
+    library: Arc<Library>,
+    /// The library's index, read often.
     index: Arc<dyn Index>,
-    blobs: Arc<Blobs>,
     client: reqwest_middleware::ClientWithMiddleware,
     allow_private: bool,
     limits: FetchLimits,
@@ -68,45 +65,15 @@ pub(crate) struct Worker {
     in_flight: tokio::sync::Mutex<HashMap<String, InFlight>>,
     /// Bumped whenever a fetch ends, for requests waiting on a version.
     changes: watch::Sender<u64>,
-    /// Versions being streamed to a client, and how many times.
-    readers: Mutex<HashMap<String, usize>>,
     wake: Notify,
-    /// This process's hold on its fetches.
-    lease: Lease,
-}
-
-/// Keeps a version from collection while its body streams.
-pub(crate) struct ReadGuard {
-    worker: Arc<Worker>,
-    version: String,
-}
-
-impl Drop for ReadGuard {
-    fn drop(&mut self) {
-        let mut readers = self
-            .worker
-            .readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = readers.get_mut(&self.version) {
-            *count -= 1;
-            if *count == 0 {
-                // If a collection spared it, the next one (after a fetch,
-                // or the periodic one) removes it.
-                readers.remove(&self.version);
-            }
-        }
-    }
 }
 
 impl Worker {
     pub(crate) fn new(
-        index: Arc<dyn Index>,
-        blobs: Arc<Blobs>,
+        library: Arc<Library>,
         allow_private: bool,
         limits: FetchLimits,
         tag_headers: Vec<HeaderName>,
-        lease: Lease,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
@@ -127,8 +94,8 @@ impl Worker {
         }
         let client = reqwest_middleware::ClientBuilder::new(builder.build()?).build();
         Ok(Arc::new(Self {
-            index,
-            blobs,
+            index: library.index.clone(),
+            library,
             client,
             allow_private,
             tag_headers,
@@ -137,9 +104,7 @@ impl Worker {
             hosts: Mutex::new(HashMap::new()),
             in_flight: tokio::sync::Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
-            readers: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            lease,
         }))
     }
 
@@ -162,41 +127,6 @@ impl Worker {
         self.index.fetching(resource_id).await
     }
 
-    /// The lock that commits and releases of blobs hold: shared when
-    /// releases only doom blobs for later, exclusive when they delete.
-    pub(crate) async fn lock_blobs(&self) -> Result<BlobsLock, IndexError> {
-        self.index.lock_blobs(self.limits.blob_grace.is_zero()).await
-    }
-
-    /// Lets blobs no version references go (the caller holds
-    /// [`Worker::lock_blobs`]): at once, or after the grace period.
-    pub(crate) async fn release(&self, orphans: Vec<String>) {
-        if orphans.is_empty() {
-            return;
-        }
-        if self.limits.blob_grace.is_zero() {
-            self.blobs.delete(&orphans).await;
-        } else if let Err(error) = self.index.doom_blobs(orphans, Timestamp::now()).await {
-            // Left as strays: the sweep at the next start removes them.
-            tracing::warn!(%error, "could not record blobs to delete");
-        }
-    }
-
-    /// Protects `version` from collection until the guard drops.
-    pub(crate) fn read(self: &Arc<Self>, version: &str) -> ReadGuard {
-        let mut readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *readers.entry(version.to_owned()).or_default() += 1;
-        ReadGuard {
-            worker: self.clone(),
-            version: version.to_owned(),
-        }
-    }
-
-    fn protected(&self) -> Vec<String> {
-        let readers = self.readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        readers.keys().cloned().collect()
-    }
-
     /// Starts a fetch of the resource, or joins the one under way here or
     /// on another replica. Answers its pending version and a receiver of
     /// its outcome; `None` for an unknown resource.
@@ -210,7 +140,7 @@ impl Worker {
         }
         let version = match self
             .index
-            .start_version(resource_id, &self.lease, Timestamp::now())
+            .start_version(resource_id, &self.library.lease, Timestamp::now())
             .await?
         {
             Start::NotFound => return Ok(None),
@@ -332,18 +262,8 @@ impl Worker {
     /// claimed by the schedule once their leases run out (at once with
     /// SQLite, whose one server holds every lease).
     pub(crate) async fn recover(self: &Arc<Self>) -> Result<(), IndexError> {
-        // Strays first, before any fetch here can commit a blob; the
-        // referenced set is read under the lock that commits take.
-        {
-            let _lock = self.index.lock_blobs(true).await?;
-            let mut kept = self.index.referenced_blobs().await?;
-            kept.extend(self.index.doomed_blobs().await?);
-            match self.blobs.sweep(&kept).await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "removed blobs no version references"),
-                Err(error) => tracing::warn!(%error, "could not list the blobs to remove strays"),
-            }
-        }
+        // Strays first, before any fetch here can commit a blob.
+        self.library.sweep().await?;
         self.index.schedule_run_at_start(Timestamp::now()).await
     }
 
@@ -352,7 +272,7 @@ impl Worker {
     /// time (the database is out of reach), stops: another replica will
     /// restart it, and two must never fetch one resource at once.
     async fn heartbeat(self: Arc<Self>) {
-        let every = self.lease.ttl / 3;
+        let every = self.library.lease.ttl / 3;
         let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
@@ -360,12 +280,12 @@ impl Worker {
                 let in_flight = self.in_flight.lock().await;
                 in_flight.values().map(|fetch| fetch.version.id.clone()).collect()
             };
-            let lost: Vec<String> = match self.index.renew(&self.lease, held.clone()).await {
+            let lost: Vec<String> = match self.index.renew(&self.library.lease, held.clone()).await {
                 Ok(still) => {
                     renewed_at = tokio::time::Instant::now();
                     held.into_iter().filter(|id| !still.contains(id)).collect()
                 }
-                Err(error) if renewed_at.elapsed() + every >= self.lease.ttl => {
+                Err(error) if renewed_at.elapsed() + every >= self.library.lease.ttl => {
                     tracing::error!(%error, "could not renew the fetch leases in time; stopping this replica's fetches");
                     held
                 }
@@ -418,7 +338,7 @@ impl Worker {
             let claim = if room == 0 {
                 Ok(Claimed::default())
             } else {
-                self.index.claim(&self.lease, now, room).await
+                self.index.claim(&self.library.lease, now, room).await
             };
             let sleep = match claim {
                 Ok(mut claimed) => {
@@ -483,39 +403,9 @@ impl Worker {
         }
     }
 
-    /// Enforces every resource's limits (timed pins that ran out count as
-    /// unpinned) and deletes the blobs that frees.
+    /// Enforces every resource's limits and deletes what that frees.
     pub(crate) async fn collect(&self) {
-        let now = Timestamp::now();
-        {
-            // Shared when released blobs only wait for their grace period:
-            // other replicas' commits go on meanwhile.
-            let _lock = match self.lock_blobs().await {
-                Ok(lock) => lock,
-                Err(error) => {
-                    tracing::warn!(%error, "could not collect old versions");
-                    return;
-                }
-            };
-            match self.index.collect(now, self.protected()).await {
-                Ok(orphans) => self.release(orphans).await,
-                Err(error) => tracing::warn!(%error, "could not collect old versions"),
-            }
-        }
-        let _deleting = match self.index.lock_blobs(true).await {
-            Ok(lock) => lock,
-            Err(error) => {
-                tracing::warn!(%error, "could not delete blobs past their grace period");
-                return;
-            }
-        };
-        let before = now
-            .checked_sub(jiff::SignedDuration::try_from(self.limits.blob_grace).unwrap_or_default())
-            .unwrap_or(now);
-        match self.index.take_doomed(before).await {
-            Ok(expired) => self.blobs.delete(&expired).await,
-            Err(error) => tracing::warn!(%error, "could not delete blobs past their grace period"),
-        }
+        self.library.collect().await;
     }
 }
 
