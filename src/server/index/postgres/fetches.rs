@@ -365,7 +365,70 @@ pub(super) async fn finish(
     if holder.is_some_and(|holder| holder.as_deref() != Some(lease.holder.as_str())) {
         return Err(IndexError::LeaseLost);
     }
-    match &finish {
+    record_version(&tx, resource_id, version_id, &finish, now).await?;
+    let failed = record_attempt(&tx, resource_id, &finish, now).await?;
+    reschedule(&tx, resource_id, now, failed).await?;
+    let mut orphans = enforce_limits(&tx, resource_id, now, &protected).await?;
+    if let Finish::Ready(version) = &finish {
+        // The new version's own blob is referenced: never an orphan.
+        orphans.retain(|sha| Some(sha) != version.sha256.as_ref());
+    }
+    notify(&tx).await?;
+    tx.commit().await?;
+    Ok(orphans)
+}
+
+pub(super) async fn schedule_run_at_start(index: &PgIndex, now: Timestamp) -> Result<(), IndexError> {
+    let client = index.client().await?;
+    client
+        .execute(
+            &format!(
+                "UPDATE resources SET next_check_at = $1
+                 WHERE strategy::jsonb ->> 'kind' = 'cron' AND COALESCE((strategy::jsonb ->> 'run_at_start')::boolean, FALSE)
+                 AND NOT EXISTS (SELECT 1 FROM versions WHERE resource_id = resources.id AND {UNFINISHED})"
+            ),
+            &[&millis(now)],
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn collect(
+    index: &PgIndex,
+    now: Timestamp,
+    protected: Vec<String>,
+) -> Result<Vec<String>, IndexError> {
+    let mut client = index.client().await?;
+    // One replica collects at a time; the others skip their turn.
+    let ours: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECT_LOCK])
+        .await?
+        .try_get(0)?;
+    if !ours {
+        return Ok(Vec::new());
+    }
+    let collected = collect_each(&mut client, now, &protected).await;
+    if client
+        .execute("SELECT pg_advisory_unlock($1)", &[&COLLECT_LOCK])
+        .await
+        .is_err()
+    {
+        // Closing the session releases its lock.
+        drop(deadpool_postgres::Object::take(client));
+    }
+    collected
+}
+
+/// Records how a fetch ended on its version: ready, gone (an unchanged
+/// body: the check goes on the newest version), or failed.
+async fn record_version(
+    tx: &Transaction<'_>,
+    resource_id: &str,
+    version_id: &str,
+    finish: &Finish,
+    now: Timestamp,
+) -> Result<(), IndexError> {
+    match finish {
         Finish::Ready(version) => {
             tx.execute(
                 "UPDATE versions SET status = 'ready', fetched_at = $2, last_checked_at = $2, status_code = $3,
@@ -418,7 +481,18 @@ pub(super) async fn finish(
             .await?;
         }
     }
-    let failed = match &finish {
+    Ok(())
+}
+
+/// Records the attempt on the resource: its failures in a row and last
+/// error. Answers the failure's status, for the schedule's backoff.
+async fn record_attempt(
+    tx: &Transaction<'_>,
+    resource_id: &str,
+    finish: &Finish,
+    now: Timestamp,
+) -> Result<Option<Option<u16>>, IndexError> {
+    Ok(match finish {
         Finish::Failed { status_code, error } => {
             tx.execute(
                 "UPDATE resources SET failures = failures + 1, last_error = $2, last_attempt_at = $3 WHERE id = $1",
@@ -435,55 +509,5 @@ pub(super) async fn finish(
             .await?;
             None
         }
-    };
-    reschedule(&tx, resource_id, now, failed).await?;
-    let mut orphans = enforce_limits(&tx, resource_id, now, &protected).await?;
-    if let Finish::Ready(version) = &finish {
-        // The new version's own blob is referenced: never an orphan.
-        orphans.retain(|sha| Some(sha) != version.sha256.as_ref());
-    }
-    notify(&tx).await?;
-    tx.commit().await?;
-    Ok(orphans)
-}
-
-pub(super) async fn schedule_run_at_start(index: &PgIndex, now: Timestamp) -> Result<(), IndexError> {
-    let client = index.client().await?;
-    client
-        .execute(
-            &format!(
-                "UPDATE resources SET next_check_at = $1
-                 WHERE strategy::jsonb ->> 'kind' = 'cron' AND COALESCE((strategy::jsonb ->> 'run_at_start')::boolean, FALSE)
-                 AND NOT EXISTS (SELECT 1 FROM versions WHERE resource_id = resources.id AND {UNFINISHED})"
-            ),
-            &[&millis(now)],
-        )
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn collect(
-    index: &PgIndex,
-    now: Timestamp,
-    protected: Vec<String>,
-) -> Result<Vec<String>, IndexError> {
-    let mut client = index.client().await?;
-    // One replica collects at a time; the others skip their turn.
-    let ours: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&COLLECT_LOCK])
-        .await?
-        .try_get(0)?;
-    if !ours {
-        return Ok(Vec::new());
-    }
-    let collected = collect_each(&mut client, now, &protected).await;
-    if client
-        .execute("SELECT pg_advisory_unlock($1)", &[&COLLECT_LOCK])
-        .await
-        .is_err()
-    {
-        // Closing the session releases its lock.
-        drop(deadpool_postgres::Object::take(client));
-    }
-    collected
+    })
 }

@@ -309,72 +309,8 @@ pub(super) async fn finish(
                     _ => Ok(Vec::new()),
                 };
             }
-            match &finish {
-                Finish::Ready(version) => {
-                    tx.execute(
-                        "UPDATE versions SET status = 'ready', fetched_at = ?2, last_checked_at = ?2, status_code = ?3,
-                     headers = ?4, size = ?5, sha256 = ?6, media_type = ?7, etag = ?8, last_modified = ?9, error = NULL,
-                     cache_tags = ?10, lease_holder = NULL, lease_expires_at = NULL
-                     WHERE id = ?1",
-                        params![
-                            version_id,
-                            millis(now),
-                            version.status_code,
-                            json(&version.headers),
-                            version.size.and_then(|size| i64::try_from(size).ok()),
-                            version.sha256,
-                            version.media_type,
-                            version.etag,
-                            version.last_modified,
-                            json(&version.cache_tags),
-                        ],
-                    )?;
-                    if let Some(sha) = &version.sha256 {
-                        tx.execute("DELETE FROM doomed_blobs WHERE sha256 = ?1", [sha])?;
-                    }
-                    let mut tagged = tx.prepare_cached(
-                        "INSERT INTO cache_tags (tag, resource_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                    )?;
-                    for tag in &version.cache_tags {
-                        tagged.execute(params![tag, resource_id])?;
-                    }
-                }
-                Finish::Unchanged {
-                    latest,
-                    etag,
-                    last_modified,
-                } => {
-                    tx.execute("DELETE FROM versions WHERE id = ?1", [&version_id])?;
-                    tx.execute(
-                        "UPDATE versions SET last_checked_at = ?2, etag = COALESCE(?3, etag),
-                     last_modified = COALESCE(?4, last_modified) WHERE id = ?1",
-                        params![latest, millis(now), etag, last_modified],
-                    )?;
-                }
-                Finish::Failed { status_code, error } => {
-                    tx.execute(
-                        "UPDATE versions SET status = 'failed', status_code = ?2, error = ?3, last_checked_at = ?4,
-                     lease_holder = NULL, lease_expires_at = NULL WHERE id = ?1",
-                        params![version_id, status_code, error, millis(now)],
-                    )?;
-                }
-            }
-            let failed = match &finish {
-                Finish::Failed { status_code, error } => {
-                    tx.execute(
-                    "UPDATE resources SET failures = failures + 1, last_error = ?2, last_attempt_at = ?3 WHERE id = ?1",
-                    params![resource_id, error, millis(now)],
-                )?;
-                    Some(*status_code)
-                }
-                _ => {
-                    tx.execute(
-                        "UPDATE resources SET failures = 0, last_error = NULL, last_attempt_at = ?2 WHERE id = ?1",
-                        params![resource_id, millis(now)],
-                    )?;
-                    None
-                }
-            };
+            record_version(tx, &resource_id, &version_id, &finish, now)?;
+            let failed = record_attempt(tx, &resource_id, &finish, now)?;
             reschedule(tx, &resource_id, now, failed)?;
             let mut orphans = enforce_limits(tx, &resource_id, now, &protected)?;
             if let Finish::Ready(version) = finish {
@@ -417,4 +353,91 @@ pub(super) async fn collect(
             Ok(orphans)
         })
         .await
+}
+
+/// Records how a fetch ended on its version: ready, gone (an unchanged
+/// body: the check goes on the newest version), or failed.
+fn record_version(
+    tx: &Connection,
+    resource_id: &str,
+    version_id: &str,
+    finish: &Finish,
+    now: Timestamp,
+) -> Result<(), IndexError> {
+    match finish {
+        Finish::Ready(version) => {
+            tx.execute(
+                "UPDATE versions SET status = 'ready', fetched_at = ?2, last_checked_at = ?2, status_code = ?3,
+             headers = ?4, size = ?5, sha256 = ?6, media_type = ?7, etag = ?8, last_modified = ?9, error = NULL,
+             cache_tags = ?10, lease_holder = NULL, lease_expires_at = NULL
+             WHERE id = ?1",
+                params![
+                    version_id,
+                    millis(now),
+                    version.status_code,
+                    json(&version.headers),
+                    version.size.and_then(|size| i64::try_from(size).ok()),
+                    version.sha256,
+                    version.media_type,
+                    version.etag,
+                    version.last_modified,
+                    json(&version.cache_tags),
+                ],
+            )?;
+            if let Some(sha) = &version.sha256 {
+                tx.execute("DELETE FROM doomed_blobs WHERE sha256 = ?1", [sha])?;
+            }
+            let mut tagged =
+                tx.prepare_cached("INSERT INTO cache_tags (tag, resource_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+            for tag in &version.cache_tags {
+                tagged.execute(params![tag, resource_id])?;
+            }
+        }
+        Finish::Unchanged {
+            latest,
+            etag,
+            last_modified,
+        } => {
+            tx.execute("DELETE FROM versions WHERE id = ?1", [&version_id])?;
+            tx.execute(
+                "UPDATE versions SET last_checked_at = ?2, etag = COALESCE(?3, etag),
+             last_modified = COALESCE(?4, last_modified) WHERE id = ?1",
+                params![latest, millis(now), etag, last_modified],
+            )?;
+        }
+        Finish::Failed { status_code, error } => {
+            tx.execute(
+                "UPDATE versions SET status = 'failed', status_code = ?2, error = ?3, last_checked_at = ?4,
+             lease_holder = NULL, lease_expires_at = NULL WHERE id = ?1",
+                params![version_id, status_code, error, millis(now)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Records the attempt on the resource: its failures in a row and last
+/// error. Answers the failure's status, for the schedule's backoff.
+fn record_attempt(
+    tx: &Connection,
+    resource_id: &str,
+    finish: &Finish,
+    now: Timestamp,
+) -> Result<Option<Option<u16>>, IndexError> {
+    Ok(match finish {
+        Finish::Failed { status_code, error } => {
+            tx.execute(
+                "UPDATE resources SET failures = failures + 1, last_error = ?2, last_attempt_at = ?3 WHERE id = ?1",
+                params![resource_id, error, millis(now)],
+            )?;
+            Some(*status_code)
+        }
+        _ => {
+            tx.execute(
+                "UPDATE resources SET failures = 0, last_error = NULL, last_attempt_at = ?2 WHERE id = ?1",
+                params![resource_id, millis(now)],
+            )?;
+            None
+        }
+    })
 }
