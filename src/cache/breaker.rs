@@ -180,10 +180,16 @@ mod tests {
     #[test]
     fn a_failure_opens_for_about_the_first_backoff_and_one_probe_closes_it() {
         let breaker = Breaker::default();
+        let before = breaker.now_ms();
         assert_eq!(breaker.permit().expect("closed").failed(), Transition::Opened);
+        let after = breaker.now_ms();
         assert!(breaker.permit().is_none(), "open right after a failure");
+        // Measured from the failure, whenever this thread got to run.
         let until = breaker.open_until.load(Ordering::Acquire);
-        assert!((80..=120).contains(&until), "first backoff near 100 ms, got {until} ms");
+        assert!(
+            until >= before + 80 && until <= after + 120,
+            "first backoff near 100 ms: {until} ms, failed between {before} and {after} ms"
+        );
 
         // Pretend the period is over.
         breaker.open_until.store(1, Ordering::Release);

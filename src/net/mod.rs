@@ -5,11 +5,13 @@
 //! deadline).
 
 mod limits;
+mod retry;
 
 use std::time::Duration;
 
 pub(crate) use self::limits::retry_after;
 pub use self::limits::{Backoff, TokenBucket};
+pub(crate) use self::retry::{AfterFailure, Attempts, Verdict, send_with_retry};
 
 /// Whether a status says trying again later could help: a `429` or a `5xx`.
 pub(crate) fn retryable_status(status: u16) -> bool {

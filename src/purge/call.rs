@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Progress;
-use crate::net::{Backoff, TokenBucket, error_chain, retry_after, retryable_status};
+use crate::net::{
+    AfterFailure, Attempts, Backoff, TokenBucket, Verdict, error_chain, retryable_status, send_with_retry,
+};
 
 /// A run's stop flag: `true` once `signal` resolves (never without one),
 /// and the task that watches it, to abort when the run ends.
@@ -52,6 +54,8 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
     /// Attempts made, this one included.
     pub(crate) attempts: u32,
+    /// When the vendor said to try again, if it did.
+    retry_after: Option<Duration>,
 }
 
 impl Answer {
@@ -99,53 +103,71 @@ pub(crate) async fn call<R: Request>(
     retry: Retry,
     run: &Progress,
 ) -> Result<Answer, NoAnswer> {
-    let mut attempts = 0;
-    let mut last: Option<Result<Answer, NoAnswer>> = None;
-    loop {
-        let tokens = async {
-            for (bucket, tokens) in buckets {
-                bucket.take(*tokens).await;
-            }
-        };
-        tokio::select! {
-            () = tokens => {}
-            () = run.stopped() => return last.unwrap_or(Err(NoAnswer::NotSent)),
-        }
-        attempts += 1;
-        run.called(1);
-        let (failure, retry_after) = match request().send_now().await {
-            Ok(response) => {
-                let headers = response.headers();
-                let retry_after = retry_after(headers, Duration::from_secs(3600)).or_else(|| {
-                    let seconds = headers.get(retry.refill_header?)?.to_str().ok()?.trim().parse().ok()?;
-                    Some(Duration::from_secs(seconds).min(Duration::from_secs(3600)))
-                });
-                let status = response.status().as_u16();
-                let body = response.bytes().await.unwrap_or_default();
-                let answer = Answer { status, body, attempts };
-                if !answer.is_retryable() {
-                    return Ok(answer);
+    let attempts = Attempts {
+        backoff: retry.backoff,
+        max: retry.max_attempts,
+    };
+    let attempt = |made: u32| {
+        let request = &request;
+        async move {
+            let tokens = async {
+                for (bucket, tokens) in buckets {
+                    bucket.take(*tokens).await;
                 }
-                (Ok(answer), retry_after)
+            };
+            tokio::select! {
+                () = tokens => {}
+                () = run.stopped() => return Err(NoAnswer::NotSent),
             }
-            Err(error) => (Err(NoAnswer::Transport(error, attempts)), None),
-        };
+            run.called(1);
+            let attempts = made.saturating_add(1);
+            let response = request()
+                .send_now()
+                .await
+                .map_err(|error| NoAnswer::Transport(error, attempts))?;
+            let headers = response.headers();
+            let retry_after = crate::net::retry_after(headers, Duration::from_secs(3600)).or_else(|| {
+                let seconds = headers.get(retry.refill_header?)?.to_str().ok()?.trim().parse().ok()?;
+                Some(Duration::from_secs(seconds).min(Duration::from_secs(3600)))
+            });
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap_or_default();
+            Ok(Answer {
+                status,
+                body,
+                attempts,
+                retry_after,
+            })
+        }
+    };
+    let policy = |outcome: &Result<Answer, NoAnswer>| match outcome {
+        Ok(answer) if answer.is_retryable() => Verdict::Again(answer.retry_after),
+        Ok(_) => Verdict::Final,
+        Err(NoAnswer::Transport(..)) => Verdict::Again(None),
+        Err(NoAnswer::NotSent) => Verdict::Abandoned,
+    };
+    let after_failure = |outcome: &Result<Answer, NoAnswer>, next: Option<Duration>| {
+        // Not counted by the vendor: the tokens go back.
         for (bucket, tokens) in buckets {
             bucket.put_back(*tokens);
         }
-        let why = match &failure {
+        if next.is_none() || run.is_stopped() {
+            return AfterFailure::Keep;
+        }
+        let why = match outcome {
             Ok(answer) => format!("status {}", answer.status),
             Err(NoAnswer::Transport(error, _)) => error.clone(),
             Err(NoAnswer::NotSent) => String::new(),
         };
-        if attempts >= retry.max_attempts.max(1) || run.is_stopped() {
-            return failure;
-        }
-        last = Some(failure);
+        let attempts = match outcome {
+            Ok(answer) => answer.attempts,
+            Err(NoAnswer::Transport(_, attempts)) => *attempts,
+            Err(NoAnswer::NotSent) => 0,
+        };
         tracing::warn!(attempts, %why, "purge call failed; retrying");
-        tokio::select! {
-            () = tokio::time::sleep(retry.backoff.delay(attempts - 1, retry_after)) => {}
-            () = run.stopped() => return last.unwrap_or(Err(NoAnswer::NotSent)),
-        }
-    }
+        AfterFailure::Retry
+    };
+    send_with_retry(attempts, &policy, attempt, after_failure, || run.stopped())
+        .await
+        .0
 }

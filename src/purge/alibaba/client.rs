@@ -509,20 +509,27 @@ impl AlibabaCdnClient {
             _ => &self.quota,
         };
         let body = canonical_query(parameters.iter().map(|(name, value)| (*name, value.as_str())));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let attempts = crate::net::Attempts {
+            backoff: self.backoff,
+            max: self.max_attempts,
+        };
+        let policy = |outcome: &Result<T, AlibabaError>| match outcome {
+            Err(error) if error.is_retryable() => crate::net::Verdict::Again(None),
+            _ => crate::net::Verdict::Final,
+        };
+        let attempt = |_| async {
             bucket.take(1).await;
-            let error = match self.send(action, &body).await {
-                Ok(answer) => return Ok(answer),
-                Err(error) => error,
-            };
-            if !error.is_retryable() || attempt >= self.max_attempts {
-                return Err(error);
+            self.send(action, &body).await
+        };
+        let after_failure = |outcome: &Result<T, AlibabaError>, next: Option<std::time::Duration>| {
+            if let (Err(error), Some(_)) = (outcome, next) {
+                tracing::warn!(error = %crate::net::error_chain(error), action, "Alibaba Cloud CDN call failed; retrying");
             }
-            tracing::warn!(error = %crate::net::error_chain(&error), attempt, action, "Alibaba Cloud CDN call failed; retrying");
-            tokio::time::sleep(self.backoff.delay(attempt - 1, None)).await;
-        }
+            crate::net::AfterFailure::Retry
+        };
+        crate::net::send_with_retry(attempts, &policy, attempt, after_failure, std::future::pending)
+            .await
+            .0
     }
 
     async fn send<T: DeserializeOwned>(&self, action: &'static str, body: &str) -> Result<T, AlibabaError> {

@@ -93,7 +93,7 @@ impl Worker {
         }
         let conditional = conditional_headers(&resource.strategy, latest.as_ref(), now);
         let mut clock = FetchClock::new(self.limits.timeout);
-        let (response, _permits) = self.send(&resource, version_id, &url, &conditional, &mut clock).await?;
+        let (response, _permits) = self.send(&resource, version_id, &url, &conditional, &clock).await?;
         let status = response.status();
         let validators = |headers: &HeaderMap| {
             let text = |name| {
@@ -161,61 +161,87 @@ impl Worker {
         version_id: &str,
         url: &url::Url,
         conditional: &HeaderMap,
-        clock: &mut FetchClock,
+        clock: &FetchClock,
     ) -> Result<(reqwest::Response, Permits), String> {
         let method = Method::from_bytes(resource.method.as_bytes()).map_err(|_| "the stored method is invalid")?;
         let mut headers = header_map(&resource.headers);
         headers.extend(conditional.clone());
         let body = encode_body(resource.body.as_ref(), &mut headers);
         let host = host_key(url);
-        let mut attempt = 0;
-        loop {
-            let Some(permits) = self.permits(&host).await else {
-                return Err("the server is shutting down".into());
-            };
-            if attempt == 0 {
-                self.index
-                    .set_downloading(version_id)
-                    .await
-                    .map_err(|error| error.to_string())?;
-            }
-            clock.start();
-            let mut request = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(body) = &body {
-                request = request.body(body.clone());
-            }
-            let sent = clock.within(request.send()).await?;
-            let (retryable, retry_after, failure) = match sent {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if !crate::net::retryable_origin_status(status) || attempt >= self.limits.retries {
-                        return Ok((response, permits));
+        // The slots of the attempt under way: given back while it waits to
+        // retry, kept with the answer.
+        let held: std::sync::Mutex<Option<Permits>> = std::sync::Mutex::new(None);
+        let hold = |permits: Option<Permits>| *held.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = permits;
+        let attempt = |made: u32| {
+            let (method, headers, body, host, clock, hold) = (&method, &headers, &body, &host, &*clock, &hold);
+            async move {
+                let Some(permits) = self.permits(host).await else {
+                    return Err(Failure::last("the server is shutting down"));
+                };
+                hold(Some(permits));
+                if made == 0 {
+                    self.index
+                        .set_downloading(version_id)
+                        .await
+                        .map_err(|error| Failure::last(error.to_string()))?;
+                }
+                clock.start();
+                let mut request = self
+                    .client
+                    .request(method.clone(), url.clone())
+                    .headers(headers.clone());
+                if let Some(body) = body {
+                    request = request.body(body.clone());
+                }
+                match clock.within(request.send()).await {
+                    Err(out_of_time) => Err(Failure::last(out_of_time)),
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(error)) => {
+                        let message = crate::net::error_chain(&error);
+                        // A refused private address won't change by retrying.
+                        let retryable = !message.contains("refusing to fetch");
+                        Err(Failure { message, retryable })
                     }
-                    let retry_after = crate::net::retry_after(response.headers(), Duration::from_secs(60));
-                    (true, retry_after, format!("the origin answered {}", response.status()))
                 }
-                Err(error) => {
-                    let message = crate::net::error_chain(&error);
-                    // A refused private address won't change by retrying.
-                    let refused = message.contains("refusing to fetch");
-                    (!refused, None, message)
-                }
-            };
-            drop(permits);
-            if !retryable || attempt >= self.limits.retries {
-                return Err(failure);
             }
-            let delay = self.limits.backoff.delay(attempt, retry_after);
+        };
+        let policy = |outcome: &Result<reqwest::Response, Failure>| match outcome {
+            Ok(response) if crate::net::retryable_origin_status(response.status().as_u16()) => {
+                crate::net::Verdict::Again(crate::net::retry_after(response.headers(), Duration::from_secs(60)))
+            }
+            Err(failure) if failure.retryable => crate::net::Verdict::Again(None),
+            _ => crate::net::Verdict::Final,
+        };
+        let after_failure = |outcome: &Result<reqwest::Response, Failure>, next: Option<Duration>| {
+            let Some(delay) = next else {
+                return AfterFailure::Keep;
+            };
+            hold(None);
+            let failure = match outcome {
+                Ok(response) => format!("the origin answered {}", response.status()),
+                Err(failure) => failure.message.clone(),
+            };
             if clock.remaining().is_some_and(|remaining| remaining < delay) {
-                return Err(format!("{failure}; no time left to retry ({})", clock.limit()));
+                return AfterFailure::End(Err(Failure::last(format!(
+                    "{failure}; no time left to retry ({})",
+                    clock.limit()
+                ))));
             }
             tracing::debug!(%failure, ?delay, "retrying a fetch");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+            AfterFailure::Retry
+        };
+        let attempts = crate::net::Attempts {
+            backoff: self.limits.backoff,
+            max: self.limits.retries.saturating_add(1),
+        };
+        let (outcome, _) =
+            crate::net::send_with_retry(attempts, &policy, attempt, after_failure, std::future::pending).await;
+        let response = outcome.map_err(|failure| failure.message)?;
+        let permits = held
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .ok_or("the fetch lost its slots")?;
+        Ok((response, permits))
     }
 
     /// Why writing `needed` more bytes would leave too little free space,
@@ -330,29 +356,39 @@ impl Worker {
 /// covers retries and the body.
 struct FetchClock {
     limit: Duration,
-    deadline: Option<tokio::time::Instant>,
+    /// Set by the first attempt that has its slots.
+    deadline: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl FetchClock {
     fn new(limit: Duration) -> Self {
-        Self { limit, deadline: None }
+        Self {
+            limit,
+            deadline: std::sync::Mutex::new(None),
+        }
     }
 
     /// Starts the clock, unless it runs already.
-    fn start(&mut self) {
-        if self.deadline.is_none() {
-            self.deadline = tokio::time::Instant::now().checked_add(self.limit);
+    fn deadline(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.deadline.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn start(&self) {
+        let mut deadline = self.deadline();
+        if deadline.is_none() {
+            *deadline = tokio::time::Instant::now().checked_add(self.limit);
         }
     }
 
     /// More time, for a large body.
     fn extend(&mut self, by: Duration) {
         self.limit = self.limit.saturating_add(by);
-        self.deadline = self.deadline.and_then(|deadline| deadline.checked_add(by));
+        let mut deadline = self.deadline();
+        *deadline = deadline.and_then(|deadline| deadline.checked_add(by));
     }
 
     fn remaining(&self) -> Option<Duration> {
-        self.deadline
+        self.deadline()
             .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
     }
 
@@ -362,7 +398,8 @@ impl FetchClock {
 
     /// `work`, or why it ran out of time.
     async fn within<T>(&self, work: impl Future<Output = T>) -> Result<T, String> {
-        match self.deadline {
+        let deadline = *self.deadline();
+        match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, work)
                 .await
                 .map_err(|_| format!("the fetch ran out of time: {}", self.limit())),
@@ -370,6 +407,24 @@ impl FetchClock {
         }
     }
 }
+
+/// Why an attempt got no answer, and whether another could.
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl Failure {
+    /// A failure retrying won't mend.
+    fn last(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+use crate::net::AfterFailure;
 
 /// What limits fetches per host: the host and port, as a browser counts
 /// connections.
