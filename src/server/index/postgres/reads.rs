@@ -15,12 +15,7 @@ pub(super) async fn resources(
     limit: u64,
 ) -> Result<Page<Resource>, IndexError> {
     let mut client = index.client().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = snapshot(&mut client).await?;
     let ResourceFilter { group, cache_tag } = filter;
     let condition = "($1::text[] IS NULL OR grp = ANY($1)) AND ($2::text IS NULL OR grp = $2)
         AND ($3::text IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = $3))";
@@ -49,12 +44,7 @@ pub(super) async fn versions(
     now: Timestamp,
 ) -> Result<Page<Version>, IndexError> {
     let mut client = index.client().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = snapshot(&mut client).await?;
     let conditions = format!(
         "resource_id = $1 AND $2::bigint IS NOT NULL AND ($3::text IS NULL OR status = $3)
          AND ($4::text IS NULL OR tags::jsonb ? $4)
@@ -94,12 +84,7 @@ pub(super) async fn selectable(
 ) -> Result<Option<(Resource, Vec<Version>)>, IndexError> {
     let mut client = index.client().await?;
     // One snapshot for both reads.
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = snapshot(&mut client).await?;
     let Some(resource) = load_resource(&tx, resource_id).await? else {
         return Ok(None);
     };

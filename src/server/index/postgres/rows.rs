@@ -121,3 +121,14 @@ pub(super) async fn notify(tx: &Transaction<'_>) -> Result<(), IndexError> {
     tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
     Ok(())
 }
+
+/// A read-only transaction in which every statement sees one committed
+/// state: a listing and its count, a resource and its versions.
+pub(super) async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<Transaction<'_>, IndexError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
