@@ -32,7 +32,8 @@ pub use client::{
 pub use error::{Error, Result};
 pub use middleware::VersionsMiddleware;
 pub(crate) use model::{
-    Change, Pin, Registration, VERSION_METADATA, WARNING_HEADER, encode_body, header_map, strict_bool, url_with_query,
+    Change, LimitsChange, Pin, Registration, VERSION_METADATA, WARNING_HEADER, encode_body, header_map, strict_bool,
+    url_with_query,
 };
 pub use model::{
     ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, Version, VersionStatus, is_valid_tag,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,8 +34,8 @@ use super::schedule::Schedule;
 use super::worker::{Worker, request_url};
 use crate::cache::key::{KeyRules, KeySecret, RequestHead};
 use crate::versions::{
-    ErrorBody, ErrorDetail, Limits, Page, Resource, Selection, Strategy, VERSION_METADATA, Version, VersionStatus,
-    encode_body, is_valid_tag, strict_bool,
+    Change, ErrorBody, ErrorDetail, Limits, LimitsChange, Page, Pin, Registration, Resource, Selection, Strategy,
+    VERSION_METADATA, Version, VersionStatus, encode_body, is_valid_tag, strict_bool,
 };
 
 /// Listings return at most this many items per page.
@@ -298,14 +298,12 @@ async fn update_resource(
     State(state): Shared,
     Extension(groups): Extension<Groups>,
     Path(rid): Path<String>,
-    body: Bytes,
+    JsonBody(change): JsonBody<Change>,
 ) -> AppResult<Json<Resource>> {
-    let mut object = json_object(&body)?;
     let resource = state.visible(&groups, &rid).await?;
-    let strategy = field::<Strategy>(&mut object, "strategy")?.unwrap_or(resource.strategy);
+    let strategy = change.strategy.unwrap_or(resource.strategy);
     check_strategy(&strategy)?;
-    let limits = limits_over(resource.limits, &mut object)?;
-    no_other_fields(&object)?;
+    let limits = limits_over(resource.limits, change.limits)?;
     let updated = state
         .index
         .update(&rid, strategy, limits, Timestamp::now())
@@ -458,12 +456,9 @@ async fn pin(
     State(state): Shared,
     Extension(groups): Extension<Groups>,
     Path((rid, vid)): Path<(String, String)>,
-    body: Bytes,
+    JsonBody(Pin { duration_seconds }): JsonBody<Pin>,
 ) -> AppResult<Json<Version>> {
-    let mut object = json_object(&body)?;
-    let duration = field::<u64>(&mut object, "duration_seconds")?;
-    no_other_fields(&object)?;
-    if let Some(seconds) = duration
+    if let Some(seconds) = duration_seconds
         && !(1..=MAX_PIN_SECONDS).contains(&seconds)
     {
         return Err(ApiError::invalid(
@@ -475,7 +470,7 @@ async fn pin(
     }
     state.visible(&groups, &rid).await?;
     let now = Timestamp::now();
-    let until = duration.map(|seconds| {
+    let until = duration_seconds.map(|seconds| {
         now.saturating_add(SignedDuration::from_secs(i64::try_from(seconds).unwrap_or(i64::MAX)))
             .unwrap_or(Timestamp::MAX)
     });

@@ -3,41 +3,68 @@
 
 use super::*;
 
-pub(super) fn json_object(body: &[u8]) -> AppResult<Map<String, Value>> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the body must be a JSON object",
-        )),
-        Err(error) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {error}"),
-        )),
+/// A JSON request body read as `T`, one of the model's request structs.
+/// An empty body reads as `{}`; a body that isn't a JSON object is a 400
+/// `invalid_json`; a field that doesn't fit `T` is a 422 naming it.
+pub(super) struct JsonBody<T>(pub(super) T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        read_body(&body).map(JsonBody).map_err(IntoResponse::into_response)
     }
 }
 
-/// Takes `name` out of `object` as a `T`; a value that doesn't fit is a 422
-/// naming the field.
-pub(super) fn field<T: DeserializeOwned>(object: &mut Map<String, Value>, name: &str) -> AppResult<Option<T>> {
-    match object.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value)
-            .map(Some)
-            .map_err(|error| ApiError::invalid(name, format!("`{name}` is invalid: {error}"))),
-    }
+pub(super) fn read_body<T: DeserializeOwned>(body: &[u8]) -> AppResult<T> {
+    let object = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(object @ Value::Object(_)) => object,
+            Ok(_) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "the body must be a JSON object",
+                ));
+            }
+            Err(error) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("the body is not valid JSON: {error}"),
+                ));
+            }
+        }
+    };
+    serde_path_to_error::deserialize(object).map_err(|error| {
+        let field = match error.path().iter().next() {
+            Some(serde_path_to_error::Segment::Map { key }) => key.clone(),
+            // Every request body is an object, so a field is always named;
+            // this is for a shape the model may add later.
+            _ => "body".to_owned(),
+        };
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        let message = if inner.starts_with("unknown field") && path == field {
+            inner
+        } else {
+            format!("`{path}` is invalid: {inner}")
+        };
+        ApiError::invalid(&field, message)
+    })
 }
 
-pub(super) fn no_other_fields(object: &Map<String, Value>) -> AppResult<()> {
-    match object.keys().next() {
-        Some(name) => Err(ApiError::invalid(name, format!("unknown field `{name}`"))),
-        None => Ok(()),
+/// A free-form text field of at most 4096 bytes.
+pub(super) fn check_note(name: &str, text: Option<String>) -> AppResult<Option<String>> {
+    if text.as_ref().is_some_and(|text| text.len() > 4096) {
+        return Err(ApiError::invalid(name, format!("`{name}` is longer than 4096 bytes")));
     }
+    Ok(text)
 }
 
 pub(super) fn check_strategy(strategy: &Strategy) -> AppResult<()> {
@@ -60,16 +87,9 @@ pub(super) fn check_strategy(strategy: &Strategy) -> AppResult<()> {
     }
 }
 
-pub(super) fn limits_over(current: Limits, object: &mut Map<String, Value>) -> AppResult<Limits> {
-    let Some(patch) = field::<Map<String, Value>>(object, "limits")? else {
-        return Ok(current);
-    };
-    let mut limits = serde_json::to_value(current).unwrap_or_default();
-    if let Some(target) = limits.as_object_mut() {
-        target.extend(patch);
-    }
-    let limits: Limits = serde_json::from_value(limits)
-        .map_err(|error| ApiError::invalid("limits", format!("`limits` is invalid: {error}")))?;
+/// `change` laid over `current`; at least one unpinned version is kept.
+pub(super) fn limits_over(current: Limits, change: Option<LimitsChange>) -> AppResult<Limits> {
+    let limits = change.map_or(current, |change| change.over(current));
     if limits.max_unpinned == 0 {
         return Err(ApiError::invalid("limits", "`max_unpinned` must be at least 1"));
     }
@@ -180,7 +200,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bodies_read_into_the_model_or_name_the_field_at_fault() {
+        let pin: Pin = read_body(b"  ").unwrap();
+        assert_eq!(pin.duration_seconds, None, "an empty body is {{}}");
+        let change: Change = read_body(br#"{"limits":{"max_pinned":1}}"#).unwrap();
+        assert_eq!(
+            change.limits.map(|limits| limits.over(Limits::default()).max_pinned),
+            Some(1)
+        );
+        for body in [&b"{not json"[..], b"[1]", b"\"null\""] {
+            let error = read_body::<Registration>(body).unwrap_err();
+            assert_eq!(
+                (error.status, error.detail.code.as_str()),
+                (StatusCode::BAD_REQUEST, "invalid_json")
+            );
+        }
+        for (body, field) in [
+            (&br#"{"duration_seconds":"soon"}"#[..], "duration_seconds"),
+            (br#"{"duration_seconds":-1}"#, "duration_seconds"),
+            (br#"{"colour":"red"}"#, "colour"),
+        ] {
+            let error = read_body::<Pin>(body).unwrap_err();
+            assert_eq!(error.detail.field.as_deref(), Some(field), "{}", error.detail.message);
+        }
+        let error = read_body::<Change>(br#"{"limits":{"max_unpinned":-1}}"#).unwrap_err();
+        assert_eq!(error.detail.field.as_deref(), Some("limits"));
+        assert!(
+            error.detail.message.starts_with("`limits.max_unpinned` is invalid"),
+            "{}",
+            error.detail.message
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_body_reads_as_a_registration_or_an_error_naming_what_is_wrong(body in proptest::collection::vec(proptest::num::u8::ANY, 0..120), json in r#"\{("[a-z_]{1,10}":("[ -~]{0,8}"|-?[0-9]{1,4}|null|\[\]|\{\}),?){0,4}\}"#) {
+            for bytes in [body.as_slice(), json.as_bytes()] {
+                if let Err(error) = read_body::<Registration>(bytes) {
+                    match error.status {
+                        StatusCode::BAD_REQUEST => proptest::prop_assert_eq!(error.detail.code.as_str(), "invalid_json"),
+                        StatusCode::UNPROCESSABLE_ENTITY => proptest::prop_assert!(error.detail.field.is_some()),
+                        other => proptest::prop_assert!(false, "unexpected {other}"),
+                    }
+                }
+            }
+        }
+
         #[test]
         fn any_query_string_selects_or_names_a_field(query in "[ -~]{0,80}") {
             if let Err(error) = selection(Some(&query)) {

@@ -6,106 +6,27 @@ use super::*;
 pub(super) async fn register(
     State(state): Shared,
     Extension(groups): Extension<Groups>,
-    body: Bytes,
+    JsonBody(registration): JsonBody<Registration>,
 ) -> AppResult<Response> {
-    let mut object = json_object(&body)?;
-    let method = field::<String>(&mut object, "method")?
-        .unwrap_or_else(|| "GET".into())
-        .to_ascii_uppercase();
-    if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
-        return Err(ApiError::invalid(
-            "method",
-            format!("`{method}` can't be fetched: use GET, POST or PUT"),
-        ));
-    }
-    let url_text: String = field(&mut object, "url")?.ok_or_else(|| ApiError::invalid("url", "`url` is required"))?;
-    let mut url = crate::purge::check_url(&url_text)
-        .map_err(|reason| ApiError::invalid("url", format!("`{url_text}` {reason}")))?;
-    let mut query: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-        .collect();
-    url.set_query(None);
-    match object.remove("query") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (name, value) in map {
-                let value = match value {
-                    Value::String(text) => text,
-                    other => other.to_string(),
-                };
-                query.push((name, value));
-            }
-        }
-        Some(other) => {
-            let pairs: Vec<(String, String)> = serde_json::from_value(other).map_err(|_| {
-                ApiError::invalid("query", "`query` must be an object or a list of [name, value] pairs")
-            })?;
-            query.extend(pairs);
-        }
-    }
-    query.sort();
-    let mut headers = BTreeMap::new();
-    let mut header_map = http::HeaderMap::new();
-    for (name, value) in field::<BTreeMap<String, String>>(&mut object, "headers")?.unwrap_or_default() {
-        let (Ok(header_name), Ok(header_value)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) else {
-            return Err(ApiError::invalid(
-                "headers",
-                format!("`{name}` is not a valid header name and value"),
-            ));
-        };
-        header_map.append(header_name.clone(), header_value);
-        headers.insert(header_name.as_str().to_owned(), value);
-    }
-    let body_value = object.remove("body").filter(|value| !value.is_null());
-    let group = field::<String>(&mut object, "group")?.unwrap_or_else(|| "default".into());
-    let group = checked_name("group", &group, "a group name")?;
-    let asked_strategy = field::<Strategy>(&mut object, "strategy")?;
-    let strategy = asked_strategy.clone().unwrap_or_default();
-    check_strategy(&strategy)?;
-    let asked_limits = object.contains_key("limits");
-    let limits = limits_over(Limits::default(), &mut object)?;
-    let description = note(&mut object, "description")?;
-    let link = note(&mut object, "link")?;
-    no_other_fields(&object)?;
-    if !groups.allows(&group) {
+    let asked_strategy = registration.strategy.is_some();
+    let asked_limits = registration.limits.is_some();
+    let (resource, headers) = checked(registration)?;
+    if !groups.allows(&resource.group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("this token can't use group `{group}`"),
+            format!("this token can't use group `{}`", resource.group),
         ));
     }
     if !state.allow_private {
+        let url = url::Url::parse(&resource.url).map_err(|error| ApiError::invalid("url", error.to_string()))?;
         guard::check_literal(&url).map_err(|refused| ApiError::invalid("url", refused))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         if guard::resolves_only_privately(&host).await {
             return Err(ApiError::invalid("url", guard::refusal(&host)));
         }
     }
-    let now = Timestamp::now();
-    let resource = Resource {
-        id: uuid::Uuid::now_v7().to_string(),
-        method,
-        url: url.to_string(),
-        query,
-        headers,
-        body: body_value,
-        group,
-        strategy,
-        limits,
-        created_at: now,
-        last_checked_at: None,
-        next_check_at: None,
-        last_attempt_at: None,
-        last_error: None,
-        failures: 0,
-        description,
-        link,
-    };
-    let key = resource_key(&state, &resource, &header_map)?;
+    let key = resource_key(&state, &resource, &headers)?;
     let asked = resource.clone();
     let (stored, created) = state.index.register(key, resource).await?;
     // A resource never fetched yet may be one whose registration, racing
@@ -117,19 +38,11 @@ pub(super) async fn register(
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut differences = Vec::new();
     if !created {
-        if asked_strategy.is_some() && asked.strategy != stored.strategy {
-            differences.push(format!(
-                "strategy {} (asked {})",
-                serde_json::to_string(&stored.strategy).unwrap_or_default(),
-                serde_json::to_string(&asked.strategy).unwrap_or_default()
-            ));
+        if asked_strategy && asked.strategy != stored.strategy {
+            differences.push(difference("strategy", &stored.strategy, &asked.strategy));
         }
         if asked_limits && asked.limits != stored.limits {
-            differences.push(format!(
-                "limits {} (asked {})",
-                serde_json::to_string(&stored.limits).unwrap_or_default(),
-                serde_json::to_string(&asked.limits).unwrap_or_default()
-            ));
+            differences.push(difference("limits", &stored.limits, &asked.limits));
         }
     }
     let id = stored.id.clone();
@@ -148,17 +61,87 @@ pub(super) async fn register(
     Ok(response)
 }
 
+/// The resource a registration asks for, with its headers as a request
+/// carries them; a value that can't be used is a 422 naming its field.
+fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap)> {
+    let method = registration.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
+        return Err(ApiError::invalid(
+            "method",
+            format!("`{method}` can't be fetched: use GET, POST or PUT"),
+        ));
+    }
+    let url_text = registration.url;
+    if url_text.is_empty() {
+        return Err(ApiError::invalid("url", "`url` is required"));
+    }
+    let mut url = crate::purge::check_url(&url_text)
+        .map_err(|reason| ApiError::invalid("url", format!("`{url_text}` {reason}")))?;
+    // The URL's own query joins `query`, sorted: one identity however the
+    // parameters were written.
+    let mut query: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .chain(registration.query)
+        .collect();
+    url.set_query(None);
+    query.sort();
+    let mut header_map = http::HeaderMap::new();
+    let mut headers = BTreeMap::new();
+    for (name, value) in registration.headers {
+        let (Ok(header_name), Ok(header_value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            return Err(ApiError::invalid(
+                "headers",
+                format!("`{name}` is not a valid header name and value"),
+            ));
+        };
+        header_map.append(header_name.clone(), header_value);
+        headers.insert(header_name.as_str().to_owned(), value);
+    }
+    let group = checked_name(
+        "group",
+        registration.group.as_deref().unwrap_or("default"),
+        "a group name",
+    )?;
+    let strategy = registration.strategy.unwrap_or_default();
+    check_strategy(&strategy)?;
+    let resource = Resource {
+        id: uuid::Uuid::now_v7().to_string(),
+        method,
+        url: url.to_string(),
+        query,
+        headers,
+        body: registration.body,
+        group,
+        strategy,
+        limits: limits_over(Limits::default(), registration.limits)?,
+        created_at: Timestamp::now(),
+        last_checked_at: None,
+        next_check_at: None,
+        last_attempt_at: None,
+        last_error: None,
+        failures: 0,
+        description: check_note("description", registration.description)?,
+        link: check_note("link", registration.link)?,
+    };
+    Ok((resource, header_map))
+}
+
+/// `name stored (asked asked)`, for the warning of a registration that found
+/// the resource registered differently.
+fn difference<T: serde::Serialize>(name: &str, stored: &T, asked: &T) -> String {
+    format!(
+        "{name} {} (asked {})",
+        serde_json::to_string(stored).unwrap_or_default(),
+        serde_json::to_string(asked).unwrap_or_default()
+    )
+}
+
 /// `X-Edgecache-Warning`: the request was carried out, but not as asked.
 pub(super) const WARNING: header::HeaderName = header::HeaderName::from_static(crate::versions::WARNING_HEADER);
-
-/// A free-form text field of at most 4096 bytes.
-pub(super) fn note(object: &mut Map<String, Value>, name: &str) -> AppResult<Option<String>> {
-    let text = field::<String>(object, name)?;
-    if text.as_ref().is_some_and(|text| text.len() > 4096) {
-        return Err(ApiError::invalid(name, format!("`{name}` is longer than 4096 bytes")));
-    }
-    Ok(text)
-}
 
 /// The cache engine's key of the resource's request.
 pub(super) fn resource_key(state: &AppState, resource: &Resource, headers: &http::HeaderMap) -> AppResult<String> {

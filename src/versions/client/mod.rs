@@ -16,8 +16,8 @@ use url::Url;
 
 use super::error::{Error, Result};
 use super::{
-    Change, ErrorBody, Limits, Page, Pin, Registration, Resource, Selection, Strategy, VERSION_METADATA, Version,
-    VersionStatus,
+    Change, ErrorBody, Limits, LimitsChange, Page, Pin, Registration, Resource, Selection, Strategy, VERSION_METADATA,
+    Version, VersionStatus,
 };
 use crate::CacheMiddleware;
 use crate::store::MemoryStore;

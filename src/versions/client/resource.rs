@@ -121,14 +121,14 @@ pub(super) fn registration(
     notes: Notes,
 ) -> Value {
     let body = Registration {
-        method: spec.method.as_str().to_owned(),
+        method: Some(spec.method.as_str().to_owned()),
         url: spec.url.clone(),
         query: spec.query.clone(),
         headers: spec.headers.clone(),
         body: spec.body.clone(),
-        group: group.unwrap_or_else(|| client.inner.group.clone()),
+        group: Some(group.unwrap_or_else(|| client.inner.group.clone())),
         strategy,
-        limits,
+        limits: limits.map(LimitsChange::from),
         description: notes.description,
         link: notes.link,
     };
@@ -203,7 +203,11 @@ impl ResourceHandle {
     /// Changes the strategy and limits (`None` keeps the current one);
     /// the server reschedules.
     pub async fn update(&self, strategy: Option<Strategy>, limits: Option<Limits>) -> Result<Resource> {
-        let body = serde_json::to_value(Change { strategy, limits }).unwrap_or_default();
+        let body = serde_json::to_value(Change {
+            strategy,
+            limits: limits.map(LimitsChange::from),
+        })
+        .unwrap_or_default();
         self.client
             .json(Method::PATCH, &self.path("").await?, &[], Some(&body))
             .await

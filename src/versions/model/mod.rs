@@ -9,6 +9,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+mod requests;
+mod selection;
+
+pub(crate) use requests::{Change, LimitsChange, Pin, Registration};
+pub use selection::Selection;
+
 /// A registered request the server keeps versions of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
@@ -61,72 +67,6 @@ pub struct Resource {
     /// A link about the resource (a ticket, a dashboard), as registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
-}
-
-/// The body of `PUT /v1/resources`: the request to keep versions of, and
-/// how. Only `url` is required.
-#[derive(Debug, Clone, Serialize)]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
-// For the schema: the server refuses unknown fields.
-#[serde(deny_unknown_fields)]
-pub(crate) struct Registration {
-    /// `GET` (the default), `POST` or `PUT`.
-    #[cfg_attr(feature = "server", schema(value_type = Option<String>, pattern = "^(GET|POST|PUT)$"))]
-    pub(crate) method: String,
-    /// An `http` or `https` URL; its query joins `query`.
-    #[cfg_attr(feature = "server", schema(pattern = "^https?://\\S+$"))]
-    pub(crate) url: String,
-    /// Query parameters: `[name, value]` pairs, or an object.
-    #[cfg_attr(feature = "server", schema(schema_with = query_schema, required = false))]
-    pub(crate) query: Vec<(String, String)>,
-    /// Request headers.
-    #[cfg_attr(feature = "server", schema(value_type = Option<BTreeMap<String, String>>))]
-    pub(crate) headers: BTreeMap<String, String>,
-    /// The request body: a JSON value, sent as JSON; a string is sent as it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(value_type = Option<Value>))]
-    pub(crate) body: Option<serde_json::Value>,
-    /// The group (default `default`): 1 to 64 of `A-Z a-z 0-9 . _ -`.
-    #[cfg_attr(feature = "server", schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._-]{1,64}$"))]
-    pub(crate) group: String,
-    /// When new versions are fetched (default: `remote_changed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) strategy: Option<Strategy>,
-    /// How many versions are kept; missing fields take their defaults.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) limits: Option<Limits>,
-    /// Free-form notes, at most 4096 bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(max_length = 4096))]
-    pub(crate) description: Option<String>,
-    /// A link about the resource, at most 4096 bytes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(max_length = 4096))]
-    pub(crate) link: Option<String>,
-}
-
-/// The body of `PATCH /v1/resources/{rid}`: what is absent stays as it is.
-#[derive(Debug, Clone, Default, Serialize)]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Change {
-    /// When new versions are fetched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) strategy: Option<Strategy>,
-    /// How many versions are kept; missing fields keep their values.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) limits: Option<Limits>,
-}
-
-/// The body of `PUT …/versions/{vid}/pin`; empty for a pin without end.
-#[derive(Debug, Clone, Default, Serialize)]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Pin {
-    /// How long the pin lasts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(minimum = 1))]
-    pub(crate) duration_seconds: Option<u64>,
 }
 
 /// Where a version is in its life.
@@ -404,129 +344,6 @@ impl Default for Limits {
     }
 }
 
-/// Which version to serve. `force_*` are hard filters; `prefer_*` are
-/// dropped one at a time when no ready version meets them all (pinned
-/// first, then tag, then version); of what is left the newest wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "server", derive(utoipa::ToSchema, utoipa::IntoParams))]
-#[serde(default)]
-pub struct Selection {
-    /// Only this version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub force_version: Option<String>,
-    /// Only versions with this tag.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
-    pub force_tag: Option<String>,
-    /// Only pinned versions.
-    #[serde(skip_serializing_if = "is_false")]
-    pub force_pinned: bool,
-    /// Preferably this version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefer_version: Option<String>,
-    /// Preferably a version with this tag.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", schema(pattern = "^[A-Za-z0-9._-]{1,64}$"))]
-    pub prefer_tag: Option<String>,
-    /// Preferably a pinned version.
-    #[serde(skip_serializing_if = "is_false")]
-    pub prefer_pinned: bool,
-    /// The newest version fetched at or before this time (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "server", param(value_type = Option<String>), schema(value_type = Option<String>, format = DateTime))]
-    pub at: Option<Timestamp>,
-    /// Fetch first, and serve the new version.
-    #[serde(skip_serializing_if = "is_false")]
-    pub fresh: bool,
-    /// Seconds to wait for a first ready version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait: Option<u64>,
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
-
-impl Selection {
-    /// The newest ready version.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Prefer a pinned version.
-    pub fn prefer_pinned(mut self) -> Self {
-        self.prefer_pinned = true;
-        self
-    }
-    /// Prefer a version with this tag.
-    pub fn prefer_tag(mut self, tag: impl Into<String>) -> Self {
-        self.prefer_tag = Some(tag.into());
-        self
-    }
-    /// Prefer this version.
-    pub fn prefer_version(mut self, id: impl Into<String>) -> Self {
-        self.prefer_version = Some(id.into());
-        self
-    }
-    /// Only this version.
-    pub fn force_version(mut self, id: impl Into<String>) -> Self {
-        self.force_version = Some(id.into());
-        self
-    }
-    /// Only versions with this tag.
-    pub fn force_tag(mut self, tag: impl Into<String>) -> Self {
-        self.force_tag = Some(tag.into());
-        self
-    }
-    /// Only pinned versions.
-    pub fn force_pinned(mut self) -> Self {
-        self.force_pinned = true;
-        self
-    }
-    /// The newest version fetched at or before `at`.
-    pub fn at(mut self, at: Timestamp) -> Self {
-        self.at = Some(at);
-        self
-    }
-    /// Fetch a new version first.
-    pub fn fresh(mut self) -> Self {
-        self.fresh = true;
-        self
-    }
-    /// Wait up to `wait` for a first ready version.
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = Some(wait.as_secs());
-        self
-    }
-
-    /// Picks from `ready` (ready versions, newest first) the version this
-    /// selection serves. `fresh` and `wait` are not filters; the server
-    /// acts on them before picking.
-    pub fn pick<'v>(&self, ready: &'v [Version]) -> Option<&'v Version> {
-        let forced = ready.iter().filter(|version| {
-            self.force_version.as_ref().is_none_or(|id| &version.id == id)
-                && self.force_tag.as_ref().is_none_or(|tag| version.tags.contains(tag))
-                && (!self.force_pinned || version.pinned)
-                && self
-                    .at
-                    .is_none_or(|at| version.fetched_at.is_some_and(|fetched| fetched <= at))
-        });
-        let candidates: Vec<&Version> = forced.collect();
-        let by_version = |version: &Version| self.prefer_version.as_ref().is_none_or(|id| &version.id == id);
-        let by_tag = |version: &Version| self.prefer_tag.as_ref().is_none_or(|tag| version.tags.contains(tag));
-        let by_pin = |version: &Version| !self.prefer_pinned || version.pinned;
-        // Preferences are dropped in this order: pinned, then tag, then version.
-        let rounds: [&dyn Fn(&Version) -> bool; 4] = [
-            &|v| by_version(v) && by_tag(v) && by_pin(v),
-            &|v| by_version(v) && by_tag(v),
-            &|v| by_version(v),
-            &|_| true,
-        ];
-        rounds
-            .iter()
-            .find_map(|round| candidates.iter().copied().find(|version| round(version)))
-    }
-}
-
 /// A page of a listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
@@ -621,29 +438,11 @@ pub fn is_valid_tag(tag: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
 }
 
-/// `query` in a registration, for the API description: `[name, value]`
-/// pairs, or an object of names to values.
-#[cfg(feature = "server")]
-fn query_schema() -> utoipa::openapi::Schema {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
-    let text = || ObjectBuilder::new().schema_type(Type::String);
-    let pairs = ArrayBuilder::new().items(ArrayBuilder::new().items(text()).min_items(Some(2)).max_items(Some(2)));
-    let names = ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .additional_properties(Some(text()));
-    OneOfBuilder::new()
-        .item(pairs)
-        .item(names)
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .description(Some("Query parameters: `[name, value]` pairs, or an object"))
-        .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn version(id: &str, tags: &[&str], pinned: bool, fetched_second: i64) -> Version {
+    pub(super) fn version(id: &str, tags: &[&str], pinned: bool, fetched_second: i64) -> Version {
         Version {
             id: id.into(),
             status: VersionStatus::Ready,
@@ -663,79 +462,6 @@ mod tests {
             pinned_until: None,
             error: None,
         }
-    }
-
-    /// Newest first: v4 (tag b), v3 (pinned), v2 (tag a, pinned), v1 (tag a).
-    fn versions() -> Vec<Version> {
-        vec![
-            version("v4", &["b"], false, 400),
-            version("v3", &[], true, 300),
-            version("v2", &["a"], true, 200),
-            version("v1", &["a"], false, 100),
-        ]
-    }
-
-    fn pick(selection: Selection) -> Option<String> {
-        selection.pick(&versions()).map(|version| version.id.clone())
-    }
-
-    #[test]
-    fn preferences_are_dropped_pinned_first_then_tag_then_version() {
-        let cases: &[(Selection, Option<&str>)] = &[
-            (Selection::new(), Some("v4")),
-            (Selection::new().prefer_pinned(), Some("v3")),
-            (Selection::new().prefer_tag("a"), Some("v2")),
-            (Selection::new().prefer_tag("a").prefer_pinned(), Some("v2")),
-            // No pinned version has tag b: pinned is dropped, tag b is kept.
-            (Selection::new().prefer_tag("b").prefer_pinned(), Some("v4")),
-            // Pinned goes first, then the unmet tag: the newest is left.
-            (Selection::new().prefer_tag("zzz").prefer_pinned(), Some("v4")),
-            (Selection::new().prefer_version("v1"), Some("v1")),
-            // v1 isn't pinned: pinned goes, v1 with tag a stays.
-            (
-                Selection::new().prefer_version("v1").prefer_tag("a").prefer_pinned(),
-                Some("v1"),
-            ),
-            // v1 lacks tag b: pinned then tag are dropped, the version stays.
-            (
-                Selection::new().prefer_version("v1").prefer_tag("b").prefer_pinned(),
-                Some("v1"),
-            ),
-            (Selection::new().prefer_version("nope"), Some("v4")),
-            (Selection::new().prefer_version("nope").prefer_pinned(), Some("v4")),
-            (Selection::new().force_pinned(), Some("v3")),
-            (Selection::new().force_tag("a"), Some("v2")),
-            (Selection::new().force_tag("a").prefer_pinned(), Some("v2")),
-            (
-                Selection::new().force_tag("a").force_pinned().prefer_version("v1"),
-                Some("v2"),
-            ),
-            (Selection::new().force_tag("b").force_pinned(), None),
-            (Selection::new().force_version("v1"), Some("v1")),
-            (Selection::new().force_version("v1").force_pinned(), None),
-            (Selection::new().force_version("nope"), None),
-            (Selection::new().force_tag("zzz").prefer_tag("a"), None),
-        ];
-        for (selection, expected) in cases {
-            assert_eq!(pick(selection.clone()).as_deref(), *expected, "{selection:?}");
-        }
-    }
-
-    #[test]
-    fn at_picks_the_newest_version_fetched_by_then() {
-        let at = |second| Timestamp::from_second(second).unwrap();
-        assert_eq!(pick(Selection::new().at(at(250))).as_deref(), Some("v2"));
-        assert_eq!(pick(Selection::new().at(at(300))).as_deref(), Some("v3"));
-        assert_eq!(pick(Selection::new().at(at(99))), None);
-        assert_eq!(
-            pick(Selection::new().at(at(350)).prefer_tag("a")).as_deref(),
-            Some("v2")
-        );
-        assert_eq!(pick(Selection::new().at(at(150)).force_pinned()), None);
-        assert_eq!(
-            pick(Selection::new().at(at(1000)).force_tag("b")).as_deref(),
-            Some("v4")
-        );
     }
 
     #[test]
