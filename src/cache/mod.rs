@@ -10,6 +10,7 @@
 pub(crate) mod body;
 mod breaker;
 mod coalesce;
+mod directives;
 pub mod key;
 pub(crate) mod mode;
 pub mod policy;
@@ -35,11 +36,10 @@ use url::Url;
 use self::body::{CacheBody, Collected, Recorder, collect_limited};
 use self::breaker::{Breaker, Transition};
 use self::coalesce::{Inflight, Leader, Turn, follow};
+use self::directives::{RequestDirectives, has_directive, has_no_cache, vary_names};
 use self::key::{CacheKey, KeyRules, KeySecret, RequestHead};
 use self::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
-use self::policy::{
-    ExpireAfter, Lifetime, RequestDirectives, Rules, StaleWindow, has_directive, has_no_cache, vary_names,
-};
+use self::policy::{ExpireAfter, Lifetime, Rules, StaleWindow};
 use crate::store::entry::{DecodeError, StoredResponse};
 use crate::store::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};

@@ -20,11 +20,18 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use http::{HeaderMap, HeaderName, Method};
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use url::Url;
+
+mod form;
+mod secret;
+
+use self::form::{FormPart, decode_form};
+pub(crate) use self::secret::KeySecret;
+use self::secret::{Credentials, length_prefixed_mac, truncate};
 
 /// Parameters that identify a user by default: they separate cache entries
 /// (through a keyed digest) and are never stored or logged.
@@ -141,33 +148,6 @@ pub enum MatchHeaders {
 
 /// A user-supplied function that replaces the built-in key computation.
 pub(crate) type KeyFn = Arc<dyn Fn(&RequestHead<'_>) -> String + Send + Sync>;
-
-/// The secret that keys digests of credentials and `Vary` values, so the
-/// store holds nothing a guess could be checked against.
-#[derive(Clone)]
-pub(crate) struct KeySecret(Hmac<Sha256>);
-
-impl KeySecret {
-    pub(crate) fn new(secret: &[u8]) -> Self {
-        // HMAC takes keys of any length; the fallback is never used.
-        Self(crate::digest::hmac_sha256_keyed(secret))
-    }
-
-    /// A fresh random secret, for stores that keep none.
-    pub(crate) fn random() -> Self {
-        Self::new(&crate::digest::random_bytes())
-    }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        self.0.clone()
-    }
-}
-
-impl fmt::Debug for KeySecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeySecret(..)")
-    }
-}
 
 /// A set of parameter names: exact for query and body parameters,
 /// case-insensitive for headers.
@@ -494,112 +474,7 @@ impl KeyRules {
     }
 }
 
-/// Collects a request's credentials into one keyed digest.
-struct Credentials<'s> {
-    secret: &'s KeySecret,
-    /// Query and form pairs, sorted before digesting so their order doesn't matter.
-    pairs: Vec<(u8, Vec<u8>, Vec<u8>)>,
-}
-
-impl<'s> Credentials<'s> {
-    fn new(secret: &'s KeySecret) -> Self {
-        Self {
-            secret,
-            pairs: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, kind: u8, name: &[u8], value: &[u8]) {
-        self.pairs.push((kind, name.to_vec(), value.to_vec()));
-    }
-
-    /// The digest, or `None` when the request carries no credential.
-    fn finish(mut self) -> Option<[u8; 32]> {
-        if self.pairs.is_empty() {
-            return None;
-        }
-        self.pairs.sort();
-        let mut mac = self.secret.mac();
-        mac.update(b"credentials");
-        for (kind, name, value) in &self.pairs {
-            mac.update(&[*kind]);
-            length_prefixed_mac(&mut mac, name);
-            length_prefixed_mac(&mut mac, value);
-        }
-        Some(mac.finalize().into_bytes().into())
-    }
-}
-
 fn length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(bytes);
-}
-
-fn length_prefixed_mac(mac: &mut Hmac<Sha256>, bytes: &[u8]) {
-    mac.update(&(bytes.len() as u64).to_le_bytes());
-    mac.update(bytes);
-}
-
-fn truncate(digest: [u8; 32]) -> [u8; 16] {
-    let mut short = [0; 16];
-    short.copy_from_slice(&digest[..16]);
-    // 128 bits: collision-free for any realistic cache, half the text.
-    short
-}
-
-/// Bytes the form encoding keeps as they are: ASCII letters, digits, `*-._`.
-const KEPT_AS_IS: [bool; 256] = {
-    let mut kept = [false; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let b = byte as u8;
-        kept[byte] = b.is_ascii_alphanumeric() || b == b'*' || b == b'-' || b == b'.' || b == b'_';
-        byte += 1;
-    }
-    kept
-};
-
-/// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space,
-/// `%XX` a byte. Invalid UTF-8 stays as it is, so distinct inputs stay
-/// distinct.
-fn decode_form(raw: &[u8]) -> Vec<u8> {
-    let plus_as_space: Cow<'_, [u8]> = if raw.contains(&b'+') {
-        Cow::Owned(raw.iter().map(|&byte| if byte == b'+' { b' ' } else { byte }).collect())
-    } else {
-        Cow::Borrowed(raw)
-    };
-    percent_encoding::percent_decode(&plus_as_space).collect()
-}
-
-/// One decoded `application/x-www-form-urlencoded` name or value.
-struct FormPart<'a> {
-    bytes: Cow<'a, [u8]>,
-    /// The raw text when it holds only bytes the form encoding keeps as they
-    /// are, so it is its own canonical encoding (the common case).
-    plain: Option<&'a str>,
-}
-
-impl<'a> FormPart<'a> {
-    fn decode(raw: &'a str) -> Self {
-        if raw.bytes().all(|byte| KEPT_AS_IS[usize::from(byte)]) {
-            return FormPart {
-                bytes: Cow::Borrowed(raw.as_bytes()),
-                plain: Some(raw),
-            };
-        }
-        let bytes = if raw.bytes().any(|byte| byte == b'%' || byte == b'+') {
-            Cow::Owned(decode_form(raw.as_bytes()))
-        } else {
-            Cow::Borrowed(raw.as_bytes())
-        };
-        FormPart { bytes, plain: None }
-    }
-
-    fn encode_into(&self, out: &mut String) {
-        if let Some(text) = self.plain {
-            out.push_str(text);
-        } else {
-            out.extend(url::form_urlencoded::byte_serialize(&self.bytes));
-        }
-    }
 }
