@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 mod poll;
+mod submit;
+
+use self::submit::record_submissions;
 
 use super::client::{AlibabaCdnClient, AlibabaError, ObjectType, PrefetchOptions, Quota};
 use super::report::{Outcome, RunReport, UrlReport};
@@ -172,6 +174,16 @@ type AcceptedFn = Arc<dyn Fn(&[String]) + Send + Sync>;
 /// A call's outcome (`None` in its place: not sent, the run was stopped).
 type SubmitResult = Result<super::Submitted, AlibabaError>;
 
+/// What [`BatchJob::plan`] decided.
+struct Planned {
+    reports: Vec<UrlReport>,
+    /// Accepted batches: their members (indexes into `reports`) and tasks.
+    batches: Vec<(Vec<usize>, Vec<String>)>,
+    to_send: Vec<usize>,
+    journal: Option<Journal>,
+    batch_size: usize,
+}
+
 /// A batch refresh or prefetch, configured with builder methods and started
 /// with [`BatchJob::run`]. Made by [`AlibabaCdnClient::batch`].
 ///
@@ -294,78 +306,15 @@ impl BatchJob<'_> {
     /// quota checked before anything is sent.
     pub async fn run<S: Into<String>>(mut self, objects: impl IntoIterator<Item = S>) -> Result<RunReport, BatchError> {
         let objects: Vec<String> = objects.into_iter().map(Into::into).collect();
-        let urls = self.prepare(&objects)?;
-        let duplicates = objects.len() - urls.len();
-
-        let max = self.operation.max_per_call();
-        let batch_size = self.batch_size.unwrap_or(max);
-        if batch_size > max {
-            return Err(BatchError::BatchSize {
-                given: batch_size,
-                max,
-                what: self.operation.describe(),
-            });
-        }
-
-        let header = JournalHeader {
-            edgecache_journal: 1,
-            operation: self.operation.name().to_owned(),
-            object_type: self.operation.object_type(),
-        };
-        let (journal, earlier) = match &self.journal {
-            Some((path, resume)) => {
-                let (journal, earlier) = Journal::open::<_, AcceptedBatch>(path, &header, *resume)?;
-                (Some(journal), earlier)
-            }
-            None => (None, Vec::new()),
-        };
-
-        let mut reports: Vec<UrlReport> = urls
-            .iter()
-            .map(|(index, url)| UrlReport {
-                index: *index,
-                url: url.clone(),
-                task_ids: Vec::new(),
-                resumed: false,
-                outcome: Outcome::NotSubmitted,
-            })
-            .collect();
-        let position: HashMap<&str, usize> = urls
-            .iter()
-            .enumerate()
-            .map(|(position, (_, url))| (url.as_str(), position))
-            .collect();
-
-        // Batches an earlier run had accepted: polled, never resubmitted.
-        let mut batches: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
-        for accepted in earlier {
-            let members: Vec<usize> = accepted
-                .urls
-                .iter()
-                .filter_map(|url| position.get(url.as_str()).copied())
-                .collect();
-            for &member in &members {
-                reports[member].resumed = true;
-                reports[member].task_ids = accepted.task_ids.clone();
-                reports[member].outcome = Outcome::Accepted;
-            }
-            if !members.is_empty() {
-                batches.push((members, accepted.task_ids));
-            }
-        }
-        let to_send: Vec<usize> = (0..reports.len()).filter(|&at| !reports[at].resumed).collect();
-        if !to_send.is_empty() {
-            let quota = self.client.quota().await.map_err(BatchError::Quota)?;
-            let (what, remaining, daily) = self.operation.quota(&quota);
-            if to_send.len() as u64 > remaining {
-                return Err(BatchError::QuotaExceeded {
-                    what,
-                    needed: to_send.len() as u64,
-                    remaining,
-                    quota: daily,
-                });
-            }
-        }
+        let Planned {
+            mut reports,
+            mut batches,
+            to_send,
+            journal,
+            batch_size,
+        } = self.plan(&objects)?;
+        let duplicates = objects.len() - reports.len();
+        self.check_quota(to_send.len()).await?;
         let packed = pack(&reports, to_send, batch_size);
 
         let stop = self
@@ -380,72 +329,10 @@ impl BatchJob<'_> {
                 progress(step);
             }
         };
-
-        let sent: Vec<(Vec<usize>, Option<SubmitResult>)> = futures_util::stream::iter(packed)
-            .map(|members| {
-                let stopped = stopped.clone();
-                let paths: Vec<String> = members.iter().map(|&at| reports[at].url.clone()).collect();
-                let journal = journal.clone();
-                async move {
-                    if *stopped.borrow() {
-                        return (members, None);
-                    }
-                    let submitted = match &this.operation {
-                        Operation::Refresh { object_type, force } => {
-                            this.client.refresh(&paths, *object_type, *force).await
-                        }
-                        Operation::Prefetch(options) => this.client.prefetch(&paths, options).await,
-                    };
-                    if let (Ok(_), Some(accepted)) = (&submitted, &this.accepted) {
-                        accepted(&paths);
-                    }
-                    if let (Ok(submitted), Some(journal)) = (&submitted, &journal) {
-                        let record = AcceptedBatch {
-                            urls: paths,
-                            task_ids: submitted.task_ids.clone(),
-                            request_id: submitted.request_id.clone(),
-                        };
-                        if let Err(error) = journal.record(&record).await {
-                            tracing::error!(%error, "a batch was accepted but could not be journaled");
-                        }
-                    }
-                    (members, Some(submitted))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .inspect(|(members, submitted)| match submitted {
-                Some(Ok(_)) => progress(Progress::Submitted(members.len())),
-                Some(Err(_)) => progress(Progress::Failed(members.len())),
-                None => {}
-            })
-            .collect()
+        let sent = self
+            .submit_all(&reports, packed, journal, stopped.clone(), &progress)
             .await;
-
-        let mut calls = 0;
-        for (members, submitted) in sent {
-            match submitted {
-                None => {}
-                Some(Ok(submitted)) => {
-                    calls += 1;
-                    for &member in &members {
-                        reports[member].task_ids = submitted.task_ids.clone();
-                        reports[member].outcome = Outcome::Accepted;
-                    }
-                    batches.push((members, submitted.task_ids));
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, urls = members.len(), "a batch was not accepted");
-                    let outcome = Outcome::Rejected {
-                        code: error.code().map(str::to_owned),
-                        message: error.to_string(),
-                        request_id: error.request_id().map(str::to_owned),
-                    };
-                    for &member in &members {
-                        reports[member].outcome = outcome.clone();
-                    }
-                }
-            }
-        }
+        let calls = record_submissions(&mut reports, &mut batches, sent);
 
         let was_stopped = *stopped.borrow();
         if self.wait && !was_stopped {
@@ -466,6 +353,93 @@ impl BatchJob<'_> {
             calls,
             stopped: *stopped.borrow(),
         })
+    }
+
+    /// Everything decided before the first call: the checked URLs, the
+    /// batch size, the journal, and the batches an earlier run had accepted
+    /// (polled, never resubmitted).
+    fn plan(&self, objects: &[String]) -> Result<Planned, BatchError> {
+        let urls = self.prepare(objects)?;
+        let max = self.operation.max_per_call();
+        let batch_size = self.batch_size.unwrap_or(max);
+        if batch_size > max {
+            return Err(BatchError::BatchSize {
+                given: batch_size,
+                max,
+                what: self.operation.describe(),
+            });
+        }
+        let header = JournalHeader {
+            edgecache_journal: 1,
+            operation: self.operation.name().to_owned(),
+            object_type: self.operation.object_type(),
+        };
+        let (journal, earlier) = match &self.journal {
+            Some((path, resume)) => {
+                let (journal, earlier) = Journal::open::<_, AcceptedBatch>(path, &header, *resume)?;
+                (Some(journal), earlier)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut reports: Vec<UrlReport> = urls
+            .iter()
+            .map(|(index, url)| UrlReport {
+                index: *index,
+                url: url.clone(),
+                task_ids: Vec::new(),
+                resumed: false,
+                outcome: Outcome::NotSubmitted,
+            })
+            .collect();
+        let position: HashMap<&str, usize> = urls
+            .iter()
+            .enumerate()
+            .map(|(position, (_, url))| (url.as_str(), position))
+            .collect();
+        let mut batches = Vec::new();
+        for accepted in earlier {
+            let members: Vec<usize> = accepted
+                .urls
+                .iter()
+                .filter_map(|url| position.get(url.as_str()).copied())
+                .collect();
+            for &member in &members {
+                reports[member].resumed = true;
+                reports[member].task_ids = accepted.task_ids.clone();
+                reports[member].outcome = Outcome::Accepted;
+            }
+            if !members.is_empty() {
+                batches.push((members, accepted.task_ids));
+            }
+        }
+        let to_send = (0..reports.len()).filter(|&at| !reports[at].resumed).collect();
+        Ok(Planned {
+            reports,
+            batches,
+            to_send,
+            journal,
+            batch_size,
+        })
+    }
+
+    /// Refuses a run the day's quota can't take; a run with nothing left to
+    /// send asks nothing.
+    async fn check_quota(&self, to_send: usize) -> Result<(), BatchError> {
+        if to_send == 0 {
+            return Ok(());
+        }
+        let quota = self.client.quota().await.map_err(BatchError::Quota)?;
+        let (what, remaining, daily) = self.operation.quota(&quota);
+        let needed = u64::try_from(to_send).unwrap_or(u64::MAX);
+        if needed > remaining {
+            return Err(BatchError::QuotaExceeded {
+                what,
+                needed,
+                remaining,
+                quota: daily,
+            });
+        }
+        Ok(())
     }
 
     /// Validates and encodes every line; `(index, url)` of distinct URLs.
