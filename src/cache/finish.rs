@@ -169,14 +169,6 @@ impl Engine {
             ..
         } = *fetch;
         let (mut parts, body) = response.into_parts();
-        let not_stored = |engine: &Self, parts: &mut http::response::Parts, key| {
-            let info = CacheInfo {
-                forward: Some(forward),
-                forward_status: Some(parts.status),
-                ..miss(Some(key), None)
-            };
-            engine.annotate(&mut parts.headers, &mut parts.extensions, info);
-        };
 
         let lifetime = self.rules.lifetime(&request, &parts, configured, requested_at, now);
         let max_body_size = self.options.max_body_size;
@@ -193,7 +185,7 @@ impl Engine {
                     // The origin no longer lets this be cached: drop our copy.
                     self.call_store("remove", || self.store.remove(&stale.key)).await;
                 }
-                not_stored(self, &mut parts, key);
+                self.annotate_not_stored(&mut parts, key, forward);
                 return Ok(http::Response::from_parts(
                     parts,
                     CacheBody::streaming(Bytes::new(), body),
@@ -212,6 +204,21 @@ impl Engine {
             leader,
             now,
         };
+        self.keep(pending, parts, body, forward).await
+    }
+
+    /// Answers with a response the rules let be stored, and stores it.
+    async fn keep<B>(
+        self: &Arc<Self>,
+        pending: PendingEntry,
+        mut parts: http::response::Parts,
+        body: B,
+        forward: Forward,
+    ) -> Result<http::Response<CacheBody<B>>, B::Error>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let max_body_size = self.options.max_body_size;
         // Small bodies are read whole before answering, so the answer can say
         // whether it was stored. Larger ones stream on at once, a copy is kept
         // up to `max_body_size`, and it is stored when the body ends.
@@ -236,12 +243,12 @@ impl Engine {
         };
         if max_body_size <= READ_BEFORE_STREAMING {
             too_large_to_cache(&pending.url, max_body_size);
-            not_stored(self, &mut parts, info_key);
+            self.annotate_not_stored(&mut parts, info_key, forward);
             return Ok(http::Response::from_parts(parts, CacheBody::streaming(read, rest)));
         }
         // Kept as the origin sent them, before the answer is marked.
         let (status, headers) = (parts.status, parts.headers.clone());
-        not_stored(self, &mut parts, info_key);
+        self.annotate_not_stored(&mut parts, info_key, forward);
         let engine = Arc::clone(self);
         let recorder = Recorder::new(&read, max_body_size, move |copy| match copy {
             // The body ends inside someone's poll: store from a task, if
@@ -260,6 +267,16 @@ impl Engine {
             parts,
             CacheBody::recording(read, rest, recorder),
         ))
+    }
+
+    /// Marks an answer the cache did not store.
+    fn annotate_not_stored(&self, parts: &mut http::response::Parts, key: CacheKey, forward: Forward) {
+        let info = CacheInfo {
+            forward: Some(forward),
+            forward_status: Some(parts.status),
+            ..miss(Some(key), None)
+        };
+        self.annotate(&mut parts.headers, &mut parts.extensions, info);
     }
 
     /// Stores a response read whole, and shares it with the requests that

@@ -236,41 +236,8 @@ impl Purger {
         let kind = objects.kind();
         let (distinct, duplicates) = self.check(&objects)?;
 
-        let (journal, earlier) = match &self.journal {
-            Some((path, resume)) => {
-                let header = JournalHeader {
-                    edgecache_purge_journal: 1,
-                    kind,
-                };
-                let (journal, records) = Journal::open::<_, Done>(path, &header, *resume)?;
-                let earlier: HashMap<(String, String), Done> = records
-                    .into_iter()
-                    .map(|done| ((done.target.clone(), done.object.clone()), done))
-                    .collect();
-                let writer = Arc::new(JournalWriter {
-                    journal,
-                    pending: std::sync::Mutex::default(),
-                });
-                (Some(writer), earlier)
-            }
-            None => (None, HashMap::new()),
-        };
-        // Writes what targets settle as they go, so a run killed halfway
-        // loses at most the last quarter second.
-        let (finished_sender, mut finished) = watch::channel(false);
-        let journal_task = journal.clone().map(|writer| {
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(JOURNAL_EVERY) => writer.flush().await,
-                        _ = finished.changed() => {
-                            writer.flush().await;
-                            break;
-                        }
-                    }
-                }
-            })
-        });
+        let (journal, earlier) = self.open_journal(kind)?;
+        let (finished_sender, journal_task) = flush_periodically(journal.clone());
 
         let signal = self
             .stop
@@ -279,29 +246,13 @@ impl Purger {
             .take();
         let (stop, watcher) = super::call::watch_stop(signal);
 
-        let mut layers: Vec<Vec<&Arc<dyn Target>>> = Vec::new();
-        for target in &self.targets {
-            match layers.last_mut() {
-                Some(layer) if self.parallel || layer[0].layer() == target.layer() => layer.push(target),
-                _ => layers.push(vec![target]),
-            }
-        }
-
+        let layers = self.layers();
         let mut reports = Vec::new();
         let mut failed_layers: Vec<String> = Vec::new();
         let mut order_broken = None;
         let layer_count = layers.len();
         for (position, layer) in layers.into_iter().enumerate() {
-            let held_back = if *stop.borrow() {
-                Some("the run was stopped first".to_owned())
-            } else if self.stop_on_failure && !failed_layers.is_empty() {
-                Some(format!(
-                    "an earlier layer failed ({}), and the run stops on failure",
-                    failed_layers.join(", ")
-                ))
-            } else {
-                None
-            };
+            let held_back = self.held_back(*stop.borrow(), &failed_layers);
             if held_back.is_none() && !failed_layers.is_empty() && order_broken.is_none() {
                 order_broken = Some(format!(
                     "{} failed; later layers were purged anyway and may have refetched a stale copy from it",
@@ -320,32 +271,17 @@ impl Purger {
                 run.target(target.as_ref(), progress)
             });
             let finished = futures_util::future::join_all(runs).await;
-            let mut longest_estimate = 0;
-            for report in &finished {
-                if !report.is_success() {
-                    failed_layers.push(report.name.clone());
-                }
-                longest_estimate = report
-                    .objects
+            failed_layers.extend(
+                finished
                     .iter()
-                    .filter(|line| line.outcome.status == Status::Accepted && !line.resumed)
-                    .filter_map(|line| line.outcome.estimated_seconds)
-                    .fold(longest_estimate, u64::max);
+                    .filter(|report| !report.is_success())
+                    .map(|report| report.name.clone()),
+            );
+            // The next layer starts once this one is done, by the CDN's own estimate.
+            if position + 1 < layer_count && !*stop.borrow() {
+                self.wait_for_estimate(&finished, stop.clone()).await;
             }
             reports.extend(finished);
-            // The next layer starts once this one is done, by the CDN's own estimate.
-            if position + 1 < layer_count && longest_estimate > 0 && !*stop.borrow() {
-                let wait = Duration::from_secs(longest_estimate).min(self.max_confirm_wait);
-                Progress::new("", self.progress.clone(), None).note(format!(
-                    "waiting {}s for the CDN's estimate before the next layer",
-                    wait.as_secs()
-                ));
-                let mut stopped = stop.clone();
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    _ = stopped.wait_for(|stopped| *stopped) => {}
-                }
-            }
         }
         if let Some(watcher) = watcher {
             watcher.abort();
@@ -363,6 +299,78 @@ impl Purger {
             stopped,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The journal, with what an earlier run settled by (target, object).
+    fn open_journal(&self, kind: ObjectKind) -> Result<(Option<Arc<JournalWriter>>, Earlier), PurgeRunError> {
+        let Some((path, resume)) = &self.journal else {
+            return Ok((None, HashMap::new()));
+        };
+        let header = JournalHeader {
+            edgecache_purge_journal: 1,
+            kind,
+        };
+        let (journal, records) = Journal::open::<_, Done>(path, &header, *resume)?;
+        let earlier = records
+            .into_iter()
+            .map(|done| ((done.target.clone(), done.object.clone()), done))
+            .collect();
+        let writer = Arc::new(JournalWriter {
+            journal,
+            pending: std::sync::Mutex::default(),
+        });
+        Ok((Some(writer), earlier))
+    }
+
+    /// The targets in layers, in order: consecutive targets of one layer
+    /// together (all in one with `parallel`).
+    fn layers(&self) -> Vec<Vec<&Arc<dyn Target>>> {
+        let mut layers: Vec<Vec<&Arc<dyn Target>>> = Vec::new();
+        for target in &self.targets {
+            match layers.last_mut() {
+                Some(layer) if self.parallel || layer[0].layer() == target.layer() => layer.push(target),
+                _ => layers.push(vec![target]),
+            }
+        }
+        layers
+    }
+
+    /// Why nothing is sent to the next layer, if nothing is.
+    fn held_back(&self, stopped: bool, failed_layers: &[String]) -> Option<String> {
+        if stopped {
+            Some("the run was stopped first".to_owned())
+        } else if self.stop_on_failure && !failed_layers.is_empty() {
+            Some(format!(
+                "an earlier layer failed ({}), and the run stops on failure",
+                failed_layers.join(", ")
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Waits the longest estimate a target of the layer just finished gave
+    /// for its new purges (at most `max_confirm_wait`), or until stopped.
+    async fn wait_for_estimate(&self, finished: &[TargetReport], mut stop: watch::Receiver<bool>) {
+        let longest_estimate = finished
+            .iter()
+            .flat_map(|report| &report.objects)
+            .filter(|line| line.outcome.status == Status::Accepted && !line.resumed)
+            .filter_map(|line| line.outcome.estimated_seconds)
+            .max()
+            .unwrap_or(0);
+        if longest_estimate == 0 {
+            return;
+        }
+        let wait = Duration::from_secs(longest_estimate).min(self.max_confirm_wait);
+        Progress::new("", self.progress.clone(), None).note(format!(
+            "waiting {}s for the CDN's estimate before the next layer",
+            wait.as_secs()
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
     }
 
     /// The distinct objects to send, `(index in the list, form to send)`,
@@ -397,6 +405,32 @@ impl Purger {
     }
 }
 
+/// What an earlier run journaled, by (target, object).
+type Earlier = HashMap<(String, String), Done>;
+
+/// Writes what targets settle as they go, so a run killed halfway loses at
+/// most the last quarter second; a send on the sender flushes once more
+/// and ends the task.
+fn flush_periodically(
+    journal: Option<Arc<JournalWriter>>,
+) -> (watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>) {
+    let (finished_sender, mut finished) = watch::channel(false);
+    let task = journal.map(|writer| {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(JOURNAL_EVERY) => writer.flush().await,
+                    _ = finished.changed() => {
+                        writer.flush().await;
+                        break;
+                    }
+                }
+            }
+        })
+    });
+    (finished_sender, task)
+}
+
 /// What every target of a layer shares in a run.
 #[derive(Clone, Copy)]
 struct Run<'a> {
@@ -404,7 +438,7 @@ struct Run<'a> {
     /// `(index in the list, form to send)`, distinct.
     objects: &'a [(usize, String)],
     /// What an earlier run journaled, by (target, object).
-    earlier: &'a HashMap<(String, String), Done>,
+    earlier: &'a Earlier,
     journal: Option<&'a Arc<JournalWriter>>,
     /// Why nothing is sent to this layer, if nothing is.
     held_back: Option<&'a str>,
@@ -412,96 +446,114 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn target(self, target: &dyn Target, progress: Progress) -> TargetReport {
-        let Run {
-            kind,
-            objects,
-            earlier,
-            journal,
-            held_back,
-        } = self;
         let name = target.name();
-        let line = |index: usize, object: &str, resumed: bool, outcome: Outcome| ObjectReport {
-            target: name.clone(),
-            object: object.to_owned(),
-            index,
-            resumed,
-            outcome,
-        };
         let mut report = TargetReport {
             name: name.clone(),
             layer: target.layer(),
             started_at: None,
             finished_at: None,
             calls: 0,
-            objects: Vec::with_capacity(objects.len()),
+            objects: Vec::with_capacity(self.objects.len()),
         };
-        if let Err(reason) = target.takes(kind) {
-            report.objects = objects
+        if let Err(reason) = target.takes(self.kind) {
+            report.objects = self
+                .objects
                 .iter()
-                .map(|(index, object)| line(*index, object, false, Outcome::skipped(reason.clone())))
+                .map(|(index, object)| line(&name, *index, object, false, Outcome::skipped(reason.clone())))
                 .collect();
             return report;
         }
-        let mut lines: Vec<Option<ObjectReport>> = vec![None; objects.len()];
+        let (mut lines, to_send) = self.resumed(&name);
+        if let Some(reason) = self.held_back {
+            for &at in &to_send {
+                let (index, object) = &self.objects[at];
+                lines[at] = Some(line(&name, *index, object, false, Outcome::not_sent(reason)));
+            }
+            report.objects = lines.into_iter().flatten().collect();
+            return report;
+        }
+        let resumed = self.objects.len() - to_send.len();
+        progress.emit_started(self.objects.len());
+        if resumed > 0 {
+            progress.finished(resumed, 0);
+        }
+        if !to_send.is_empty() {
+            report.started_at = Some(SystemTime::now());
+            report.calls = self.send(target, &name, progress, &to_send, &mut lines).await;
+            report.finished_at = Some(SystemTime::now());
+        }
+        report.objects = lines.into_iter().flatten().collect();
+        report
+    }
+
+    /// Each object's line where an earlier run settled it for the target
+    /// `name`, and the positions of those still to send.
+    fn resumed(&self, name: &str) -> (Vec<Option<ObjectReport>>, Vec<usize>) {
+        let mut lines: Vec<Option<ObjectReport>> = vec![None; self.objects.len()];
         let mut to_send = Vec::new();
-        for (at, (index, object)) in objects.iter().enumerate() {
-            match earlier.get(&(name.clone(), object.clone())) {
+        for (at, (index, object)) in self.objects.iter().enumerate() {
+            match self.earlier.get(&(name.to_owned(), object.clone())) {
                 Some(done) => {
                     let mut outcome = match done.status {
                         Status::Accepted => Outcome::accepted(None, done.detail.clone()),
                         _ => Outcome::done(done.detail.clone()),
                     };
                     outcome.id = done.id.clone();
-                    lines[at] = Some(line(*index, object, true, outcome));
+                    lines[at] = Some(line(name, *index, object, true, outcome));
                 }
                 None => to_send.push(at),
             }
         }
-        if let Some(reason) = held_back {
-            for &at in &to_send {
-                let (index, object) = &objects[at];
-                lines[at] = Some(line(*index, object, false, Outcome::not_sent(reason)));
+        (lines, to_send)
+    }
+
+    /// Purges the objects at `to_send` from the target and writes their
+    /// lines, journaling each as it settles; how many calls it took.
+    async fn send(
+        &self,
+        target: &dyn Target,
+        name: &str,
+        progress: Progress,
+        to_send: &[usize],
+        lines: &mut [Option<ObjectReport>],
+    ) -> usize {
+        let sending: Vec<String> = to_send.iter().map(|&at| self.objects[at].1.clone()).collect();
+        let progress = match self.journal {
+            Some(writer) => {
+                let (writer, target_name) = (Arc::clone(writer), name.to_owned());
+                progress.with_settled(Arc::new(move |objects, outcome| {
+                    writer.add(&target_name, objects, outcome);
+                }))
             }
-            report.objects = lines.into_iter().flatten().collect();
-            return report;
-        }
-        let resumed = objects.len() - to_send.len();
-        progress.emit_started(objects.len());
-        if resumed > 0 {
-            progress.finished(resumed, 0);
-        }
-        if !to_send.is_empty() {
-            report.started_at = Some(SystemTime::now());
-            let sending: Vec<String> = to_send.iter().map(|&at| objects[at].1.clone()).collect();
-            let progress = match journal {
-                Some(writer) => {
-                    let (writer, target_name) = (Arc::clone(writer), name.clone());
-                    progress.with_settled(Arc::new(move |objects, outcome| {
-                        writer.add(&target_name, objects, outcome);
-                    }))
-                }
-                None => progress,
-            };
-            let mut outcomes = target.purge(kind, &sending, &progress).await.into_iter();
-            progress.flush();
-            report.calls = progress.calls();
-            report.finished_at = Some(SystemTime::now());
-            for &at in &to_send {
-                let (index, object) = &objects[at];
-                let outcome = outcomes
-                    .next()
-                    .unwrap_or_else(|| Outcome::failed("the target reported nothing for this object", true));
-                // What the target did not settle as it went.
-                if let Some(writer) = journal {
-                    writer.add(&name, std::slice::from_ref(object), &outcome);
-                }
-                lines[at] = Some(line(*index, object, false, outcome));
+            None => progress,
+        };
+        let mut outcomes = target.purge(self.kind, &sending, &progress).await.into_iter();
+        progress.flush();
+        for &at in to_send {
+            let (index, object) = &self.objects[at];
+            let outcome = outcomes
+                .next()
+                .unwrap_or_else(|| Outcome::failed("the target reported nothing for this object", true));
+            // What the target did not settle as it went.
+            if let Some(writer) = self.journal {
+                writer.add(name, std::slice::from_ref(object), &outcome);
             }
-            if let Some(writer) = journal {
-                writer.flush().await;
-            }
+            lines[at] = Some(line(name, *index, object, false, outcome));
         }
-        report.objects = lines.into_iter().flatten().collect();
-        report
+        if let Some(writer) = self.journal {
+            writer.flush().await;
+        }
+        progress.calls()
+    }
+}
+
+/// One object's line in a target's report.
+fn line(target: &str, index: usize, object: &str, resumed: bool, outcome: Outcome) -> ObjectReport {
+    ObjectReport {
+        target: target.to_owned(),
+        object: object.to_owned(),
+        index,
+        resumed,
+        outcome,
     }
 }

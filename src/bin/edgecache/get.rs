@@ -84,22 +84,7 @@ pub(crate) fn parse_header(text: &str) -> anyhow::Result<(HeaderName, HeaderValu
 
 pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Check everything the user typed before touching the cache or network.
-    // The URL is not repeated: it may carry credentials.
-    let url = reqwest::Url::parse(&args.url).context("invalid URL")?;
-    if !matches!(url.scheme(), "http" | "https") {
-        bail!(
-            "unsupported scheme {:?}: edgecache fetches http and https URLs",
-            url.scheme()
-        );
-    }
-    // On the text: the parser reads `https:///path` as host `path`.
-    let authority = args
-        .url
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default());
-    if authority.is_empty() || url.host_str().is_none_or(str::is_empty) {
-        bail!("invalid URL: no host");
-    }
+    let url = checked_url(&args.url)?;
     let method = match (&args.method, &args.data) {
         (Some(method), _) => {
             Method::from_bytes(method.as_bytes()).with_context(|| format!("invalid method {method:?}"))?
@@ -152,20 +137,46 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         bail!("{shown_url} is not in the cache (--mode only-if-cached)");
     }
 
+    write_response(response, args.include, &shown_url).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An `http` or `https` URL with a host. The URL is not repeated in the
+/// error: it may carry credentials.
+fn checked_url(text: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(text).context("invalid URL")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!(
+            "unsupported scheme {:?}: edgecache fetches http and https URLs",
+            url.scheme()
+        );
+    }
+    // On the text: the parser reads `https:///path` as host `path`.
+    let authority = text
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if authority.is_empty() || url.host_str().is_none_or(str::is_empty) {
+        bail!("invalid URL: no host");
+    }
+    Ok(url)
+}
+
+/// The response to stdout (with its head for `--include`), streamed as it
+/// arrives so memory stays flat for any size; a reader that goes away ends
+/// it quietly.
+async fn write_response(mut response: reqwest::Response, include: bool, shown_url: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.include {
+    if include {
         let mut head = format!("{:?} {}\n", response.version(), response.status());
         for (name, value) in response.headers() {
             head.push_str(&format!("{}: {}\n", name, String::from_utf8_lossy(value.as_bytes())));
         }
         head.push('\n');
         if closed(out.write_all(head.as_bytes()))? {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
     }
-    // Streamed as it arrives: memory stays flat for any size.
     let progress = progress_bar(response.content_length());
-    let mut response = response;
     while let Some(chunk) = response
         .chunk()
         .await
@@ -173,13 +184,13 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("reading the response body from {shown_url} failed"))?
     {
         if closed(out.write_all(&chunk))? {
-            return Ok(ExitCode::SUCCESS);
+            return Ok(());
         }
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
     closed(out.flush())?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Whether the reader of standard output went away (`get URL | head`):

@@ -1,7 +1,7 @@
 //! `edgecache versions …`: the versioned cache server from the shell.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,6 +43,55 @@ pub struct VersionsArgs {
     json: bool,
     #[command(subcommand)]
     action: Action,
+}
+
+/// Which version `versions get` serves.
+#[derive(Args)]
+struct SelectArgs {
+    /// Prefer a pinned version.
+    #[arg(long)]
+    prefer_pinned: bool,
+    /// Prefer a version with this tag.
+    #[arg(long, value_name = "TAG")]
+    prefer_tag: Option<String>,
+    /// Prefer this version.
+    #[arg(long, value_name = "VID")]
+    prefer_version: Option<String>,
+    /// Only a pinned version.
+    #[arg(long)]
+    force_pinned: bool,
+    /// Only a version with this tag.
+    #[arg(long, value_name = "TAG")]
+    force_tag: Option<String>,
+    /// Only this version.
+    #[arg(long, value_name = "VID")]
+    force_version: Option<String>,
+    /// The newest version fetched at or before this time: RFC 3339
+    /// (`2026-12-01T08:00:00Z`) or a time ago (`-1d`, `-90m`).
+    #[arg(long, value_name = "TIME", value_parser = parse_at, allow_hyphen_values = true)]
+    at: Option<jiff::Timestamp>,
+    /// Fetch a new version first.
+    #[arg(long)]
+    fresh: bool,
+    /// Wait this long for a first version (default 60s).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    wait: Duration,
+}
+
+impl From<SelectArgs> for Selection {
+    fn from(select: SelectArgs) -> Self {
+        Selection {
+            force_version: select.force_version,
+            force_tag: select.force_tag,
+            force_pinned: select.force_pinned,
+            prefer_version: select.prefer_version,
+            prefer_tag: select.prefer_tag,
+            prefer_pinned: select.prefer_pinned,
+            at: select.at,
+            fresh: select.fresh,
+            wait: Some(select.wait.as_secs()),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -164,34 +213,8 @@ enum Action {
     Get {
         #[command(flatten)]
         request: RequestArgs,
-        /// Prefer a pinned version.
-        #[arg(long)]
-        prefer_pinned: bool,
-        /// Prefer a version with this tag.
-        #[arg(long, value_name = "TAG")]
-        prefer_tag: Option<String>,
-        /// Prefer this version.
-        #[arg(long, value_name = "VID")]
-        prefer_version: Option<String>,
-        /// Only a pinned version.
-        #[arg(long)]
-        force_pinned: bool,
-        /// Only a version with this tag.
-        #[arg(long, value_name = "TAG")]
-        force_tag: Option<String>,
-        /// Only this version.
-        #[arg(long, value_name = "VID")]
-        force_version: Option<String>,
-        /// The newest version fetched at or before this time: RFC 3339
-        /// (`2026-12-01T08:00:00Z`) or a time ago (`-1d`, `-90m`).
-        #[arg(long, value_name = "TIME", value_parser = parse_at, allow_hyphen_values = true)]
-        at: Option<jiff::Timestamp>,
-        /// Fetch a new version first.
-        #[arg(long)]
-        fresh: bool,
-        /// Wait this long for a first version (default 60s).
-        #[arg(long, value_parser = parse_duration, default_value = "60s")]
-        wait: Duration,
+        #[command(flatten)]
+        select: SelectArgs,
         /// Where to write the body (`-`: standard output; a directory, or
         /// a path ending in `/`: there, under the server's file name).
         #[arg(short, long, default_value = "-", value_name = "FILE")]
@@ -302,21 +325,9 @@ fn body_text(flag: &str, value: &str) -> anyhow::Result<String> {
     }
 }
 
+// One short arm per subcommand: the match is the list of them.
 pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
-    let mut builder = Client::builder_from_env()?;
-    if let Some(server) = &args.server {
-        builder = builder.server(server.clone());
-    }
-    if let Some(token) = &args.token {
-        builder = builder.token(token.clone());
-    }
-    if let Some(group) = &args.group {
-        builder = builder.group(group.clone());
-    }
-    if args.no_fallback {
-        builder = builder.local_fallback(false);
-    }
-    let client = builder.build()?;
+    let client = client(&args)?;
     let json = args.json;
     match args.action {
         Action::Register(request) => {
@@ -336,11 +347,7 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             let group_given =
                 args.group.is_some() || std::env::var_os("EDGECACHE_GROUP").is_some_and(|group| !group.is_empty());
             let resources = client.resources(group_given.then(|| client.group())).await?;
-            if json {
-                print_json(&resources)?;
-            } else {
-                print_resources(&resources);
-            }
+            output(json, &resources, |resources| print_resources(resources))?;
         }
         Action::Show { rid } => print_json(&client.resource_by_id(rid).get().await?)?,
         Action::Versions {
@@ -351,30 +358,18 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             skip,
             limit,
         } => {
-            let status = status
-                .map(|status| {
-                    VersionStatus::parse(&status)
-                        .with_context(|| format!("`{status}` is not a status: pending, downloading, ready, failed"))
-                })
-                .transpose()?;
-            let versions = client
-                .resource_by_id(rid)
-                .versions(VersionFilter {
-                    status,
-                    tag,
-                    pinned: pinned.then_some(true),
-                })
-                .await?;
+            let filter = VersionFilter {
+                status: status.as_deref().map(parse_status).transpose()?,
+                tag,
+                pinned: pinned.then_some(true),
+            };
+            let versions = client.resource_by_id(rid).versions(filter).await?;
             let versions: Vec<Version> = versions
                 .into_iter()
                 .skip(skip)
                 .take(limit.unwrap_or(usize::MAX))
                 .collect();
-            if json {
-                print_json(&versions)?;
-            } else {
-                print_versions(&versions);
-            }
+            output(json, &versions, |versions| print_versions(versions))?;
         }
         Action::Next { rid, vid } => {
             let found = client.resource_by_id(rid).version(vid).next().await?;
@@ -385,20 +380,10 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             return neighbour(json, found, "older");
         }
         Action::Update { rid, strategy, limits } => {
-            let handle = client.resource_by_id(rid);
-            let limits = match limits.given() {
-                true => Some(limits.over(handle.get().await?.limits)),
-                false => None,
-            };
-            if strategy.is_none() && limits.is_none() {
-                anyhow::bail!("nothing to change: give --strategy or a --max-… limit");
-            }
-            let resource = handle.update(strategy, limits).await?;
-            if json {
-                print_json(&resource)?;
-            } else {
-                print_resources(&[resource]);
-            }
+            let resource = update(&client, rid, strategy, limits).await?;
+            output(json, &resource, |resource| {
+                print_resources(std::slice::from_ref(resource))
+            })?;
         }
         Action::Delete { rid, force } => {
             client.resource_by_id(rid.clone()).delete(force).await?;
@@ -408,66 +393,13 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Fetch { rid } => {
             let version = client.resource_by_id(rid).fetch_now().await?;
-            if json {
-                print_json(&version)?;
-            } else {
-                println!("{} {}", version.id, version.status);
-            }
+            output(json, &version, |version| println!("{} {}", version.id, version.status))?;
         }
         Action::Get {
             request,
-            prefer_pinned,
-            prefer_tag,
-            prefer_version,
-            force_pinned,
-            force_tag,
-            force_version,
-            at,
-            fresh,
-            wait,
+            select,
             output,
-        } => {
-            let selection = Selection {
-                force_version,
-                force_tag,
-                force_pinned,
-                prefer_version,
-                prefer_tag,
-                prefer_pinned,
-                at,
-                fresh,
-                wait: Some(wait.as_secs()),
-            };
-            let resource = register(&client, &request).await?;
-            let content = resource.content(selection).await?;
-            match content.source() {
-                Source::Server => eprintln!(
-                    "edgecache: version {} from {}",
-                    content.version().id,
-                    client.server().trim_end_matches('/')
-                ),
-                Source::Local => eprintln!("edgecache: from the origin (server unreachable)"),
-            }
-            if output.as_os_str() == "-" {
-                let mut out = std::io::stdout().lock();
-                let progress = progress_bar(content.version().size);
-                let mut stream = Box::pin(content.bytes_stream());
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    if closed(out.write_all(&chunk))? {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    progress.inc(chunk.len() as u64);
-                }
-                progress.finish_and_clear();
-                closed(out.flush())?;
-            } else if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
-                let path = content.download_to_dir(&output).await?;
-                eprintln!("edgecache: wrote {}", path.display());
-            } else {
-                content.download_to(&output).await?;
-            }
-        }
+        } => get(&client, &request, select.into(), &output).await?,
         Action::Pin { rid, vid, duration } => {
             let version = client.resource_by_id(rid).version(vid).pin(duration).await?;
             report(json, &version)?;
@@ -477,6 +409,92 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
         Action::Untag { rid, vid, tag } => report(json, &client.resource_by_id(rid).version(vid).untag(&tag).await?)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The client the flags and the environment describe.
+fn client(args: &VersionsArgs) -> anyhow::Result<Client> {
+    let mut builder = Client::builder_from_env()?;
+    if let Some(server) = &args.server {
+        builder = builder.server(server.clone());
+    }
+    if let Some(token) = &args.token {
+        builder = builder.token(token.clone());
+    }
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
+    }
+    if args.no_fallback {
+        builder = builder.local_fallback(false);
+    }
+    Ok(builder.build()?)
+}
+
+fn parse_status(status: &str) -> anyhow::Result<VersionStatus> {
+    VersionStatus::parse(status)
+        .with_context(|| format!("`{status}` is not a status: pending, downloading, ready, failed"))
+}
+
+/// `versions update`: the limits given laid over the resource's current ones.
+async fn update(
+    client: &Client,
+    rid: String,
+    strategy: Option<Strategy>,
+    limits: LimitArgs,
+) -> anyhow::Result<Resource> {
+    let handle = client.resource_by_id(rid);
+    let limits = match limits.given() {
+        true => Some(limits.over(handle.get().await?.limits)),
+        false => None,
+    };
+    if strategy.is_none() && limits.is_none() {
+        anyhow::bail!("nothing to change: give --strategy or a --max-… limit");
+    }
+    Ok(handle.update(strategy, limits).await?)
+}
+
+/// `versions get`: the selected version's body to stdout (`-`), into a
+/// folder, or to a file.
+async fn get(client: &Client, request: &RequestArgs, selection: Selection, output: &Path) -> anyhow::Result<()> {
+    let resource = register(client, request).await?;
+    let content = resource.content(selection).await?;
+    match content.source() {
+        Source::Server => eprintln!(
+            "edgecache: version {} from {}",
+            content.version().id,
+            client.server().trim_end_matches('/')
+        ),
+        Source::Local => eprintln!("edgecache: from the origin (server unreachable)"),
+    }
+    if output.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        let progress = progress_bar(content.version().size);
+        let mut stream = Box::pin(content.bytes_stream());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if closed(out.write_all(&chunk))? {
+                return Ok(());
+            }
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
+        closed(out.flush())?;
+    } else if output.is_dir() || output.as_os_str().to_string_lossy().ends_with('/') {
+        let path = content.download_to_dir(output).await?;
+        eprintln!("edgecache: wrote {}", path.display());
+    } else {
+        content.download_to(output).await?;
+    }
+    Ok(())
+}
+
+/// `value` as JSON with `--json`, else as `text` prints it.
+fn output<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        text(value);
+        Ok(())
+    }
 }
 
 async fn register(client: &Client, request: &RequestArgs) -> anyhow::Result<edgecache::versions::ResourceHandle> {
