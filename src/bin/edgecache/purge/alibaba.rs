@@ -105,7 +105,54 @@ enum AreaArg {
 }
 
 pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
-    let (common, operation) = match args.task {
+    let (common, operation) = operation(args.task)?;
+    super::check_resume(common.resume, common.journal.as_deref())?;
+    let objects = read_objects(&common.urls, &common.files).context("reading URLs")?;
+    if objects.is_empty() {
+        bail!("nothing to send: give URLs as arguments or with -r FILE");
+    }
+    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
+    // Every line is checked before credentials are read.
+    let invalid = check_objects(&operation, &texts);
+    if !invalid.is_empty() {
+        return Err(report::invalid(&objects, &invalid));
+    }
+    let credentials = Credentials::load(common.profile.as_deref())?;
+    let client = AlibabaCdnClient::new(credentials)?.endpoint(common.endpoint);
+
+    let bar = ProgressBar::new(objects.len() as u64, "URLs");
+    let mut job = client
+        .batch(operation)
+        .wait(!common.no_wait)
+        .timeout(common.timeout)
+        .on_progress(counting(bar.clone()))
+        .stop_when(report::interrupted());
+    if let Some(size) = common.batch_size {
+        job = job.batch_size(size);
+    }
+    if let Some(journal) = &common.journal {
+        job = job.journal(journal, common.resume);
+    }
+    let started = Instant::now();
+    let report = job.run(texts).await;
+    bar.finish();
+    let report = match report {
+        Ok(report) => report,
+        Err(BatchError::Invalid(invalid)) => return Err(report::invalid(&objects, &invalid)),
+        Err(error) => return Err(error.into()),
+    };
+    report::print(&report::results(&lines(&report), &objects), common.json)?;
+    summary(&report, started.elapsed(), common.journal.as_deref());
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The run's options and the operation the subcommand asks for.
+fn operation(task: Task) -> anyhow::Result<(CommonArgs, Operation)> {
+    Ok(match task {
         Task::Refresh(args) => {
             let object_type = match args.object_type {
                 ObjectTypeArg::File => ObjectType::File,
@@ -135,66 +182,29 @@ pub async fn run(args: AlibabaArgs) -> anyhow::Result<ExitCode> {
             };
             (args.common, Operation::Prefetch(options))
         }
-    };
-    super::check_resume(common.resume, common.journal.as_deref())?;
-    let objects = read_objects(&common.urls, &common.files).context("reading URLs")?;
-    if objects.is_empty() {
-        bail!("nothing to send: give URLs as arguments or with -r FILE");
-    }
-    let texts: Vec<String> = objects.iter().map(|object| object.text.clone()).collect();
-    // Every line is checked before credentials are read.
-    let invalid = check_objects(&operation, &texts);
-    if !invalid.is_empty() {
-        return Err(report::invalid(&objects, &invalid));
-    }
-    let credentials = Credentials::load(common.profile.as_deref())?;
-    let client = AlibabaCdnClient::new(credentials)?.endpoint(common.endpoint);
-
-    let bar = ProgressBar::new(objects.len() as u64, "URLs");
-    let reporter = bar.clone();
-    let counts = std::sync::Mutex::new([0usize; 3]);
-    let mut job = client
-        .batch(operation)
-        .wait(!common.no_wait)
-        .timeout(common.timeout)
-        .on_progress(move |step| {
-            let mut counts = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (slot, urls) = match step {
-                Progress::Submitted(urls) => (0, urls),
-                Progress::Completed(urls) => (1, urls),
-                Progress::Failed(urls) => (2, urls),
-            };
-            counts[slot] += urls;
-            let [submitted, completed, failed] = *counts;
-            let line = format!("submitted {submitted} · completed {completed} · failed {failed}");
-            if slot == 0 {
-                reporter.note(&line);
-            } else {
-                reporter.advance(urls, &line);
-            }
-        })
-        .stop_when(report::interrupted());
-    if let Some(size) = common.batch_size {
-        job = job.batch_size(size);
-    }
-    if let Some(journal) = &common.journal {
-        job = job.journal(journal, common.resume);
-    }
-    let started = Instant::now();
-    let report = job.run(texts).await;
-    bar.finish();
-    let report = match report {
-        Ok(report) => report,
-        Err(BatchError::Invalid(invalid)) => return Err(report::invalid(&objects, &invalid)),
-        Err(error) => return Err(error.into()),
-    };
-    report::print(&report::results(&lines(&report), &objects), common.json)?;
-    summary(&report, started.elapsed(), common.journal.as_deref());
-    Ok(if report.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     })
+}
+
+/// Progress as the bar shows it: running counts of submitted, completed
+/// and failed URLs.
+fn counting(bar: ProgressBar) -> impl Fn(Progress) + Send + Sync + 'static {
+    let counts = std::sync::Mutex::new([0usize; 3]);
+    move |step| {
+        let mut counts = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (slot, urls) = match step {
+            Progress::Submitted(urls) => (0, urls),
+            Progress::Completed(urls) => (1, urls),
+            Progress::Failed(urls) => (2, urls),
+        };
+        counts[slot] += urls;
+        let [submitted, completed, failed] = *counts;
+        let line = format!("submitted {submitted} · completed {completed} · failed {failed}");
+        if slot == 0 {
+            bar.note(&line);
+        } else {
+            bar.advance(urls, &line);
+        }
+    }
 }
 
 /// One line per URL, in the shape every purge command reports.

@@ -249,54 +249,15 @@ impl TargetSpec {
     pub fn open(&self, overrides: &Overrides) -> anyhow::Result<Arc<dyn Target>> {
         let name = self.name();
         let target: Arc<dyn Target> = match self {
-            TargetSpec::Cache { store } => {
-                let location = match store {
-                    Some(text) => Some(
-                        text.parse::<Location>()
-                            .map_err(|error| anyhow::anyhow!("target `cache`: store {text:?}: {error}"))?,
-                    ),
-                    None => None,
-                };
-                let store = crate::spec::location_or_default(location)
-                    .open_existing()
-                    .with_context(|| format!("target `{name}`"))?;
-                Arc::new(CacheMiddleware::builder().shared_store(store).build()?)
-            }
-            TargetSpec::Versions { server, token_env } => {
-                let mut builder = edgecache::versions::Client::builder_from_env()?;
-                if let Some(server) = server {
-                    builder = builder.server(server);
-                }
-                if let Some(variable) = token_env {
-                    let token = std::env::var(variable)
-                        .with_context(|| format!("target `versions`: token_env = {variable:?} is not set"))?;
-                    builder = builder.token(token);
-                }
-                Arc::new(builder.build()?)
-            }
+            TargetSpec::Cache { store } => open_cache(store.as_deref())?,
+            TargetSpec::Versions { server, token_env } => open_versions(server.as_deref(), token_env.as_deref())?,
             TargetSpec::Akamai {
                 edgerc,
                 section,
                 network,
                 action,
                 scheme,
-            } => {
-                let credentials =
-                    Credentials::load(edgerc.as_deref(), section.as_deref()).context("target `akamai`")?;
-                let client = FastPurgeClient::new(credentials)?
-                    .network(match network {
-                        NetworkSpec::Production => Network::Production,
-                        NetworkSpec::Staging => Network::Staging,
-                    })
-                    .action(match action {
-                        ActionSpec::Delete => Action::Delete,
-                        ActionSpec::Invalidate => Action::Invalidate,
-                    });
-                Arc::new(match scheme {
-                    Some(scheme) => client.scheme(scheme),
-                    None => client,
-                })
-            }
+            } => open_akamai(edgerc.as_deref(), section.as_deref(), *network, *action, scheme.clone())?,
             TargetSpec::Alibaba { profile, endpoint } => {
                 let credentials =
                     edgecache::purge::alibaba::Credentials::load(profile.as_deref()).context("target `alibaba`")?;
@@ -348,6 +309,56 @@ impl TargetSpec {
         };
         Ok(target)
     }
+}
+
+fn open_cache(store: Option<&str>) -> anyhow::Result<Arc<dyn Target>> {
+    let location = match store {
+        Some(text) => Some(
+            text.parse::<Location>()
+                .map_err(|error| anyhow::anyhow!("target `cache`: store {text:?}: {error}"))?,
+        ),
+        None => None,
+    };
+    let store = crate::spec::location_or_default(location)
+        .open_existing()
+        .context("target `cache`")?;
+    Ok(Arc::new(CacheMiddleware::builder().shared_store(store).build()?))
+}
+
+fn open_versions(server: Option<&str>, token_env: Option<&str>) -> anyhow::Result<Arc<dyn Target>> {
+    let mut builder = edgecache::versions::Client::builder_from_env()?;
+    if let Some(server) = server {
+        builder = builder.server(server);
+    }
+    if let Some(variable) = token_env {
+        let token = std::env::var(variable)
+            .with_context(|| format!("target `versions`: token_env = {variable:?} is not set"))?;
+        builder = builder.token(token);
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+fn open_akamai(
+    edgerc: Option<&Path>,
+    section: Option<&str>,
+    network: NetworkSpec,
+    action: ActionSpec,
+    scheme: Option<String>,
+) -> anyhow::Result<Arc<dyn Target>> {
+    let credentials = Credentials::load(edgerc, section).context("target `akamai`")?;
+    let client = FastPurgeClient::new(credentials)?
+        .network(match network {
+            NetworkSpec::Production => Network::Production,
+            NetworkSpec::Staging => Network::Staging,
+        })
+        .action(match action {
+            ActionSpec::Delete => Action::Delete,
+            ActionSpec::Invalidate => Action::Invalidate,
+        });
+    Ok(Arc::new(match scheme {
+        Some(scheme) => client.scheme(scheme),
+        None => client,
+    }))
 }
 
 fn env(name: &str) -> Option<String> {
