@@ -175,28 +175,43 @@ impl Engine {
         let leader = match mode {
             CacheMode::ForceRefresh => None,
             _ if head => None,
-            _ => match self.inflight.join(&key) {
-                Turn::Lead(leader) => Some(leader),
-                Turn::Follow(flight) => {
-                    if let Some(shared) = follow(flight).await
-                        && self.matches_vary(&shared, headers)
-                    {
-                        let now = SystemTime::now();
-                        let info = CacheInfo {
-                            collapsed: true,
-                            forward: Some(forward),
-                            forward_status: Some(shared.status),
-                            ttl: None,
-                            ..served(&shared, key, CacheStatus::Hit, now)
-                        };
-                        return Plan::Respond(self.answer(&shared, info, now, false, None));
-                    }
-                    // The leader had nothing to share: fetch alone.
-                    None
-                }
+            _ => match self.lead_or_follow(&key, headers, forward).await {
+                Ok(leader) => leader,
+                Err(answered) => return answered,
             },
         };
         Plan::Fetch(self.new_fetch(planned, key, forward, entry, leader))
+    }
+
+    /// Leads the fetch for `key`, or follows the one under way: the
+    /// leader's response when it can be shared (`Err`, the answer), else
+    /// `Ok(None)` to fetch alone.
+    async fn lead_or_follow(
+        &self,
+        key: &CacheKey,
+        headers: &HeaderMap,
+        forward: Forward,
+    ) -> Result<Option<Leader>, Plan> {
+        match self.inflight.join(key) {
+            Turn::Lead(leader) => Ok(Some(leader)),
+            Turn::Follow(flight) => {
+                if let Some(shared) = follow(flight).await
+                    && self.matches_vary(&shared, headers)
+                {
+                    let now = SystemTime::now();
+                    let info = CacheInfo {
+                        collapsed: true,
+                        forward: Some(forward),
+                        forward_status: Some(shared.status),
+                        ttl: None,
+                        ..served(&shared, key.clone(), CacheStatus::Hit, now)
+                    };
+                    return Err(Plan::Respond(self.answer(&shared, info, now, false, None)));
+                }
+                // The leader had nothing to share: fetch alone.
+                Ok(None)
+            }
+        }
     }
 
     /// Whether the cache takes part: requests it lets through untouched,

@@ -361,6 +361,51 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// The blobs' directory or bucket, answering; a disk already short of
+/// `--min-free-space` is warned about, since every fetch would fail.
+async fn open_blobs(config: &ServerConfig) -> Result<Arc<blobs::Blobs>, ServerError> {
+    let data_error = |source| ServerError::Data {
+        path: config.data.clone(),
+        source,
+    };
+    let blobs = Arc::new(match &config.blobs {
+        None => {
+            std::fs::create_dir_all(&config.data).map_err(data_error)?;
+            blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?
+        }
+        Some(location) => open_bucket(location, config.s3_endpoint.as_deref())?,
+    });
+    if let Err(error) = blobs.ping().await {
+        return Err(ServerError::Blobs {
+            location: config.blobs.clone().unwrap_or_default(),
+            detail: error.to_string(),
+        });
+    }
+    if let Some(free) = blobs.free_space()
+        && free < config.min_free_space
+    {
+        tracing::warn!(
+            free_mib = free >> 20,
+            min_free_space_mib = config.min_free_space >> 20,
+            "the data directory's disk has less free space than --min-free-space: every fetch will fail until space is freed"
+        );
+    }
+    Ok(blobs)
+}
+
+fn fetch_limits(config: &ServerConfig) -> worker::FetchLimits {
+    worker::FetchLimits {
+        concurrent: config.max_fetches,
+        per_host: config.max_fetches_per_host,
+        retries: config.retries,
+        backoff: Backoff::default(),
+        max_body_size: config.max_body_size,
+        min_free_space: config.min_free_space,
+        timeout: config.fetch_timeout,
+        min_transfer_rate: config.min_transfer_rate,
+    }
+}
+
 impl Server {
     /// Opens the data directory, binds the address and restarts what an
     /// earlier run left unfinished.
@@ -368,24 +413,8 @@ impl Server {
         if config.tokens.is_empty() && !config.listen.ip().is_loopback() {
             return Err(ServerError::NoTokenOffLoopback(config.listen));
         }
-        let data_error = |source| ServerError::Data {
-            path: config.data.clone(),
-            source,
-        };
         let (index, data_lock) = open_index(&config).await?;
-        let blobs = Arc::new(match &config.blobs {
-            None => {
-                std::fs::create_dir_all(&config.data).map_err(data_error)?;
-                blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?
-            }
-            Some(location) => open_bucket(location, config.s3_endpoint.as_deref())?,
-        });
-        if let Err(error) = blobs.ping().await {
-            return Err(ServerError::Blobs {
-                location: config.blobs.clone().unwrap_or_default(),
-                detail: error.to_string(),
-            });
-        }
+        let blobs = open_blobs(&config).await?;
         let blob_grace = config.blob_grace.unwrap_or(if config.index.is_some() {
             Duration::from_secs(600)
         } else {
@@ -406,27 +435,9 @@ impl Server {
         let worker = worker::Worker::new(
             library.clone(),
             config.allow_private_origins,
-            worker::FetchLimits {
-                concurrent: config.max_fetches,
-                per_host: config.max_fetches_per_host,
-                retries: config.retries,
-                backoff: Backoff::default(),
-                max_body_size: config.max_body_size,
-                min_free_space: config.min_free_space,
-                timeout: config.fetch_timeout,
-                min_transfer_rate: config.min_transfer_rate,
-            },
+            fetch_limits(&config),
             config.tag_headers.clone(),
         )?;
-        if let Some(free) = blobs.free_space()
-            && free < config.min_free_space
-        {
-            tracing::warn!(
-                free_mib = free >> 20,
-                min_free_space_mib = config.min_free_space >> 20,
-                "the data directory's disk has less free space than --min-free-space: every fetch will fail until space is freed"
-            );
-        }
         let key_secret = KeySecret::new(&index.key_secret().await?);
         worker.recover().await?;
         let keys = KeyRules::new(

@@ -341,59 +341,64 @@ fn answer(summary: &str, answer: &Answer) -> utoipa::openapi::Response {
     .build()
 }
 
+/// One route's operation: its answers, parameters, body and security.
+fn operation(route: &Route) -> utoipa::openapi::path::Operation {
+    let mut operation = OperationBuilder::new().summary(Some(route.summary));
+    for (status, success) in route.answers {
+        operation = operation.response(*status, answer(route.summary, success));
+    }
+    operation = operation.response(
+        "default",
+        ResponseBuilder::new()
+            .description("An error: {\"error\":{\"code\",\"message\",\"field\"?}}")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            ),
+    );
+    for (name, kind) in [("rid", Kind::Text), ("vid", Kind::Text), ("tag", Kind::Tag)] {
+        if route.path.contains(&format!("{{{name}}}")) {
+            operation = operation.parameter(parameter(name, ParameterIn::Path, kind, None));
+        }
+    }
+    for (name, kind, description) in route.query {
+        operation = operation.parameter(parameter(name, ParameterIn::Query, *kind, Some(description)));
+    }
+    if route.selects {
+        for parameter in selection_parameters() {
+            operation = operation.parameter(parameter);
+        }
+    }
+    if let Some(schema) = route.request {
+        operation = operation.request_body(Some(
+            RequestBodyBuilder::new()
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(schema)))
+                        .build(),
+                )
+                .required(Some(if schema == "Registration" {
+                    Required::True
+                } else {
+                    Required::False
+                }))
+                .build(),
+        ));
+    }
+    if route.open {
+        operation = operation.securities(Some(Vec::<SecurityRequirement>::new()));
+    }
+    operation.build()
+}
+
 /// The OpenAPI document.
 pub(crate) fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
     for route in ROUTES {
-        let mut operation = OperationBuilder::new().summary(Some(route.summary));
-        for (status, success) in route.answers {
-            operation = operation.response(*status, answer(route.summary, success));
-        }
-        operation = operation.response(
-            "default",
-            ResponseBuilder::new()
-                .description("An error: {\"error\":{\"code\",\"message\",\"field\"?}}")
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                ),
-        );
-        for (name, kind) in [("rid", Kind::Text), ("vid", Kind::Text), ("tag", Kind::Tag)] {
-            if route.path.contains(&format!("{{{name}}}")) {
-                operation = operation.parameter(parameter(name, ParameterIn::Path, kind, None));
-            }
-        }
-        for (name, kind, description) in route.query {
-            operation = operation.parameter(parameter(name, ParameterIn::Query, *kind, Some(description)));
-        }
-        if route.selects {
-            for parameter in selection_parameters() {
-                operation = operation.parameter(parameter);
-            }
-        }
-        if let Some(schema) = route.request {
-            operation = operation.request_body(Some(
-                RequestBodyBuilder::new()
-                    .content(
-                        "application/json",
-                        ContentBuilder::new()
-                            .schema(Some(Ref::from_schema_name(schema)))
-                            .build(),
-                    )
-                    .required(Some(if schema == "Registration" {
-                        Required::True
-                    } else {
-                        Required::False
-                    }))
-                    .build(),
-            ));
-        }
-        if route.open {
-            operation = operation.securities(Some(Vec::<SecurityRequirement>::new()));
-        }
-        paths = paths.path(route.path, PathItem::new(route.method.clone(), operation.build()));
+        paths = paths.path(route.path, PathItem::new(route.method.clone(), operation(route)));
     }
     let mut components =
         ComponentsBuilder::new().security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));

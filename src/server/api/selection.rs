@@ -26,34 +26,41 @@ pub(super) async fn select(
     };
     if selection.fresh || stale_on_request {
         ready = None;
-        let outcome = state.worker.fetch_and_wait(&resource.id).await?;
-        match outcome {
-            None => return Err(ApiError::not_found("resource")),
-            Some(Finish::Failed { error, .. }) if selection.fresh => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "fetch_failed",
-                    format!("the fresh fetch failed: {error}"),
-                ));
-            }
-            Some(finished) if selection.fresh => {
-                let id = finished.served_version().unwrap_or_default();
-                return state
-                    .index
-                    .version(&resource.id, id, Timestamp::now())
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::new(StatusCode::CONFLICT, "not_ready", "the fresh version was collected")
-                    });
-            }
-            // `on_request` serves what it has when the origin fails.
-            Some(_) => {}
+        if let Some(fresh) = fetch_first(state, &resource.id, selection).await? {
+            return Ok(fresh);
         }
     }
     // The common case: the first read has a match, and nothing else is asked.
     if let Some(version) = ready.as_deref().and_then(|ready| selection.pick(ready)) {
         return Ok(version.clone());
     }
+    wait_for_match(state, &resource.id, selection).await
+}
+
+/// Fetches before selecting; with `fresh`, the version that fetch served
+/// (or its failure). `on_request` serves what it has when the origin fails.
+async fn fetch_first(state: &AppState, rid: &str, selection: &Selection) -> AppResult<Option<Version>> {
+    match state.worker.fetch_and_wait(rid).await? {
+        None => Err(ApiError::not_found("resource")),
+        Some(Finish::Failed { error, .. }) if selection.fresh => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "fetch_failed",
+            format!("the fresh fetch failed: {error}"),
+        )),
+        Some(finished) if selection.fresh => {
+            let id = finished.served_version().unwrap_or_default();
+            let version = state.index.version(rid, id, Timestamp::now()).await?;
+            version
+                .map(Some)
+                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_ready", "the fresh version was collected"))
+        }
+        Some(_) => Ok(None),
+    }
+}
+
+/// Picks from the ready versions, waiting up to `wait` while a first
+/// fetch is under way.
+async fn wait_for_match(state: &AppState, rid: &str, selection: &Selection) -> AppResult<Version> {
     let wait = selection.wait.map(|seconds| Duration::from_secs(seconds).min(MAX_WAIT));
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     let mut changes = state.worker.changes();
@@ -62,8 +69,8 @@ pub(super) async fn select(
         // Asked before reading: a fetch records its version before it stops
         // counting as under way, so "not fetching" and "nothing ready" read
         // in this order mean there is nothing to wait for.
-        let fetching = state.worker.is_fetching(&resource.id).await?;
-        let ready = match state.index.selectable(&resource.id, Timestamp::now()).await? {
+        let fetching = state.worker.is_fetching(rid).await?;
+        let ready = match state.index.selectable(rid, Timestamp::now()).await? {
             Some((_, ready)) => ready,
             None => return Err(ApiError::not_found("resource")),
         };

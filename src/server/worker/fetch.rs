@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Worker;
-use crate::server::blobs::TempBlob;
+use crate::net::AfterFailure;
+use crate::server::blobs::{BlobWriter, TempBlob};
 use crate::server::guard;
 use crate::server::index::{Finish, IndexError};
 use crate::server::library::failed;
@@ -205,13 +206,6 @@ impl Worker {
                 }
             }
         };
-        let policy = |outcome: &Result<reqwest::Response, Failure>| match outcome {
-            Ok(response) if crate::net::retryable_origin_status(response.status().as_u16()) => {
-                crate::net::Verdict::Again(crate::net::retry_after(response.headers(), Duration::from_secs(60)))
-            }
-            Err(failure) if failure.retryable => crate::net::Verdict::Again(None),
-            _ => crate::net::Verdict::Final,
-        };
         let after_failure = |outcome: &Result<reqwest::Response, Failure>, next: Option<Duration>| {
             let Some(delay) = next else {
                 return AfterFailure::Keep;
@@ -235,7 +229,7 @@ impl Worker {
             max: self.limits.retries.saturating_add(1),
         };
         let (outcome, _) =
-            crate::net::send_with_retry(attempts, &policy, attempt, after_failure, std::future::pending).await;
+            crate::net::send_with_retry(attempts, &verdict, attempt, after_failure, std::future::pending).await;
         let response = outcome.map_err(|failure| failure.message)?;
         let permits = held
             .into_inner()
@@ -263,11 +257,12 @@ impl Worker {
         })
     }
 
-    /// Streams the body to a temporary blob.
+    /// Streams the body to a temporary blob; nothing is kept of a body that
+    /// fails.
     async fn download(
         &self,
         version_id: &str,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         clock: &FetchClock,
     ) -> Result<TempBlob, String> {
         let mut writer = self
@@ -276,14 +271,32 @@ impl Worker {
             .writer(version_id)
             .await
             .map_err(|error| format!("could not start writing the body: {error}"))?;
+        match self.copy_body(&mut writer, response, clock).await {
+            Ok(()) => writer
+                .finish()
+                .await
+                .map_err(|error| format!("could not complete the body: {error}")),
+            Err(error) => {
+                writer.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Copies the body into `writer` within the size limit, the free space,
+    /// the deadline and the minimum transfer rate; what broke it otherwise.
+    async fn copy_body(
+        &self,
+        writer: &mut BlobWriter,
+        mut response: reqwest::Response,
+        clock: &FetchClock,
+    ) -> Result<(), String> {
         let limit = self.limits.max_body_size;
         let too_large = || format!("the body is larger than the server's limit of {limit} bytes (--max-body-size)");
         if response.content_length().is_some_and(|length| length > limit) {
-            writer.abort().await;
             return Err(too_large());
         }
         if let Some(short) = self.short_of_space(response.content_length().unwrap_or(0)) {
-            writer.abort().await;
             return Err(short);
         }
         let mut next_space_check = SPACE_CHECK_EVERY;
@@ -294,11 +307,7 @@ impl Worker {
             let next = tokio::time::timeout_at(window_end, clock.within(response.chunk()));
             let chunk = match next.await {
                 Ok(Ok(chunk)) => chunk,
-                Ok(Err(too_slow)) => {
-                    let read = writer.size();
-                    writer.abort().await;
-                    return Err(format!("{too_slow} after {read} bytes of the body"));
-                }
+                Ok(Err(too_slow)) => return Err(format!("{too_slow} after {} bytes of the body", writer.size())),
                 // A window passed without a chunk: judged below.
                 Err(_) => Ok(Some(bytes::Bytes::new())),
             };
@@ -307,11 +316,10 @@ impl Worker {
             }
             if matches!(chunk, Ok(Some(_))) && tokio::time::Instant::now() >= window_end {
                 if min_rate > 0 && window_bytes < min_rate.saturating_mul(RATE_WINDOW.as_secs()) {
-                    let read = writer.size();
-                    writer.abort().await;
                     return Err(format!(
-                        "the origin sent {window_bytes} bytes in {} s, slower than {min_rate} bytes/s (--min-transfer-rate), after {read} bytes",
-                        RATE_WINDOW.as_secs()
+                        "the origin sent {window_bytes} bytes in {} s, slower than {min_rate} bytes/s (--min-transfer-rate), after {} bytes",
+                        RATE_WINDOW.as_secs(),
+                        writer.size()
                     ));
                 }
                 (window_start, window_bytes) = (tokio::time::Instant::now(), 0);
@@ -319,36 +327,29 @@ impl Worker {
             match chunk {
                 Ok(Some(chunk)) => {
                     if writer.size().saturating_add(chunk.len() as u64) > limit {
-                        writer.abort().await;
                         return Err(too_large());
                     }
                     if writer.size() >= next_space_check {
                         next_space_check = writer.size().saturating_add(SPACE_CHECK_EVERY);
                         if let Some(short) = self.short_of_space(0) {
-                            writer.abort().await;
                             return Err(short);
                         }
                     }
-                    if let Err(error) = writer.write(&chunk).await {
-                        writer.abort().await;
-                        return Err(format!("could not write the body: {error}"));
-                    }
+                    writer
+                        .write(&chunk)
+                        .await
+                        .map_err(|error| format!("could not write the body: {error}"))?;
                 }
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(error) => {
-                    let read = writer.size();
-                    writer.abort().await;
                     return Err(format!(
-                        "the body broke off after {read} bytes: {}",
+                        "the body broke off after {} bytes: {}",
+                        writer.size(),
                         crate::net::error_chain(&error)
                     ));
                 }
             }
         }
-        writer
-            .finish()
-            .await
-            .map_err(|error| format!("could not complete the body: {error}"))
     }
 }
 
@@ -424,7 +425,17 @@ impl Failure {
     }
 }
 
-use crate::net::AfterFailure;
+/// Whether an origin's answer or failure is worth another attempt: 429 and
+/// 5xx (after their `Retry-After`, at most a minute) and retryable failures.
+fn verdict(outcome: &Result<reqwest::Response, Failure>) -> crate::net::Verdict {
+    match outcome {
+        Ok(response) if crate::net::retryable_origin_status(response.status().as_u16()) => {
+            crate::net::Verdict::Again(crate::net::retry_after(response.headers(), Duration::from_secs(60)))
+        }
+        Err(failure) if failure.retryable => crate::net::Verdict::Again(None),
+        _ => crate::net::Verdict::Final,
+    }
+}
 
 /// What limits fetches per host: the host and port, as a browser counts
 /// connections.

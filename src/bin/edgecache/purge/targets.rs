@@ -62,9 +62,9 @@ impl std::fmt::Debug for Secret {
 type Located = (usize, String);
 
 impl RawTarget {
-    fn into_spec(self) -> Result<TargetSpec, Located> {
-        let kind = self.kind.get_ref().clone();
-        let value = |field: Option<Spanned<String>>| field.map(Spanned::into_inner);
+    /// A known kind, and only the fields it takes.
+    fn check_fields(&self) -> Result<(), Located> {
+        let kind = self.kind.get_ref();
         // A field another kind takes is a mistake worth naming, not ignoring.
         let fields: [(&str, Option<usize>); 16] = [
             ("store", self.store.as_ref().map(|f| f.span().start)),
@@ -113,6 +113,13 @@ impl RawTarget {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn into_spec(self) -> Result<TargetSpec, Located> {
+        self.check_fields()?;
+        let kind = self.kind.get_ref().clone();
+        let value = |field: Option<Spanned<String>>| field.map(Spanned::into_inner);
         Ok(match kind.as_str() {
             "cache" => TargetSpec::Cache {
                 store: value(self.store),
