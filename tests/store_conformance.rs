@@ -271,3 +271,17 @@ async fn redis_store_conforms() {
         .prefix("conformance:");
     conformance(Arc::new(store)).await;
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_cluster_store_conforms() {
+    let Some(cluster) = common::redis_cluster::RedisCluster::start(false).await else {
+        return;
+    };
+    let store = edgecache::store::RedisStore::open(&cluster.url())
+        .await
+        .expect("a redis+cluster:// URL")
+        .prefix("conformance:");
+    conformance(Arc::new(store)).await;
+    assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}

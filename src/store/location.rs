@@ -12,7 +12,8 @@ use super::{MemoryStore, Store, StoreError, Unavailable};
 pub const CACHE_VARIABLE: &str = "EDGECACHE_CACHE";
 
 /// Where a cache lives: `sqlite:PATH` (or just a path ending in `.sqlite`
-/// or `.db`), `memory`, or a Redis URL (`redis://`, `rediss://`, `unix://`).
+/// or `.db`), `memory`, or a Redis URL (`redis://`, `rediss://`, `unix://`;
+/// `redis+cluster://host:port,host:port` for a Redis Cluster).
 ///
 /// The default, used by [`CacheBuilder`](crate::CacheBuilder) when no store
 /// is given and by the `edgecache` command, is `$EDGECACHE_CACHE` if set,
@@ -44,7 +45,9 @@ pub enum Location {
 #[non_exhaustive]
 pub enum LocationError {
     /// The text names no kind of cache.
-    #[error("unknown cache {0:?}: expected `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]` (`rediss://`, `unix://`)")]
+    #[error(
+        "unknown cache {0:?}: expected `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]` (`rediss://`, `unix://`, `redis+cluster://HOST:PORT,HOST:PORT`)"
+    )]
     Unknown(String),
     /// `sqlite:` without a path.
     #[error("`sqlite:` needs a path, as in `sqlite:http.sqlite`")]
@@ -83,7 +86,9 @@ impl FromStr for Location {
     fn from_str(text: &str) -> Result<Self, LocationError> {
         match text.split_once(':') {
             _ if text == "memory" => Ok(Location::Memory),
-            Some(("redis" | "rediss" | "unix", _)) => Ok(Location::Redis(text.to_owned())),
+            Some(("redis" | "rediss" | "unix" | "redis+cluster" | "rediss+cluster", _)) => {
+                Ok(Location::Redis(text.to_owned()))
+            }
             Some(("sqlite", "")) => Err(LocationError::MissingPath),
             Some(("sqlite", path)) => Ok(Location::Sqlite(PathBuf::from(path))),
             _ if Path::new(text)
@@ -109,6 +114,19 @@ impl fmt::Display for Location {
 
 /// A Redis URL with any password replaced.
 pub(crate) fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && scheme.to_ascii_lowercase().ends_with("+cluster")
+    {
+        // Several hosts in one authority: not a URL the parser takes.
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        return match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+                None => format!("{scheme}://{userinfo}@{hosts}"),
+            },
+            None => format!("{scheme}://{authority}"),
+        };
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {

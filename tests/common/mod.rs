@@ -4,6 +4,8 @@
 #[cfg(feature = "replicas")]
 pub mod postgres_server;
 #[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 #[cfg(feature = "replicas")]
 pub mod s3_server;

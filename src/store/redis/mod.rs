@@ -12,12 +12,45 @@ use super::location::redact;
 use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 use crate::store::entry::{from_millis, to_millis};
 
+mod connection;
 mod tier;
 
+use self::connection::{BATCH, Connection, cluster_nodes};
 use self::tier::{LocalTier, TrackedRead};
 
-/// Keys asked for per `SCAN` round and deleted per command.
-const BATCH: usize = 500;
+/// Replaces an entry: its value, URL, creation and expiry times (ms) and
+/// tags, expiring after `ARGV[6]` milliseconds (`0`: never).
+const ENTRY_SCRIPT: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'x', ARGV[4], 't', ARGV[5])
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 0
+";
+
+/// Deletes the entries an index set lists (`ARGV[1]` is the entry key
+/// prefix), and the set: how many entries existed, and the members.
+const REMOVE_INDEXED_SCRIPT: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+local deleted = 0
+for _, member in ipairs(members) do
+    deleted = deleted + redis.call('UNLINK', ARGV[1] .. member)
+end
+redis.call('UNLINK', KEYS[1])
+return {deleted, members}
+";
+
+/// On a cluster, takes an index set whole, in one step: its members, and
+/// the set is gone.
+/// A write racing a deletion then either lands in the taken set (and is
+/// deleted) or finds itself missing from the index (and deletes itself).
+const TAKE_SCRIPT: &str = r"
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('UNLINK', KEYS[1])
+return members
+";
 
 /// Adds a member to an index set and keeps the set alive at least as long as
 /// its longest-lived member (`ARGV[2]` milliseconds, `0` for no expiry).
@@ -70,9 +103,12 @@ return 0
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
-    client: redis::Client,
+    connection: Connection,
+    /// Where the local tier's tracking connections go.
+    tracking: Tracking,
     tier: Option<Arc<LocalTier>>,
+    /// The tier's size, to set it up again when the prefix changes.
+    tier_bytes: Option<u64>,
     prefix: String,
     grace: Duration,
     max_ttl: Option<Duration>,
@@ -83,10 +119,21 @@ pub struct RedisStore {
 /// A request waits this long for Redis before going to the origin.
 const DEFAULT_DEADLINE: Duration = Duration::from_millis(250);
 
+/// How the local tier learns of changes.
+#[derive(Clone)]
+enum Tracking {
+    /// One server: a RESP3 client to it, whose reads it tracks.
+    Server(redis::Client),
+    /// A cluster: every master broadcasts, through connections like this
+    /// one (the first node's credentials and TLS).
+    Cluster(redis::ConnectionInfo),
+}
+
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("location", &self.location)
+            .field("cluster", &self.connection.is_cluster())
             .field("prefix", &self.prefix)
             .field("grace", &self.grace)
             .field("max_ttl", &self.max_ttl)
@@ -105,9 +152,75 @@ impl RedisStore {
         Self::open_lazily(url)
     }
 
-    /// [`open`](Self::open), which never waits, without `async`.
+    /// [`open`](Self::open), which never waits, without `async`; a
+    /// `redis+cluster://` URL opens a cluster.
     pub(crate) fn open_lazily(url: &str) -> Result<Self, StoreError> {
-        Self::connect(url, redis::Client::open(url))
+        match cluster_nodes(url) {
+            Some(Ok(nodes)) => Self::open_cluster(nodes),
+            Some(Err(reason)) => Err(StoreError::Other(
+                format!("Redis cache {}: {reason}", redact(url)).into(),
+            )),
+            None => Self::connect(url, redis::Client::open(url)),
+        }
+    }
+
+    /// A store on the Redis Cluster that any of `nodes` belongs to
+    /// (`redis://[user:password@]host:port`, or `rediss://` for TLS; the
+    /// first node's credentials and TLS apply to every node). The client
+    /// learns the others from them, follows `MOVED` and `ASK` through
+    /// failovers and resharding, and, like [`open`](Self::open), connects
+    /// in the background. Call it inside a Tokio runtime.
+    ///
+    /// The URL form for [`Location`](crate::store::Location) and the CLI is
+    /// `redis+cluster://host:port,host:port` (`rediss+cluster://` for TLS).
+    ///
+    /// ```no_run
+    /// use edgecache::store::RedisStore;
+    ///
+    /// # async fn run() -> Result<(), edgecache::store::StoreError> {
+    /// let store = RedisStore::open_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?.local_tier(64 << 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn open_cluster<S: AsRef<str>>(nodes: impl IntoIterator<Item = S>) -> Result<Self, StoreError> {
+        let nodes: Vec<String> = nodes.into_iter().map(|node| node.as_ref().to_owned()).collect();
+        let location = match nodes.first() {
+            Some(first) => format!("{} (cluster of {} given)", redact(first), nodes.len()),
+            None => "a cluster of no nodes".to_owned(),
+        };
+        let error = |source| StoreError::Redis {
+            location: location.clone(),
+            source,
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::Other(
+                format!("Redis cache {location}: a cluster store needs a Tokio runtime").into(),
+            ));
+        }
+        let infos = nodes
+            .iter()
+            .map(|node| redis::IntoConnectionInfo::into_connection_info(node.as_str()))
+            .collect::<redis::RedisResult<Vec<redis::ConnectionInfo>>>()
+            .map_err(error)?;
+        let Some(template) = infos.first().cloned() else {
+            return Err(error(
+                (redis::ErrorKind::InvalidClientConfig, "no cluster node given").into(),
+            ));
+        };
+        let client = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .retries(3)
+            .build()
+            .map_err(error)?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2));
+        let connection = client.get_pending_async_connection_with_config(config);
+        Ok(Self::with(
+            Connection::Cluster(connection),
+            Tracking::Cluster(template),
+            location,
+        ))
     }
 
     /// Like [`open`](Self::open), for a `rediss://` server whose certificate
@@ -142,16 +255,25 @@ impl RedisStore {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(error)?;
-        Ok(Self {
+        Ok(Self::with(
+            Connection::Server(connection),
+            Tracking::Server(client),
+            location,
+        ))
+    }
+
+    fn with(connection: Connection, tracking: Tracking, location: String) -> Self {
+        Self {
             connection,
-            client,
+            tracking,
             tier: None,
+            tier_bytes: None,
             prefix: "edgecache:".to_owned(),
             grace: Duration::from_secs(24 * 3600),
             max_ttl: None,
             deadline: DEFAULT_DEADLINE,
             location,
-        })
+        }
     }
 
     /// How long a call on the request path may take before the cache goes
@@ -185,17 +307,25 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub fn local_tier(mut self, max_bytes: u64) -> Self {
-        // Invalidations are RESP3 push messages.
-        let info = self.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        self.tier = match redis::Client::open(info.set_redis_settings(settings)) {
-            Ok(client) => LocalTier::start(max_bytes, client),
-            Err(error) => {
-                tracing::warn!(%error, location = %self.location, "cannot set up the local tier; reading from Redis");
-                None
+        self.tier_bytes = Some(max_bytes);
+        self.tier = match &self.tracking {
+            Tracking::Server(client) => {
+                // Invalidations are RESP3 push messages.
+                let info = client.get_connection_info().clone();
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(redis::ProtocolVersion::RESP3);
+                match redis::Client::open(info.set_redis_settings(settings)) {
+                    Ok(client) => LocalTier::start(max_bytes, client),
+                    Err(error) => {
+                        tracing::warn!(%error, location = %self.location, "cannot set up the local tier; reading from Redis");
+                        None
+                    }
+                }
+            }
+            Tracking::Cluster(template) => {
+                LocalTier::start_broadcast(max_bytes, self.connection.clone(), template.clone(), self.entry_key(""))
             }
         };
         self
@@ -205,7 +335,11 @@ impl RedisStore {
     /// Default: `edgecache:`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
-        self
+        // A cluster's tier tracks by prefix.
+        match self.tier_bytes {
+            Some(max_bytes) if self.connection.is_cluster() => self.local_tier(max_bytes),
+            _ => self,
+        }
     }
 
     /// How long Redis keeps an entry after it expires. Default: 24 h.
@@ -265,17 +399,27 @@ impl RedisStore {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        command
-            .query_async(&mut connection)
+        self.connection
+            .query(command)
             .await
             .map_err(|source| self.error(source))
     }
 
     async fn query_pipeline<T: redis::FromRedisValue>(&self, pipeline: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone();
-        pipeline
-            .query_async(&mut connection)
+        self.connection
+            .query_pipeline(pipeline)
+            .await
+            .map_err(|source| self.error(source))
+    }
+
+    /// [`Connection::per_key`], with the store's errors.
+    async fn per_key(
+        &self,
+        keys: &[String],
+        build: impl Fn(&mut redis::Pipeline, &str),
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        self.connection
+            .per_key(keys, build)
             .await
             .map_err(|source| self.error(source))
     }
@@ -285,7 +429,7 @@ impl RedisStore {
     async fn read_into_tier(
         &self,
         tier: &LocalTier,
-        mut read: TrackedRead,
+        read: TrackedRead,
         entry_key: String,
     ) -> Result<Option<StoredValue>, StoreError> {
         type Fields = (
@@ -295,12 +439,13 @@ impl RedisStore {
             Option<String>,
             Option<String>,
         );
-        let (value, url, created, expires, tags): Fields = redis::cmd("HMGET")
-            .arg(&entry_key)
-            .arg(&["v", "u", "c", "x", "t"][..])
-            .query_async(&mut read.connection)
-            .await
-            .map_err(|source| self.error(source))?;
+        let mut command = redis::cmd("HMGET");
+        command.arg(&entry_key).arg(&["v", "u", "c", "x", "t"][..]);
+        let (value, url, created, expires, tags): Fields = match &read.connection {
+            Some(tracked) => command.query_async(&mut tracked.clone()).await,
+            None => self.connection.query(&command).await,
+        }
+        .map_err(|source| self.error(source))?;
         let Some(value) = value else { return Ok(None) };
         let value = StoredValue::new(Bytes::from(value));
         let entry = StoreEntry {
@@ -324,18 +469,7 @@ impl RedisStore {
     }
 
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut command = redis::cmd("SCAN");
-            command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(BATCH);
-            let (next, batch): (u64, Vec<String>) = self.query(&command).await?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+        self.connection.scan(pattern).await.map_err(|source| self.error(source))
     }
 
     /// Deletes entry keys in batches; how many existed.
@@ -350,13 +484,40 @@ impl RedisStore {
         Ok(deleted)
     }
 
-    /// Deletes the entries listed in an index set, and the set.
+    /// Deletes the entries listed in an index set, and the set; how many
+    /// entries existed.
     async fn remove_indexed(&self, index: String) -> Result<u64, StoreError> {
-        let members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&index)).await?;
-        let keys: Vec<String> = members.iter().map(|key| self.entry_key(key)).collect();
-        let deleted = self.delete(&keys).await?;
-        self.query::<()>(redis::cmd("UNLINK").arg(&index)).await?;
-        Ok(deleted)
+        if !self.connection.is_cluster() {
+            // One script: a call cut short by its deadline either did all of
+            // it or nothing, and a racing write is before or after it.
+            let (deleted, members): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("EVAL")
+                        .arg(REMOVE_INDEXED_SCRIPT)
+                        .arg(1)
+                        .arg(&index)
+                        .arg(self.entry_key("")),
+                )
+                .await?;
+            if let Some(tier) = &self.tier {
+                members.iter().for_each(|member| tier.forget(&self.entry_key(member)));
+            }
+            return Ok(deleted);
+        }
+        // On a cluster the entries are in other slots: the set is taken,
+        // then its entries deleted, in a task of its own so that a call cut
+        // short by its deadline still deletes what it took.
+        let store = self.clone();
+        let deletion = tokio::spawn(async move {
+            let members: Vec<String> = store
+                .query(redis::cmd("EVAL").arg(TAKE_SCRIPT).arg(1).arg(&index))
+                .await?;
+            let keys: Vec<String> = members.iter().map(|key| store.entry_key(key)).collect();
+            store.delete(&keys).await
+        });
+        deletion
+            .await
+            .map_err(|error| StoreError::Other(format!("a Redis Cluster deletion stopped: {error}").into()))?
     }
 
     /// Deletes the entries whose millisecond field `field` satisfies `doomed`.
@@ -364,11 +525,14 @@ impl RedisStore {
         let keys = self.entry_keys().await?;
         let mut removed = 0;
         for batch in keys.chunks(BATCH) {
-            let mut pipeline = redis::pipe();
-            for key in batch {
-                pipeline.cmd("HGET").arg(key).arg(field);
-            }
-            let values: Vec<Option<String>> = self.query_pipeline(&pipeline).await?;
+            let values = self
+                .per_key(batch, |pipeline, key| {
+                    pipeline.cmd("HGET").arg(key).arg(field);
+                })
+                .await?;
+            let values = values
+                .into_iter()
+                .map(|value| redis::from_redis_value::<Option<String>>(value).ok().flatten());
             let expired: Vec<String> = batch
                 .iter()
                 .zip(values)
@@ -386,6 +550,29 @@ impl RedisStore {
     }
 }
 
+/// The command that replaces the entry under `entry_key` with `entry`: one
+/// script on one key, so it is atomic on a cluster too, and follows a
+/// resharding's redirections.
+fn write_entry(entry_key: &str, entry: &StoreEntry, ttl_ms: u64) -> redis::Cmd {
+    let mut command = redis::cmd("EVAL");
+    command
+        .arg(ENTRY_SCRIPT)
+        .arg(1)
+        .arg(entry_key)
+        .arg(&entry.value.bytes()[..])
+        .arg(&entry.url)
+        .arg(to_millis(entry.created_at))
+        .arg(
+            entry
+                .expires
+                .map(|expires| to_millis(expires).to_string())
+                .unwrap_or_default(),
+        )
+        .arg(entry.tags.join("\n"))
+        .arg(ttl_ms);
+    command
+}
+
 /// Escapes `SCAN` glob characters so a prefix matches literally.
 fn escape_pattern(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -401,13 +588,8 @@ fn escape_pattern(text: &str) -> String {
 #[async_trait]
 impl Store for RedisStore {
     async fn ping(&self) -> Option<Result<(), StoreError>> {
-        let mut connection = self.connection.clone();
-        // A failed command also makes the connection manager reconnect.
-        let answer = redis::cmd("PING").query_async::<()>(&mut connection).await;
-        Some(answer.map_err(|source| StoreError::Redis {
-            location: self.location.clone(),
-            source,
-        }))
+        // A failed command also makes the connection reconnect.
+        Some(self.query::<()>(&redis::cmd("PING")).await)
     }
 
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
@@ -432,50 +614,55 @@ impl Store for RedisStore {
         let ttl_ms = self.ttl(entry.expires).map_or(0, |ttl| ttl.as_millis().max(1) as u64);
         // A replaced entry leaves the tag sets it is no longer in.
         let old_tags: Option<String> = self.query(redis::cmd("HGET").arg(&entry_key).arg("t")).await?;
-        let mut pipeline = redis::pipe();
-        pipeline.atomic();
-        for old in old_tags
+        let left: Vec<String> = old_tags
             .iter()
             .flat_map(|tags| tags.split('\n'))
             .filter(|tag| !entry.tags.iter().any(|new| new == tag))
-        {
-            pipeline.cmd("SREM").arg(self.tag_key(old)).arg(&entry.key).ignore();
-        }
-        pipeline.cmd("DEL").arg(&entry_key).ignore();
-        pipeline
-            .cmd("HSET")
-            .arg(&entry_key)
-            .arg("v")
-            .arg(&entry.value.bytes()[..])
-            .arg("u")
-            .arg(&entry.url)
-            .arg("c")
-            .arg(to_millis(entry.created_at))
-            .arg("x")
-            .arg(
-                entry
-                    .expires
-                    .map(|expires| to_millis(expires).to_string())
-                    .unwrap_or_default(),
-            )
-            .arg("t")
-            .arg(entry.tags.join("\n"))
-            .ignore();
-        if ttl_ms > 0 {
-            pipeline.cmd("PEXPIRE").arg(&entry_key).arg(ttl_ms).ignore();
-        }
-        let indexes = std::iter::once(self.url_key(&entry.url)).chain(entry.tags.iter().map(|tag| self.tag_key(tag)));
-        for index in indexes {
+            .map(|tag| self.tag_key(tag))
+            .collect();
+        let indexes: Vec<String> = std::iter::once(self.url_key(&entry.url))
+            .chain(entry.tags.iter().map(|tag| self.tag_key(tag)))
+            .collect();
+        let leave = |pipeline: &mut redis::Pipeline, index: &str| {
+            pipeline.cmd("SREM").arg(index).arg(&entry.key);
+        };
+        let join = |pipeline: &mut redis::Pipeline, index: &str| {
             pipeline
                 .cmd("EVAL")
                 .arg(INDEX_SCRIPT)
                 .arg(1)
                 .arg(index)
                 .arg(&entry.key)
-                .arg(ttl_ms)
-                .ignore();
+                .arg(ttl_ms);
+        };
+        if !self.connection.is_cluster() {
+            let mut pipeline = redis::pipe();
+            pipeline.atomic();
+            left.iter().for_each(|index| leave(&mut pipeline, index));
+            pipeline.add_command(write_entry(&entry_key, &entry, ttl_ms)).ignore();
+            indexes.iter().for_each(|index| join(&mut pipeline, index));
+            return self.query_pipeline::<()>(&pipeline).await;
         }
-        self.query_pipeline::<()>(&pipeline).await
+        // A cluster keeps the entry and its index sets in different slots,
+        // so no step spans them: the index first (a failure after it leaves
+        // only a member without an entry, which deletion tolerates), then
+        // the entry, then a check that no deletion took an index set
+        // meanwhile; if one did, the entry it missed is deleted here.
+        self.per_key(&indexes, join).await?;
+        self.per_key(&left, leave).await?;
+        self.query::<()>(&write_entry(&entry_key, &entry, ttl_ms)).await?;
+        let listed = self
+            .per_key(&indexes, |pipeline, index| {
+                pipeline.cmd("SISMEMBER").arg(index).arg(&entry.key);
+            })
+            .await?;
+        if listed
+            .iter()
+            .any(|member| !matches!(redis::from_redis_value::<bool>(member.clone()), Ok(true)))
+        {
+            self.delete(std::slice::from_ref(&entry_key)).await?;
+        }
+        Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
@@ -549,12 +736,12 @@ impl Store for RedisStore {
         let entry_prefix = format!("{}e:", self.prefix);
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(BATCH) {
-            let mut pipeline = redis::pipe();
-            for key in batch {
-                pipeline.cmd("HMGET").arg(key).arg("u").arg("c").arg("x");
-                pipeline.cmd("HSTRLEN").arg(key).arg("v");
-            }
-            let rows: Vec<redis::Value> = self.query_pipeline(&pipeline).await?;
+            let rows = self
+                .per_key(batch, |pipeline, key| {
+                    pipeline.cmd("HMGET").arg(key).arg("u").arg("c").arg("x");
+                    pipeline.cmd("HSTRLEN").arg(key).arg("v");
+                })
+                .await?;
             for (key, pair) in batch.iter().zip(rows.chunks(2)) {
                 let [fields, size] = pair else { continue };
                 let (Ok((Some(url), Some(created), expires)), Ok(size), Some(key)) = (
@@ -581,12 +768,15 @@ impl Store for RedisStore {
         let keys = self.entry_keys().await?;
         let mut stats = StoreStats::default();
         for batch in keys.chunks(BATCH) {
-            let mut pipeline = redis::pipe();
-            for key in batch {
-                pipeline.cmd("HSTRLEN").arg(key).arg("v");
-            }
-            let sizes: Vec<u64> = self.query_pipeline(&pipeline).await?;
-            for size in sizes.into_iter().filter(|size| *size > 0) {
+            let sizes = self
+                .per_key(batch, |pipeline, key| {
+                    pipeline.cmd("HSTRLEN").arg(key).arg("v");
+                })
+                .await?;
+            let sizes = sizes
+                .into_iter()
+                .filter_map(|size| redis::from_redis_value::<u64>(size).ok());
+            for size in sizes.filter(|size| *size > 0) {
                 stats.entries += 1;
                 stats.bytes += size;
             }

@@ -7,6 +7,11 @@
 //! (or it expires). The push handler drops the key as the message is read.
 //! If the connection is lost, invalidations sent meanwhile are lost too: the
 //! tier empties and is bypassed until tracking is back.
+//!
+//! On a cluster, a key's node can change (failover, resharding), so tracking
+//! runs in broadcast mode instead: one connection per master, each told
+//! about every change under the store's entry prefix, whoever reads it. A
+//! master lost or added empties the tier until every master is tracked again.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -15,12 +20,15 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::Notify;
 
+use super::connection::Connection;
 use crate::store::{MemoryStore, StoreEntry, StoredValue};
 
 /// How the tracking connection names itself in `CLIENT LIST`.
 const TRACKING_CLIENT_NAME: &str = "edgecache-tracking";
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// How often a cluster's masters are listed, to track a new one.
+const TOPOLOGY_CHECK: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 pub(super) struct LocalTier {
@@ -30,17 +38,20 @@ pub(super) struct LocalTier {
 }
 
 struct Tracking {
-    /// The connection whose reads Redis tracks; `None` while tracking is
-    /// down, when the tier is bypassed.
+    /// Whether invalidations are arriving: while not, the tier is bypassed.
+    up: bool,
+    /// One server: the connection whose reads Redis tracks. A cluster
+    /// tracks by broadcast, and reads go through the store's connection.
     connection: Option<MultiplexedConnection>,
     /// Bumped by every invalidation: a read that saw it move does not fill
     /// the tier, as its value may be the one invalidated.
     epoch: u64,
 }
 
-/// A read through the tracking connection, to fill the tier with.
+/// A read to fill the tier with: through the tracking connection on one
+/// server, through the store's own on a cluster.
 pub(super) struct TrackedRead {
-    pub(super) connection: MultiplexedConnection,
+    pub(super) connection: Option<MultiplexedConnection>,
     epoch: u64,
 }
 
@@ -55,15 +66,43 @@ impl LocalTier {
                 return None;
             }
         };
-        let tier = Arc::new(Self {
+        let tier = Self::new(max_bytes);
+        runtime.spawn(keep_tracking(Arc::downgrade(&tier), client));
+        Some(tier)
+    }
+
+    /// A tier of at most `max_bytes` in front of a cluster, told of every
+    /// change under `prefix` by each master that `cluster` lists, through
+    /// connections like `template` (its credentials and TLS).
+    pub(super) fn start_broadcast(
+        max_bytes: u64,
+        cluster: Connection,
+        template: redis::ConnectionInfo,
+        prefix: String,
+    ) -> Option<Arc<Self>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("RedisStore::local_tier needs a Tokio runtime; the tier is off");
+            return None;
+        };
+        let tier = Self::new(max_bytes);
+        let broadcast = Broadcast {
+            cluster,
+            template,
+            prefix,
+        };
+        runtime.spawn(keep_broadcasting(Arc::downgrade(&tier), broadcast));
+        Some(tier)
+    }
+
+    fn new(max_bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
             entries: MemoryStore::new(max_bytes),
             state: Mutex::new(Tracking {
+                up: false,
                 connection: None,
                 epoch: 0,
             }),
-        });
-        runtime.spawn(keep_tracking(Arc::downgrade(&tier), client));
-        Some(tier)
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, Tracking> {
@@ -80,9 +119,8 @@ impl LocalTier {
     /// hand the result to [`fill`](Self::fill).
     pub(super) fn tracked_read(&self) -> Option<TrackedRead> {
         let state = self.state();
-        let connection = state.connection.clone()?;
-        Some(TrackedRead {
-            connection,
+        state.up.then(|| TrackedRead {
+            connection: state.connection.clone(),
             epoch: state.epoch,
         })
     }
@@ -91,7 +129,7 @@ impl LocalTier {
     /// of tracking) came in since the read started.
     pub(super) fn fill(&self, read: TrackedRead, entry: StoreEntry) {
         let state = self.state();
-        if state.epoch == read.epoch && state.connection.is_some() {
+        if state.epoch == read.epoch && state.up {
             self.entries.insert(entry);
         }
     }
@@ -135,7 +173,8 @@ impl LocalTier {
 
     fn lose_tracking(&self) {
         let mut state = self.state();
-        if state.connection.take().is_some() {
+        state.connection = None;
+        if std::mem::take(&mut state.up) {
             tracing::info!("Redis invalidations lost; the local tier is emptied until tracking is back");
         }
         state.epoch = state.epoch.wrapping_add(1);
@@ -144,6 +183,22 @@ impl LocalTier {
 
     /// Opens the tracking connection; on success the tier is in use.
     async fn connect(self: &Arc<Self>, client: &redis::Client, lost: Arc<Notify>) -> redis::RedisResult<()> {
+        let connection = self.tracking_connection(client, &["ON"], lost).await?;
+        let mut state = self.state();
+        state.epoch = state.epoch.wrapping_add(1);
+        state.up = true;
+        state.connection = Some(connection);
+        Ok(())
+    }
+
+    /// A connection from `client` with `CLIENT TRACKING` and `tracking`'s
+    /// arguments, its invalidations handled by this tier.
+    async fn tracking_connection(
+        self: &Arc<Self>,
+        client: &redis::Client,
+        tracking: &[&str],
+        lost: Arc<Notify>,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         let tier = Arc::downgrade(self);
         let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
             match tier.upgrade() {
@@ -164,13 +219,10 @@ impl LocalTier {
             .await?;
         redis::cmd("CLIENT")
             .arg("TRACKING")
-            .arg("ON")
+            .arg(tracking)
             .exec_async(&mut connection)
             .await?;
-        let mut state = self.state();
-        state.epoch = state.epoch.wrapping_add(1);
-        state.connection = Some(connection);
-        Ok(())
+        Ok(connection)
     }
 }
 
@@ -196,4 +248,100 @@ async fn keep_tracking(tier: Weak<LocalTier>, client: redis::Client) {
             }
         }
     }
+}
+
+/// What broadcast tracking on a cluster needs.
+struct Broadcast {
+    cluster: Connection,
+    template: redis::ConnectionInfo,
+    prefix: String,
+}
+
+impl Broadcast {
+    /// A RESP3 client for the master at `host:port`, with the template's
+    /// credentials and TLS.
+    fn client(&self, host: &str, port: u16) -> redis::RedisResult<redis::Client> {
+        let address = match self.template.addr() {
+            redis::ConnectionAddr::TcpTls {
+                insecure, tls_params, ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let settings = self
+            .template
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        redis::Client::open(self.template.clone().set_addr(address).set_redis_settings(settings))
+    }
+}
+
+/// Keeps one broadcast tracking connection per master for as long as the
+/// tier lives; the tier is in use only while every master is tracked.
+async fn keep_broadcasting(tier: Weak<LocalTier>, broadcast: Broadcast) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let Some(live) = tier.upgrade() else { return };
+        let lost = Arc::new(Notify::new());
+        let tracked = track_every_master(&live, &broadcast, &lost).await;
+        drop(live);
+        match tracked {
+            Ok((masters, connections)) => {
+                retry = FIRST_RETRY;
+                // Until a tracking connection drops or the masters change.
+                loop {
+                    tokio::select! {
+                        () = lost.notified() => break,
+                        () = tokio::time::sleep(TOPOLOGY_CHECK) => {
+                            if broadcast.cluster.masters().await.ok().as_ref() != Some(&masters) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                drop(connections);
+                match tier.upgrade() {
+                    Some(live) => live.lose_tracking(),
+                    None => return,
+                }
+            }
+            Err(error) => {
+                if let Some(live) = tier.upgrade() {
+                    live.lose_tracking();
+                }
+                tracing::debug!(%error, ?retry, "cannot track every Redis Cluster master; retrying");
+                tokio::time::sleep(retry).await;
+                retry = retry.saturating_mul(2).min(MAX_RETRY);
+            }
+        }
+    }
+}
+
+/// Opens a broadcast tracking connection to each master, then puts the tier
+/// in use; the masters tracked and their connections, kept open by holding
+/// them.
+async fn track_every_master(
+    tier: &Arc<LocalTier>,
+    broadcast: &Broadcast,
+    lost: &Arc<Notify>,
+) -> redis::RedisResult<(Vec<(String, u16)>, Vec<MultiplexedConnection>)> {
+    let masters = broadcast.cluster.masters().await?;
+    if masters.is_empty() {
+        return Err((redis::ErrorKind::Io, "the cluster lists no master that is up").into());
+    }
+    let mut connections = Vec::with_capacity(masters.len());
+    for (host, port) in &masters {
+        let client = broadcast.client(host, *port)?;
+        let tracking = ["ON", "BCAST", "PREFIX", broadcast.prefix.as_str()];
+        connections.push(tier.tracking_connection(&client, &tracking, Arc::clone(lost)).await?);
+    }
+    let mut state = tier.state();
+    state.epoch = state.epoch.wrapping_add(1);
+    state.up = true;
+    Ok((masters, connections))
 }

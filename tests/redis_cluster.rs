@@ -1,0 +1,212 @@
+//! The shared cache on a Redis Cluster the test starts itself: entries and
+//! their index sets on different masters, deletion by URL and tag across
+//! them, listing every master, the local tier, failover and resharding.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_cluster::RedisCluster;
+use common::{Origin, client, get};
+use edgecache::CacheMiddleware;
+use edgecache::store::{RedisStore, Store};
+use reqwest_middleware::ClientWithMiddleware;
+
+/// Enough URLs that every master holds some of them.
+const SPREAD: usize = 40;
+
+fn machine(cluster: &RedisCluster, tier: bool) -> (CacheMiddleware, ClientWithMiddleware) {
+    let mut store = RedisStore::open_cluster(cluster.node_urls())
+        .expect("open")
+        .prefix("app:");
+    if tier {
+        store = store.local_tier(16 << 20);
+    }
+    let cache = CacheMiddleware::builder().store(store).build().expect("cache");
+    let client = client(&cache);
+    (cache, client)
+}
+
+/// Sends requests until one is a `HIT`, for at most `budget`.
+async fn until_hit(client: &ClientWithMiddleware, url: &str, budget: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        if get(client, url).await.0 == "HIT" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// How many masters hold at least one key under `prefix`.
+async fn masters_holding(cluster: &RedisCluster, prefix: &str) -> usize {
+    let mut holding = 0;
+    for port in cluster.masters().await {
+        let mut connection = cluster.connection(port).await;
+        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut connection)
+            .await
+            .expect("scan");
+        holding += usize::from(!keys.is_empty());
+    }
+    holding
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_share_entries_and_delete_by_url_and_tag_across_masters() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (first, a) = machine(&cluster, false);
+    let (second, b) = machine(&cluster, false);
+
+    let urls: Vec<String> = (0..SPREAD)
+        .map(|at| origin.url(&format!("/tagged/sale,item-{at}")))
+        .collect();
+    for url in &urls {
+        assert_eq!(get(&a, url).await.0, "MISS", "{url}");
+    }
+    for url in &urls {
+        assert_eq!(get(&b, url).await.0, "HIT", "{url}");
+    }
+    assert_eq!(masters_holding(&cluster, "app:e:").await, 3, "entries on every master");
+
+    // Listing, size and deletion by URL visit every master.
+    assert_eq!(second.entries().await.expect("entries").len(), SPREAD);
+    assert_eq!(first.delete_url(&urls[0]).await.expect("delete url"), 1);
+    assert_eq!(get(&b, &urls[0]).await.0, "MISS");
+    assert_eq!(first.delete_tag("item-1").await.expect("delete tag"), 1);
+    assert_eq!(get(&b, &urls[1]).await.0, "MISS");
+
+    // One tag whose entries live on every master.
+    let deleted = second.delete_tag("sale").await.expect("delete tag");
+    assert_eq!(deleted, SPREAD as u64);
+    for url in &urls[2..] {
+        assert_eq!(get(&a, url).await.0, "MISS", "{url}");
+    }
+
+    first.clear().await.expect("clear");
+    assert!(second.entries().await.expect("entries").is_empty());
+    assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_machine_empties_the_others_tier_on_a_cluster() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (first, a) = machine(&cluster, true);
+    let (_, b) = machine(&cluster, true);
+    let urls: Vec<String> = (0..12)
+        .map(|at| origin.url(&format!("/tagged/tiered,n-{at}")))
+        .collect();
+    for url in &urls {
+        get(&a, url).await;
+        assert!(until_hit(&b, url, Duration::from_secs(5)).await, "{url}");
+    }
+    // Broadcast tracking: every master tells `b` of every change under the
+    // prefix, so a tag deleted on `a` empties `b`'s tier wherever the
+    // entries live. The message crosses loopback; this waits for it, no
+    // longer (the benchmark measures how long).
+    assert_eq!(first.delete_tag("tiered").await.expect("delete tag"), urls.len() as u64);
+    for url in &urls {
+        let start = Instant::now();
+        while get(&b, url).await.0 == "HIT" {
+            assert!(start.elapsed() < Duration::from_secs(2), "{url} stayed in b's tier");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_without_a_replica_costs_requests_nothing() {
+    let Some(mut cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (_, a) = machine(&cluster, false);
+    let url = origin.url("/max-age/600");
+    assert_eq!(get(&a, &url).await.0, "MISS");
+    assert_eq!(get(&a, &url).await.0, "HIT");
+
+    let master = cluster.masters().await[0];
+    cluster.kill(master);
+    // Every request is answered, from the origin where the store can't.
+    for at in 0..SPREAD {
+        let (_, body) = get(&a, &origin.url(&format!("/max-age/60?n={at}"))).await;
+        assert!(body.starts_with("GET /max-age/60"), "request {at}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_loses_no_acknowledged_write_and_hits_resume_within_two_seconds() {
+    let Some(cluster) = RedisCluster::start(true).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (_, a) = machine(&cluster, false);
+    let (_, b) = machine(&cluster, false);
+    let urls: Vec<String> = (0..SPREAD)
+        .map(|at| origin.url(&format!("/max-age/600?n={at}")))
+        .collect();
+    for url in &urls {
+        assert_eq!(get(&a, url).await.0, "MISS");
+    }
+    let master = cluster.masters().await[0];
+    let replica = cluster.replica_of(master).await;
+    cluster.failover(replica).await;
+    assert!(cluster.masters().await.contains(&replica));
+
+    let started = Instant::now();
+    assert!(
+        until_hit(&b, &urls[0], Duration::from_secs(10)).await,
+        "hits never resumed"
+    );
+    let waited = started.elapsed();
+    eprintln!("first hit {} ms after the failover", waited.as_millis());
+    assert!(waited < Duration::from_secs(2), "hits resumed only after {waited:?}");
+    // Every write acknowledged before the failover is on the new master.
+    for url in &urls {
+        assert!(until_hit(&b, url, Duration::from_secs(2)).await, "{url} was lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_traffic_fails_no_call_and_serves_nothing_stale() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (first, a) = machine(&cluster, false);
+    let store = RedisStore::open_cluster(cluster.node_urls())
+        .expect("open")
+        .prefix("app:");
+    let masters = cluster.masters().await;
+    let moving = cluster.reshard(masters[0], masters[1], 3000);
+    let mut rounds = 0;
+    while !moving.is_finished() || rounds < 3 {
+        for at in 0..SPREAD {
+            let url = origin.url(&format!("/max-age/600?round={rounds}&n={at}"));
+            assert_eq!(get(&a, &url).await.0, "MISS", "{url}");
+            assert_eq!(get(&a, &url).await.0, "HIT", "{url}");
+            assert_eq!(first.delete_url(&url).await.expect("delete during resharding"), 1);
+            assert_eq!(get(&a, &url).await.0, "MISS", "{url} was served after its deletion");
+        }
+        store.stats().await.expect("stats during resharding");
+        rounds += 1;
+    }
+    assert!(
+        moving.join().expect("reshard thread"),
+        "redis-cli --cluster reshard failed"
+    );
+    assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}
