@@ -178,6 +178,12 @@ async fn a_failover_loses_no_acknowledged_write_and_hits_resume_within_two_secon
     for url in &urls {
         assert!(until_hit(&b, url, Duration::from_secs(2)).await, "{url} was lost");
     }
+    // And every write acknowledged after it.
+    for at in 0..SPREAD {
+        let url = origin.url(&format!("/max-age/600?after={at}"));
+        assert_eq!(get(&a, &url).await.0, "MISS");
+        assert_eq!(get(&b, &url).await.0, "HIT", "{url} was lost");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,4 +215,96 @@ async fn resharding_under_traffic_fails_no_call_and_serves_nothing_stale() {
         "redis-cli --cluster reshard failed"
     );
     assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}
+
+/// A write and a deletion by URL racing each other on a cluster, where the
+/// entry and its index sets live on different masters: whichever wins, an
+/// entry that is left can still be found and deleted through its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_racing_a_deletion_never_leaves_an_entry_its_url_cannot_reach() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    let writer = RedisStore::open_cluster(cluster.node_urls())
+        .expect("open")
+        .prefix("race:");
+    let deleter = RedisStore::open_cluster(cluster.node_urls())
+        .expect("open")
+        .prefix("race:");
+    for round in 0..300 {
+        let (key, url) = (format!("k{round}"), format!("https://example.com/{round}"));
+        let entry = edgecache::store::StoreEntry {
+            key: key.clone(),
+            url: url.clone(),
+            created_at: std::time::SystemTime::now(),
+            expires: None,
+            tags: vec![format!("tag-{round}")],
+            value: bytes::Bytes::from_static(b"value").into(),
+        };
+        writer.put(entry.clone()).await.expect("first put");
+        let (put, removed) = tokio::join!(writer.put(entry), deleter.remove_url(&url));
+        put.expect("put");
+        removed.expect("remove url");
+        if writer.get(&key).await.expect("get").is_some() {
+            assert_eq!(deleter.remove_url(&url).await.expect("remove url"), 1, "round {round}");
+            assert!(writer.get(&key).await.expect("get").is_none(), "round {round}");
+        }
+    }
+    assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}
+
+/// A master killed outright: its replica takes over by itself once the
+/// cluster sees the master gone, and hits resume as soon as it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_by_its_replica_and_hits_resume_within_two_seconds() {
+    let Some(mut cluster) = RedisCluster::start(true).await else {
+        return;
+    };
+    let origin = Origin::start().await;
+    let (_, a) = machine(&cluster, false);
+    let urls: Vec<String> = (0..SPREAD)
+        .map(|at| origin.url(&format!("/max-age/600?n={at}")))
+        .collect();
+    for url in &urls {
+        assert_eq!(get(&a, url).await.0, "MISS");
+    }
+    let master = cluster.masters().await[0];
+    let replica = cluster.replica_of(master).await;
+    // Replication is asynchronous: the test waits until the replica has
+    // what was written, as a write acknowledged long enough ago would be.
+    let mut connection = cluster.connection(master).await;
+    let mut replicated = 0;
+    for _ in 0..20 {
+        replicated = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut connection)
+            .await
+            .expect("wait");
+        if replicated == 1 {
+            break;
+        }
+    }
+    assert_eq!(replicated, 1, "the replica never caught up");
+    cluster.kill(master);
+    let killed = Instant::now();
+    while !cluster.info(replica, "replication").await.contains("role:master") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the replica never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.wait_until_ok().await;
+    let promoted = Instant::now();
+    for url in &urls {
+        assert!(until_hit(&a, url, Duration::from_secs(10)).await, "{url} was lost");
+    }
+    let waited = promoted.elapsed();
+    eprintln!(
+        "replica promoted {} ms after the kill; every entry a hit {} ms later",
+        (promoted - killed).as_millis(),
+        waited.as_millis()
+    );
+    assert!(waited < Duration::from_secs(2), "hits resumed only after {waited:?}");
 }

@@ -5,13 +5,19 @@ mod common;
 
 use std::time::Duration;
 
+use common::redis_cluster::RedisCluster;
 use common::redis_server::RedisServer;
 use common::{Origin, client, get};
 use edgecache::store::{RedisStore, Store};
 use edgecache::{CacheMiddleware, CacheTags};
 
 async fn machine(server: &RedisServer) -> CacheMiddleware {
-    let store = RedisStore::open(&server.url()).await.expect("connect").prefix("app:");
+    on(&server.url()).await
+}
+
+/// A machine on the Redis (one server or a cluster) at `url`.
+async fn on(url: &str) -> CacheMiddleware {
+    let store = RedisStore::open(url).await.expect("connect").prefix("app:");
     CacheMiddleware::builder().store(store).build().expect("cache")
 }
 
@@ -20,8 +26,22 @@ async fn two_machines_share_entries_ttls_and_tags() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
+    share_entries_ttls_and_tags(&server.url(), server.connection().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_machines_share_entries_ttls_and_tags_on_a_cluster() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    share_entries_ttls_and_tags(&cluster.url(), cluster.cluster_connection().await).await;
+    assert_eq!(cluster.errors("CROSSSLOT").await, 0, "a command spanned slots");
+}
+
+/// Two machines on the Redis at `url`; `connection` looks at what they wrote.
+async fn share_entries_ttls_and_tags(url: &str, mut connection: impl redis::aio::ConnectionLike) {
     let origin = Origin::start().await;
-    let (first, second) = (machine(&server).await, machine(&server).await);
+    let (first, second) = (on(url).await, on(url).await);
     let (a, b) = (client(&first), client(&second));
 
     let url = origin.url("/tagged/product-1,sale");
@@ -33,7 +53,6 @@ async fn two_machines_share_entries_ttls_and_tags() {
 
     // Redis expires the entry at its max-age (60 s) plus the grace period (24 h).
     let key = &second.entries().await.expect("entries")[0].key;
-    let mut connection = server.connection().await;
     let ttl: i64 = redis::cmd("PTTL")
         .arg(format!("app:e:{key}"))
         .query_async(&mut connection)
@@ -94,6 +113,25 @@ async fn a_password_never_appears_in_errors_or_debug_output() {
         error.to_string().contains("127.0.0.1:1"),
         "the error says where: {error}"
     );
+
+    // The same of a cluster URL, which names several hosts.
+    let cluster = RedisStore::open("redis+cluster://user:hunter2@127.0.0.1:1,127.0.0.1:2")
+        .await
+        .expect("opening does not wait for the cluster");
+    assert!(!format!("{cluster:?}").contains("hunter2"), "{cluster:?}");
+    let error = cluster.get("key").await.expect_err("nothing listens on ports 1 and 2");
+    assert!(!format!("{error} {error:?}").contains("hunter2"), "{error:?}");
+    assert!(
+        error.to_string().contains("127.0.0.1:1"),
+        "the error says where: {error}"
+    );
+    let bad = RedisStore::open("redis+cluster://user:hunter2@127.0.0.1:1,nohost")
+        .await
+        .expect_err("a node without a port");
+    assert!(
+        bad.to_string().contains("nohost") && !bad.to_string().contains("hunter2"),
+        "{bad}"
+    );
 }
 
 #[tokio::test]
@@ -133,9 +171,20 @@ async fn the_cli_shares_a_redis_cache_between_runs() {
     let Some(server) = RedisServer::start().await else {
         return;
     };
+    cli_shares_a_cache_between_runs(server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_shares_a_redis_cluster_cache_between_runs() {
+    let Some(cluster) = RedisCluster::start(false).await else {
+        return;
+    };
+    cli_shares_a_cache_between_runs(cluster.url()).await;
+}
+
+async fn cli_shares_a_cache_between_runs(cache: String) {
     let origin = Origin::start().await;
     let url = origin.url("/tagged/cli");
-    let cache = server.url();
     let run = |args: Vec<String>| async move { common::edgecache(args).await.stdout };
     let get = |url: &str| vec!["get".into(), "-i".into(), url.into(), "--cache".into(), cache.clone()];
     assert!(run(get(&url)).await.contains("x-cache: MISS"));

@@ -7,7 +7,8 @@
 //! - `http-cache-reqwest/moka`: the best-known peer, a hit;
 //! - `edgecache/memory`, `edgecache/sqlite`: our hits (SQLite with its
 //!   default in-process tier, and without it), `edgecache/redis` with and
-//!   without its local tier;
+//!   without its local tier, and `edgecache/redis_cluster` the same on a
+//!   three-master Redis Cluster;
 //! - `edgecache/redis_down` vs `reqwest/origin`: Redis unreachable, so the
 //!   circuit breaker sends every request to the origin, vs no cache;
 //! - `edgecache/miss` vs `reqwest/unique`: a miss (fetch and store) vs no
@@ -95,6 +96,10 @@ impl Middleware for Floor {
 #[allow(dead_code)] // the tests use more of it
 mod redis_server;
 
+#[path = "../../tests/common/redis_cluster.rs"]
+#[allow(dead_code)] // the tests use more of it
+mod redis_cluster;
+
 fn with(middleware: impl Middleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(middleware)
@@ -173,6 +178,25 @@ fn get_benches(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         ));
         // Tracking connects in the background: let it, before the warm-up fetch.
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let cluster = runtime.block_on(redis_cluster::RedisCluster::start(false));
+    if let Some(cluster) = &cluster {
+        let _runtime = runtime.enter(); // the cluster client's tasks run there
+        let open = || RedisStore::open_cluster(cluster.node_urls()).expect("cluster");
+        clients.push((
+            "edgecache_redis_cluster",
+            with(CacheMiddleware::builder().store(open()).build().expect("cache")),
+        ));
+        clients.push((
+            "edgecache_redis_cluster_tier",
+            with(
+                CacheMiddleware::builder()
+                    .store(open().local_tier(64 << 20))
+                    .build()
+                    .expect("cache"),
+            ),
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
     // The peer goes last, and each client is dropped after its run: moka's
     // maintenance threads must not run during our rows.
@@ -279,17 +303,23 @@ fn key_bench(c: &mut Criterion) {
 /// How long after machine A deletes an entry machine B's local tier stops
 /// serving it: A and B are two Redis stores with local tiers.
 fn invalidation_report(runtime: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
-    const ROUNDS: usize = 500;
     let server = runtime.block_on(redis_server::RedisServer::start())?;
+    invalidation_delays(runtime, "redis", &server.url())
+}
+
+/// The same on a three-master Redis Cluster, where the tier tracks every
+/// master by broadcast.
+fn cluster_invalidation_report(runtime: &tokio::runtime::Runtime) -> Option<(f64, f64)> {
+    let cluster = runtime.block_on(redis_cluster::RedisCluster::start(false))?;
+    invalidation_delays(runtime, "redis cluster", &cluster.url())
+}
+
+fn invalidation_delays(runtime: &tokio::runtime::Runtime, what: &str, url: &str) -> Option<(f64, f64)> {
+    const ROUNDS: usize = 500;
     let (a, b) = runtime.block_on(async {
-        let open = || async {
-            RedisStore::open(&server.url())
-                .await
-                .expect("open")
-                .local_tier(16 << 20)
-        };
+        let open = || async { RedisStore::open(url).await.expect("open").local_tier(16 << 20) };
         let stores = (open().await, open().await);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await; // tracking up
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await; // tracking up
         stores
     });
     let entry = || StoreEntry {
@@ -304,7 +334,10 @@ fn invalidation_report(runtime: &tokio::runtime::Runtime) -> Option<(f64, f64)> 
         let mut delays = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {
             a.put(entry()).await.expect("put");
-            b.get("k").await.expect("get").expect("stored"); // into b's tier
+            // Into b's tier. A read that raced the invalidation of a's own
+            // write fills nothing: that message goes first.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            b.get("k").await.expect("get").expect("stored");
             a.remove("k").await.expect("remove");
             let removed = std::time::Instant::now();
             while b.get("k").await.expect("get").is_some() {
@@ -317,7 +350,7 @@ fn invalidation_report(runtime: &tokio::runtime::Runtime) -> Option<(f64, f64)> 
     delays.sort_by(f64::total_cmp);
     let p50 = delays[ROUNDS / 2];
     let p99 = delays[ROUNDS * 99 / 100];
-    println!("redis delete on A seen by B's tier: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    println!("{what} delete on A seen by B's tier: p50 {p50:.3} ms, p99 {p99:.3} ms");
     Some((p50, p99))
 }
 
@@ -366,7 +399,7 @@ fn mean_ns(target: &str, id: &str) -> Option<f64> {
     json["mean"]["point_estimate"].as_f64()
 }
 
-fn print_ratios(memory_ratio: f64, invalidation: Option<(f64, f64)>) {
+fn print_ratios(memory_ratio: f64, invalidation: Option<(f64, f64)>, cluster_invalidation: Option<(f64, f64)>) {
     // The workspace's target directory, where criterion writes.
     let target =
         std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
@@ -399,6 +432,13 @@ fn print_ratios(memory_ratio: f64, invalidation: Option<(f64, f64)>) {
     if let Some((_, p99)) = invalidation {
         println!("redis delete seen elsewhere   {p99:>6.2} ms p99 [<= 10]");
     }
+    let cluster = get("edgecache_redis_cluster").unwrap_or(f64::NAN);
+    let cluster_tier = get("edgecache_redis_cluster_tier").unwrap_or(f64::NAN);
+    println!("cluster hit / redis hit       {:>6.2}x  [reported]", cluster / redis);
+    println!("cluster tier hit / memory hit {:>6.2}x  [<= 3]", cluster_tier / memory);
+    if let Some((_, p99)) = cluster_invalidation {
+        println!("cluster delete seen elsewhere {p99:>6.2} ms p99 [<= 10]");
+    }
     println!("miss / plain reqwest          {:>6.2}x  [<= 1.10]", miss / plain);
     if let (Some(stub), Some(stub_miss)) = (get("stub_unique"), get("edgecache_miss_on_stub")) {
         let added = stub_miss - stub;
@@ -417,9 +457,10 @@ fn main() {
     // First, on a heap nothing else has grown yet.
     let memory_ratio = memory_report(&runtime);
     let invalidation = invalidation_report(&runtime);
+    let cluster_invalidation = cluster_invalidation_report(&runtime);
     let mut criterion = Criterion::default().configure_from_args();
     get_benches(&mut criterion, &runtime);
     key_bench(&mut criterion);
     criterion.final_summary();
-    print_ratios(memory_ratio, invalidation);
+    print_ratios(memory_ratio, invalidation, cluster_invalidation);
 }

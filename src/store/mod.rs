@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | [`MemoryStore`] | one process | bounded in bytes; keeps entries that are used again |
 //! | [`SqliteStore`] | processes sharing a file | the default; WAL, multi-process safe |
-//! | `RedisStore` (feature `redis`) | processes on many machines | TTLs with a grace period, `SCAN`-based listing |
+//! | `RedisStore` (feature `redis`) | processes on many machines, on one server or a Redis Cluster | TTLs with a grace period, `SCAN`-based listing |
 //!
 //! A store that fails never fails a request: the cache logs one warning and
 //! lets requests through to the origin until the store recovers.

@@ -125,6 +125,15 @@ impl RedisCluster {
             .expect("connect")
     }
 
+    /// A cluster connection, to look at what the store wrote.
+    pub async fn cluster_connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.node_urls())
+            .expect("cluster client")
+            .get_async_connection()
+            .await
+            .expect("connect")
+    }
+
     /// `INFO` `section` of the node at `port`.
     pub async fn info(&self, port: u16, section: &str) -> String {
         let mut connection = self.connection(port).await;

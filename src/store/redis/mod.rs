@@ -88,8 +88,16 @@ return 0
 /// resumes within one period of Redis's return.
 ///
 /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS,
-/// `unix:///path/to/redis.sock`. The password never appears in errors or
-/// `Debug` output.
+/// `unix:///path/to/redis.sock`, and for a Redis Cluster
+/// `redis+cluster://[user:password@]host:port,host:port` (or
+/// [`open_cluster`](Self::open_cluster)). The password never appears in
+/// errors or `Debug` output.
+///
+/// On a cluster the keys stay as they are, without hash tags: a tag's
+/// entries belong on every master. No command spans slots instead: a write
+/// joins the index sets first, then writes the entry in one script, then
+/// checks that no deletion took a set meanwhile (deleting the entry if one
+/// did); a deletion takes a set in one step and deletes what it listed.
 ///
 /// ```no_run
 /// use std::time::Duration;
