@@ -13,61 +13,12 @@ use super::{EntryInfo, Store, StoreEntry, StoreError, StoreStats, StoredValue};
 use crate::store::entry::{from_millis, to_millis};
 
 mod connection;
+mod listing;
 mod tier;
+mod write;
 
 use self::connection::{BATCH, Connection, cluster_nodes};
 use self::tier::{LocalTier, TrackedRead};
-
-/// Replaces an entry: its value, URL, creation and expiry times (ms) and
-/// tags, expiring after `ARGV[6]` milliseconds (`0`: never).
-const ENTRY_SCRIPT: &str = r"
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'u', ARGV[2], 'c', ARGV[3], 'x', ARGV[4], 't', ARGV[5])
-local ttl = tonumber(ARGV[6])
-if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return 0
-";
-
-/// Deletes the entries an index set lists (`ARGV[1]` is the entry key
-/// prefix), and the set: how many entries existed, and the members.
-const REMOVE_INDEXED_SCRIPT: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-local deleted = 0
-for _, member in ipairs(members) do
-    deleted = deleted + redis.call('UNLINK', ARGV[1] .. member)
-end
-redis.call('UNLINK', KEYS[1])
-return {deleted, members}
-";
-
-/// On a cluster, takes an index set whole, in one step: its members, and
-/// the set is gone.
-/// A write racing a deletion then either lands in the taken set (and is
-/// deleted) or finds itself missing from the index (and deletes itself).
-const TAKE_SCRIPT: &str = r"
-local members = redis.call('SMEMBERS', KEYS[1])
-redis.call('UNLINK', KEYS[1])
-return members
-";
-
-/// Adds a member to an index set and keeps the set alive at least as long as
-/// its longest-lived member (`ARGV[2]` milliseconds, `0` for no expiry).
-const INDEX_SCRIPT: &str = r"
-local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = tonumber(ARGV[2])
-if ttl == 0 then
-    redis.call('PERSIST', KEYS[1])
-    return 0
-end
-local current = redis.call('PTTL', KEYS[1])
-if existed == 0 or (current >= 0 and ttl > current) then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return 0
-";
 
 /// Keeps entries in Redis, so many processes on many machines share one
 /// cache.
@@ -491,94 +442,6 @@ impl RedisStore {
         }
         Ok(deleted)
     }
-
-    /// Deletes the entries listed in an index set, and the set; how many
-    /// entries existed.
-    async fn remove_indexed(&self, index: String) -> Result<u64, StoreError> {
-        if !self.connection.is_cluster() {
-            // One script: a call cut short by its deadline either did all of
-            // it or nothing, and a racing write is before or after it.
-            let (deleted, members): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("EVAL")
-                        .arg(REMOVE_INDEXED_SCRIPT)
-                        .arg(1)
-                        .arg(&index)
-                        .arg(self.entry_key("")),
-                )
-                .await?;
-            if let Some(tier) = &self.tier {
-                members.iter().for_each(|member| tier.forget(&self.entry_key(member)));
-            }
-            return Ok(deleted);
-        }
-        // On a cluster the entries are in other slots: the set is taken,
-        // then its entries deleted, in a task of its own so that a call cut
-        // short by its deadline still deletes what it took.
-        let store = self.clone();
-        let deletion = tokio::spawn(async move {
-            let members: Vec<String> = store
-                .query(redis::cmd("EVAL").arg(TAKE_SCRIPT).arg(1).arg(&index))
-                .await?;
-            let keys: Vec<String> = members.iter().map(|key| store.entry_key(key)).collect();
-            store.delete(&keys).await
-        });
-        deletion
-            .await
-            .map_err(|error| StoreError::Other(format!("a Redis Cluster deletion stopped: {error}").into()))?
-    }
-
-    /// Deletes the entries whose millisecond field `field` satisfies `doomed`.
-    async fn remove_by_time(&self, field: &str, doomed: impl Fn(u64) -> bool) -> Result<u64, StoreError> {
-        let keys = self.entry_keys().await?;
-        let mut removed = 0;
-        for batch in keys.chunks(BATCH) {
-            let values = self
-                .per_key(batch, |pipeline, key| {
-                    pipeline.cmd("HGET").arg(key).arg(field);
-                })
-                .await?;
-            let values = values
-                .into_iter()
-                .map(|value| redis::from_redis_value::<Option<String>>(value).ok().flatten());
-            let expired: Vec<String> = batch
-                .iter()
-                .zip(values)
-                .filter(|(_, value)| {
-                    value
-                        .as_deref()
-                        .and_then(|value| value.parse().ok())
-                        .is_some_and(&doomed)
-                })
-                .map(|(key, _)| key.clone())
-                .collect();
-            removed += self.delete(&expired).await?;
-        }
-        Ok(removed)
-    }
-}
-
-/// The command that replaces the entry under `entry_key` with `entry`: one
-/// script on one key, so it is atomic on a cluster too, and follows a
-/// resharding's redirections.
-fn write_entry(entry_key: &str, entry: &StoreEntry, ttl_ms: u64) -> redis::Cmd {
-    let mut command = redis::cmd("EVAL");
-    command
-        .arg(ENTRY_SCRIPT)
-        .arg(1)
-        .arg(entry_key)
-        .arg(&entry.value.bytes()[..])
-        .arg(&entry.url)
-        .arg(to_millis(entry.created_at))
-        .arg(
-            entry
-                .expires
-                .map(|expires| to_millis(expires).to_string())
-                .unwrap_or_default(),
-        )
-        .arg(entry.tags.join("\n"))
-        .arg(ttl_ms);
-    command
 }
 
 /// Escapes `SCAN` glob characters so a prefix matches literally.
@@ -615,62 +478,7 @@ impl Store for RedisStore {
     }
 
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
-        let entry_key = self.entry_key(&entry.key);
-        if let Some(tier) = &self.tier {
-            tier.forget(&entry_key);
-        }
-        let ttl_ms = self.ttl(entry.expires).map_or(0, |ttl| ttl.as_millis().max(1) as u64);
-        // A replaced entry leaves the tag sets it is no longer in.
-        let old_tags: Option<String> = self.query(redis::cmd("HGET").arg(&entry_key).arg("t")).await?;
-        let left: Vec<String> = old_tags
-            .iter()
-            .flat_map(|tags| tags.split('\n'))
-            .filter(|tag| !entry.tags.iter().any(|new| new == tag))
-            .map(|tag| self.tag_key(tag))
-            .collect();
-        let indexes: Vec<String> = std::iter::once(self.url_key(&entry.url))
-            .chain(entry.tags.iter().map(|tag| self.tag_key(tag)))
-            .collect();
-        let leave = |pipeline: &mut redis::Pipeline, index: &str| {
-            pipeline.cmd("SREM").arg(index).arg(&entry.key);
-        };
-        let join = |pipeline: &mut redis::Pipeline, index: &str| {
-            pipeline
-                .cmd("EVAL")
-                .arg(INDEX_SCRIPT)
-                .arg(1)
-                .arg(index)
-                .arg(&entry.key)
-                .arg(ttl_ms);
-        };
-        if !self.connection.is_cluster() {
-            let mut pipeline = redis::pipe();
-            pipeline.atomic();
-            left.iter().for_each(|index| leave(&mut pipeline, index));
-            pipeline.add_command(write_entry(&entry_key, &entry, ttl_ms)).ignore();
-            indexes.iter().for_each(|index| join(&mut pipeline, index));
-            return self.query_pipeline::<()>(&pipeline).await;
-        }
-        // A cluster keeps the entry and its index sets in different slots,
-        // so no step spans them: the index first (a failure after it leaves
-        // only a member without an entry, which deletion tolerates), then
-        // the entry, then a check that no deletion took an index set
-        // meanwhile; if one did, the entry it missed is deleted here.
-        self.per_key(&indexes, join).await?;
-        self.per_key(&left, leave).await?;
-        self.query::<()>(&write_entry(&entry_key, &entry, ttl_ms)).await?;
-        let listed = self
-            .per_key(&indexes, |pipeline, index| {
-                pipeline.cmd("SISMEMBER").arg(index).arg(&entry.key);
-            })
-            .await?;
-        if listed
-            .iter()
-            .any(|member| !matches!(redis::from_redis_value::<bool>(member.clone()), Ok(true)))
-        {
-            self.delete(std::slice::from_ref(&entry_key)).await?;
-        }
-        Ok(())
+        self.write(entry).await
     }
 
     async fn remove(&self, key: &str) -> Result<bool, StoreError> {
@@ -740,55 +548,10 @@ impl Store for RedisStore {
     }
 
     async fn entries(&self) -> Result<Vec<EntryInfo>, StoreError> {
-        let keys = self.entry_keys().await?;
-        let entry_prefix = format!("{}e:", self.prefix);
-        let mut entries = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(BATCH) {
-            let rows = self
-                .per_key(batch, |pipeline, key| {
-                    pipeline.cmd("HMGET").arg(key).arg("u").arg("c").arg("x");
-                    pipeline.cmd("HSTRLEN").arg(key).arg("v");
-                })
-                .await?;
-            for (key, pair) in batch.iter().zip(rows.chunks(2)) {
-                let [fields, size] = pair else { continue };
-                let (Ok((Some(url), Some(created), expires)), Ok(size), Some(key)) = (
-                    redis::from_redis_value::<(Option<String>, Option<u64>, Option<String>)>(fields.clone()),
-                    redis::from_redis_value::<u64>(size.clone()),
-                    key.strip_prefix(&entry_prefix),
-                ) else {
-                    continue; // expired between SCAN and HMGET
-                };
-                entries.push(EntryInfo {
-                    key: key.to_owned(),
-                    url,
-                    created_at: from_millis(created),
-                    expires: expires.and_then(|expires| expires.parse().ok()).map(from_millis),
-                    size,
-                });
-            }
-        }
-        entries.sort_by(|a, b| (&a.url, &a.key).cmp(&(&b.url, &b.key)));
-        Ok(entries)
+        self.list().await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let keys = self.entry_keys().await?;
-        let mut stats = StoreStats::default();
-        for batch in keys.chunks(BATCH) {
-            let sizes = self
-                .per_key(batch, |pipeline, key| {
-                    pipeline.cmd("HSTRLEN").arg(key).arg("v");
-                })
-                .await?;
-            let sizes = sizes
-                .into_iter()
-                .filter_map(|size| redis::from_redis_value::<u64>(size).ok());
-            for size in sizes.filter(|size| *size > 0) {
-                stats.entries += 1;
-                stats.bytes += size;
-            }
-        }
-        Ok(stats)
+        self.sizes().await
     }
 }
