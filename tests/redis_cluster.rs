@@ -16,6 +16,11 @@ use reqwest_middleware::ClientWithMiddleware;
 /// Enough URLs that every master holds some of them.
 const SPREAD: usize = 40;
 
+/// One cluster at a time: six nodes, a resharding and a test's traffic on
+/// two cores are enough to judge timing by; more at once measures the
+/// machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn machine(cluster: &RedisCluster, tier: bool) -> (CacheMiddleware, ClientWithMiddleware) {
     let mut store = RedisStore::open_cluster(cluster.node_urls())
         .expect("open")
@@ -61,6 +66,7 @@ async fn masters_holding(cluster: &RedisCluster, prefix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_share_entries_and_delete_by_url_and_tag_across_masters() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = RedisCluster::start(false).await else {
         return;
     };
@@ -100,6 +106,7 @@ async fn machines_share_entries_and_delete_by_url_and_tag_across_masters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_on_one_machine_empties_the_others_tier_on_a_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = RedisCluster::start(false).await else {
         return;
     };
@@ -129,6 +136,7 @@ async fn a_delete_on_one_machine_empties_the_others_tier_on_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_without_a_replica_costs_requests_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(mut cluster) = RedisCluster::start(false).await else {
         return;
     };
@@ -149,6 +157,7 @@ async fn a_master_killed_without_a_replica_costs_requests_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_loses_no_acknowledged_write_and_hits_resume_within_two_seconds() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = RedisCluster::start(true).await else {
         return;
     };
@@ -188,6 +197,7 @@ async fn a_failover_loses_no_acknowledged_write_and_hits_resume_within_two_secon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_traffic_fails_no_call_and_serves_nothing_stale() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = RedisCluster::start(false).await else {
         return;
     };
@@ -222,6 +232,7 @@ async fn resharding_under_traffic_fails_no_call_and_serves_nothing_stale() {
 /// entry that is left can still be found and deleted through its URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_racing_a_deletion_never_leaves_an_entry_its_url_cannot_reach() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(cluster) = RedisCluster::start(false).await else {
         return;
     };
@@ -257,6 +268,7 @@ async fn a_write_racing_a_deletion_never_leaves_an_entry_its_url_cannot_reach() 
 /// cluster sees the master gone, and hits resume as soon as it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_replaced_by_its_replica_and_hits_resume_within_two_seconds() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(mut cluster) = RedisCluster::start(true).await else {
         return;
     };
