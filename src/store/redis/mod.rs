@@ -256,6 +256,11 @@ impl RedisStore {
     /// messages (named `edgecache-tracking` in `CLIENT LIST`) drops, the
     /// tier empties and is bypassed until it is back.
     ///
+    /// On a cluster, every master is tracked in broadcast mode (`BCAST`,
+    /// for the prefix's entries), since an entry's node can change; the
+    /// masters are listed twice a second, and a change empties the tier
+    /// until every master is tracked again.
+    ///
     /// Call it inside a Tokio runtime: a task keeps that connection open.
     ///
     /// ```no_run

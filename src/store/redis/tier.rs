@@ -298,6 +298,9 @@ async fn keep_broadcasting(tier: Weak<LocalTier>, broadcast: Broadcast) {
                     tokio::select! {
                         () = lost.notified() => break,
                         () = tokio::time::sleep(TOPOLOGY_CHECK) => {
+                            if tier.strong_count() == 0 {
+                                return; // the store let its tier go
+                            }
                             if broadcast.cluster.masters().await.ok().as_ref() != Some(&masters) {
                                 break;
                             }
