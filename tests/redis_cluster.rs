@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis_cluster::RedisCluster;
-use common::{Origin, client, get};
+use common::{Origin, client, get, until_hit};
 use edgecache::CacheMiddleware;
 use edgecache::store::{RedisStore, Store};
 use reqwest_middleware::ClientWithMiddleware;
@@ -33,16 +33,14 @@ fn machine(cluster: &RedisCluster, tier: bool) -> (CacheMiddleware, ClientWithMi
     (cache, client)
 }
 
-/// Sends requests until one is a `HIT`, for at most `budget`.
-async fn until_hit(client: &ClientWithMiddleware, url: &str, budget: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < budget {
-        if get(client, url).await.0 == "HIT" {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// `SPREAD` URLs of `origin` made by `path`, each fetched once through
+/// `client` (a miss, now stored).
+async fn stored(client: &ClientWithMiddleware, origin: &Origin, path: impl Fn(usize) -> String) -> Vec<String> {
+    let urls: Vec<String> = (0..SPREAD).map(|at| origin.url(&path(at))).collect();
+    for url in &urls {
+        assert_eq!(get(client, url).await.0, "MISS", "{url}");
     }
-    false
+    urls
 }
 
 /// How many masters hold at least one key under `prefix`.
@@ -74,12 +72,7 @@ async fn machines_share_entries_and_delete_by_url_and_tag_across_masters() {
     let (first, a) = machine(&cluster, false);
     let (second, b) = machine(&cluster, false);
 
-    let urls: Vec<String> = (0..SPREAD)
-        .map(|at| origin.url(&format!("/tagged/sale,item-{at}")))
-        .collect();
-    for url in &urls {
-        assert_eq!(get(&a, url).await.0, "MISS", "{url}");
-    }
+    let urls = stored(&a, &origin, |at| format!("/tagged/sale,item-{at}")).await;
     for url in &urls {
         assert_eq!(get(&b, url).await.0, "HIT", "{url}");
     }
@@ -164,12 +157,7 @@ async fn a_failover_loses_no_acknowledged_write_and_hits_resume_within_two_secon
     let origin = Origin::start().await;
     let (_, a) = machine(&cluster, false);
     let (_, b) = machine(&cluster, false);
-    let urls: Vec<String> = (0..SPREAD)
-        .map(|at| origin.url(&format!("/max-age/600?n={at}")))
-        .collect();
-    for url in &urls {
-        assert_eq!(get(&a, url).await.0, "MISS");
-    }
+    let urls = stored(&a, &origin, |at| format!("/max-age/600?n={at}")).await;
     let master = cluster.masters().await[0];
     let replica = cluster.replica_of(master).await;
     cluster.failover(replica).await;
@@ -274,12 +262,7 @@ async fn a_killed_master_is_replaced_by_its_replica_and_hits_resume_within_two_s
     };
     let origin = Origin::start().await;
     let (_, a) = machine(&cluster, false);
-    let urls: Vec<String> = (0..SPREAD)
-        .map(|at| origin.url(&format!("/max-age/600?n={at}")))
-        .collect();
-    for url in &urls {
-        assert_eq!(get(&a, url).await.0, "MISS");
-    }
+    let urls = stored(&a, &origin, |at| format!("/max-age/600?n={at}")).await;
     let master = cluster.masters().await[0];
     let replica = cluster.replica_of(master).await;
     // Replication is asynchronous: the test waits until the replica has

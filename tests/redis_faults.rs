@@ -8,25 +8,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
-use common::{Origin, client, get};
+use common::{Origin, client, get, until_hit};
 use edgecache::CacheMiddleware;
 use edgecache::store::RedisStore;
 
 async fn cache_on(server: &RedisServer) -> CacheMiddleware {
     let store = RedisStore::open(&server.url()).await.expect("open");
     CacheMiddleware::builder().store(store).build().expect("cache")
-}
-
-/// Sends requests until one is a `HIT`, for at most `budget`.
-async fn until_hit(client: &reqwest_middleware::ClientWithMiddleware, url: &str, budget: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < budget {
-        if get(client, url).await.0 == "HIT" {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 #[tokio::test]

@@ -373,6 +373,18 @@ pub async fn get(client: &ClientWithMiddleware, url: &str) -> (String, String) {
     (x_cache, response.text().await.expect("body"))
 }
 
+/// Sends requests until one is a `HIT`, for at most `budget`.
+pub async fn until_hit(client: &ClientWithMiddleware, url: &str, budget: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < budget {
+        if get(client, url).await.0 == "HIT" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Every byte of every file in a directory (the database, its WAL, …).
 pub fn all_bytes_in(directory: &std::path::Path) -> Vec<u8> {
     let mut bytes = Vec::new();
