@@ -18,7 +18,8 @@ return 0
 ";
 
 /// Deletes the entries an index set lists (`ARGV[1]` is the entry key
-/// prefix), and the set: how many entries existed, and the members.
+/// prefix), and the set: how many entries existed, and the members. It
+/// names keys it wasn't given, which only one server allows.
 const REMOVE_INDEXED_SCRIPT: &str = r"
 local members = redis.call('SMEMBERS', KEYS[1])
 local deleted = 0
