@@ -554,16 +554,14 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn report(json: bool, version: &Version) -> anyhow::Result<()> {
-    if json {
-        return print_json(version);
-    }
-    let pinned = match (version.pinned, version.pinned_until) {
-        (true, Some(until)) => format!("pinned until {until}"),
-        (true, None) => "pinned".into(),
-        (false, _) => "not pinned".into(),
-    };
-    println!("{} {} tags=[{}]", version.id, pinned, version.tags.join(","));
-    Ok(())
+    output(json, version, |version| {
+        let pinned = match (version.pinned, version.pinned_until) {
+            (true, Some(until)) => format!("pinned until {until}"),
+            (true, None) => "pinned".into(),
+            (false, _) => "not pinned".into(),
+        };
+        println!("{} {} tags=[{}]", version.id, pinned, version.tags.join(","));
+    })
 }
 
 fn print_resources(resources: &[Resource]) {

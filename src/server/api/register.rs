@@ -10,7 +10,7 @@ pub(super) async fn register(
 ) -> AppResult<Response> {
     let asked_strategy = registration.strategy.is_some();
     let asked_limits = registration.limits.is_some();
-    let (resource, headers) = checked(registration)?;
+    let (resource, headers, url) = checked(registration)?;
     if !groups.allows(&resource.group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -19,7 +19,6 @@ pub(super) async fn register(
         ));
     }
     if !state.allow_private {
-        let url = url::Url::parse(&resource.url).map_err(|error| ApiError::invalid("url", error.to_string()))?;
         guard::check_literal(&url).map_err(|refused| ApiError::invalid("url", refused))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         if guard::resolves_only_privately(&host).await {
@@ -62,8 +61,9 @@ pub(super) async fn register(
 }
 
 /// The resource a registration asks for, with its headers as a request
-/// carries them; a value that can't be used is a 422 naming its field.
-fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap)> {
+/// carries them and its URL (without the query) parsed; a value that can't
+/// be used is a 422 naming its field.
+fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap, url::Url)> {
     let method = registration.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
     if !matches!(method.as_str(), "GET" | "POST" | "PUT") {
         return Err(ApiError::invalid(
@@ -127,7 +127,7 @@ fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap)>
         description: check_note("description", registration.description)?,
         link: check_note("link", registration.link)?,
     };
-    Ok((resource, header_map))
+    Ok((resource, header_map, url))
 }
 
 /// `name stored (asked asked)`, for the warning of a registration that found

@@ -91,7 +91,6 @@ impl Connection {
     pub(super) async fn scan(&self, pattern: &str) -> RedisResult<Vec<String>> {
         match self {
             Self::Server(connection) => {
-                let connection = connection.clone();
                 scan_node(pattern, |command| {
                     let mut connection = connection.clone();
                     async move { command.query_async(&mut connection).await }
@@ -101,7 +100,6 @@ impl Connection {
             Self::Cluster(connection) => {
                 let mut keys = Vec::new();
                 for (host, port) in self.masters().await? {
-                    let connection = connection.clone();
                     let node = scan_node(pattern, |command| {
                         let (mut connection, routing) = (
                             connection.clone(),

@@ -166,11 +166,10 @@ impl RedisStore {
             ));
         };
         let client = redis::cluster::ClusterClientBuilder::new(infos)
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
             .retries(3)
             .build()
             .map_err(error)?;
+        // The connection's timeouts, which override the builder's.
         let config = redis::cluster::ClusterConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(2));

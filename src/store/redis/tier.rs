@@ -59,16 +59,7 @@ impl LocalTier {
     /// A tier of at most `max_bytes`, tracking on a connection from `client`
     /// (which must speak RESP3), kept up by a task on the current runtime.
     pub(super) fn start(max_bytes: u64, client: redis::Client) -> Option<Arc<Self>> {
-        let runtime = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => runtime,
-            Err(_) => {
-                tracing::warn!("RedisStore::local_tier needs a Tokio runtime; the tier is off");
-                return None;
-            }
-        };
-        let tier = Self::new(max_bytes);
-        runtime.spawn(keep_tracking(Arc::downgrade(&tier), client));
-        Some(tier)
+        Self::spawn(max_bytes, |tier| keep_tracking(tier, client))
     }
 
     /// A tier of at most `max_bytes` in front of a cluster, told of every
@@ -80,17 +71,26 @@ impl LocalTier {
         template: redis::ConnectionInfo,
         prefix: String,
     ) -> Option<Arc<Self>> {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!("RedisStore::local_tier needs a Tokio runtime; the tier is off");
-            return None;
-        };
-        let tier = Self::new(max_bytes);
         let broadcast = Broadcast {
             cluster,
             template,
             prefix,
         };
-        runtime.spawn(keep_broadcasting(Arc::downgrade(&tier), broadcast));
+        Self::spawn(max_bytes, |tier| keep_broadcasting(tier, broadcast))
+    }
+
+    /// A new tier, with the task that keeps it coherent on the current
+    /// runtime; none outside one.
+    fn spawn<Task>(max_bytes: u64, task: impl FnOnce(Weak<Self>) -> Task) -> Option<Arc<Self>>
+    where
+        Task: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("RedisStore::local_tier needs a Tokio runtime; the tier is off");
+            return None;
+        };
+        let tier = Self::new(max_bytes);
+        runtime.spawn(task(Arc::downgrade(&tier)));
         Some(tier)
     }
 
