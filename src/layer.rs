@@ -37,6 +37,7 @@ use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
+use tracing::Instrument;
 use url::Url;
 
 use crate::CacheMiddleware;
@@ -108,36 +109,40 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let engine = Arc::clone(&self.engine);
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let url = request_url(&parts);
-            let (body_bytes, body) = match &url {
-                Some(_) if engine.considers(&parts.method, &parts.extensions) => {
-                    let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
-                    (Some(bytes.clone()), ReqBody::from(bytes))
-                }
-                _ => (None, body),
-            };
-            let plan = match &url {
-                Some(url) => {
-                    engine
-                        .plan(
-                            &parts.method,
-                            url,
-                            &parts.headers,
-                            body_bytes.as_deref(),
-                            &parts.extensions,
-                        )
-                        .await
-                }
-                None => engine.plan_unaddressable(),
-            };
-            let transport = TowerTransport {
-                inner,
-                request: http::Request::from_parts(parts, body),
-            };
-            engine.drive(plan, transport).await
-        })
+        let (parts, body) = request.into_parts();
+        let url = request_url(&parts);
+        let span = crate::trace::request_span(&parts.method, url.as_ref(), &engine.keys);
+        Box::pin(
+            async move {
+                let (body_bytes, body) = match &url {
+                    Some(_) if engine.considers(&parts.method, &parts.extensions) => {
+                        let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                        (Some(bytes.clone()), ReqBody::from(bytes))
+                    }
+                    _ => (None, body),
+                };
+                let plan = match &url {
+                    Some(url) => {
+                        engine
+                            .plan(
+                                &parts.method,
+                                url,
+                                &parts.headers,
+                                body_bytes.as_deref(),
+                                &parts.extensions,
+                            )
+                            .await
+                    }
+                    None => engine.plan_unaddressable(),
+                };
+                let transport = TowerTransport {
+                    inner,
+                    request: http::Request::from_parts(parts, body),
+                };
+                engine.drive(plan, transport).await
+            }
+            .instrument(span),
+        )
     }
 }
 

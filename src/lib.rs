@@ -105,6 +105,17 @@
 //!   Redis), so a hung server costs one deadline per period, not one per
 //!   request.
 //!
+//! # Seeing what it does
+//!
+//! The cache counts hits, misses, revalidations, stale answers, coalesced
+//! waiters, stores, store errors and evictions, and its breaker's state,
+//! through the [`metrics`](mod@metrics) facade: install any recorder to see
+//! them; without one, each record is a no-op. Each request also runs in a
+//! `tracing` span, `edgecache.request`, with the key, the decision, the
+//! store's latency and the outcome as fields, redacted like every log line;
+//! with `tracing-opentelemetry` it is an OpenTelemetry span
+//! (`examples/opentelemetry.rs`).
+//!
 //! # One purge, every layer
 //!
 //! [`purge::Purger`] purges a URL, a prefix or a tag from every
@@ -134,7 +145,8 @@
 //! With the `server` feature, [`server`] is `edgecache serve`: many programs
 //! on many machines ask it for remote content; it keeps several versions of
 //! each response, fetched on schedules, pinned and tagged by users, and
-//! serves the one a [`versions::Selection`] picks. [`versions`] holds the
+//! serves the one a [`versions::Selection`] picks; its dashboard at `/ui`
+//! shows the resources, their versions and the server to an operator. [`versions`] holds the
 //! model it shares with clients, the [`versions::Client`] and
 //! [`versions::VersionsMiddleware`].
 //!
@@ -161,12 +173,14 @@ mod error;
 mod ini;
 mod inspect;
 mod layer;
+pub mod metrics;
 mod middleware;
 mod net;
 pub mod purge;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+mod trace;
 #[cfg(feature = "versions")]
 pub mod versions;
 

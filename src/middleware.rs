@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use http::Extensions;
 use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
+use tracing::Instrument;
 use url::Url;
 
 use crate::builder::CacheBuilder;
@@ -66,22 +67,27 @@ impl Middleware for CacheMiddleware {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let engine = &self.engine;
-        // Reading a streaming body ahead would consume it: such requests bypass the cache.
-        let body = match request.body() {
-            None => Some(&[][..]),
-            Some(body) if engine.considers(request.method(), extensions) => body.as_bytes(),
-            Some(_) => None,
-        };
-        let plan = engine
-            .plan(request.method(), request.url(), request.headers(), body, extensions)
-            .await;
-        let transport = ReqwestTransport {
-            middleware: self,
-            request,
-            extensions,
-            next,
-        };
-        engine.drive(plan, transport).await
+        let span = crate::trace::request_span(request.method(), Some(request.url()), &engine.keys);
+        async move {
+            // Reading a streaming body ahead would consume it: such requests bypass the cache.
+            let body = match request.body() {
+                None => Some(&[][..]),
+                Some(body) if engine.considers(request.method(), extensions) => body.as_bytes(),
+                Some(_) => None,
+            };
+            let plan = engine
+                .plan(request.method(), request.url(), request.headers(), body, extensions)
+                .await;
+            let transport = ReqwestTransport {
+                middleware: self,
+                request,
+                extensions,
+                next,
+            };
+            engine.drive(plan, transport).await
+        }
+        .instrument(span)
+        .await
     }
 }
 

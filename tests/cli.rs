@@ -136,3 +136,53 @@ async fn bad_input_is_a_clear_one_line_error() {
     assert_one_line_error(&run, "request to http://127.0.0.1:");
     assert_eq!(origin.total_hits(), 0, "no bad invocation reached the network");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_v_and_cache_stats_show_the_caches_figures() {
+    let origin = Origin::start().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let cache = sqlite_spec(&directory.path().join("figures.sqlite"));
+    let url = origin.url("/max-age/60");
+
+    let first = edgecache(&["get", "-v", &url, "--cache", &cache]).await;
+    assert!(first.success, "{}", first.stderr);
+    for line in [
+        "edgecache_cache_misses_total 1",
+        "edgecache_cache_hits_total 0",
+        "edgecache_cache_stored_total{store=\"sqlite\"} 1",
+    ] {
+        assert!(
+            first.stderr.lines().any(|shown| shown == line),
+            "{line} not in {}",
+            first.stderr
+        );
+    }
+    let second = edgecache(&["get", "-v", &url, "--cache", &cache]).await;
+    assert!(
+        second.stderr.lines().any(|line| line == "edgecache_cache_hits_total 1"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second
+            .stderr
+            .lines()
+            .any(|line| line == "edgecache_cache_misses_total 0"),
+        "{}",
+        second.stderr
+    );
+    let quiet = edgecache(&["get", &url, "--cache", &cache]).await;
+    assert!(
+        !quiet.stderr.contains("edgecache_cache_"),
+        "only -v shows figures: {}",
+        quiet.stderr
+    );
+
+    let stats = edgecache(&["cache", "--cache", &cache, "stats"]).await;
+    assert!(stats.stdout.starts_with("entries: 1\n"), "{}", stats.stdout);
+    assert!(
+        stats.stdout.contains("\nedgecache_cache_hits_total 0\n"),
+        "{}",
+        stats.stdout
+    );
+}

@@ -80,7 +80,7 @@ async fn a_cache_that_cannot_open_steps_aside_with_one_warning() {
     let run = edgecache(["cache", "--cache", &spec(&garbage), "clear", "--force"]).await;
     assert!(run.success, "{}", run.stderr);
     let run = edgecache(["cache", "--cache", &spec(&garbage), "stats"]).await;
-    assert_eq!(run.stdout, "entries: 0\nbytes: 0\n", "{}", run.stderr);
+    assert!(run.stdout.starts_with("entries: 0\nbytes: 0\n"), "{}", run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]

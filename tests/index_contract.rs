@@ -146,12 +146,18 @@ async fn registering_finds_or_creates_even_when_many_race(backend: Backend) {
     );
 }
 
-async fn listings_filter_by_groups_group_and_cache_tag_and_page(backend: Backend) {
+async fn listings_filter_by_groups_group_cache_tag_url_strategy_status_and_failure_and_page(backend: Backend) {
     let index = backend.index.as_ref();
     let lease = lease();
     let mut tagged = None;
+    let mut failing = None;
     for n in 0..5 {
-        let mut item = resource(&format!("r{n}"), Strategy::Never, Limits::default());
+        let strategy = if n == 4 {
+            Strategy::Age { seconds: 60 }
+        } else {
+            Strategy::Never
+        };
+        let mut item = resource(&format!("r{n}"), strategy, Limits::default());
         item.group = if n % 2 == 0 { "even" } else { "odd" }.into();
         let (stored, _) = index.register(format!("k{n}"), item).await.unwrap();
         if n == 3 {
@@ -171,6 +177,22 @@ async fn listings_filter_by_groups_group_and_cache_tag_and_page(backend: Backend
                 .await
                 .unwrap();
             tagged = Some(stored.id);
+        } else if n == 1 {
+            // A ready version, then a failed fetch: the newest is failed.
+            fetch(index, &lease, &stored.id, "bb").await;
+            let Start::Started(version) = index.start_version(&stored.id, &lease, Timestamp::now()).await.unwrap()
+            else {
+                panic!()
+            };
+            let failed = Finish::Failed {
+                status_code: Some(503),
+                error: "the origin answered 503".into(),
+            };
+            index
+                .finish(&stored.id, &version.id, failed, &lease, Timestamp::now(), Vec::new())
+                .await
+                .unwrap();
+            failing = Some(stored.id);
         }
     }
     let all = index.resources(None, ResourceFilter::default(), 0, 100).await.unwrap();
@@ -181,35 +203,71 @@ async fn listings_filter_by_groups_group_and_cache_tag_and_page(backend: Backend
         .unwrap();
     assert_eq!(even.total, 3);
     assert!(even.items.iter().all(|item| item.group == "even"));
-    let odd = index
-        .resources(
-            None,
-            ResourceFilter {
-                group: Some("odd".into()),
-                cache_tag: None,
-            },
-            0,
-            100,
-        )
-        .await
-        .unwrap();
-    assert_eq!(odd.total, 2);
-    let by_tag = index
-        .resources(
-            None,
-            ResourceFilter {
-                group: None,
-                cache_tag: Some("product-7".into()),
-            },
-            0,
-            100,
-        )
-        .await
-        .unwrap();
+    let ids = |filter: ResourceFilter| async move {
+        let page = index.resources(None, filter, 0, 100).await.unwrap();
+        assert_eq!(page.total as usize, page.items.len());
+        page.items.into_iter().map(|item| item.id).collect::<Vec<_>>()
+    };
+    let odd = ids(ResourceFilter {
+        group: Some("odd".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(odd.len(), 2);
+    let by_tag = ids(ResourceFilter {
+        cache_tag: Some("product-7".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(by_tag, vec![tagged.clone().unwrap()]);
+    let by_url = ids(ResourceFilter {
+        url_contains: Some("/r4".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(by_url.len(), 1);
+    // Matched as typed: `%` and `_` are no wildcards.
+    let wildcard = ids(ResourceFilter {
+        url_contains: Some("%".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert!(wildcard.is_empty(), "{wildcard:?}");
+    let by_strategy = ids(ResourceFilter {
+        strategy: Some("age".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(by_strategy, by_url, "r4 is the one `age` resource");
+    let newest_failed = ids(ResourceFilter {
+        newest_status: Some(VersionStatus::Failed),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(newest_failed, vec![failing.clone().unwrap()]);
+    let newest_ready = ids(ResourceFilter {
+        newest_status: Some(VersionStatus::Ready),
+        ..ResourceFilter::default()
+    })
+    .await;
     assert_eq!(
-        by_tag.items.iter().map(|item| item.id.clone()).collect::<Vec<_>>(),
-        vec![tagged.unwrap()]
+        newest_ready,
+        vec![tagged.unwrap()],
+        "r1's ready version is not its newest"
     );
+    let failing_now = ids(ResourceFilter {
+        failing: Some(true),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(failing_now, vec![failing.unwrap()]);
+    let not_failing = ids(ResourceFilter {
+        failing: Some(false),
+        group: Some("odd".into()),
+        ..ResourceFilter::default()
+    })
+    .await;
+    assert_eq!(not_failing.len(), 1, "filters combine");
     let page = index.resources(None, ResourceFilter::default(), 3, 10).await.unwrap();
     assert_eq!((page.total, page.items.len()), (5, 2), "skip 3 of 5");
     assert!(page.items[0].id > all.items[2].id, "pages follow one order");
@@ -806,7 +864,7 @@ macro_rules! contract {
 contract!(
     the_key_secret_is_created_once,
     registering_finds_or_creates_even_when_many_race,
-    listings_filter_by_groups_group_and_cache_tag_and_page,
+    listings_filter_by_groups_group_cache_tag_url_strategy_status_and_failure_and_page,
     one_fetch_per_resource_and_a_dead_holders_fetch_is_taken_over,
     concurrent_claims_never_share_a_fetch,
     limits_hold_in_the_transaction_that_crosses_them,

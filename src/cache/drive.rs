@@ -42,15 +42,28 @@ pub(crate) trait Transport: Sized + Send {
 }
 
 impl Engine {
+    /// Counts an answer and notes it on the request's span: called once per
+    /// answer a caller gets, here and nowhere else.
+    fn answered(&self, info: &CacheInfo) {
+        crate::metrics::answered(info);
+        crate::trace::outcome(info.status.as_str(), info.forward_status.map(|status| status.as_u16()));
+    }
+
     /// Carries out `plan` over `transport`.
     pub(crate) async fn drive<T: Transport>(
         self: &Arc<Self>,
         plan: Plan,
         mut transport: T,
     ) -> Result<T::Response, T::Error> {
+        let (key, decision) = plan.decision();
+        crate::trace::decision(key, decision);
         match plan {
-            Plan::Respond(answer) => Ok(transport.answer_now(answer)),
+            Plan::Respond(answer) => {
+                self.answered(&answer.info);
+                Ok(transport.answer_now(answer))
+            }
             Plan::RespondAndRefresh(answer, fetch) => {
+                self.answered(&answer.info);
                 let response = transport.answer_now(answer);
                 transport.add_headers(fetch.conditional_headers());
                 transport.refresh(Arc::clone(self), fetch);
@@ -61,6 +74,7 @@ impl Engine {
                 let mut response = transport.send().await?;
                 let info = self.after_pass(pass, response.status(), response.headers()).await;
                 self.mark(response.headers_mut(), &info);
+                self.answered(&info);
                 response.extensions_mut().insert(info);
                 Ok(T::passed(&reply, response))
             }
@@ -71,15 +85,26 @@ impl Engine {
                     Ok(response) => response,
                     Err(error) => {
                         return match self.fetch_failed(&fetch) {
-                            Some(stale) => Ok(T::answer(&reply, stale)),
-                            None => Err(error),
+                            Some(stale) => {
+                                self.answered(&stale.info);
+                                Ok(T::answer(&reply, stale))
+                            }
+                            None => {
+                                crate::trace::outcome("error", None);
+                                Err(error)
+                            }
                         };
                     }
                 };
                 // Boxed: inline, its state would make every hit's future kilobytes larger.
                 let finished = Box::pin(self.finish(fetch, response)).await;
                 match finished {
-                    Ok(response) => Ok(T::fetched(&reply, response)),
+                    Ok(response) => {
+                        if let Some(info) = response.extensions().get::<CacheInfo>() {
+                            self.answered(info);
+                        }
+                        Ok(T::fetched(&reply, response))
+                    }
                     Err(error) => Err(T::body_error(&reply, error)),
                 }
             }

@@ -145,6 +145,9 @@ impl Engine {
         {
             return Ok(stale.into_response().map(CacheBody::full));
         }
+        if !fetch.conditional.is_empty() {
+            crate::metrics::revalidated(response.status() == StatusCode::NOT_MODIFIED);
+        }
         let now = SystemTime::now();
         if fetch.head {
             return Ok(self.finish_head(*fetch, response, now).await);

@@ -135,7 +135,7 @@ impl Engine {
         if let Some(secret) = self.secret.get() {
             return secret;
         }
-        match self.call_store("read the key secret", || self.store.key_secret()).await {
+        match self.call_store("key_secret", || self.store.key_secret()).await {
             Some(Some(bytes)) => self.secret.get_or_init(|| async { KeySecret::new(&bytes) }).await,
             Some(None) => self.secret.get_or_init(|| async { self.process_secret.clone() }).await,
             // Entries keyed meanwhile are only misses for other processes.

@@ -17,6 +17,27 @@ pub(crate) enum Plan {
     Fetch(Box<Fetch>),
 }
 
+impl Plan {
+    /// The key and what was decided, as the request's span shows them.
+    pub(super) fn decision(&self) -> (Option<&CacheKey>, &'static str) {
+        match self {
+            Plan::Respond(answer) => (
+                answer.info.cache_key.as_ref(),
+                match answer.info.status {
+                    _ if answer.info.collapsed => "coalesced",
+                    CacheStatus::Hit => "hit",
+                    CacheStatus::Stale => "stale",
+                    CacheStatus::Revalidated | CacheStatus::Miss => "only_if_cached_miss",
+                },
+            ),
+            Plan::RespondAndRefresh(answer, _) => (answer.info.cache_key.as_ref(), "stale_while_revalidate"),
+            Plan::Pass(pass) => (pass.cache_key.as_ref(), "pass"),
+            Plan::Fetch(fetch) if fetch.conditional.is_empty() => (Some(&fetch.key), "fetch"),
+            Plan::Fetch(fetch) => (Some(&fetch.key), "revalidate"),
+        }
+    }
+}
+
 /// A response the cache answers with, its headers already marked, and the
 /// report that goes in its extensions. Kept apart so an adapter that needs
 /// extensions of its own (reqwest's response URL) fills one map, not two.
@@ -149,7 +170,14 @@ impl Engine {
                 entry: None,
                 vary_miss: false,
             },
-            _ => self.load(&key, lookup_method, headers).await,
+            _ => {
+                let started = crate::trace::recording().then(std::time::Instant::now);
+                let lookup = self.load(&key, lookup_method, headers).await;
+                if let Some(started) = started {
+                    crate::trace::store_latency(started.elapsed());
+                }
+                lookup
+            }
         };
         let planned = Planned {
             method,
@@ -269,7 +297,11 @@ impl Engine {
                 _ => None,
             };
             if let Some(status) = status {
-                let info = served(entry, key.clone(), status, now);
+                let info = CacheInfo {
+                    detail: (status == CacheStatus::Stale && mode == CacheMode::OnlyIfCached)
+                        .then_some("only-if-cached"),
+                    ..served(entry, key.clone(), status, now)
+                };
                 return Some(Plan::Respond(self.answer(
                     entry,
                     info,
@@ -315,13 +347,11 @@ impl Engine {
         {
             return None;
         }
-        let response = self.answer(
-            stale,
-            served(stale, key.clone(), CacheStatus::Stale, now),
-            now,
-            false,
-            None,
-        );
+        let info = CacheInfo {
+            detail: Some("stale-while-revalidate"),
+            ..served(stale, key.clone(), CacheStatus::Stale, now)
+        };
+        let response = self.answer(stale, info, now, false, None);
         Some(match self.inflight.join(key) {
             Turn::Lead(leader) => Plan::RespondAndRefresh(
                 response,
@@ -433,7 +463,10 @@ impl Engine {
         let stale = fetch.stale.as_ref()?;
         self.may_serve_stale(stale, now, self.options.stale_if_error, "stale-if-error")
             .then(|| {
-                let info = served(stale, fetch.key.clone(), CacheStatus::Stale, now);
+                let info = CacheInfo {
+                    detail: Some("stale-if-error"),
+                    ..served(stale, fetch.key.clone(), CacheStatus::Stale, now)
+                };
                 self.answer(stale, info, now, fetch.head, None)
             })
     }

@@ -124,7 +124,11 @@ impl Engine {
             // for as long as it keeps the entry. The first hit decodes instead.
             value: StoredValue::new(entry.encode(self.options.signer.as_ref())),
         };
-        self.call_store("write", || self.store.put(record)).await.is_some()
+        let stored = self.call_store("write", || self.store.put(record)).await.is_some();
+        if stored {
+            metrics::counter!(crate::metrics::STORED, "store" => self.store.kind()).increment(1);
+        }
+        stored
     }
 
     /// A store call, given up (as a failure) past the store's deadline.
@@ -154,6 +158,7 @@ impl Engine {
         match result {
             Ok(value) => {
                 if permit.succeeded() == Transition::Closed {
+                    self.breaker_gauge(false);
                     tracing::info!("cache store answers again; caching resumes");
                     // What this probe read may be what an unsafe request
                     // invalidated meanwhile: delete those, and don't use it.
@@ -164,13 +169,21 @@ impl Engine {
                 Some(value)
             }
             Err(error) => {
+                metrics::counter!(crate::metrics::STORE_ERRORS, "store" => self.store.kind(), "operation" => operation)
+                    .increment(1);
                 if permit.failed() == Transition::Opened {
+                    self.breaker_gauge(true);
                     tracing::warn!(%error, operation, "cache store failed; requests go to the origin, and the store is retried with backoff until it answers");
                     self.watch_for_recovery();
                 }
                 None
             }
         }
+    }
+
+    /// Sets the breaker gauge: 1 while the store is skipped.
+    fn breaker_gauge(&self, open: bool) {
+        metrics::gauge!(crate::metrics::BREAKER_OPEN, "store" => self.store.kind()).set(if open { 1.0 } else { 0.0 });
     }
 
     /// Pings a failed store in the background, if it can be pinged, and
@@ -207,6 +220,7 @@ impl Engine {
                         engine.replay_missed_invalidations().await;
                         if engine.missed_invalidations().urls.is_empty() && engine.breaker.is_open() {
                             engine.breaker.close();
+                            engine.breaker_gauge(false);
                             engine.breaker.stop_watching();
                             tracing::info!("cache store answers again; caching resumes");
                             return;

@@ -159,10 +159,19 @@ impl Blobs {
     /// Bytes an unprivileged writer may still use on the disk holding the
     /// blobs; `None` where that can't be told.
     pub(crate) fn free_space(&self) -> Option<u64> {
+        self.disk().map(|(free, _)| free)
+    }
+
+    /// The disk holding the blobs: bytes free (to an unprivileged writer)
+    /// and its size; `None` for a bucket, or where that can't be told.
+    pub(crate) fn disk(&self) -> Option<(u64, u64)> {
         #[cfg(unix)]
         {
             let stats = rustix::fs::statvfs(self.root.as_ref()?).ok()?;
-            stats.f_bavail.checked_mul(stats.f_frsize)
+            Some((
+                stats.f_bavail.checked_mul(stats.f_frsize)?,
+                stats.f_blocks.checked_mul(stats.f_frsize)?,
+            ))
         }
         #[cfg(not(unix))]
         {

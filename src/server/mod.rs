@@ -25,6 +25,10 @@
 //!   resumes unfinished downloads and runs a missed cron slot once.
 //! * **Safety**: bearer tokens scoped to groups (no token: loopback only);
 //!   origins on private addresses refused unless allowed.
+//! * **Dashboard**: `/ui`, server-rendered pages behind the same tokens:
+//!   the resources (searched, filtered, paged), one resource's versions
+//!   with buttons that call the API, and the server's fetches, disk and
+//!   counters.
 //!
 //! # Running it in a program
 //!
@@ -69,6 +73,7 @@ mod library;
 mod openapi;
 mod range;
 mod schedule;
+mod ui;
 mod worker;
 
 use std::future::Future;

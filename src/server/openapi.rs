@@ -99,6 +99,22 @@ const ROUTES: &[Route] = &[
                 Kind::Tag,
                 "Only resources with a version whose origin response carried this cache tag",
             ),
+            ("search", Kind::Text, "Only resources whose URL contains this text"),
+            (
+                "strategy",
+                Kind::Text,
+                "Only resources with this kind of strategy: never, age, cron, remote_changed or on_request",
+            ),
+            (
+                "status",
+                Kind::Status,
+                "Only resources whose newest version has this status",
+            ),
+            (
+                "failing",
+                Kind::Flag,
+                "Only resources whose last fetch failed (true) or didn't (false)",
+            ),
             PAGING[0],
             PAGING[1],
         ],

@@ -90,6 +90,7 @@ impl Lifecycle<String, MemoryEntry> for Unindex {
     type RequestState = ();
 
     fn on_evict(&self, _: &mut (), key: String, entry: MemoryEntry) {
+        metrics::counter!(crate::metrics::EVICTIONS, "store" => "memory").increment(1);
         unindex(&self.0, &entry, &key);
     }
 }
@@ -236,6 +237,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         Ok(self.lookup(key))
     }

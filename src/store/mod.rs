@@ -334,4 +334,10 @@ pub trait Store: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         false
     }
+
+    /// A short name for the kind of store, the `store` label of the
+    /// cache's metrics: `memory`, `sqlite`, `redis`. Default: `custom`.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
 }

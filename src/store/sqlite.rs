@@ -230,6 +230,10 @@ fn time(millis: i64) -> SystemTime {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         if let Some(tier) = &self.tier
             && let Some(value) = tier.get(key).await?

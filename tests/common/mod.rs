@@ -1,6 +1,8 @@
 //! A real origin on 127.0.0.1 that counts and records what reaches it.
 #![allow(dead_code)] // each test file uses a different part
 
+#[cfg(feature = "server")]
+pub mod browser;
 #[cfg(feature = "replicas")]
 pub mod postgres_server;
 #[cfg(feature = "redis")]

@@ -28,7 +28,8 @@ enum Action {
     Path,
     /// List stored entries: URL, size, and expiry.
     List,
-    /// Print the number of entries and their total size.
+    /// Print the number of entries and their total size, and the cache's
+    /// figures (as `get -v` does).
     Stats,
     /// Delete every entry stored for a URL.
     Delete {
@@ -77,6 +78,9 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
         },
         Err(error) => return Err(error.into()),
     };
+    if let Action::Stats = args.action {
+        crate::figures::record();
+    }
     let cache = CacheMiddleware::builder().shared_store(store).build()?;
     match args.action {
         Action::Path => {}
@@ -94,6 +98,7 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
         Action::Stats => {
             let stats = cache.stats().await?;
             println!("entries: {}\nbytes: {}", stats.entries, stats.bytes);
+            print!("{}", crate::figures::report());
         }
         Action::Delete { url } => println!("deleted {}", entries(cache.delete_url(&url).await?)),
         Action::DeleteTag { tag } => println!("deleted {}", entries(cache.delete_tag(&tag).await?)),

@@ -29,7 +29,8 @@ pub struct GetArgs {
     /// A request body (makes the request a POST unless `-X` says otherwise).
     #[arg(short = 'd', long)]
     data: Option<String>,
-    /// Say more on stderr: whether the response was stored, and why not.
+    /// Say more on stderr: whether the response was stored, and why not,
+    /// and the cache's figures for the request (hits, misses, stores…).
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// The cache: `sqlite:PATH`, `memory`, or `redis://HOST[:PORT]`
@@ -105,6 +106,9 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     if let Some(expire_after) = args.expire_after {
         builder = builder.expire_after(expire_after);
     }
+    if args.verbose {
+        crate::figures::record();
+    }
     let cache = builder.build()?;
     let shown_url = cache.redact_url(&url);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
@@ -138,6 +142,9 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
     }
 
     write_response(response, args.include, &shown_url).await?;
+    if args.verbose {
+        eprint!("{}", crate::figures::report());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

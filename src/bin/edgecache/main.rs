@@ -1,6 +1,7 @@
 //! `edgecache`: a small curl with a cache, and tools to manage caches.
 
 mod cache_cmd;
+mod figures;
 mod get;
 mod purge;
 mod serve;

@@ -166,11 +166,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .merge(super::ui::parts())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20));
     Router::new()
         .route("/healthz", get(healthz))
+        .merge(super::ui::pages())
         .merge(api)
         .layer(axum::middleware::from_fn(count_request))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -238,7 +240,7 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
 
 impl AppState {
     /// The resource, if the caller may see it.
-    async fn visible(&self, groups: &Groups, id: &str) -> AppResult<Resource> {
+    pub(super) async fn visible(&self, groups: &Groups, id: &str) -> AppResult<Resource> {
         match self.index.resource(id).await? {
             Some(resource) if groups.allows(&resource.group) => Ok(resource),
             _ => Err(ApiError::not_found("resource")),
@@ -246,7 +248,7 @@ impl AppState {
     }
 
     /// What the API shows of a resource: credential values redacted.
-    fn view(&self, mut resource: Resource) -> Resource {
+    pub(super) fn view(&self, mut resource: Resource) -> Resource {
         for (name, value) in resource.headers.iter_mut() {
             if http::HeaderName::from_bytes(name.as_bytes()).is_ok_and(|name| self.keys.is_credential_header(&name)) {
                 *value = REDACTED.into();
@@ -261,14 +263,20 @@ impl AppState {
     }
 }
 
-async fn list_resources(
-    State(state): Shared,
-    Extension(groups): Extension<Groups>,
-    RawQuery(raw): RawQuery,
-) -> AppResult<Json<Page<Resource>>> {
-    let (mut skip, mut limit, mut filter) = (0, 100, ResourceFilter::default());
-    for (name, value) in query_pairs(raw.as_deref()) {
-        if !paging(&name, &value, &mut skip, &mut limit)? {
+/// A resource listing's query: `skip`, `limit` and the filters.
+pub(super) struct Listing {
+    pub(super) skip: u64,
+    pub(super) limit: u64,
+    pub(super) filter: ResourceFilter,
+}
+
+impl Listing {
+    pub(super) fn parse(pairs: impl IntoIterator<Item = (String, String)>) -> AppResult<Self> {
+        let (mut skip, mut limit, mut filter) = (0, 100, ResourceFilter::default());
+        for (name, value) in pairs {
+            if paging(&name, &value, &mut skip, &mut limit)? {
+                continue;
+            }
             match name.as_str() {
                 "group" => filter.group = Some(checked_name(&name, &value, "a group name")?),
                 "cache_tag" => {
@@ -276,10 +284,43 @@ async fn list_resources(
                         .map_err(|reason| ApiError::invalid(&name, format!("`cache_tag`: {reason}")))?;
                     filter.cache_tag = Some(tag);
                 }
+                "search" => filter.url_contains = Some(value),
+                "strategy" => {
+                    if !STRATEGY_KINDS.contains(&value.as_str()) {
+                        return Err(ApiError::invalid(
+                            &name,
+                            format!("`{value}` is not a strategy: never, age, cron, remote_changed or on_request"),
+                        ));
+                    }
+                    filter.strategy = Some(value);
+                }
+                "status" => filter.newest_status = Some(version_status(&name, &value)?),
+                "failing" => filter.failing = Some(query_bool(&name, &value)?),
                 _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
             }
         }
+        Ok(Self { skip, limit, filter })
     }
+}
+
+/// The kinds of [`Strategy`], as the `kind` field names them.
+pub(super) const STRATEGY_KINDS: [&str; 5] = ["never", "age", "cron", "remote_changed", "on_request"];
+
+fn version_status(name: &str, value: &str) -> AppResult<VersionStatus> {
+    VersionStatus::parse(value).ok_or_else(|| {
+        ApiError::invalid(
+            name,
+            format!("`{value}` is not a status: pending, downloading, ready or failed"),
+        )
+    })
+}
+
+async fn list_resources(
+    State(state): Shared,
+    Extension(groups): Extension<Groups>,
+    RawQuery(raw): RawQuery,
+) -> AppResult<Json<Page<Resource>>> {
+    let Listing { skip, limit, filter } = Listing::parse(query_pairs(raw.as_deref()))?;
     let mut page = state.index.resources(groups.list(), filter, skip, limit).await?;
     page.items = page.items.into_iter().map(|resource| state.view(resource)).collect();
     Ok(Json(page))
@@ -368,14 +409,7 @@ async fn list_versions(
             continue;
         }
         match name.as_str() {
-            "status" => {
-                filter.status = Some(VersionStatus::parse(&value).ok_or_else(|| {
-                    ApiError::invalid(
-                        "status",
-                        format!("`{value}` is not a status: pending, downloading, ready or failed"),
-                    )
-                })?)
-            }
+            "status" => filter.status = Some(version_status(&name, &value)?),
             "tag" => filter.tag = Some(query_tag(&name, &value)?),
             "pinned" => filter.pinned = Some(query_bool(&name, &value)?),
             _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),

@@ -218,6 +218,15 @@ pub struct ResourceFilter {
     /// Only resources with a version whose origin response carried this
     /// cache tag.
     pub cache_tag: Option<String>,
+    /// Only resources whose URL contains this text.
+    pub url_contains: Option<String>,
+    /// Only resources with this kind of strategy (`never`, `age`, `cron`,
+    /// `remote_changed`, `on_request`).
+    pub strategy: Option<String>,
+    /// Only resources whose newest version has this status.
+    pub newest_status: Option<crate::versions::VersionStatus>,
+    /// Only resources whose last fetch failed (`true`) or didn't (`false`).
+    pub failing: Option<bool>,
 }
 
 /// Held while blobs are committed and recorded (shared, when deletions wait

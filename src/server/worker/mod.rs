@@ -108,6 +108,19 @@ impl Worker {
         }))
     }
 
+    /// Fetches on this replica: downloading now (holding a slot), and
+    /// waiting for a slot.
+    pub(crate) async fn load(&self) -> (usize, usize) {
+        let started = self.in_flight.lock().await.len();
+        let running = self
+            .limits
+            .concurrent
+            .max(1)
+            .saturating_sub(self.slots.available_permits())
+            .min(started);
+        (running, started - running)
+    }
+
     /// Wakes the scheduler: something changed the schedule.
     pub(crate) fn wake(&self) {
         self.wake.notify_one();

@@ -532,6 +532,10 @@ impl Store for RedisStore {
         true
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn request_deadline(&self) -> Option<Duration> {
         Some(self.deadline)
     }

@@ -16,20 +16,40 @@ pub(super) async fn resources(
 ) -> Result<Page<Resource>, IndexError> {
     let mut client = index.client().await?;
     let tx = snapshot(&mut client).await?;
-    let ResourceFilter { group, cache_tag } = filter;
+    let ResourceFilter {
+        group,
+        cache_tag,
+        url_contains,
+        strategy,
+        newest_status,
+        failing,
+    } = filter;
+    let newest_status = newest_status.map(|status| status.as_str());
+    // `strpos`, not LIKE: the text is matched as typed, `%` and `_` included.
     let condition = "($1::text[] IS NULL OR grp = ANY($1)) AND ($2::text IS NULL OR grp = $2)
-        AND ($3::text IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = $3))";
+        AND ($3::text IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = $3))
+        AND ($4::text IS NULL OR strpos(url, $4) > 0)
+        AND ($5::text IS NULL OR strategy::jsonb ->> 'kind' = $5)
+        AND ($6::text IS NULL OR (SELECT status FROM versions WHERE resource_id = resources.id ORDER BY id DESC LIMIT 1) = $6)
+        AND ($7::boolean IS NULL OR (last_error IS NOT NULL) = $7)";
+    let filters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &groups,
+        &group,
+        &cache_tag,
+        &url_contains,
+        &strategy,
+        &newest_status,
+        &failing,
+    ];
     let total = count(
-        &tx.query_one(
-            &format!("SELECT COUNT(*) FROM resources WHERE {condition}"),
-            &[&groups, &group, &cache_tag],
-        )
-        .await?,
+        &tx.query_one(&format!("SELECT COUNT(*) FROM resources WHERE {condition}"), &filters)
+            .await?,
     )?;
-    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {condition} ORDER BY id LIMIT $4 OFFSET $5");
-    let rows = tx
-        .query(&sql, &[&groups, &group, &cache_tag, &clamp(limit), &clamp(skip)])
-        .await?;
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {condition} ORDER BY id LIMIT $8 OFFSET $9");
+    let (limit, skip) = (clamp(limit), clamp(skip));
+    let mut paged = filters.to_vec();
+    paged.extend([&limit as &(dyn tokio_postgres::types::ToSql + Sync), &skip]);
+    let rows = tx.query(&sql, &paged).await?;
     let items = rows
         .iter()
         .map(|row| finish_resource(raw_resource(row)?))

@@ -16,21 +16,34 @@ pub(super) async fn resources(
     index
         .read(move |tx| {
             let groups_json = groups.as_ref().map(json);
-            let ResourceFilter { group, cache_tag } = filter;
+            let ResourceFilter {
+                group,
+                cache_tag,
+                url_contains,
+                strategy,
+                newest_status,
+                failing,
+            } = filter;
+            let newest_status = newest_status.map(|status| status.as_str());
+            // `instr`, not LIKE: the text is matched as typed, `%` and `_` included.
             let filter = "(?1 IS NULL OR grp IN (SELECT value FROM json_each(?1))) AND (?2 IS NULL OR grp = ?2)
-            AND (?3 IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = ?3))";
+            AND (?3 IS NULL OR id IN (SELECT resource_id FROM cache_tags WHERE tag = ?3))
+            AND (?4 IS NULL OR instr(url, ?4) > 0)
+            AND (?5 IS NULL OR json_extract(strategy, '$.kind') = ?5)
+            AND (?6 IS NULL OR (SELECT status FROM versions WHERE resource_id = resources.id ORDER BY id DESC LIMIT 1) = ?6)
+            AND (?7 IS NULL OR (last_error IS NOT NULL) = ?7)";
+            let filters = params![groups_json, group, cache_tag, url_contains, strategy, newest_status, failing];
             let total: i64 = tx.query_row(
                 &format!("SELECT COUNT(*) FROM resources WHERE {filter}"),
-                params![groups_json, group, cache_tag],
+                filters,
                 |row| row.get(0),
             )?;
-            let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {filter} ORDER BY id LIMIT ?4 OFFSET ?5");
+            let sql = format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE {filter} ORDER BY id LIMIT ?8 OFFSET ?9");
+            let (limit, skip) = (clamp(limit), clamp(skip));
+            let paged: Vec<&dyn rusqlite::ToSql> = filters.iter().copied().chain([&limit as &dyn rusqlite::ToSql, &skip]).collect();
             let mut statement = tx.prepare_cached(&sql)?;
             let raws = statement
-                .query_map(
-                    params![groups_json, group, cache_tag, clamp(limit), clamp(skip)],
-                    raw_resource,
-                )?
+                .query_map(paged.as_slice(), raw_resource)?
                 .collect::<Result<Vec<_>, _>>()?;
             let items = raws.into_iter().map(finish_resource).collect::<Result<_, _>>()?;
             Ok(Page {
