@@ -11,7 +11,6 @@ use axum::Router;
 use axum::routing::get;
 use common::browser::Browser;
 use common::versions_server::{ContentOrigin, VersionsServer};
-use fantoccini::Locator;
 use http::Method;
 use serde_json::{Value, json};
 
@@ -37,11 +36,18 @@ async fn ready_versions(server: &VersionsServer, rid: &str, count: usize) -> Vec
         .await
 }
 
+async fn version(server: &VersionsServer, rid: &str, vid: &str) -> Value {
+    let (status, version) = server
+        .call(Method::GET, &format!("/v1/resources/{rid}/versions/{vid}"), None)
+        .await;
+    assert_eq!(status, 200, "{version}");
+    version
+}
+
 async fn log_in(browser: &Browser, server: &VersionsServer, token: &str) {
     browser.client.goto(&server.url("/ui")).await.unwrap();
-    let input = browser.find("#login:not([hidden]) #token").await;
-    input.send_keys(token).await.unwrap();
-    browser.find("#login button[type=submit]").await.click().await.unwrap();
+    browser.type_into("#login:not([hidden]) #token", token).await;
+    browser.click("#login button[type=submit]").await;
     browser.find("table#resources").await;
 }
 
@@ -80,18 +86,8 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
     browser.screenshot("dashboard-resources").await;
 
     // Find the resource: the other group's one with the same path is not there.
-    browser
-        .find("input[name=search]")
-        .await
-        .send_keys("/doc/report")
-        .await
-        .unwrap();
-    browser
-        .find("#filters button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("input[name=search]", "/doc/report").await;
+    browser.click("#filters button[type=submit]").await;
     browser
         .until(
             "one search result",
@@ -103,7 +99,7 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
         table.contains("/doc/report") && table.contains("maps") && !table.contains("finance"),
         "{table}"
     );
-    browser.find("#resources a").await.click().await.unwrap();
+    browser.click("#resources a").await;
     browser.find("li.version[data-status=ready]").await;
     assert!(browser.text("#resource").await.contains("the daily report"));
     let (status, _) = server.call(Method::GET, &format!("/v1/resources/{hidden}"), None).await;
@@ -123,72 +119,38 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
     browser.find("li.version[data-status=ready]").await;
 
     // Pin the version for 1 h.
-    let version = browser.find("li.version").await;
-    let vid = version.attr("data-version").await.unwrap().expect("a version id");
-    version
-        .find(Locator::Css("select.pin-for"))
+    let vid = browser
+        .find("li.version")
+        .await
+        .attr("data-version")
         .await
         .unwrap()
+        .expect("a version id");
+    browser
+        .find("li.version select.pin-for")
+        .await
         .select_by_value("3600")
         .await
         .unwrap();
-    version
-        .find(Locator::Css("button[data-action=pin]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("li.version button[data-action=pin]").await;
     browser.find("li.version .pinned").await;
-    let pinned = server
-        .call(Method::GET, &format!("/v1/resources/{rid}/versions/{vid}"), None)
-        .await
-        .1;
+    let pinned = version(&server, &rid, &vid).await;
     assert_eq!(pinned["pinned"], true);
     let until: jiff::Timestamp = pinned["pinned_until"].as_str().unwrap().parse().unwrap();
     let left = until.duration_since(jiff::Timestamp::now()).as_secs();
     assert!((3500..=3600).contains(&left), "pinned for {left} s");
 
     // Tag it.
-    let version = browser.find("li.version").await;
-    version
-        .find(Locator::Css("input.tag-name"))
-        .await
-        .unwrap()
-        .send_keys("golden")
-        .await
-        .unwrap();
-    version
-        .find(Locator::Css("button[data-action=tag]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("li.version input.tag-name", "golden").await;
+    browser.click("li.version button[data-action=tag]").await;
     browser.find("li.version .tag").await;
     assert!(browser.text("li.version .tags").await.contains("golden"));
-    let tagged = server
-        .call(Method::GET, &format!("/v1/resources/{rid}/versions/{vid}"), None)
-        .await
-        .1;
+    let tagged = version(&server, &rid, &vid).await;
     assert_eq!(tagged["tags"], json!(["golden"]));
 
     // A refused tag shows the API's own message.
-    let version = browser.find("li.version").await;
-    version
-        .find(Locator::Css("input.tag-name"))
-        .await
-        .unwrap()
-        .send_keys("not a tag")
-        .await
-        .unwrap();
-    version
-        .find(Locator::Css("button[data-action=tag]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("li.version input.tag-name", "not a tag").await;
+    browser.click("li.version button[data-action=tag]").await;
     browser
         .until(
             "the refusal",
@@ -200,7 +162,7 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
 
     // Fetch now: the origin changed, and the new version appears.
     origin.set("report", "second report");
-    browser.find("button[data-action=fetch]").await.click().await.unwrap();
+    browser.click("button[data-action=fetch]").await;
     browser
         .until(
             "the new version",
@@ -218,14 +180,9 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
     browser.screenshot("dashboard-resource").await;
 
     // Delete: a confirmation first; a pinned version refuses without force.
-    browser.find("button[data-action=delete]").await.click().await.unwrap();
+    browser.click("button[data-action=delete]").await;
     browser.find("#confirm-delete:not([hidden])").await;
-    browser
-        .find("button[data-action=confirm-delete]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("button[data-action=confirm-delete]").await;
     browser
         .until(
             "the refusal",
@@ -236,13 +193,8 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
         server.call(Method::GET, &format!("/v1/resources/{rid}"), None).await.0,
         200
     );
-    browser.find("#force-delete").await.click().await.unwrap();
-    browser
-        .find("button[data-action=confirm-delete]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click("#force-delete").await;
+    browser.click("button[data-action=confirm-delete]").await;
     browser.find("table#resources").await;
     assert_eq!(
         server.call(Method::GET, &format!("/v1/resources/{rid}"), None).await.0,
@@ -259,7 +211,7 @@ async fn an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_brows
     browser.screenshot("dashboard-server").await;
 
     // Logging out forgets the token.
-    browser.find("#logout").await.click().await.unwrap();
+    browser.click("#logout").await;
     browser.find("#login:not([hidden])").await;
     let stored: Value = browser
         .client
@@ -361,7 +313,7 @@ async fn values_from_origins_and_users_are_shown_as_text_and_never_run() {
         .await
         .unwrap();
     browser.find("li.version").await;
-    browser.find("details.headers summary").await.click().await.unwrap();
+    browser.click("details.headers summary").await;
     // Hovering over everything would fire an injected handler.
     browser
         .client

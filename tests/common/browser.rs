@@ -103,6 +103,24 @@ impl Browser {
             .unwrap_or_else(|error| panic!("no element {css}: {error}"))
     }
 
+    /// Clicks the first element matching `css`, once it is there.
+    pub async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|error| panic!("clicking {css}: {error}"));
+    }
+
+    /// Types `text` into the first element matching `css`.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.find(css)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|error| panic!("typing into {css}: {error}"));
+    }
+
     /// Waits until `script` (a function body) returns true, up to 20 s.
     pub async fn until(&self, what: &str, script: &str) {
         for _ in 0..200 {

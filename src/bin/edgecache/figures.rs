@@ -60,9 +60,9 @@ pub fn record() {
     let _ = metrics::set_global_recorder(Installed(figures));
 }
 
-/// The cache's figures, one `series value` per line, sorted; the
-/// counters that stayed at zero are listed too, so a reader sees what
-/// exists.
+/// The cache's figures, one `series value` per line, sorted. Hits, misses
+/// and coalesced answers show even at zero, so a run that asked the origin
+/// reads as such; the rest show once recorded.
 pub fn report() -> String {
     let Some(figures) = FIGURES.get() else {
         return String::new();
