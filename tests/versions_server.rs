@@ -852,7 +852,14 @@ async fn bad_input_names_the_field() {
     assert_eq!(response.status(), 400);
     let error: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(error["error"]["code"], "invalid_json");
-    for (query, field) in [("limit=lots", "limit"), ("group=", "group"), ("group=a%20b", "group")] {
+    for (query, field) in [
+        ("limit=lots", "limit"),
+        ("group=", "group"),
+        ("group=a%20b", "group"),
+        ("strategy=sometimes", "strategy"),
+        ("status=done", "status"),
+        ("failing=maybe", "failing"),
+    ] {
         let (status, error) = server.call(Method::GET, &format!("/v1/resources?{query}"), None).await;
         assert_eq!(
             (status, error["error"]["field"].as_str()),
@@ -863,9 +870,21 @@ async fn bad_input_names_the_field() {
     let (_, list) = server.call(Method::GET, "/v1/resources", None).await;
     assert_eq!(list["total"], 0, "nothing half-written: {list}");
 
+    // Served, so its fetch never fails: `failing` can't change under the test.
+    origin.set("x", "served");
     let rid = server
         .register(json!({"url": url, "strategy": {"kind": "never"}}))
         .await;
+    for (query, total) in [
+        ("search=/plain/x&strategy=never", 1),
+        ("search=/plain/y", 0),
+        ("strategy=age", 0),
+        ("failing=true", 0),
+        ("failing=false", 1),
+    ] {
+        let (status, list) = server.call(Method::GET, &format!("/v1/resources?{query}"), None).await;
+        assert_eq!((status, list["total"].as_u64()), (200, Some(total)), "{query}: {list}");
+    }
     let (status, patched) = server
         .call(
             Method::PATCH,
