@@ -74,7 +74,7 @@ pub const BREAKER_OPEN: &str = "edgecache_cache_breaker_open";
 pub(crate) fn answered(info: &CacheInfo) {
     match info.status {
         _ if info.collapsed => metrics::counter!(COALESCED).increment(1),
-        CacheStatus::Hit => metrics::counter!(HITS).increment(1),
+        CacheStatus::Hit | CacheStatus::Revalidated => metrics::counter!(HITS).increment(1),
         CacheStatus::Stale => {
             let cause = match info.detail {
                 Some("stale-while-revalidate") => "stale_while_revalidate",
@@ -84,7 +84,6 @@ pub(crate) fn answered(info: &CacheInfo) {
             };
             metrics::counter!(STALE, "cause" => cause).increment(1);
         }
-        CacheStatus::Revalidated => metrics::counter!(HITS).increment(1),
         CacheStatus::Miss => match info.forward {
             Some(Forward::Bypass) => metrics::counter!(PASSED, "reason" => "bypass").increment(1),
             Some(Forward::Method) => metrics::counter!(PASSED, "reason" => "method").increment(1),

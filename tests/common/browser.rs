@@ -1,7 +1,6 @@
 //! A headless Chromium, driven through a `chromedriver` the test starts on
 //! a free port.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,19 +28,12 @@ impl Browser {
             .is_ok_and(|status| status.success())
             && std::path::Path::new(CHROMIUM).exists();
         if !installed {
-            if std::env::var_os("EDGECACHE_SKIP_BROWSER_TESTS").is_some_and(|skip| skip == "1") {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {}: chromium or chromedriver is not installed (EDGECACHE_SKIP_BROWSER_TESTS=1)",
-                    std::thread::current().name().unwrap_or("a browser test")
-                );
-                return None;
-            }
-            panic!(
-                "chromium and chromedriver are not installed. Install them (Debian: \
-                 `apt-get install chromium chromium-driver`) or set EDGECACHE_SKIP_BROWSER_TESTS=1 \
-                 to skip the browser tests"
+            super::skip_or_fail(
+                "chromium or chromedriver",
+                "Install them (Debian: `apt-get install chromium chromium-driver`)",
+                "EDGECACHE_SKIP_BROWSER_TESTS",
             );
+            return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())

@@ -3,7 +3,6 @@
 //! free port. As root (CI), the cluster runs as the `postgres` user, since
 //! PostgreSQL refuses to run as root.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -46,18 +45,12 @@ impl PostgresServer {
     /// then it returns `None` and says so. CI installs it and never skips.
     pub fn start() -> Option<PostgresServer> {
         let Some(bin) = postgres_bin() else {
-            if std::env::var_os("EDGECACHE_SKIP_POSTGRES_TESTS").is_some_and(|skip| skip == "1") {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {}: PostgreSQL is not installed (EDGECACHE_SKIP_POSTGRES_TESTS=1)",
-                    std::thread::current().name().unwrap_or("a PostgreSQL test")
-                );
-                return None;
-            }
-            panic!(
-                "PostgreSQL (initdb, pg_ctl) is not installed. Install it (Debian/Ubuntu: `apt-get install postgresql`, \
-                 macOS: `brew install postgresql`) or set EDGECACHE_SKIP_POSTGRES_TESTS=1 to skip the PostgreSQL tests"
+            super::skip_or_fail(
+                "PostgreSQL (initdb, pg_ctl)",
+                "Install it (Debian/Ubuntu: `apt-get install postgresql`, macOS: `brew install postgresql`)",
+                "EDGECACHE_SKIP_POSTGRES_TESTS",
             );
+            return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("free port")

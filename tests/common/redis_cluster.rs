@@ -3,7 +3,6 @@
 //! create`. Missing binaries fail the test with how to install them, unless
 //! `EDGECACHE_SKIP_REDIS_TESTS=1` asks to skip.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,18 +42,12 @@ impl RedisCluster {
                 .is_ok()
         };
         if !installed("redis-server") || !installed("redis-cli") {
-            if std::env::var_os("EDGECACHE_SKIP_REDIS_TESTS").is_some_and(|skip| skip == "1") {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {}: redis-server or redis-cli is not installed (EDGECACHE_SKIP_REDIS_TESTS=1)",
-                    std::thread::current().name().unwrap_or("a Redis Cluster test")
-                );
-                return None;
-            }
-            panic!(
-                "redis-server and redis-cli are not installed. Install them (Debian/Ubuntu: `apt-get install \
-                 redis-server`, macOS: `brew install redis`) or set EDGECACHE_SKIP_REDIS_TESTS=1 to skip the Redis tests"
+            super::skip_or_fail(
+                "redis-server or redis-cli",
+                "Install them (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`)",
+                "EDGECACHE_SKIP_REDIS_TESTS",
             );
+            return None;
         }
         let count = if replicas { 6 } else { 3 };
         let mut cluster = RedisCluster {

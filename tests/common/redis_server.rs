@@ -1,6 +1,5 @@
 //! A `redis-server` the tests start themselves, on a free port.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -23,20 +22,12 @@ impl RedisServer {
             .status()
             .is_err()
         {
-            if std::env::var_os("EDGECACHE_SKIP_REDIS_TESTS").is_some_and(|skip| skip == "1") {
-                // Straight to the process's stderr: the harness captures
-                // `eprintln!` of passing tests, and a skip must be seen.
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {}: redis-server is not installed (EDGECACHE_SKIP_REDIS_TESTS=1)",
-                    std::thread::current().name().unwrap_or("a Redis test")
-                );
-                return None;
-            }
-            panic!(
-                "redis-server is not installed. Install it (Debian/Ubuntu: `apt-get install redis-server`, \
-                 macOS: `brew install redis`) or set EDGECACHE_SKIP_REDIS_TESTS=1 to skip the Redis tests"
+            super::skip_or_fail(
+                "redis-server",
+                "Install it (Debian/Ubuntu: `apt-get install redis-server`, macOS: `brew install redis`)",
+                "EDGECACHE_SKIP_REDIS_TESTS",
             );
+            return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("free port")

@@ -3,7 +3,6 @@
 //! It speaks what the server uses of S3 (multipart uploads, copies, ranged
 //! reads, listings) and installs from PyPI in seconds.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,18 +25,12 @@ impl S3Server {
             .status()
             .is_err()
         {
-            if std::env::var_os("EDGECACHE_SKIP_S3_TESTS").is_some_and(|skip| skip == "1") {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {}: moto_server is not installed (EDGECACHE_SKIP_S3_TESTS=1)",
-                    std::thread::current().name().unwrap_or("an S3 test")
-                );
-                return None;
-            }
-            panic!(
-                "moto_server (an S3-compatible test server) is not installed. Install it with \
-                 `pip install 'moto[server]'` or set EDGECACHE_SKIP_S3_TESTS=1 to skip the S3 tests"
+            super::skip_or_fail(
+                "moto_server (an S3-compatible test server)",
+                "Install it with `pip install 'moto[server]'`",
+                "EDGECACHE_SKIP_S3_TESTS",
             );
+            return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("free port")

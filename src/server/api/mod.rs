@@ -21,6 +21,7 @@ mod parse;
 mod register;
 mod selection;
 
+pub(super) use parse::query_pairs;
 use parse::*;
 use register::register;
 use selection::{content, select};
@@ -245,6 +246,12 @@ impl AppState {
             Some(resource) if groups.allows(&resource.group) => Ok(resource),
             _ => Err(ApiError::not_found("resource")),
         }
+    }
+
+    /// The Prometheus text `/metrics` serves and the dashboard reads; empty
+    /// when another recorder took the process.
+    pub(super) fn metrics_text(&self) -> String {
+        self.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default()
     }
 
     /// What the API shows of a resource: credential values redacted.
@@ -597,8 +604,11 @@ async fn healthz(State(state): Shared) -> Response {
 }
 
 async fn metrics(State(state): Shared) -> Response {
-    let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

@@ -96,7 +96,7 @@ pub(super) fn limits_over(current: Limits, change: Option<LimitsChange>) -> AppR
     Ok(limits)
 }
 
-pub(super) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+pub(in crate::server) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
         .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect()

@@ -8,7 +8,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::super::api::{ApiError, AppState, Listing, STRATEGY_KINDS};
+use super::super::api::{ApiError, AppState, Listing, STRATEGY_KINDS, query_pairs};
 use super::super::auth::Groups;
 use super::super::index::VersionFilter;
 use super::shell::SEGMENT;
@@ -24,9 +24,9 @@ pub(super) async fn part(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     // A form sends every field, empty or not; an empty one filters nothing.
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+    let pairs: Vec<(String, String)> = query_pairs(raw.as_deref())
+        .into_iter()
         .filter(|(_, value)| !value.is_empty())
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
         .collect();
     let page: u64 = pairs
         .iter()

@@ -14,7 +14,7 @@ use super::{bytes, fragment};
 pub(super) async fn part(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let (running, waiting) = state.worker.load().await;
     let disk = state.library.blobs.disk();
-    let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
+    let text = state.metrics_text();
     let requests = totals(&text, "edgecache_server_requests_total", |labels| {
         let status = label(labels, "status").unwrap_or("?");
         format!("{}xx", status.get(..1).unwrap_or("?"))

@@ -59,7 +59,6 @@
     main.innerHTML = await response.text();
     login.hidden = true;
     logout.hidden = !sessionStorage.getItem(KEY);
-    body.dataset.loaded = String(Date.now());
     return true;
   }
 
