@@ -298,7 +298,8 @@ fn quick(client: AlibabaCdnClient) -> AlibabaCdnClient {
     client
         .rate_limits(RateLimits {
             submit: (5, 45.0),
-            describe: (10, 100.0),
+            describe: (1, 4.0),
+            describe_by_id: (3, 27.0),
             quota: (5, 20.0),
         })
         .backoff(Backoff {
@@ -470,4 +471,120 @@ async fn credentials_come_from_the_file_and_their_absence_is_explained() {
     ] {
         assert!(run.stderr.contains(expected), "{expected} in {}", run.stderr);
     }
+}
+
+/// Alibaba Cloud refuses `DescribeRefreshTasks` with `Status` and no
+/// `ObjectType` (and allows it 5 calls a second): a run follows its tasks by
+/// id instead (`DescribeRefreshTaskById`, 10 ids a call, 30 calls a second),
+/// and completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_follows_its_tasks_by_id_and_completes() {
+    let (stand_in, address) = StandIn::start(Config::default()).await;
+    let client = quick(
+        AlibabaCdnClient::new(Credentials::new(KEY_ID, SECRET))
+            .expect("client")
+            .endpoint(format!("http://{address}").parse().expect("endpoint")),
+    );
+    // Many small calls, so that several task ids are followed at once.
+    let urls: Vec<String> = (0..1_500)
+        .map(|n| format!("https://d{}.example.com/assets/{n}.js", n % 10))
+        .collect();
+    let report = client
+        .batch(Operation::Refresh {
+            object_type: ObjectType::File,
+            force: false,
+        })
+        .poll_interval(Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(200),
+        })
+        .run(urls)
+        .await
+        .expect("run");
+    assert!(
+        report.is_success(),
+        "{:?}",
+        report.urls.iter().find(|url| url.outcome != Outcome::Complete)
+    );
+    {
+        let seen = stand_in.seen();
+        assert!(seen.refused_queries.is_empty(), "{:?}", seen.refused_queries);
+        assert!(seen.actions.iter().any(|action| action == "DescribeRefreshTaskById"));
+        assert!(
+            !seen.actions.iter().any(|action| action == "DescribeRefreshTasks"),
+            "no listing of the account's tasks"
+        );
+    }
+
+    // The client refuses, without sending, what the API would refuse.
+    let calls = stand_in.seen().calls;
+    let filter = TaskFilter {
+        status: Some(edgecache::purge::alibaba::TaskStatus::Refreshing),
+        ..TaskFilter::default()
+    };
+    let error = client
+        .tasks_page(&filter, 1, 20)
+        .await
+        .expect_err("ObjectType is required");
+    assert!(matches!(error, AlibabaError::Invalid { .. }), "{error}");
+    assert!(error.to_string().contains("ObjectType is required"), "{error}");
+    let ids: Vec<String> = (0..11).map(|n| n.to_string()).collect();
+    assert!(client.tasks_by_id(&ids).await.is_err(), "at most 10 ids");
+    assert_eq!(stand_in.seen().calls, calls, "nothing was sent");
+    let listed = client
+        .tasks_page(
+            &TaskFilter {
+                object_type: Some("file".into()),
+                ..filter
+            },
+            1,
+            20,
+        )
+        .await
+        .expect("with ObjectType the API answers");
+    assert_eq!(listed.total_count, 0, "every task is complete");
+}
+
+/// `Force` reaches the API from the targets file's `force` and from `--force`:
+/// without it a directory refresh only revalidates by `Last-Modified`.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_reaches_the_refresh_from_the_targets_file_and_the_command_line() {
+    let (stand_in, address) = StandIn::start(Config::default()).await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let write_targets = |force: &str| {
+        let path = directory.path().join("edgecache.toml");
+        std::fs::write(
+            &path,
+            format!("[[target]]\nkind = \"alibaba\"\nendpoint = \"http://{address}\"\n{force}"),
+        )
+        .expect("write");
+        path.to_str().expect("utf-8").to_owned()
+    };
+    let forced = |stand_in: &StandIn| {
+        stand_in
+            .seen()
+            .refresh_parameters
+            .iter()
+            .map(|parameters| parameters.get("Force").cloned())
+            .collect::<Vec<_>>()
+    };
+    for (file, flag, expected) in [
+        ("", None, None),
+        ("force = true\n", None, Some("true".to_owned())),
+        ("", Some("--force"), Some("true".to_owned())),
+    ] {
+        let targets = write_targets(file);
+        let mut args = vec![
+            "purge",
+            "prefix",
+            "https://www.example.com/static/",
+            "--targets",
+            &targets,
+        ];
+        args.extend(flag);
+        let run = common::edgecache_with_env(args, &credentials_env()).await;
+        assert!(run.success, "{file}{flag:?}: {}", run.stderr);
+        assert_eq!(forced(&stand_in).last().cloned().flatten(), expected, "{file}{flag:?}");
+    }
+    assert_eq!(forced(&stand_in).len(), 3);
 }

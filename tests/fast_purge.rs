@@ -83,7 +83,7 @@ async fn twenty_thousand_urls_are_all_purged_within_the_limits() {
     );
     assert_eq!(
         *state.paths.lock().expect("paths"),
-        HashSet::from(["/ccu/v3/delete/url/production".to_owned()])
+        HashSet::from(["/ccu/v3/invalidate/url/production".to_owned()])
     );
     let requests = state.seen.load(Ordering::SeqCst);
     assert!(
@@ -286,4 +286,96 @@ async fn twenty_thousand_urls_through_the_cli() {
         elapsed,
         state.seen.load(Ordering::SeqCst)
     );
+}
+
+/// Akamai refuses a whole request (up to 5,000 tags) for one tag with a
+/// character outside its set, with a `400` no retry changes: such a tag is
+/// refused before anything is sent, naming the line and the character.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_akamai_refuses_is_refused_before_sending_with_its_line_and_character() {
+    let (state, client) = start().await;
+    let purger = Purger::builder().target(client).build();
+    let result = purger.purge(Objects::tags(["product-41", "product:42"])).await;
+    let Err(edgecache::purge::PurgeRunError::Invalid(invalid)) = result else {
+        panic!("refused before sending: {result:?}");
+    };
+    assert_eq!(invalid.len(), 1);
+    assert_eq!(invalid[0].index, 1);
+    assert_eq!(
+        invalid[0].reason,
+        "akamai: `:` (character 8) is not allowed in an Akamai cache tag: only letters, digits and !#$%'+./^_`|~-"
+    );
+    let long = "t".repeat(129);
+    assert!(
+        purger.purge(Objects::tags([long])).await.is_err(),
+        "over 128 characters"
+    );
+    assert_eq!(state.seen.load(Ordering::SeqCst), 0, "nothing was sent");
+    // What Akamai takes goes through, every allowed character included.
+    let report = purger
+        .purge(Objects::tags(["product-42", "a!#$%'+./^_`|~-Z9"]))
+        .await
+        .expect("valid");
+    assert!(report.is_success(), "{:?}", report.unsuccessful().next());
+
+    let directory = tempfile::tempdir().expect("tempdir");
+    let tags = directory.path().join("tags.txt");
+    std::fs::write(&tags, "product-1\nsale@home\n").expect("write");
+    let sent_before = state.seen.load(Ordering::SeqCst);
+    let run = purge_cli(
+        &state,
+        directory.path(),
+        &["--type", "tag", "-r", tags.to_str().expect("utf-8")],
+    )
+    .await;
+    assert!(!run.success);
+    assert!(
+        run.stderr
+            .contains("tags.txt:2: `@` (character 5) is not allowed in an Akamai cache tag"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(state.seen.load(Ordering::SeqCst), sent_before, "nothing was sent");
+}
+
+/// A refused (`429`) request is retried when Akamai's headers say the
+/// tokens are back: `X-RateLimit-Seconds-To-Refresh-Limit` in fractional
+/// seconds, or the missing objects at the `-Objects` refill rate. The
+/// stand-in refuses every retry that comes earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_is_retried_after_the_wait_akamai_names() {
+    let cases = [
+        (
+            vec![
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-seconds-to-refresh-limit", "1.5".to_owned()),
+            ],
+            std::time::Duration::from_millis(1_500),
+        ),
+        (
+            vec![
+                ("x-ratelimit-remaining-objects", "0".to_owned()),
+                ("x-ratelimit-limit-per-second-objects", "2.00".to_owned()),
+                ("x-ratelimit-limit-objects", "5000".to_owned()),
+            ],
+            std::time::Duration::from_millis(500),
+        ),
+    ];
+    for (headers, wait) in cases {
+        let (state, client) = start().await;
+        *state.hold.lock().expect("hold") = Some(stand_in::Hold {
+            headers: headers.clone(),
+            wait,
+            until: None,
+        });
+        let started = Instant::now();
+        let report = client.purge_tags(["product-42"]).await.expect("valid");
+        assert!(report.is_success(), "{headers:?}: {:?}", report.failed().next());
+        assert_eq!(
+            state.held.load(Ordering::SeqCst),
+            1,
+            "{headers:?}: one refusal, then a retry after the named wait"
+        );
+        assert!(started.elapsed() >= wait);
+    }
 }

@@ -240,7 +240,7 @@ async fn a_tag_reaches_every_layer_that_saw_it_and_the_others_say_why_not() {
             .lock()
             .expect("times")
             .iter()
-            .any(|(_, path)| path == "/ccu/v3/delete/tag/production")
+            .any(|(_, path)| path == "/ccu/v3/invalidate/tag/production")
     );
     let alibaba = &report.target("alibaba").expect("alibaba").objects[0];
     assert_eq!(alibaba.outcome.status, Status::Skipped);

@@ -36,6 +36,9 @@ impl Target for CacheMiddleware {
             ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag | ObjectKind::Everything => Ok(()),
             ObjectKind::CpCode => Err("CP codes are Akamai's; the cache files entries by URL and tag".into()),
             ObjectKind::Regex => Err("the cache deletes by URL, prefix or tag, not by pattern".into()),
+            ObjectKind::Host => {
+                Err("the cache deletes by URL, prefix or tag: purge the host's URLs as a prefix".into())
+            }
         }
     }
 

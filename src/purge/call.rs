@@ -32,17 +32,21 @@ pub(crate) fn watch_stop(
 pub(crate) struct Retry {
     pub(crate) backoff: Backoff,
     pub(crate) max_attempts: u32,
-    /// A header saying in how many seconds a limit refills, read when
-    /// `Retry-After` is absent (Akamai's `X-RateLimit-Seconds-To-Refresh-Limit`).
-    pub(crate) refill_header: Option<&'static str>,
+    /// How long a vendor's answer says to wait, read when `Retry-After` is
+    /// absent, from its headers and the tokens the call takes (Akamai's
+    /// rate-limit headers).
+    pub(crate) wait_hint: Option<WaitHint>,
 }
+
+/// Reads a wait from an answer's headers, given the tokens the call takes.
+pub(crate) type WaitHint = fn(&http::HeaderMap, u32) -> Option<Duration>;
 
 impl Default for Retry {
     fn default() -> Self {
         Self {
             backoff: Backoff::default(),
             max_attempts: 8,
-            refill_header: None,
+            wait_hint: None,
         }
     }
 }
@@ -126,9 +130,13 @@ pub(crate) async fn call<R: Request>(
                 .await
                 .map_err(|error| NoAnswer::Transport(error, attempts))?;
             let headers = response.headers();
-            let retry_after = crate::net::retry_after(headers, Duration::from_secs(3600)).or_else(|| {
-                let seconds = headers.get(retry.refill_header?)?.to_str().ok()?.trim().parse().ok()?;
-                Some(Duration::from_secs(seconds).min(Duration::from_secs(3600)))
+            let most = Duration::from_secs(3600);
+            let tokens = buckets.iter().map(|(_, tokens)| *tokens).max().unwrap_or(1);
+            let retry_after = crate::net::retry_after(headers, most).or_else(|| {
+                retry
+                    .wait_hint
+                    .and_then(|hint| hint(headers, tokens))
+                    .map(|wait| wait.min(most))
             });
             let status = response.status().as_u16();
             let body = response.bytes().await.unwrap_or_default();

@@ -2,10 +2,12 @@
 //! soft (mark stale) when asked.
 //!
 //! The API: <https://www.fastly.com/documentation/reference/api/purging/>
-//! (`POST /purge/{host}/{path}` for a URL, `POST /service/{service_id}/purge`
-//! with up to 256 `surrogate_keys`, `POST /service/{service_id}/purge_all`;
-//! `Fastly-Key` authenticates, `Fastly-Soft-Purge: 1` marks stale instead of
-//! removing, and `purge_all` cannot be soft).
+//! (`POST /purge/{host}/{path}` for a URL, with the URL's query as the
+//! call's own query string; `POST /service/{service_id}/purge` with up to 256
+//! `surrogate_keys` of at most 1,024 bytes each;
+//! `POST /service/{service_id}/purge_all`; `Fastly-Key` authenticates,
+//! `Fastly-Soft-Purge: 1` marks stale instead of removing, and `purge_all`
+//! cannot be soft).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +23,9 @@ pub const DEFAULT_API_BASE: &str = "https://api.fastly.com";
 
 /// Keys in one batch purge.
 const KEYS_PER_REQUEST: usize = 256;
+
+/// The longest surrogate key Fastly takes, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Purges a Fastly service. The token is never logged nor shown.
 ///
@@ -136,9 +141,11 @@ impl FastlyPurge {
     }
 
     async fn purge_url(&self, url: &str, run: &Progress) -> Outcome {
-        // `POST /purge/{host}/{path}`: the URL without its scheme; a query
-        // stays part of that path (escaped), not the API call's own query.
-        let target = url.split_once("://").map_or(url, |(_, rest)| rest).replace('?', "%3F");
+        // `POST /purge/{host}/{path}`: the URL without its scheme. Its query
+        // goes as the call's own query string, byte for byte, as Fastly's
+        // clients send it: escaped into the path (`%3F`), it names another
+        // object, and Fastly answers 200 for a purge of nothing.
+        let target = url.split_once("://").map_or(url, |(_, rest)| rest);
         let endpoint = format!("{}/purge/{target}", self.api_base);
         match self.send(|| self.post(&endpoint), run).await {
             Ok(answer) => {
@@ -203,8 +210,21 @@ impl Target for FastlyPurge {
                 Err("Fastly has no prefix purge: purge the URLs, or a surrogate key they carry".into())
             }
             ObjectKind::CpCode => Err("CP codes are Akamai's".into()),
+            ObjectKind::Host => {
+                Err("Fastly has no purge by host: purge a surrogate key the host's responses carry".into())
+            }
             ObjectKind::Regex => Err("Fastly purges by URL, surrogate key or everything, not by pattern".into()),
         }
+    }
+
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+        if kind == ObjectKind::Tag && object.len() > MAX_KEY_BYTES {
+            return Err(format!(
+                "a Fastly surrogate key is at most {MAX_KEY_BYTES} bytes; this one has {}",
+                object.len()
+            ));
+        }
+        Ok(())
     }
 
     async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {

@@ -35,7 +35,7 @@
 //! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3 (URL, tag, CP code);
 //! - [`alibaba::AlibabaCdnClient`]: Alibaba Cloud CDN refresh (URL, prefix as a
 //!   directory, regex); prefetch stays its own warm-up;
-//! - [`cloudflare::CloudflarePurge`]: Cloudflare (URL, tag, prefix, everything);
+//! - [`cloudflare::CloudflarePurge`]: Cloudflare (URL, tag, prefix, host, everything);
 //! - [`fastly::FastlyPurge`]: Fastly (URL, surrogate key, everything; soft
 //!   purges on request).
 //!
@@ -61,7 +61,7 @@ mod versions;
 pub use self::journal::JournalError;
 pub(crate) use self::objects::check_each;
 pub use self::objects::{
-    EVERYTHING, InvalidObject, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects,
+    EVERYTHING, InvalidObject, MAX_TAG_BYTES, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects,
 };
 pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};

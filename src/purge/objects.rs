@@ -14,6 +14,9 @@ pub enum ObjectKind {
     Prefix,
     /// Cache tags (`Edge-Cache-Tag`, `Cache-Tag`, `Surrogate-Key`).
     Tag,
+    /// Every URL of a host name (`www.example.com`): Cloudflare's purge by
+    /// hostname.
+    Host,
     /// Akamai CP codes (numbers).
     CpCode,
     /// Alibaba Cloud refresh patterns (`https://www.example.com/*.jpg`).
@@ -30,6 +33,7 @@ impl ObjectKind {
             ObjectKind::Url => "url",
             ObjectKind::Prefix => "prefix",
             ObjectKind::Tag => "tag",
+            ObjectKind::Host => "host",
             ObjectKind::CpCode => "cpcode",
             ObjectKind::Regex => "regex",
             ObjectKind::Everything => "everything",
@@ -77,6 +81,11 @@ impl Objects {
         Self::new(ObjectKind::Prefix, prefixes)
     }
 
+    /// Host names.
+    pub fn hosts<S: Into<String>>(hosts: impl IntoIterator<Item = S>) -> Self {
+        Self::new(ObjectKind::Host, hosts)
+    }
+
     /// Cache tags.
     pub fn tags<S: Into<String>>(tags: impl IntoIterator<Item = S>) -> Self {
         Self::new(ObjectKind::Tag, tags)
@@ -122,6 +131,8 @@ pub const EVERYTHING: &str = "everything";
 /// assert_eq!(check_object(ObjectKind::Url, "https://Example.com/a b")?, "https://example.com/a%20b");
 /// assert_eq!(check_object(ObjectKind::Tag, "two words").unwrap_err(), "tags have no spaces or control characters");
 /// assert!(check_object(ObjectKind::CpCode, "12ab").is_err());
+/// assert_eq!(check_object(ObjectKind::Host, "WWW.Example.com")?, "www.example.com");
+/// assert!(check_object(ObjectKind::Host, "https://www.example.com/").is_err());
 /// # Ok::<(), String>(())
 /// ```
 pub fn check_object(kind: ObjectKind, object: &str) -> Result<String, String> {
@@ -134,13 +145,35 @@ pub fn check_object(kind: ObjectKind, object: &str) -> Result<String, String> {
             .map(|code| code.to_string())
             .map_err(|_| "not a CP code (a number)".to_owned()),
         ObjectKind::Tag if object.is_empty() => Err("empty tag".into()),
-        ObjectKind::Tag if object.len() > 128 => Err("longer than 128 characters".into()),
+        ObjectKind::Tag if object.len() > MAX_TAG_BYTES => {
+            Err(format!("longer than {MAX_TAG_BYTES} bytes, more than any CDN takes"))
+        }
         ObjectKind::Tag if object.chars().any(|c| c.is_whitespace() || c.is_control()) => {
             Err("tags have no spaces or control characters".into())
         }
         ObjectKind::Tag => Ok(object.to_owned()),
+        ObjectKind::Host => check_host(object),
         ObjectKind::Everything if object == EVERYTHING => Ok(object.to_owned()),
         ObjectKind::Everything => Err(format!("purging everything takes no objects (only {EVERYTHING:?})")),
+    }
+}
+
+/// The longest tag any target takes: Cloudflare bounds only the whole
+/// `Cache-Tag` header, at 16 KB. Each target narrows it in its own
+/// [`check`](super::Target::check) (Akamai 128 characters, Fastly 1,024 bytes).
+pub const MAX_TAG_BYTES: usize = 16 * 1024;
+
+/// A host name as CDNs take it: no scheme, port or path; lower-cased, and an
+/// internationalized name in its ASCII (punycode) form.
+fn check_host(object: &str) -> Result<String, String> {
+    if object.contains("://") || object.contains(['/', '?', '#', ':', '@']) {
+        return Err("a host name alone, without scheme, port or path (www.example.com)".into());
+    }
+    match url::Host::parse(object) {
+        Ok(url::Host::Domain(domain)) if domain.contains('.') => Ok(domain),
+        Ok(url::Host::Domain(_)) => Err("not a full host name (www.example.com)".into()),
+        Ok(_) => Err("an IP address, not a host name".into()),
+        Err(error) => Err(format!("not a host name: {error}")),
     }
 }
 

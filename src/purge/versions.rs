@@ -31,6 +31,9 @@ impl Target for Client {
             ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag => Ok(()),
             ObjectKind::CpCode => Err("CP codes are Akamai's; the versioned server knows URLs and tags".into()),
             ObjectKind::Regex => Err("the versioned server selects by URL, prefix or tag, not by pattern".into()),
+            ObjectKind::Host => {
+                Err("the versioned server selects by URL, prefix or tag: purge the host's URLs as a prefix".into())
+            }
             ObjectKind::Everything => {
                 Err("the versioned server refetches by URL, prefix or tag; it keeps what it has otherwise".into())
             }

@@ -1,6 +1,12 @@
 //! A Fast Purge stand-in that verifies every EdgeGrid signature, enforces
-//! the body limit and the token buckets, answers every 7th request with a
-//! 503 and drops every 4th connection. Shared through `#[path]`.
+//! the body limit, the token buckets and the cache-tag rule, answers every
+//! 7th request with a 503 and drops every 4th connection. Shared through
+//! `#[path]`.
+//!
+//! The rules are Akamai's, from the Fast Purge API reference
+//! (<https://techdocs.akamai.com/purge-cache/reference/>: "Rate limiting",
+//! "Rate limit response examples", the 413 page) and its cache-tag docs,
+//! quoted where each is enforced.
 #![allow(dead_code)] // each test file uses a different part
 
 use std::collections::HashSet;
@@ -21,6 +27,10 @@ pub struct StandIn {
     pub requests: Arc<TokenBucket>,
     pub urls: Arc<TokenBucket>,
     pub cpcodes: Arc<TokenBucket>,
+    pub tags: Arc<TokenBucket>,
+    /// A refusal to hold the client to, and the early retries it refused.
+    pub hold: Arc<Mutex<Option<Hold>>>,
+    pub held: Arc<AtomicUsize>,
     pub seen: Arc<AtomicUsize>,
     pub accepted: Arc<Mutex<Vec<serde_json::Value>>>,
     /// When each request was accepted, and its path.
@@ -31,6 +41,26 @@ pub struct StandIn {
     pub unsigned: Arc<AtomicUsize>,
     pub largest_body: Arc<AtomicUsize>,
     pub dropped: Arc<AtomicUsize>,
+}
+
+/// The next request is refused (`429`) with these headers, which name a
+/// wait; a retry before that wait has passed is refused again.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub headers: Vec<(&'static str, String)>,
+    pub wait: std::time::Duration,
+    pub until: Option<std::time::Instant>,
+}
+
+/// Akamai's cache-tag rule: "A single cache tag can't exceed 128 characters
+/// and can only include alphanumeric characters, plus this class of
+/// characters: [!#$%'+./^_`|~-]" (Property Manager's cacheTag behavior;
+/// the purge docs list `:`, `@`, `*`, `<>`, `{}`, `\` as refused).
+fn akamai_takes_tag(tag: &str) -> bool {
+    tag.chars().count() <= 128
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%'+./^_`|~-".contains(c))
 }
 
 pub fn problem(status: u16, title: &str, detail: &str) -> Response {
@@ -57,11 +87,39 @@ pub async fn fast_purge(State(state): State<StandIn>, request: Request) -> Respo
         state.too_large.fetch_add(1, Ordering::SeqCst);
         return problem(413, "Request Entity Too Large", "body over 50,000 bytes");
     }
+    {
+        let mut hold = state.hold.lock().expect("hold");
+        if let Some(held) = hold.as_mut() {
+            let now = std::time::Instant::now();
+            let until = *held.until.get_or_insert(now + held.wait);
+            if now < until {
+                state.held.fetch_add(1, Ordering::SeqCst);
+                let mut response = problem(429, "Rate Limit exceeded", "no tokens");
+                for (name, value) in &held.headers {
+                    response.headers_mut().insert(*name, value.parse().expect("header"));
+                }
+                return response;
+            }
+            *hold = None;
+        }
+    }
     if count.is_multiple_of(7) {
         return problem(503, "Service Unavailable", "try again");
     }
     let request: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
     let objects = request["objects"].as_array().cloned().unwrap_or_default();
+    // One bad object fails the whole request, with a 400.
+    if parts.uri.path().contains("/tag/")
+        && let Some(bad) = objects
+            .iter()
+            .find(|tag| tag.as_str().is_none_or(|tag| !akamai_takes_tag(tag)))
+    {
+        return problem(
+            400,
+            "Bad Request",
+            &format!("Invalid cache tag contained in the request body: {bad}"),
+        );
+    }
     if objects
         .iter()
         .any(|object| object.as_str().is_some_and(|text| text.contains("bad")))
@@ -75,6 +133,8 @@ pub async fn fast_purge(State(state): State<StandIn>, request: Request) -> Respo
     // Rate limits: a refused request consumes no tokens.
     let objects_bucket = if parts.uri.path().contains("/cpcode/") {
         &state.cpcodes
+    } else if parts.uri.path().contains("/tag/") {
+        &state.tags
     } else {
         &state.urls
     };
@@ -153,6 +213,9 @@ pub async fn serve(limits: RateLimits) -> (StandIn, Credentials) {
         requests: Arc::new(TokenBucket::new(limits.requests.0, limits.requests.1)),
         urls: Arc::new(TokenBucket::new(limits.urls.0, limits.urls.1)),
         cpcodes: Arc::new(TokenBucket::new(limits.cpcodes.0, limits.cpcodes.1)),
+        tags: Arc::new(TokenBucket::new(limits.tags.0, limits.tags.1)),
+        hold: Arc::default(),
+        held: Arc::default(),
         seen: Arc::default(),
         accepted: Arc::default(),
         accepted_at: Arc::default(),

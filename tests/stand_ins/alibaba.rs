@@ -1,9 +1,12 @@
 //! An Alibaba Cloud CDN stand-in that verifies the ACS3-HMAC-SHA256
 //! signature of every request (with its own canonicalization, not the
 //! crate's), rejects replayed nonces, enforces the per-call limits and the
-//! call rate, keeps a quota, runs tasks that move from Refreshing to
+//! call rates, keeps a quota, runs tasks that move from Refreshing to
 //! Complete (or Failed) after a delay, and answers some calls with
 //! `Throttling`. Shared by the tests that need it through `#[path]`.
+//!
+//! The rules are Alibaba Cloud's, from the CDN API reference (API version
+//! 2018-05-10), each quoted where it is enforced.
 #![allow(dead_code)] // each test file uses a different part
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -64,6 +67,10 @@ pub struct Seen {
     pub throttled: usize,
     pub recent_submits: VecDeque<Instant>,
     pub busiest_second: usize,
+    /// Recent calls of the task queries, by action, for their rates.
+    pub recent_queries: HashMap<String, VecDeque<Instant>>,
+    /// Task queries the API would have refused, and why.
+    pub refused_queries: Vec<String>,
     /// Each path sent in an accepted refresh or prefetch, and how often.
     pub submitted: HashMap<String, usize>,
     pub accepted_calls: usize,
@@ -74,6 +81,8 @@ pub struct Seen {
     pub url_remain: u64,
     pub preload_remain: u64,
     pub prefetch_parameters: Vec<HashMap<String, String>>,
+    /// The parameters of each accepted refresh.
+    pub refresh_parameters: Vec<HashMap<String, String>>,
 }
 
 #[derive(Clone)]
@@ -247,6 +256,27 @@ pub async fn api(State(stand_in): State<StandIn>, request: Request) -> Response 
         }
         seen.calls += 1;
         seen.actions.push(action.clone());
+        // DescribeRefreshTasks: "A single user can make up to 5 calls per
+        // second." DescribeRefreshTaskById: "Each user can make up to 30
+        // calls per second." (Alibaba Cloud CDN API reference.)
+        let query_rate = match action.as_str() {
+            "DescribeRefreshTasks" => Some(5),
+            "DescribeRefreshTaskById" => Some(30),
+            _ => None,
+        };
+        if let Some(most) = query_rate {
+            let now = Instant::now();
+            let recent = seen.recent_queries.entry(action.clone()).or_default();
+            while recent.front().is_some_and(|at| now - *at > Duration::from_secs(1)) {
+                recent.pop_front();
+            }
+            recent.push_back(now);
+            if recent.len() > most {
+                seen.refused_queries
+                    .push(format!("{action}: more than {most} calls in a second"));
+                return refuse(503, "Throttling", "Request was denied due to request throttling.");
+            }
+        }
         if config.throttle_every > 0 && seen.calls.is_multiple_of(config.throttle_every) {
             seen.throttled += 1;
             return refuse(503, "Throttling", "Request was denied due to request throttling.");
@@ -283,6 +313,7 @@ pub async fn api(State(stand_in): State<StandIn>, request: Request) -> Response 
         }
         "RefreshObjectCaches" | "PushObjectCache" => submit(&stand_in, &action, &parameters).await,
         "DescribeRefreshTasks" => describe(&stand_in, &parameters),
+        "DescribeRefreshTaskById" => describe_by_id(&stand_in, &parameters),
         other => refuse(400, "InvalidAction.NotFound", &format!("no action {other}")),
     }
 }
@@ -339,7 +370,9 @@ pub async fn submit(stand_in: &StandIn, action: &str, parameters: &HashMap<Strin
         return refuse(400, "QuotaExceeded.Refresh", "Your refresh quota is used up.");
     }
     *remain -= paths.len() as u64;
-    if !refresh {
+    if refresh {
+        seen.refresh_parameters.push(parameters.clone());
+    } else {
         seen.prefetch_parameters.push(parameters.clone());
     }
     seen.accepted_calls += 1;
@@ -381,8 +414,24 @@ pub fn describe(stand_in: &StandIn, parameters: &HashMap<String, String>) -> Res
         stand_in.seen().limit_violations.push(format!("PageSize {size}"));
         return refuse(400, "InvalidPageSize.ValueNotSupported", "PageSize is 1 to 100");
     }
+    // "ObjectType: ... If you set the DomainName or Status parameter, you
+    // must also set the ObjectType parameter." Error 400
+    // MissingParameter.ObjectType (DescribeRefreshTasks, Alibaba Cloud CDN
+    // API reference).
+    if (parameters.contains_key("DomainName") || parameters.contains_key("Status"))
+        && !parameters.contains_key("ObjectType")
+    {
+        stand_in
+            .seen()
+            .refused_queries
+            .push("DescribeRefreshTasks: Status or DomainName without ObjectType".into());
+        return refuse(
+            400,
+            "MissingParameter.ObjectType",
+            "The ObjectType parameter is required if DomainName or TaskStatus is specified.",
+        );
+    }
     let seen = stand_in.seen();
-    let delay = stand_in.config.task_delay;
     let mut tasks: Vec<serde_json::Value> = Vec::new();
     let mut ids: Vec<&String> = seen.tasks.keys().collect();
     ids.sort();
@@ -391,22 +440,18 @@ pub fn describe(stand_in: &StandIn, parameters: &HashMap<String, String>) -> Res
             continue;
         }
         for entry in &seen.tasks[id] {
-            let status = match (entry.created.elapsed() >= delay, entry.fails) {
-                (false, _) => "Refreshing",
-                (true, false) => "Complete",
-                (true, true) => "Failed",
-            };
-            if parameters.get("Status").is_some_and(|wanted| wanted != status)
+            let task = entry_json(id, entry, stand_in.config.task_delay);
+            if parameters
+                .get("Status")
+                .is_some_and(|wanted| task["Status"] != **wanted)
                 || parameters.get("ObjectPath").is_some_and(|wanted| *wanted != entry.path)
+                || parameters
+                    .get("ObjectType")
+                    .is_some_and(|wanted| wanted != entry.object_type)
             {
                 continue;
             }
-            tasks.push(serde_json::json!({
-                "TaskId": id, "ObjectPath": entry.path, "ObjectType": entry.object_type, "Status": status,
-                "Process": if status == "Refreshing" { "50%" } else { "100%" },
-                "CreationTime": "2026-11-22T10:00:00Z",
-                "Description": if status == "Failed" { "origin answered 502" } else { "" },
-            }));
+            tasks.push(task);
         }
     }
     let total = tasks.len();
@@ -416,6 +461,56 @@ pub fn describe(stand_in: &StandIn, parameters: &HashMap<String, String>) -> Res
         serde_json::json!({
             "RequestId": uuid::Uuid::new_v4().to_string(), "PageNumber": page, "PageSize": size,
             "TotalCount": total, "Tasks": { "CDNTask": page_tasks }
+        }),
+    )
+}
+
+/// One task entry as the API shows it, its state from its age.
+fn entry_json(id: &str, entry: &Entry, delay: Duration) -> serde_json::Value {
+    let status = match (entry.created.elapsed() >= delay, entry.fails) {
+        (false, _) => "Refreshing",
+        (true, false) => "Complete",
+        (true, true) => "Failed",
+    };
+    serde_json::json!({
+        "TaskId": id, "ObjectPath": entry.path, "ObjectType": entry.object_type, "Status": status,
+        "Process": if status == "Refreshing" { "50%" } else { "100%" },
+        "CreationTime": "2026-11-22T10:00:00Z",
+        "Description": if status == "Failed" { "origin answered 502" } else { "" },
+    })
+}
+
+/// `DescribeRefreshTaskById`: "TaskId (required): ... You can specify up to
+/// 10 task IDs. Separate multiple task IDs with commas (,)." The answer's
+/// `Tasks` is a plain array (the API reference's example and its SDKs).
+pub fn describe_by_id(stand_in: &StandIn, parameters: &HashMap<String, String>) -> Response {
+    let ids: Vec<&str> = parameters
+        .get("TaskId")
+        .map(|ids| ids.split(',').collect())
+        .unwrap_or_default();
+    if ids.is_empty() || ids.len() > 10 || ids.iter().any(|id| id.is_empty()) {
+        let why = format!("DescribeRefreshTaskById: {} task ids", ids.len());
+        stand_in.seen().refused_queries.push(why.clone());
+        return refuse(
+            400,
+            "InvalidTaskId.Malformed",
+            &format!("The specified TaskId is invalid: {why}"),
+        );
+    }
+    let seen = stand_in.seen();
+    let tasks: Vec<serde_json::Value> = ids
+        .iter()
+        .filter_map(|id| seen.tasks.get(*id).map(|entries| (id, entries)))
+        .flat_map(|(id, entries)| {
+            entries
+                .iter()
+                .map(|entry| entry_json(id, entry, stand_in.config.task_delay))
+        })
+        .collect();
+    answer(
+        200,
+        serde_json::json!({
+            "RequestId": uuid::Uuid::new_v4().to_string(), "TotalCount": tasks.len(), "Tasks": tasks
         }),
     )
 }

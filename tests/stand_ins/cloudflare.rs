@@ -1,9 +1,12 @@
 //! A Cloudflare purge API stand-in: checks the bearer token, the zone, the
-//! body's shape (exactly one of files, tags, hosts, prefixes or
-//! purge_everything; at most 100 of them; prefixes without a scheme), keeps
-//! the Pro plan's bucket (25, then 5 a second), answers `429` with
-//! `Retry-After` past it (or to the first requests, when asked), and records
-//! what it was asked. Shared through `#[path]`.
+//! body's shape, keeps a plan's two rate limits, answers `429` with
+//! `Retry-After` past them (or to the first requests, when asked), and
+//! records what it was asked. Shared through `#[path]`.
+//!
+//! The rules are Cloudflare's own, quoted where each is enforced, from
+//! <https://developers.cloudflare.com/cache/how-to/purge-cache/> ("Availability
+//! and limits"), its purge-by-prefix page, and the API reference of
+//! `POST /zones/{zone_id}/purge_cache`.
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
@@ -19,10 +22,43 @@ use edgecache::purge::TokenBucket;
 pub const TOKEN: &str = "cf-stand-in-token-0123456789";
 pub const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";
 
+/// A plan's limits, as Cloudflare's "Availability and limits" table gives
+/// them: "Single-file purge ... URLs per second": Free 800, Pro 1,500,
+/// Business 1,500, Enterprise 3,000; "Hostname, tag, prefix, and purge
+/// everything ... requests": Free 5 per minute (bucket 25), Pro 5 per second
+/// (25), Business 10 per second (50), Enterprise 50 per second (500).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub urls_per_second: u32,
+    pub request_bucket: u32,
+    pub requests_per_second: f64,
+    /// "up to 100 URLs per API call (500 on Enterprise)".
+    pub urls_per_request: usize,
+}
+
+impl Limits {
+    pub const FREE: Limits = Limits {
+        urls_per_second: 800,
+        request_bucket: 25,
+        requests_per_second: 5.0 / 60.0,
+        urls_per_request: 100,
+    };
+    pub const PRO: Limits = Limits {
+        urls_per_second: 1_500,
+        request_bucket: 25,
+        requests_per_second: 5.0,
+        urls_per_request: 100,
+    };
+}
+
 #[derive(Clone)]
 pub struct StandIn {
     pub address: SocketAddr,
+    limits: Limits,
+    /// Hostname, tag, prefix and purge-everything requests.
     bucket: Arc<TokenBucket>,
+    /// Single-file purge: URLs, refilled each second (a moving average).
+    urls: Arc<TokenBucket>,
     /// Each accepted request's body, and when.
     pub accepted: Arc<Mutex<Vec<(SystemTime, serde_json::Value)>>>,
     pub throttled: Arc<AtomicUsize>,
@@ -92,23 +128,51 @@ async fn purge(
     if fields.len() != 1 || !known.contains(&fields[0]) {
         return violation(format!("exactly one of {known:?}, not {fields:?}"));
     }
-    if let Some(list) = body[fields[0]].as_array() {
-        if list.is_empty() || list.len() > 100 {
-            return violation(format!("{} {} in one request", list.len(), fields[0]));
+    let field = fields[0];
+    let list = body[field].as_array().cloned().unwrap_or_default();
+    if field != "purge_everything" {
+        // "up to 100 operations a request"; URLs: "500 on Enterprise";
+        // purge by prefix: "Purge requests are limited to 30 prefixes per request."
+        let most = match field {
+            "files" => state.limits.urls_per_request,
+            "prefixes" => 30,
+            _ => 100,
+        };
+        if list.is_empty() || list.len() > most {
+            return violation(format!("{} {field} in one request", list.len()));
         }
-        if fields[0] == "prefixes"
-            && list
-                .iter()
-                .any(|prefix| prefix.as_str().is_none_or(|p| p.contains("://")))
+        let texts: Vec<&str> = list.iter().filter_map(|item| item.as_str()).collect();
+        if texts.len() != list.len() {
+            return violation(format!("{field} are strings"));
+        }
+        // Prefixes are written without their scheme ("www.example.com/foo/"),
+        // and "URI query strings & fragments cannot purge by prefix";
+        // "Path separators are limited to 31 for a prefix".
+        if field == "prefixes"
+            && let Some(bad) = texts.iter().find(|prefix| {
+                prefix.contains("://") || prefix.contains(['?', '#']) || prefix.matches('/').count() > 31
+            })
         {
-            return violation("prefixes are written without a scheme".into());
+            return violation(format!("prefix {bad:?}: no scheme, query or fragment, at most 31 `/`"));
+        }
+        // Hosts are host names: "hosts": ["www.example.com", "images.example.com"].
+        if field == "hosts"
+            && let Some(bad) = texts.iter().find(|host| host.contains(['/', ':', '?']))
+        {
+            return violation(format!("host {bad:?} is not a host name"));
         }
     }
+    // A single-file purge spends URLs, every other purge one request.
+    let spent = if field == "files" {
+        state.urls.try_take(list.len() as u32)
+    } else {
+        state.bucket.try_take(1)
+    };
     if state
         .throttle_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
         .is_ok()
-        || state.bucket.try_take(1).is_err()
+        || spent.is_err()
     {
         state.throttled.fetch_add(1, Ordering::SeqCst);
         return error(429, 10429, "rate limited");
@@ -136,12 +200,22 @@ async fn zone(Path(zone): Path<String>, headers: HeaderMap) -> Response {
 }
 
 impl StandIn {
-    /// A stand-in on a free port, with the Pro plan's bucket.
+    /// A stand-in on a free port, with the Pro plan's limits.
     pub async fn start() -> StandIn {
+        Self::start_with(Limits::PRO).await
+    }
+
+    /// A stand-in on a free port, with these limits.
+    pub async fn start_with(limits: Limits) -> StandIn {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let state = StandIn {
             address: listener.local_addr().expect("address"),
-            bucket: Arc::new(TokenBucket::new(25, 5.0)),
+            limits,
+            bucket: Arc::new(TokenBucket::new(limits.request_bucket, limits.requests_per_second)),
+            urls: Arc::new(TokenBucket::new(
+                limits.urls_per_second,
+                f64::from(limits.urls_per_second),
+            )),
             accepted: Arc::default(),
             throttled: Arc::default(),
             refused: Arc::default(),

@@ -3,6 +3,11 @@
 //! `surrogate_keys`) and `purge_all` (never soft), answers `429` with
 //! `Retry-After` to the first requests when asked, and records each purge
 //! and whether it was soft. Shared through `#[path]`.
+//!
+//! The rules are Fastly's, from its API reference
+//! (<https://www.fastly.com/documentation/reference/api/purging/>) and its
+//! own clients (go-fastly's `purge.go`, fastly-rust's `purge_api.rs`), quoted
+//! where each is enforced.
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
@@ -73,10 +78,21 @@ fn soft(headers: &HeaderMap) -> bool {
     headers.get("fastly-soft-purge").is_some_and(|value| value == "1")
 }
 
-async fn purge_url(State(state): State<StandIn>, Path(target): Path<String>, headers: HeaderMap) -> Response {
+/// `POST /purge/{cached_url}`: the cached object is named by the call's
+/// path and its own query string, as they arrive. go-fastly sends a URL's
+/// query as the call's query (its PR #353: before it, "purges of URLs with a
+/// query string purged nothing"); a `%3F` in the path names another object,
+/// which Fastly purges, answering 200 all the same. So the object recorded
+/// is the raw path with the raw query, never decoded.
+async fn purge_url(State(state): State<StandIn>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
     if let Some(refused) = gate(&state, &headers) {
         return refused;
     }
+    let path = uri.path().strip_prefix("/purge/").unwrap_or_default();
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
     state.purges.lock().expect("purges").push(Purge {
         what: "url",
         objects: vec![target],
@@ -108,6 +124,20 @@ async fn purge_keys(
         .as_array()
         .map(|keys| keys.iter().filter_map(|key| key.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
+    // "Up to 256 surrogate keys can be purged in one batch request"; a key
+    // is at most 1,024 bytes ("Surrogate keys ... each key is limited to
+    // 1024 bytes", Fastly's surrogate-key docs).
+    if let Some(long) = keys.iter().find(|key| key.len() > 1024) {
+        state
+            .violations
+            .lock()
+            .expect("violations")
+            .push(format!("a key of {} bytes", long.len()));
+        return answer(
+            400,
+            serde_json::json!({"msg": "Bad request", "detail": "surrogate keys are at most 1024 bytes"}),
+        );
+    }
     if keys.is_empty() || keys.len() > 256 {
         state
             .violations

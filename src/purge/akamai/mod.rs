@@ -20,12 +20,20 @@ const MAX_BODY: usize = 49_000;
 pub use super::ObjectKind;
 
 /// What to do with cached copies.
+///
+/// `Invalidate` is the default, as Akamai's docs advise: an invalidated
+/// copy is revalidated with `If-Modified-Since`/`If-None-Match`, so an
+/// unchanged object costs the origin a `304`, and if the origin is down the
+/// edge can still serve the stale copy. `Delete` removes the copy outright:
+/// every edge then fetches the whole object, and has nothing to serve while
+/// the origin is unreachable. Delete when content must never be served
+/// again (a legal takedown, leaked data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Action {
-    /// Mark stale: the edge revalidates with the origin.
-    Invalidate,
-    /// Remove: the edge fetches anew (the reference client's default).
+    /// Mark stale: the edge revalidates with the origin (the default).
     #[default]
+    Invalidate,
+    /// Remove: the edge fetches anew (the reference Python client's default).
     Delete,
 }
 
@@ -124,7 +132,7 @@ impl fmt::Debug for FastPurgeClient {
 }
 
 impl FastPurgeClient {
-    /// A client for these credentials: `https`, production, `delete`.
+    /// A client for these credentials: `https`, production, `invalidate`.
     pub fn new(credentials: Credentials) -> Result<Self, reqwest::Error> {
         let host = credentials.host().to_owned();
         let http = reqwest::Client::builder()
@@ -157,7 +165,7 @@ impl FastPurgeClient {
         self
     }
 
-    /// Invalidate or delete. Default: delete.
+    /// Invalidate or delete. Default: invalidate ([`Action`] says why).
     pub fn action(mut self, action: Action) -> Self {
         self.action = action;
         self
@@ -319,7 +327,7 @@ impl FastPurgeClient {
         let retry = Retry {
             backoff: self.backoff,
             max_attempts: self.max_attempts,
-            refill_header: Some("x-ratelimit-seconds-to-refresh-limit"),
+            wait_hint: Some(rate_limit_wait),
         };
         let buckets = [(&self.requests, 1), (self.bucket(kind), tokens)];
         let answer = match call::call(request, &buckets, retry, run).await {
@@ -385,6 +393,13 @@ impl Target for FastPurgeClient {
 
     fn takes(&self, kind: ObjectKind) -> Result<(), String> {
         takes(kind)
+    }
+
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+        match kind {
+            ObjectKind::Tag => check_tag(object),
+            _ => Ok(()),
+        }
     }
 
     async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
@@ -467,15 +482,91 @@ fn pack(kind: ObjectKind, objects: Vec<String>, max_objects: usize) -> Vec<Vec<S
 
 /// Checks objects as [`FastPurgeClient::purge`] would, without sending
 /// anything: what is wrong with each invalid one (empty when all are fine).
-/// The rules are [`check_object`](crate::purge::check_object)'s; Fast Purge
-/// takes URLs, tags and CP codes only.
+/// The rules are [`check_object`](crate::purge::check_object)'s, and
+/// Akamai's own for tags ([`check_tag`]); Fast Purge takes URLs, tags and
+/// CP codes only.
 pub fn check_objects(kind: ObjectKind, objects: &[String]) -> Vec<InvalidObject> {
     crate::purge::check_each(objects, "nothing to purge", |object| {
         takes(kind)?;
-        crate::purge::check_object(kind, object).map(drop)
+        let object = crate::purge::check_object(kind, object)?;
+        if kind == ObjectKind::Tag {
+            check_tag(&object)?;
+        }
+        Ok(())
     })
     .err()
     .unwrap_or_default()
+}
+
+/// The longest cache tag Akamai takes, in characters.
+pub const MAX_TAG_CHARS: usize = 128;
+
+/// Akamai's rule for a cache tag: at most 128 characters, each a letter, a
+/// digit or one of ``!#$%'+./^_`|~-``. Akamai refuses a whole request (of
+/// up to 5,000 tags) for one bad tag, with a `400` that retrying won't
+/// change, so the reason names the character and where it stands.
+///
+/// ```
+/// use edgecache::purge::akamai::check_tag;
+///
+/// assert!(check_tag("product-42").is_ok());
+/// assert_eq!(
+///     check_tag("product:42").unwrap_err(),
+///     "`:` (character 8) is not allowed in an Akamai cache tag: only letters, digits and !#$%'+./^_`|~-"
+/// );
+/// ```
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    const ALLOWED: &str = "!#$%'+./^_`|~-";
+    let length = tag.chars().count();
+    if length > MAX_TAG_CHARS {
+        return Err(format!(
+            "an Akamai cache tag is at most {MAX_TAG_CHARS} characters; this one has {length}"
+        ));
+    }
+    match tag
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_alphanumeric() && !ALLOWED.contains(*c))
+    {
+        Some((at, c)) => Err(format!(
+            "`{c}` (character {}) is not allowed in an Akamai cache tag: only letters, digits and {ALLOWED}",
+            at + 1
+        )),
+        None => Ok(()),
+    }
+}
+
+/// How long Akamai's answer to a refused (`429`) request says to wait,
+/// when it has no `Retry-After`: `X-RateLimit-Seconds-To-Refresh-Limit`
+/// (and its `-Objects` form, fractional seconds allowed), or what the
+/// bucket headers imply: the tokens missing from `X-RateLimit-Remaining`
+/// (one request) and `X-RateLimit-Remaining-Objects` (`tokens` objects),
+/// at `X-RateLimit-Limit-Per-Second` and its `-Objects` form. The longest
+/// wins; values that are not finite, non-negative numbers count as absent.
+pub(crate) fn rate_limit_wait(headers: &http::HeaderMap, tokens: u32) -> Option<std::time::Duration> {
+    let number = |name: &str| {
+        let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value)
+    };
+    let refill = |remaining: &str, per_second: &str, wanted: f64| {
+        let missing = wanted - number(remaining)?;
+        let rate = number(per_second).filter(|rate| *rate > 0.0)?;
+        (missing > 0.0).then(|| missing / rate)
+    };
+    [
+        number("x-ratelimit-seconds-to-refresh-limit"),
+        number("x-ratelimit-seconds-to-refresh-limit-objects"),
+        refill("x-ratelimit-remaining", "x-ratelimit-limit-per-second", 1.0),
+        refill(
+            "x-ratelimit-remaining-objects",
+            "x-ratelimit-limit-per-second-objects",
+            f64::from(tokens),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .reduce(f64::max)
+    .and_then(|seconds| std::time::Duration::try_from_secs_f64(seconds).ok())
 }
 
 /// Whether Fast Purge has a purge by `kind`; why not.
@@ -485,12 +576,94 @@ fn takes(kind: ObjectKind) -> Result<(), String> {
         ObjectKind::Prefix => Err("Fast Purge has no prefix purge: purge the URLs, or a tag they carry".into()),
         ObjectKind::Regex => Err("Fast Purge has no pattern purge: purge the URLs, or a tag they carry".into()),
         ObjectKind::Everything => Err("Fast Purge has no purge-everything: purge the CP codes that serve it".into()),
+        ObjectKind::Host => Err("Fast Purge has no purge by host: purge the CP codes that serve it".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (http::HeaderName::from_static(name), value.parse().expect("value")))
+            .collect()
+    }
+
+    #[test]
+    fn the_wait_is_the_longest_akamai_names_and_fractions_count() {
+        let wait = |pairs: &[(&'static str, &str)], tokens| rate_limit_wait(&headers(pairs), tokens);
+        assert_eq!(
+            wait(&[("x-ratelimit-seconds-to-refresh-limit", "0.25")], 1),
+            Some(std::time::Duration::from_millis(250))
+        );
+        // Akamai's own example: no request token left at 50 a second.
+        assert_eq!(
+            wait(
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-limit-per-second", "50.00"),
+                    ("x-ratelimit-remaining-objects", "9904"),
+                    ("x-ratelimit-limit-per-second-objects", "200.00"),
+                ],
+                100
+            ),
+            Some(std::time::Duration::from_millis(20))
+        );
+        // 300 URLs wanted, 100 left, 200 a second: one second.
+        assert_eq!(
+            wait(
+                &[
+                    ("x-ratelimit-remaining-objects", "100"),
+                    ("x-ratelimit-limit-per-second-objects", "200"),
+                ],
+                300
+            ),
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert_eq!(wait(&[("x-ratelimit-seconds-to-refresh-limit", "NaN")], 1), None);
+        assert_eq!(wait(&[("x-ratelimit-seconds-to-refresh-limit", "-3")], 1), None);
+        assert_eq!(
+            wait(
+                &[("x-ratelimit-remaining", "0"), ("x-ratelimit-limit-per-second", "0")],
+                1
+            ),
+            None
+        );
+        assert_eq!(wait(&[], 1), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_rate_header_value_gives_a_wait_or_none_never_a_panic(
+            values in proptest::collection::vec("[ -~]{0,24}|[0-9.eE+-]{0,12}", 6),
+            tokens: u32,
+        ) {
+            let names = [
+                "x-ratelimit-seconds-to-refresh-limit",
+                "x-ratelimit-seconds-to-refresh-limit-objects",
+                "x-ratelimit-remaining",
+                "x-ratelimit-limit-per-second",
+                "x-ratelimit-remaining-objects",
+                "x-ratelimit-limit-per-second-objects",
+            ];
+            let mut map = http::HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Ok(value) = http::HeaderValue::from_str(value) {
+                    map.insert(*name, value);
+                }
+            }
+            let _ = rate_limit_wait(&map, tokens);
+        }
+
+        #[test]
+        fn a_tag_passes_exactly_when_akamai_would_take_it(tag in r"[ -~]{0,140}|[a-z0-9:@*<>{}\\é-]{1,20}") {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "!#$%'+./^_`|~-".contains(c);
+            let expected = tag.chars().count() <= MAX_TAG_CHARS && tag.chars().all(allowed);
+            proptest::prop_assert_eq!(check_tag(&tag).is_ok(), expected);
+        }
+    }
 
     #[test]
     fn batches_pack_greedily_under_the_body_limit_with_escaping_counted() {

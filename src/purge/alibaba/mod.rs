@@ -35,7 +35,7 @@ mod target;
 pub use self::batch::{BatchError, BatchJob, Operation, Progress, check_objects};
 pub use self::client::{
     API_VERSION, AlibabaCdnClient, AlibabaError, Area, DEFAULT_ENDPOINT, ObjectType, PrefetchOptions, Quota,
-    RateLimits, Submitted, Task, TaskFilter, TaskPage, TaskStatus,
+    RateLimits, Submitted, TASK_IDS_PER_QUERY, Task, TaskFilter, TaskPage, TaskStatus,
 };
 pub use self::credentials::{Credentials, CredentialsError};
 pub use self::report::{Outcome, RunReport, UrlReport};

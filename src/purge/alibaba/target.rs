@@ -14,6 +14,7 @@ fn object_type(kind: ObjectKind) -> Result<ObjectType, String> {
         ObjectKind::Regex => Ok(ObjectType::Regex),
         ObjectKind::Tag => Err("Alibaba Cloud CDN refreshes by URL, directory or pattern, not by tag".into()),
         ObjectKind::CpCode => Err("CP codes are Akamai's".into()),
+        ObjectKind::Host => Err("Alibaba Cloud CDN has no purge by host: refresh the host's root directory".into()),
         ObjectKind::Everything => Err("Alibaba Cloud CDN has no purge-everything: refresh a directory".into()),
     }
 }
@@ -50,7 +51,7 @@ impl Target for AlibabaCdnClient {
         let run = self
             .batch(Operation::Refresh {
                 object_type,
-                force: false,
+                force: self.forces(),
             })
             .on_progress(move |step| match step {
                 super::Progress::Submitted(_) => {}

@@ -28,8 +28,8 @@ pub struct AkamaiArgs {
     /// Purge on the staging network instead of production.
     #[arg(long)]
     staging: bool,
-    /// What to do with cached copies.
-    #[arg(long, value_enum, default_value_t = ActionArg::Delete)]
+    /// What to do with cached copies: invalidate (revalidate with the origin, as Akamai advises) or delete.
+    #[arg(long, value_enum, default_value_t = ActionArg::Invalidate)]
     action: ActionArg,
     /// What the objects are.
     #[arg(long = "type", value_enum, default_value_t = KindArg::Url)]

@@ -29,6 +29,8 @@ enum Command {
     Prefix(RunArgs),
     /// Purge cache tags (`Edge-Cache-Tag`, `Cache-Tag`, `Surrogate-Key`).
     Tag(RunArgs),
+    /// Purge every URL of a host name (`www.example.com`): Cloudflare (the other targets skip it).
+    Host(RunArgs),
     /// Purge Akamai CP codes (the other targets skip them).
     Cpcode(RunArgs),
     /// Purge Alibaba Cloud refresh patterns (the other targets skip them).
@@ -96,6 +98,10 @@ struct RunArgs {
     /// Fastly soft purges: mark stale instead of removing.
     #[arg(long)]
     soft: bool,
+    /// Alibaba Cloud: refresh even what the origin reports unchanged (directories and patterns
+    /// otherwise revalidate by Last-Modified).
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +109,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         Command::Url(args) => (ObjectKind::Url, args),
         Command::Prefix(args) => (ObjectKind::Prefix, args),
         Command::Tag(args) => (ObjectKind::Tag, args),
+        Command::Host(args) => (ObjectKind::Host, args),
         Command::Cpcode(args) => (ObjectKind::CpCode, args),
         Command::Regex(args) => (ObjectKind::Regex, args),
         Command::Everything(args) => {
@@ -132,6 +139,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let overrides = targets::Overrides {
         zone: args.zone,
         soft: args.soft,
+        force: args.force,
     };
     let opened = specs
         .iter()

@@ -44,6 +44,7 @@ struct RawTarget {
     plan: Option<Spanned<Plan>>,
     service: Option<Spanned<String>>,
     soft: Option<Spanned<bool>>,
+    force: Option<Spanned<bool>>,
     api_base: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
 }
@@ -66,7 +67,7 @@ impl RawTarget {
     fn check_fields(&self) -> Result<(), Located> {
         let kind = self.kind.get_ref();
         // A field another kind takes is a mistake worth naming, not ignoring.
-        let fields: [(&str, Option<usize>); 16] = [
+        let fields: [(&str, Option<usize>); 17] = [
             ("store", self.store.as_ref().map(|f| f.span().start)),
             ("server", self.server.as_ref().map(|f| f.span().start)),
             ("token_env", self.token_env.as_ref().map(|f| f.span().start)),
@@ -81,6 +82,7 @@ impl RawTarget {
             ("plan", self.plan.as_ref().map(|f| f.span().start)),
             ("service", self.service.as_ref().map(|f| f.span().start)),
             ("soft", self.soft.as_ref().map(|f| f.span().start)),
+            ("force", self.force.as_ref().map(|f| f.span().start)),
             ("api_base", self.api_base.as_ref().map(|f| f.span().start)),
             ("token", self.token.as_ref().map(|f| f.span().start)),
         ];
@@ -88,7 +90,7 @@ impl RawTarget {
             "cache" => &["store"],
             "versions" => &["server", "token_env"],
             "akamai" => &["edgerc", "section", "network", "action", "scheme"],
-            "alibaba" => &["profile", "endpoint"],
+            "alibaba" => &["profile", "endpoint", "force"],
             "cloudflare" => &["zone", "plan", "api_base", "token"],
             "fastly" => &["service", "soft", "api_base", "token"],
             other => {
@@ -138,6 +140,7 @@ impl RawTarget {
             "alibaba" => TargetSpec::Alibaba {
                 profile: value(self.profile),
                 endpoint: value(self.endpoint),
+                force: self.force.map(Spanned::into_inner).unwrap_or_default(),
             },
             "cloudflare" => TargetSpec::Cloudflare {
                 zone: value(self.zone),
@@ -178,7 +181,7 @@ pub enum TargetSpec {
         section: Option<String>,
         /// `production` (default) or `staging`.
         network: NetworkSpec,
-        /// `delete` (default) or `invalidate`.
+        /// `invalidate` (default) or `delete`.
         action: ActionSpec,
         /// `https` (default), or `http` for a local stand-in.
         scheme: Option<String>,
@@ -189,6 +192,8 @@ pub enum TargetSpec {
         profile: Option<String>,
         /// The API endpoint [default: the public one].
         endpoint: Option<String>,
+        /// Refresh even what the origin reports unchanged (`Force`); `--force` turns it on too.
+        force: bool,
     },
     /// Cloudflare cache purge.
     Cloudflare {
@@ -221,6 +226,8 @@ pub struct Overrides {
     pub zone: Option<String>,
     /// `--soft`: Fastly soft purges.
     pub soft: bool,
+    /// `--force`: Alibaba Cloud refreshes even what the origin reports unchanged.
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -235,8 +242,8 @@ pub enum NetworkSpec {
 #[serde(rename_all = "lowercase")]
 pub enum ActionSpec {
     #[default]
-    Delete,
     Invalidate,
+    Delete,
 }
 
 impl TargetSpec {
@@ -265,10 +272,14 @@ impl TargetSpec {
                 action,
                 scheme,
             } => open_akamai(edgerc.as_deref(), section.as_deref(), *network, *action, scheme.clone())?,
-            TargetSpec::Alibaba { profile, endpoint } => {
+            TargetSpec::Alibaba {
+                profile,
+                endpoint,
+                force,
+            } => {
                 let credentials =
                     edgecache::purge::alibaba::Credentials::load(profile.as_deref()).context("target `alibaba`")?;
-                let mut client = AlibabaCdnClient::new(credentials)?;
+                let mut client = AlibabaCdnClient::new(credentials)?.force(*force || overrides.force);
                 if let Some(endpoint) = endpoint {
                     let url = endpoint
                         .parse()

@@ -1,5 +1,7 @@
-//! Polling accepted tasks until each is done, with whichever of per-task
-//! queries or account-wide listing needs fewer calls.
+//! Polling accepted tasks until each is done, by task id
+//! (`DescribeRefreshTaskById`: 10 ids a call, 30 calls a second), never by
+//! listing the account's tasks (`DescribeRefreshTasks`: 5 calls a second,
+//! and a `Status` filter needs an `ObjectType`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -7,7 +9,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::super::client::{AlibabaError, Task, TaskFilter, TaskStatus};
+use super::super::client::{AlibabaError, TASK_IDS_PER_QUERY, TaskStatus};
 use super::super::report::{Outcome, UrlReport};
 use super::{BatchJob, Progress};
 
@@ -25,7 +27,6 @@ impl BatchJob<'_> {
         let mut pending: Vec<(Vec<usize>, Vec<String>)> = batches;
         // Failed entries found so far, by task.
         let mut failures: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        let mut absent_before = HashSet::new();
         let mut round = 0;
         while !pending.is_empty() {
             let unfinished: HashSet<&String> = pending.iter().flat_map(|(_, tasks)| tasks).collect();
@@ -34,7 +35,7 @@ impl BatchJob<'_> {
                 .filter(|task| !failures.contains_key(*task))
                 .cloned()
                 .collect();
-            match self.finished_tasks(&unfinished, &mut absent_before).await {
+            match self.finished_tasks(&unfinished).await {
                 Ok(finished) => failures.extend(finished),
                 Err(error) => tracing::warn!(%error, "could not read the tasks' states; will ask again"),
             }
@@ -93,103 +94,35 @@ impl BatchJob<'_> {
     }
 
     /// Which of `unfinished` tasks are done, with their failed entries as
-    /// `(object path, reason)`.
-    ///
-    /// Task queries are rate-limited (about 5 a second), so this asks in
-    /// whichever way takes fewer calls: one query per task, or listing every
-    /// refreshing entry of the account, 100 a page. Entries can shift between
-    /// pages while they are listed, so a listing counts a task as done only
-    /// once two listings in a row lack it.
+    /// `(object path, reason)`. A task is done once the API returns it with
+    /// no entry still in progress; one it does not return yet is not.
     async fn finished_tasks(
         &self,
         unfinished: &[String],
-        absent_before: &mut HashSet<String>,
     ) -> Result<HashMap<String, Vec<(String, String)>>, AlibabaError> {
-        let refreshing = TaskFilter {
-            status: Some(TaskStatus::Refreshing),
-            ..TaskFilter::default()
-        };
-        let first = self.client.tasks_page(&refreshing, 1, PAGE).await?;
-        let done: Vec<String> = if pages(first.total_count) <= unfinished.len() as u64 {
-            let mut still: HashSet<String> = first.tasks.into_iter().map(|task| task.task_id).collect();
-            for page in 2..=pages(first.total_count) {
-                let more = self.client.tasks_page(&refreshing, page as u32, PAGE).await?;
-                still.extend(more.tasks.into_iter().map(|task| task.task_id));
-            }
-            let absent: HashSet<String> = unfinished
-                .iter()
-                .filter(|task| !still.contains(*task))
-                .cloned()
-                .collect();
-            let confirmed = absent.intersection(absent_before).cloned().collect();
-            *absent_before = absent;
-            confirmed
-        } else {
-            // Owned ids: a closure over `&String` trips the compiler's
-            // `Send` check where a run is awaited inside an async trait.
-            let checks = futures_util::stream::iter(unfinished.iter().cloned())
-                .map(|task| async move {
-                    let filter = TaskFilter {
-                        task_id: Some(task.clone()),
-                        status: Some(TaskStatus::Refreshing),
-                        ..TaskFilter::default()
-                    };
-                    let page = self.client.tasks_page(&filter, 1, 1).await?;
-                    Ok::<_, AlibabaError>((page.total_count == 0).then_some(task))
-                })
-                .buffer_unordered(4)
-                .collect::<Vec<_>>()
-                .await;
-            let mut done = Vec::new();
-            for check in checks {
-                done.extend(check?);
-            }
-            done
-        };
-        if done.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let mut failed: HashMap<String, Vec<(String, String)>> =
-            done.iter().map(|task| (task.clone(), Vec::new())).collect();
-        for task in self.failed_entries(&done).await? {
-            if let Some(entries) = failed.get_mut(&task.task_id) {
-                entries.push((task.object_path, task.description));
+        // Owned groups: a closure over borrowed ids trips the compiler's
+        // `Send` check where a run is awaited inside an async trait.
+        let groups: Vec<Vec<String>> = unfinished.chunks(TASK_IDS_PER_QUERY).map(<[String]>::to_vec).collect();
+        let answers = futures_util::stream::iter(groups)
+            .map(|group| async move { self.client.tasks_by_id(&group).await })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        let mut entries: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut running = HashSet::new();
+        for answer in answers {
+            for task in answer? {
+                let failed = entries.entry(task.task_id.clone()).or_default();
+                match task.status {
+                    TaskStatus::Complete => {}
+                    TaskStatus::Failed => failed.push((task.object_path, task.description)),
+                    TaskStatus::Refreshing | TaskStatus::Other(_) => {
+                        running.insert(task.task_id);
+                    }
+                }
             }
         }
-        Ok(failed)
-    }
-
-    /// The failed entries of these tasks: the account's failed tasks listed
-    /// when that takes fewer calls than asking task by task.
-    async fn failed_entries(&self, tasks: &[String]) -> Result<Vec<Task>, AlibabaError> {
-        let failed = TaskFilter {
-            status: Some(TaskStatus::Failed),
-            ..TaskFilter::default()
-        };
-        let first = self.client.tasks_page(&failed, 1, PAGE).await?;
-        let mut entries = Vec::new();
-        if pages(first.total_count) <= tasks.len() as u64 {
-            entries.extend(first.tasks);
-            for page in 2..=pages(first.total_count) {
-                entries.extend(self.client.tasks_page(&failed, page as u32, PAGE).await?.tasks);
-            }
-        } else {
-            for task in tasks {
-                let filter = TaskFilter {
-                    task_id: Some(task.clone()),
-                    ..failed.clone()
-                };
-                entries.extend(self.client.tasks(&filter).await?);
-            }
-        }
-        entries.retain(|entry| entry.status == TaskStatus::Failed);
+        entries.retain(|task, _| !running.contains(task));
         Ok(entries)
     }
-}
-
-/// Task entries per page when listing.
-const PAGE: u32 = 100;
-
-fn pages(entries: u64) -> u64 {
-    entries.div_ceil(u64::from(PAGE))
 }
