@@ -7,9 +7,9 @@ use http::{Method, StatusCode};
 
 use std::time::Duration;
 
-use crate::cache::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
 use crate::cache::policy::{ExpireAfter, RuleOptions, Rules, StaleWindow};
 use crate::cache::{Engine, EngineOptions};
+use crate::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
 use crate::store::Store;
 use crate::store::sign::EntrySigner;
 use crate::{CacheMiddleware, Error};
@@ -39,7 +39,7 @@ pub struct CacheBuilder {
     credential_parameters: Vec<String>,
     ignored_parameters: Vec<String>,
     match_headers: MatchHeaders,
-    key_fn: Option<crate::cache::key::KeyFn>,
+    key_fn: Option<crate::key::KeyFn>,
     cache_control: bool,
     shared: bool,
     targeted_fields: Vec<http::HeaderName>,

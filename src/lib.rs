@@ -41,7 +41,7 @@
 //!
 //! # The rules
 //!
-//! * **Keys** ([`cache::key`]): upper-cased method; the URL normalized
+//! * **Keys** ([`key`]): upper-cased method; the URL normalized
 //!   (lower-case scheme and host, default port, userinfo and fragment
 //!   dropped, query parameters sorted); matched request headers
 //!   ([`MatchHeaders`]) and the response's `Vary`; a keyed digest of the
@@ -166,15 +166,18 @@
 
 mod builder;
 pub mod cache;
+mod check;
 mod clock;
 mod digest;
 pub mod edgegrid;
 mod error;
 mod ini;
 mod inspect;
+pub mod key;
 mod layer;
 pub mod metrics;
 mod middleware;
+mod mode;
 mod net;
 pub mod purge;
 #[cfg(feature = "server")]
@@ -186,12 +189,12 @@ pub mod versions;
 
 pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;
-pub use cache::key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
-pub use cache::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use error::Error;
+pub use key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
 pub use layer::{BoxError, CacheService};
 pub use middleware::CacheMiddleware;
+pub use mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 
 /// The README's Rust examples, compiled as doctests so they can't drift
 /// from the API.

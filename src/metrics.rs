@@ -47,7 +47,7 @@
 //! (the origin's, when it was asked). A `tracing-opentelemetry` layer turns it
 //! into an OpenTelemetry span; see `examples/opentelemetry.rs`.
 
-use crate::cache::mode::{CacheInfo, CacheStatus, Forward};
+use crate::mode::{CacheInfo, CacheStatus, Forward};
 
 /// Answers with a stored body: fresh, or confirmed by the origin.
 pub const HITS: &str = "edgecache_cache_hits_total";

@@ -9,7 +9,7 @@ use tracing::Span;
 use tracing::field::Empty;
 use url::Url;
 
-use crate::cache::key::{CacheKey, KeyRules};
+use crate::key::{CacheKey, KeyRules};
 
 /// The span of one request: `method` and the redacted `url` now; `key`,
 /// `decision`, `store_us`, `outcome` and `status` as they are known.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use edgecache::purge::Backoff;
 use edgecache::purge::alibaba::{
-    AlibabaCdnClient, AlibabaError, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions,
-    RateLimits, TaskFilter,
+    AlibabaCdnClient, AlibabaError, Area, BatchError, Credentials, ObjectType, Operation, PrefetchOptions, RateLimits,
+    TaskFilter, UrlOutcome,
 };
 
 #[path = "stand_ins/alibaba.rs"]
@@ -344,7 +344,7 @@ async fn prefetch_sends_its_options_under_sts_credentials_and_reports_each_url()
         .await
         .expect("run");
     assert!(report.is_success());
-    assert_eq!(report.count(|outcome| *outcome == Outcome::Complete), 250);
+    assert_eq!(report.count(|outcome| *outcome == UrlOutcome::Complete), 250);
     {
         let seen = stand_in.seen();
         assert!(seen.bad_signatures.is_empty(), "{:?}", seen.bad_signatures);
@@ -504,7 +504,7 @@ async fn a_refresh_follows_its_tasks_by_id_and_completes() {
     assert!(
         report.is_success(),
         "{:?}",
-        report.urls.iter().find(|url| url.outcome != Outcome::Complete)
+        report.urls.iter().find(|url| url.outcome != UrlOutcome::Complete)
     );
     {
         let seen = stand_in.seen();

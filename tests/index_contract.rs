@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::postgres_server::PostgresServer;
 use edgecache::server::{
-    DeleteOutcome, Finish, Index, Lease, PgIndex, PinOutcome, ResourceFilter, SqliteIndex, Start, VersionFilter,
+    DeleteOutcome, Finish, Index, Lease, PgIndex, PinOutcome, ResourceFilter, SqliteIndex, Start, VersionQuery,
 };
 use edgecache::versions::{Limits, Resource, Strategy, Version, VersionStatus};
 use jiff::Timestamp;
@@ -439,7 +439,7 @@ async fn limits_hold_in_the_transaction_that_crosses_them(backend: Backend) {
     let listed = index
         .versions(
             &stored.id,
-            VersionFilter {
+            VersionQuery {
                 limit: 10,
                 ..Default::default()
             },
@@ -477,7 +477,7 @@ async fn limits_hold_in_the_transaction_that_crosses_them(backend: Backend) {
     let listed = index
         .versions(
             &stored.id,
-            VersionFilter {
+            VersionQuery {
                 limit: 10,
                 ..Default::default()
             },
@@ -500,7 +500,7 @@ async fn limits_hold_in_the_transaction_that_crosses_them(backend: Backend) {
     let pinned_only = index
         .versions(
             &stored.id,
-            VersionFilter {
+            VersionQuery {
                 pinned: Some(true),
                 limit: 10,
                 ..Default::default()
@@ -565,7 +565,7 @@ async fn failures_unchanged_bodies_and_reschedules_are_recorded(backend: Backend
     let failed = index
         .versions(
             &stored.id,
-            VersionFilter {
+            VersionQuery {
                 status: Some(VersionStatus::Failed),
                 limit: 10,
                 ..Default::default()
@@ -629,7 +629,7 @@ async fn tags_pins_and_deletes(backend: Backend) {
     let by_tag = index
         .versions(
             &stored.id,
-            VersionFilter {
+            VersionQuery {
                 tag: Some("release".into()),
                 limit: 10,
                 ..Default::default()

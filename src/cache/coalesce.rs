@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use super::key::CacheKey;
+use crate::key::CacheKey;
 use crate::store::entry::StoredResponse;
 
 /// What a leader hands its followers: the entry it stored, or `None`.

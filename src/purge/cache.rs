@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::{Layer, ObjectKind, Outcome, Progress, Target};
+use super::{Layer, ObjectKind, Outcome, Progress, Refusal, Target};
 use crate::CacheMiddleware;
 
 /// Deletes run this many at once (they are cheap, and Redis is a round trip).
@@ -31,7 +31,7 @@ impl Target for CacheMiddleware {
         }
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         match kind {
             ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag | ObjectKind::Everything => Ok(()),
             ObjectKind::CpCode => Err("CP codes are Akamai's; the cache files entries by URL and tag".into()),

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::call::{self, NoAnswer, Retry};
-use super::{Backoff, Layer, ObjectKind, Outcome, Progress, Target, TokenBucket};
+use super::{Backoff, Layer, ObjectKind, Outcome, Progress, Refusal, Target, TokenBucket};
 
 /// The API's public base.
 pub const DEFAULT_API_BASE: &str = "https://api.cloudflare.com";
@@ -256,7 +256,7 @@ impl Target for CloudflarePurge {
         Layer::Edge
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         match kind {
             ObjectKind::Url | ObjectKind::Tag | ObjectKind::Prefix | ObjectKind::Host | ObjectKind::Everything => {
                 Ok(())
@@ -271,19 +271,21 @@ impl Target for CloudflarePurge {
     /// Cloudflare refuses a whole request for one bad prefix: one with a
     /// query string, or more than 31 path separators. Such a prefix is
     /// refused here, before anything is sent.
-    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), Refusal> {
         if kind != ObjectKind::Prefix {
             return Ok(());
         }
         if object.contains('?') {
-            return Err("a Cloudflare prefix has no query string: drop what follows `?`".into());
+            return Err(Refusal::Invalid(
+                "a Cloudflare prefix has no query string: drop what follows `?`".into(),
+            ));
         }
         let path = object.split_once("://").map_or(object, |(_, rest)| rest);
         let separators = path.matches('/').count();
         if separators > MAX_PREFIX_SEPARATORS {
-            return Err(format!(
+            return Err(Refusal::Invalid(format!(
                 "a Cloudflare prefix has at most {MAX_PREFIX_SEPARATORS} `/`; this one has {separators}"
-            ));
+            )));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::call::{self, NoAnswer, Retry};
-use super::{Backoff, Layer, ObjectKind, Outcome, Progress, Target};
+use super::{Backoff, Layer, ObjectKind, Outcome, Progress, Refusal, Target};
 
 /// The API's public base.
 pub const DEFAULT_API_BASE: &str = "https://api.fastly.com";
@@ -201,7 +201,7 @@ impl Target for FastlyPurge {
         Layer::Edge
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         match kind {
             ObjectKind::Url | ObjectKind::Tag => Ok(()),
             ObjectKind::Everything if self.soft => Err("Fastly's purge_all cannot be soft: drop --soft".into()),
@@ -217,12 +217,12 @@ impl Target for FastlyPurge {
         }
     }
 
-    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), Refusal> {
         if kind == ObjectKind::Tag && object.len() > MAX_KEY_BYTES {
-            return Err(format!(
+            return Err(Refusal::Invalid(format!(
                 "a Fastly surrogate key is at most {MAX_KEY_BYTES} bytes; this one has {}",
                 object.len()
-            ));
+            )));
         }
         Ok(())
     }

@@ -65,5 +65,5 @@ pub use self::objects::{
 };
 pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
-pub use self::target::{Layer, Progress, Target};
+pub use self::target::{Layer, Progress, Refusal, Target};
 pub use crate::net::{Backoff, TokenBucket};

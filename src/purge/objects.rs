@@ -4,6 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::check::check_scheme_and_host;
+pub use crate::check::{MAX_TAG_BYTES, check_url};
+
 /// What objects are. Each [`Target`](super::Target) says which kinds it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -144,24 +147,12 @@ pub fn check_object(kind: ObjectKind, object: &str) -> Result<String, String> {
             .parse::<u64>()
             .map(|code| code.to_string())
             .map_err(|_| "not a CP code (a number)".to_owned()),
-        ObjectKind::Tag if object.is_empty() => Err("empty tag".into()),
-        ObjectKind::Tag if object.len() > MAX_TAG_BYTES => {
-            Err(format!("longer than {MAX_TAG_BYTES} bytes, more than any CDN takes"))
-        }
-        ObjectKind::Tag if object.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-            Err("tags have no spaces or control characters".into())
-        }
-        ObjectKind::Tag => Ok(object.to_owned()),
+        ObjectKind::Tag => crate::check::check_tag(object).map(|()| object.to_owned()),
         ObjectKind::Host => check_host(object),
         ObjectKind::Everything if object == EVERYTHING => Ok(object.to_owned()),
         ObjectKind::Everything => Err(format!("purging everything takes no objects (only {EVERYTHING:?})")),
     }
 }
-
-/// The longest tag any target takes: Cloudflare bounds only the whole
-/// `Cache-Tag` header, at 16 KB. Each target narrows it in its own
-/// [`check`](super::Target::check) (Akamai 128 characters, Fastly 1,024 bytes).
-pub const MAX_TAG_BYTES: usize = 16 * 1024;
 
 /// A host name as CDNs take it: no scheme, port or path; lower-cased, and an
 /// internationalized name in its ASCII (punycode) form.
@@ -175,59 +166,6 @@ fn check_host(object: &str) -> Result<String, String> {
         Ok(_) => Err("an IP address, not a host name".into()),
         Err(error) => Err(format!("not a host name: {error}")),
     }
-}
-
-/// Checks a URL to purge or prefetch, the same way for every CDN: an
-/// absolute `http`/`https` URL with a host, no control characters, every
-/// `%` starting a `%XX` escape, and no `#fragment` (it never reaches a CDN).
-/// The URL comes back as the CDN must see it: spaces and non-ASCII
-/// characters percent-encoded, host lower-cased. The reason is one short
-/// phrase.
-///
-/// ```
-/// use edgecache::purge::check_url;
-///
-/// assert_eq!(check_url("https://Example.com/a b")?.as_str(), "https://example.com/a%20b");
-/// assert_eq!(check_url("https:///nohost").unwrap_err(), "has no host");
-/// assert!(check_url("https://example.com/100%").is_err());
-/// # Ok::<(), String>(())
-/// ```
-pub fn check_url(line: &str) -> Result<url::Url, String> {
-    check_scheme_and_host(line)?;
-    if line.chars().any(char::is_control) {
-        return Err("contains a control character".into());
-    }
-    let bytes = line.as_bytes();
-    for (at, _) in line.match_indices('%') {
-        let escape = bytes.get(at + 1..at + 3);
-        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-            return Err("has a `%` that starts no %XX escape (write %25 for a literal %)".into());
-        }
-    }
-    let url = url::Url::parse(line).map_err(|error| format!("not a URL: {error}"))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("has no host".into());
-    }
-    if url.fragment().is_some() {
-        return Err("has a #fragment, which never reaches the CDN".into());
-    }
-    Ok(url)
-}
-
-/// The part of [`check_url`] that applies to patterns too.
-fn check_scheme_and_host(line: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = line.split_once("://") else {
-        return Err("must start with http:// or https://".into());
-    };
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return Err("must start with http:// or https://".into());
-    }
-    // Checked on the text: the URL parser would take `https:///path`'s
-    // first path segment as the host.
-    if rest.split(['/', '?', '#']).next().unwrap_or_default().is_empty() {
-        return Err("has no host".into());
-    }
-    Ok(())
 }
 
 /// An object that cannot be sent as given; nothing is sent when any is.

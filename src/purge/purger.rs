@@ -34,7 +34,7 @@ pub enum PurgeRunError {
 /// object at each target. Made by [`Purger::builder`].
 ///
 /// Targets are purged from the layer nearest the origin to the one nearest
-/// the user ([`Layer`]): each layer starts once the one before it has
+/// the user ([`Layer`](super::Layer)): each layer starts once the one before it has
 /// confirmed, including waiting out a CDN's own estimate. A target that
 /// fails fails its own objects; later layers are purged anyway (the report
 /// says the order was broken) unless [`PurgerBuilder::stop_on_failure`].
@@ -459,7 +459,7 @@ impl Run<'_> {
             report.objects = self
                 .objects
                 .iter()
-                .map(|(index, object)| line(&name, *index, object, false, Outcome::skipped(reason.clone())))
+                .map(|(index, object)| line(&name, *index, object, false, Outcome::skipped(reason.to_string())))
                 .collect();
             return report;
         }

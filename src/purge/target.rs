@@ -6,6 +6,27 @@ use async_trait::async_trait;
 
 use super::{Event, ObjectKind, Outcome};
 
+/// Why a [`Target`] refuses a kind of object, or one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The target has no purge of this kind: its objects are skipped
+    /// there, and the report says why.
+    #[error("{0}")]
+    Unsupported(std::borrow::Cow<'static, str>),
+    /// The object breaks one of the target's own rules (its vendor would
+    /// refuse it): nothing is sent to any target.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A kind a target has no purge for, said in a fixed sentence.
+impl From<&'static str> for Refusal {
+    fn from(reason: &'static str) -> Self {
+        Refusal::Unsupported(reason.into())
+    }
+}
+
 /// Where a target sits between the origin and the user. A [`Purger`](super::Purger)
 /// purges the layers in this order, each once the one before it has
 /// confirmed: otherwise a CDN edge could refetch the stale copy from a
@@ -203,7 +224,7 @@ impl Progress {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use edgecache::purge::{Layer, ObjectKind, Outcome, Progress, Target};
+/// use edgecache::purge::{Layer, ObjectKind, Outcome, Progress, Refusal, Target};
 ///
 /// /// A target that only counts what it is asked to purge.
 /// struct Counter(std::sync::atomic::AtomicUsize);
@@ -212,7 +233,7 @@ impl Progress {
 /// impl Target for Counter {
 ///     fn name(&self) -> String { "counter".into() }
 ///     fn layer(&self) -> Layer { Layer::Local }
-///     fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+///     fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
 ///         if kind == ObjectKind::Url { Ok(()) } else { Err("counts URLs only".into()) }
 ///     }
 ///     async fn purge(&self, _: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
@@ -232,11 +253,11 @@ pub trait Target: Send + Sync {
 
     /// Whether it takes objects of `kind`; if not, why (the report says so,
     /// and the objects are skipped there).
-    fn takes(&self, kind: ObjectKind) -> Result<(), String>;
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal>;
 
     /// The target's own rules for one object, beyond those every target
     /// shares; the reason when it can't be sent. Default: none.
-    fn check(&self, _kind: ObjectKind, _object: &str) -> Result<(), String> {
+    fn check(&self, _kind: ObjectKind, _object: &str) -> Result<(), Refusal> {
         Ok(())
     }
 
@@ -263,11 +284,11 @@ impl<T: Target + ?Sized> Target for Arc<T> {
         (**self).layer()
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         (**self).takes(kind)
     }
 
-    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), Refusal> {
         (**self).check(kind, object)
     }
 

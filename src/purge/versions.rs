@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::{Layer, ObjectKind, Outcome, Progress, Status, Target};
+use super::{Layer, ObjectKind, Outcome, Progress, Refusal, Status, Target};
 use crate::versions::{Client, Error, Resource, VersionStatus};
 
 /// Fetches run this many at once; the server queues them by its own slots.
@@ -26,7 +26,7 @@ impl Target for Client {
         Layer::Shared
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         match kind {
             ObjectKind::Url | ObjectKind::Prefix | ObjectKind::Tag => Ok(()),
             ObjectKind::CpCode => Err("CP codes are Akamai's; the versioned server knows URLs and tags".into()),

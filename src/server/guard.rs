@@ -45,24 +45,37 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80
 }
 
-/// The error for a refused address.
+/// A fetch refused because its origin is a private address.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to fetch from {host}: it is a loopback, private or link-local address \
+     (start the server with --allow-private-origins to allow it)"
+)]
+pub(crate) struct PrivateOrigin {
+    host: String,
+}
+
+/// The error for a refused address, as text.
 pub(crate) fn refusal(host: &str) -> String {
-    format!(
-        "refusing to fetch from {host}: it is a loopback, private or link-local address \
-         (start the server with --allow-private-origins to allow it)"
-    )
+    PrivateOrigin { host: host.to_owned() }.to_string()
+}
+
+/// Whether `error`, or an error it wraps, is a refused private origin:
+/// retrying won't change it.
+pub(crate) fn is_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |error| error.source()).any(|error| error.is::<PrivateOrigin>())
 }
 
 /// Checks a URL's host when it is an IP literal (names are checked when
 /// they resolve). Answers why it is refused.
-pub(crate) fn check_literal(url: &url::Url) -> Result<(), String> {
+pub(crate) fn check_literal(url: &url::Url) -> Result<(), PrivateOrigin> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
         _ => return Ok(()),
     };
     if is_private(ip) {
-        return Err(refusal(&ip.to_string()));
+        return Err(PrivateOrigin { host: ip.to_string() });
     }
     Ok(())
 }
@@ -84,7 +97,9 @@ impl Resolve for PublicOnly {
         Box::pin(async move {
             let (public, resolved) = public_addresses(name.as_str()).await?;
             if public.is_empty() && resolved {
-                return Err(refusal(name.as_str()).into());
+                return Err(Box::new(PrivateOrigin {
+                    host: name.as_str().to_owned(),
+                }) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(public.into_iter()) as Addrs)
         })

@@ -65,6 +65,7 @@
 //! The routes are listed in the README and served at `/openapi.json`.
 
 mod api;
+mod app;
 mod auth;
 mod blobs;
 mod guard;
@@ -87,10 +88,10 @@ pub use auth::{Groups, TokenFileError, Tokens};
 pub use index::PgIndex;
 pub use index::{
     BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, ResourceFilter, SqliteIndex,
-    Start, VersionFilter,
+    Start, VersionQuery,
 };
 
-use crate::cache::key::{KeyRules, KeySecret, MatchHeaders};
+use crate::key::{KeyRules, KeySecret, MatchHeaders};
 use crate::net::Backoff;
 
 /// How long in-flight responses may take to finish after a shutdown signal.
@@ -485,7 +486,7 @@ impl Server {
         let _held = self.data_lock;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(self.state.worker.clone().schedule(stopped.clone()));
-        let app = api::router(self.state);
+        let app = app::router(self.state);
         // Without TCP_NODELAY, a body written after its headers waits for
         // the client's delayed ACK: 40 ms per small response.
         let listener = axum::serve::ListenerExt::tap_io(self.listener, |stream| {

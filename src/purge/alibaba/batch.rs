@@ -15,7 +15,7 @@ mod submit;
 use self::submit::record_submissions;
 
 use super::client::{AlibabaCdnClient, AlibabaError, ObjectType, PrefetchOptions, Quota};
-use super::report::{Outcome, RunReport, UrlReport};
+use super::report::{RunReport, UrlOutcome, UrlReport};
 use crate::purge::journal::{Header, Journal, JournalError};
 use crate::purge::{Backoff, InvalidObject, ObjectKind};
 
@@ -159,7 +159,7 @@ pub enum BatchError {
 
 /// A step of a batch run, for progress bars. Counts are URLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub enum Step {
     /// Accepted by the CDN.
     Submitted(usize),
     /// Finished by the CDN (or accepted, when not waiting).
@@ -168,7 +168,7 @@ pub enum Progress {
     Failed(usize),
 }
 
-type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+type StepFn = Arc<dyn Fn(Step) + Send + Sync>;
 type AcceptedFn = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 /// A call's outcome (`None` in its place: not sent, the run was stopped).
@@ -213,7 +213,7 @@ pub struct BatchJob<'a> {
     timeout: Duration,
     poll: Backoff,
     journal: Option<(PathBuf, bool)>,
-    progress: Option<ProgressFn>,
+    progress: Option<StepFn>,
     accepted: Option<AcceptedFn>,
     // In a mutex only so that the job is `Sync` and its run future `Send`.
     stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
@@ -282,7 +282,7 @@ impl BatchJob<'_> {
     }
 
     /// Called at each step (for progress bars).
-    pub fn on_progress(mut self, progress: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+    pub fn on_progress(mut self, progress: impl Fn(Step) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self
     }
@@ -339,8 +339,8 @@ impl BatchJob<'_> {
             self.poll_until_done(&mut reports, batches, stopped.clone(), &progress)
                 .await;
         } else if !self.wait {
-            let accepted = reports.iter().filter(|url| url.outcome == Outcome::Accepted).count();
-            progress(Progress::Completed(accepted));
+            let accepted = reports.iter().filter(|url| url.outcome == UrlOutcome::Accepted).count();
+            progress(Step::Completed(accepted));
         }
         if let Some(watcher) = watcher {
             watcher.abort();
@@ -388,7 +388,7 @@ impl BatchJob<'_> {
                 url: url.clone(),
                 task_ids: Vec::new(),
                 resumed: false,
-                outcome: Outcome::NotSubmitted,
+                outcome: UrlOutcome::NotSubmitted,
             })
             .collect();
         let position: HashMap<&str, usize> = urls
@@ -406,7 +406,7 @@ impl BatchJob<'_> {
             for &member in &members {
                 reports[member].resumed = true;
                 reports[member].task_ids = accepted.task_ids.clone();
-                reports[member].outcome = Outcome::Accepted;
+                reports[member].outcome = UrlOutcome::Accepted;
             }
             if !members.is_empty() {
                 batches.push((members, accepted.task_ids));
@@ -536,7 +536,7 @@ mod tests {
             url: url.into(),
             task_ids: Vec::new(),
             resumed: false,
-            outcome: Outcome::NotSubmitted,
+            outcome: UrlOutcome::NotSubmitted,
         }
     }
 

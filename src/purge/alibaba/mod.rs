@@ -31,13 +31,15 @@ mod credentials;
 mod report;
 mod sign;
 mod target;
+mod tasks;
 
-pub use self::batch::{BatchError, BatchJob, Operation, Progress, check_objects};
+pub use self::batch::{BatchError, BatchJob, Operation, Step, check_objects};
 pub use self::client::{
     API_VERSION, AlibabaCdnClient, AlibabaError, Area, DEFAULT_ENDPOINT, ObjectType, PrefetchOptions, Quota,
-    RateLimits, Submitted, TASK_IDS_PER_QUERY, Task, TaskFilter, TaskPage, TaskStatus,
+    RateLimits, Submitted,
 };
 pub use self::credentials::{Credentials, CredentialsError};
-pub use self::report::{Outcome, RunReport, UrlReport};
+pub use self::report::{RunReport, UrlOutcome, UrlReport};
 pub use self::sign::{Signer, date, percent_encode};
+pub use self::tasks::{TASK_IDS_PER_QUERY, Task, TaskFilter, TaskPage, TaskStatus};
 pub use crate::purge::JournalError;

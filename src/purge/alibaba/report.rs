@@ -7,7 +7,7 @@ use super::ObjectType;
 /// What became of one URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
+pub enum UrlOutcome {
     /// The CDN finished it.
     Complete,
     /// The CDN's task failed.
@@ -32,10 +32,10 @@ pub enum Outcome {
     NotSubmitted,
 }
 
-impl Outcome {
+impl UrlOutcome {
     /// Whether this is what the user asked for.
     pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Complete | Outcome::Accepted)
+        matches!(self, UrlOutcome::Complete | UrlOutcome::Accepted)
     }
 }
 
@@ -52,7 +52,7 @@ pub struct UrlReport {
     pub resumed: bool,
     /// What became of it.
     #[serde(flatten)]
-    pub outcome: Outcome,
+    pub outcome: UrlOutcome,
 }
 
 impl UrlReport {
@@ -60,13 +60,13 @@ impl UrlReport {
     pub fn to_outcome(&self) -> crate::purge::Outcome {
         use crate::purge::Outcome as Line;
         let line = match &self.outcome {
-            Outcome::Complete if self.resumed => Line::done("complete; submitted by an earlier run (journal)"),
-            Outcome::Complete => Line::done("complete"),
-            Outcome::Accepted if self.resumed => Line::accepted(None, "submitted by an earlier run (journal)"),
-            Outcome::Accepted => Line::accepted(None, "not waited for"),
-            Outcome::Failed { reason } => Line::failed(reason.clone(), true),
-            Outcome::TimedOut => Line::failed("still in progress at the timeout", true),
-            Outcome::Rejected {
+            UrlOutcome::Complete if self.resumed => Line::done("complete; submitted by an earlier run (journal)"),
+            UrlOutcome::Complete => Line::done("complete"),
+            UrlOutcome::Accepted if self.resumed => Line::accepted(None, "submitted by an earlier run (journal)"),
+            UrlOutcome::Accepted => Line::accepted(None, "not waited for"),
+            UrlOutcome::Failed { reason } => Line::failed(reason.clone(), true),
+            UrlOutcome::TimedOut => Line::failed("still in progress at the timeout", true),
+            UrlOutcome::Rejected {
                 code,
                 message,
                 request_id,
@@ -82,7 +82,7 @@ impl UrlReport {
                 let retryable = code.as_deref().is_none_or(super::client::retryable_code);
                 Line::failed(detail, retryable)
             }
-            Outcome::NotSubmitted => Line::not_sent("the run stopped first"),
+            UrlOutcome::NotSubmitted => Line::not_sent("the run stopped first"),
         };
         if self.task_ids.is_empty() {
             line
@@ -116,7 +116,7 @@ impl RunReport {
     }
 
     /// URLs with this outcome.
-    pub fn count(&self, wanted: impl Fn(&Outcome) -> bool) -> usize {
+    pub fn count(&self, wanted: impl Fn(&UrlOutcome) -> bool) -> usize {
         self.urls.iter().filter(|url| wanted(&url.outcome)).count()
     }
 

@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 
 use super::{AlibabaCdnClient, BatchError, ObjectType, Operation};
-use crate::purge::{Layer, ObjectKind, Outcome, Progress, Target};
+use crate::purge::{Layer, ObjectKind, Outcome, Progress, Refusal, Target};
 
-fn object_type(kind: ObjectKind) -> Result<ObjectType, String> {
+fn object_type(kind: ObjectKind) -> Result<ObjectType, Refusal> {
     match kind {
         ObjectKind::Url => Ok(ObjectType::File),
         ObjectKind::Prefix => Ok(ObjectType::Directory),
@@ -29,21 +29,21 @@ impl Target for AlibabaCdnClient {
         Layer::Edge
     }
 
-    fn takes(&self, kind: ObjectKind) -> Result<(), String> {
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
         object_type(kind).map(drop)
     }
 
-    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), String> {
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), Refusal> {
         let object_type = object_type(kind)?;
         super::batch::prepare_url(Some(object_type), object)
             .map(drop)
-            .map_err(|reason| format!("as an Alibaba {object_type} refresh, {reason}"))
+            .map_err(|reason| Refusal::Invalid(format!("as an Alibaba {object_type} refresh, {reason}")))
     }
 
     async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
         let object_type = match object_type(kind) {
             Ok(object_type) => object_type,
-            Err(reason) => return vec![Outcome::skipped(reason); objects.len()],
+            Err(reason) => return vec![Outcome::skipped(reason.to_string()); objects.len()],
         };
         let stop = progress.clone();
         let reporter = progress.clone();
@@ -54,9 +54,9 @@ impl Target for AlibabaCdnClient {
                 force: self.forces(),
             })
             .on_progress(move |step| match step {
-                super::Progress::Submitted(_) => {}
-                super::Progress::Completed(urls) => reporter.finished(urls, 0),
-                super::Progress::Failed(urls) => reporter.finished(urls, urls),
+                super::Step::Submitted(_) => {}
+                super::Step::Completed(urls) => reporter.finished(urls, 0),
+                super::Step::Failed(urls) => reporter.finished(urls, urls),
             })
             .on_accepted(move |urls| {
                 journal.settled(

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
@@ -28,12 +27,12 @@ use selection::{content, select};
 
 use super::auth::{Groups, Tokens};
 use super::guard;
-use super::index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, ResourceFilter, VersionFilter};
+use super::index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, ResourceFilter, VersionQuery};
 use super::library::Library;
 use super::range::{self, Ranged};
 use super::schedule::Schedule;
 use super::worker::{Worker, request_url};
-use crate::cache::key::{KeyRules, KeySecret, RequestHead};
+use crate::key::{KeyRules, KeySecret, RequestHead};
 use crate::versions::{
     Change, ErrorBody, ErrorDetail, Limits, LimitsChange, Page, Pin, Registration, Resource, Selection, Strategy,
     VERSION_METADATA, Version, VersionStatus, encode_body, is_valid_tag, strict_bool,
@@ -62,7 +61,7 @@ pub(crate) struct AppState {
 }
 
 type AppResult<T> = Result<T, ApiError>;
-type Shared = State<Arc<AppState>>;
+pub(crate) type Shared = State<Arc<AppState>>;
 
 /// An error answer: `{"error":{"code","message","field"?}}`.
 #[derive(Debug)]
@@ -73,7 +72,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             detail: ErrorDetail {
@@ -91,7 +90,7 @@ impl ApiError {
         error
     }
 
-    fn not_found(what: &str) -> Self {
+    pub(crate) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
 
@@ -146,9 +145,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The routes, behind authentication (all but `/healthz`).
-pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+/// The API's routes; [`app`](super::app) puts them behind authentication.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/v1/resources", put(register).get(list_resources))
         .route(
             "/v1/resources/{rid}",
@@ -167,74 +166,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .merge(super::ui::parts())
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .merge(super::ui::pages())
-        .merge(api)
-        .layer(axum::middleware::from_fn(count_request))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
 }
 
-/// Counts answers by route template, method and status: a bounded set of
-/// labels whatever the callers send.
-async fn count_request(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = match *request.method() {
-        http::Method::GET => "GET",
-        http::Method::PUT => "PUT",
-        http::Method::POST => "POST",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        _ => "other",
-    };
-    let response = next.run(request).await;
-    metrics::counter!(
-        "edgecache_server_requests_total",
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_str().to_owned(),
-    )
-    .increment(1);
-    response
-}
-
-async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let groups = if state.tokens.is_empty() {
-        Groups::All
-    } else {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                // The scheme is case-insensitive (RFC 9110 §11.1).
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(token)
-            })
-            .map(str::trim);
-        match presented.and_then(|token| state.tokens.check(token)) {
-            Some(groups) => groups,
-            None => {
-                let message = if presented.is_some() {
-                    "the bearer token is not valid"
-                } else {
-                    "this server needs `Authorization: Bearer <token>`"
-                };
-                return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-            }
-        }
-    };
-    request.extensions_mut().insert(groups);
-    next.run(request).await
+/// `/healthz`, answered without a token.
+pub(crate) fn health() -> Router<Arc<AppState>> {
+    Router::new().route("/healthz", get(healthz))
 }
 
 // -------------------------------------------------------------- resources
@@ -287,9 +223,9 @@ impl Listing {
             match name.as_str() {
                 "group" => filter.group = Some(checked_name(&name, &value, "a group name")?),
                 "cache_tag" => {
-                    let tag = crate::purge::check_object(crate::purge::ObjectKind::Tag, &value)
+                    crate::check::check_tag(&value)
                         .map_err(|reason| ApiError::invalid(&name, format!("`cache_tag`: {reason}")))?;
-                    filter.cache_tag = Some(tag);
+                    filter.cache_tag = Some(value);
                 }
                 "search" => filter.url_contains = Some(value),
                 "strategy" => {
@@ -407,9 +343,9 @@ async fn list_versions(
     Path(rid): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> AppResult<Json<Page<Version>>> {
-    let mut filter = VersionFilter {
+    let mut filter = VersionQuery {
         limit: 100,
-        ..VersionFilter::default()
+        ..VersionQuery::default()
     };
     for (name, value) in query_pairs(raw.as_deref()) {
         if paging(&name, &value, &mut filter.skip, &mut filter.limit)? {

@@ -19,7 +19,7 @@ pub(super) async fn register(
         ));
     }
     if !state.allow_private {
-        guard::check_literal(&url).map_err(|refused| ApiError::invalid("url", refused))?;
+        guard::check_literal(&url).map_err(|refused| ApiError::invalid("url", refused.to_string()))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         if guard::resolves_only_privately(&host).await {
             return Err(ApiError::invalid("url", guard::refusal(&host)));
@@ -75,7 +75,7 @@ fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap, 
     if url_text.is_empty() {
         return Err(ApiError::invalid("url", "`url` is required"));
     }
-    let mut url = crate::purge::check_url(&url_text)
+    let mut url = crate::check::check_url(&url_text)
         .map_err(|reason| ApiError::invalid("url", format!("`{url_text}` {reason}")))?;
     // The URL's own query joins `query`, sorted: one identity however the
     // parameters were written.

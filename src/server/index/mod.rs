@@ -136,7 +136,7 @@ pub struct Claimed {
 
 /// Which versions a listing shows.
 #[derive(Debug, Clone, Default)]
-pub struct VersionFilter {
+pub struct VersionQuery {
     /// Only this status.
     pub status: Option<VersionStatus>,
     /// Only versions with this tag.
@@ -303,7 +303,7 @@ pub trait Index: Send + Sync + 'static {
     async fn versions(
         &self,
         resource_id: &str,
-        filter: VersionFilter,
+        filter: VersionQuery,
         now: Timestamp,
     ) -> Result<Page<Version>, IndexError>;
     /// A resource and its ready versions, newest first, read together.

@@ -10,7 +10,7 @@ use maud::{Markup, html};
 
 use super::super::api::{ApiError, AppState};
 use super::super::auth::Groups;
-use super::super::index::VersionFilter;
+use super::super::index::VersionQuery;
 use super::resources::{query, status_badge, strategy};
 use super::{bytes, fragment, when};
 use crate::versions::{Resource, Version, VersionStatus};
@@ -32,9 +32,9 @@ pub(super) async fn part(
     Path(rid): Path<String>,
 ) -> Result<Response, ApiError> {
     let resource = state.view(state.visible(&groups, &rid).await?);
-    let filter = VersionFilter {
+    let filter = VersionQuery {
         limit: SHOWN,
-        ..VersionFilter::default()
+        ..VersionQuery::default()
     };
     let versions = state.index.versions(&rid, filter, jiff::Timestamp::now()).await?;
     Ok(fragment(html! {

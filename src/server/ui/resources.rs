@@ -10,7 +10,7 @@ use maud::{Markup, html};
 
 use super::super::api::{ApiError, AppState, Listing, STRATEGY_KINDS, query_pairs};
 use super::super::auth::Groups;
-use super::super::index::VersionFilter;
+use super::super::index::VersionQuery;
 use super::shell::SEGMENT;
 use super::{fragment, when};
 use crate::versions::{Resource, Strategy, VersionStatus};
@@ -71,9 +71,9 @@ pub(super) async fn part(
 
 /// The newest version's status; a failed lookup shows as unknown.
 async fn newest_status(state: &AppState, resource: &Resource) -> Option<VersionStatus> {
-    let filter = VersionFilter {
+    let filter = VersionQuery {
         limit: 1,
-        ..VersionFilter::default()
+        ..VersionQuery::default()
     };
     let page = state
         .index

@@ -90,7 +90,7 @@ impl Worker {
         let latest = ready.into_iter().next();
         let url = request_url(&resource)?;
         if !self.allow_private {
-            guard::check_literal(&url)?;
+            guard::check_literal(&url).map_err(|refused| refused.to_string())?;
         }
         let conditional = conditional_headers(&resource.strategy, latest.as_ref(), now);
         let mut clock = FetchClock::new(self.limits.timeout);
@@ -144,7 +144,7 @@ impl Worker {
         version.sha256 = Some(temp.sha256.clone());
         // The origin's word: only tags a purge could name, and not too many.
         version.cache_tags = crate::cache::tags_in(&headers, &self.tag_headers)
-            .filter(|tag| crate::purge::check_object(crate::purge::ObjectKind::Tag, tag).is_ok())
+            .filter(|tag| crate::check::check_tag(tag).is_ok())
             .take(MAX_CACHE_TAGS)
             .collect();
         version.cache_tags.sort();
@@ -198,9 +198,9 @@ impl Worker {
                     Err(out_of_time) => Err(Failure::last(out_of_time)),
                     Ok(Ok(response)) => Ok(response),
                     Ok(Err(error)) => {
-                        let message = crate::net::error_chain(&error);
                         // A refused private address won't change by retrying.
-                        let retryable = !message.contains("refusing to fetch");
+                        let retryable = !crate::server::guard::is_refusal(&error);
+                        let message = crate::net::error_chain(&error);
                         Err(Failure { message, retryable })
                     }
                 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use edgecache::purge::alibaba::{
-    AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, Outcome, PrefetchOptions, Progress,
-    RunReport, check_objects,
+    AlibabaCdnClient, Area, BatchError, Credentials, ObjectType, Operation, PrefetchOptions, RunReport, Step,
+    UrlOutcome, check_objects,
 };
 use edgecache::purge::{ObjectReport, read_objects};
 
@@ -185,16 +185,16 @@ fn operation(task: Task) -> anyhow::Result<(CommonArgs, Operation)> {
     })
 }
 
-/// Progress as the bar shows it: running counts of submitted, completed
+/// Steps as the bar shows them: running counts of submitted, completed
 /// and failed URLs.
-fn counting(bar: ProgressBar) -> impl Fn(Progress) + Send + Sync + 'static {
+fn counting(bar: ProgressBar) -> impl Fn(Step) + Send + Sync + 'static {
     let counts = std::sync::Mutex::new([0usize; 3]);
     move |step| {
         let mut counts = counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (slot, urls) = match step {
-            Progress::Submitted(urls) => (0, urls),
-            Progress::Completed(urls) => (1, urls),
-            Progress::Failed(urls) => (2, urls),
+            Step::Submitted(urls) => (0, urls),
+            Step::Completed(urls) => (1, urls),
+            Step::Failed(urls) => (2, urls),
         };
         counts[slot] += urls;
         let [submitted, completed, failed] = *counts;
@@ -224,7 +224,7 @@ fn lines(report: &RunReport) -> Vec<ObjectReport> {
 
 /// Counts on standard error (each URL's result is on standard output).
 fn summary(report: &RunReport, elapsed: Duration, journal: Option<&std::path::Path>) {
-    let count = |wanted: fn(&Outcome) -> bool| report.count(wanted);
+    let count = |wanted: fn(&UrlOutcome) -> bool| report.count(wanted);
     let resumed = report.urls.iter().filter(|url| url.resumed).count();
     eprintln!("URLs          {:>8}", report.urls.len());
     if report.duplicates > 0 {
@@ -234,15 +234,18 @@ fn summary(report: &RunReport, elapsed: Duration, journal: Option<&std::path::Pa
         eprintln!("from journal  {resumed:>8} (not sent again)");
     }
     eprintln!("calls         {:>8}", report.calls);
-    eprintln!("complete      {:>8}", count(|o| matches!(o, Outcome::Complete)));
+    eprintln!("complete      {:>8}", count(|o| matches!(o, UrlOutcome::Complete)));
     eprintln!(
         "accepted      {:>8} (not waited for)",
-        count(|o| matches!(o, Outcome::Accepted))
+        count(|o| matches!(o, UrlOutcome::Accepted))
     );
-    eprintln!("failed        {:>8}", count(|o| matches!(o, Outcome::Failed { .. })));
-    eprintln!("timed out     {:>8}", count(|o| matches!(o, Outcome::TimedOut)));
-    eprintln!("rejected      {:>8}", count(|o| matches!(o, Outcome::Rejected { .. })));
-    eprintln!("not sent      {:>8}", count(|o| matches!(o, Outcome::NotSubmitted)));
+    eprintln!("failed        {:>8}", count(|o| matches!(o, UrlOutcome::Failed { .. })));
+    eprintln!("timed out     {:>8}", count(|o| matches!(o, UrlOutcome::TimedOut)));
+    eprintln!(
+        "rejected      {:>8}",
+        count(|o| matches!(o, UrlOutcome::Rejected { .. }))
+    );
+    eprintln!("not sent      {:>8}", count(|o| matches!(o, UrlOutcome::NotSubmitted)));
     eprintln!("elapsed       {:>7.1}s", elapsed.as_secs_f64());
     if report.stopped {
         match journal {

@@ -9,9 +9,10 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::super::client::{AlibabaError, TASK_IDS_PER_QUERY, TaskStatus};
-use super::super::report::{Outcome, UrlReport};
-use super::{BatchJob, Progress};
+use super::super::client::AlibabaError;
+use super::super::report::{UrlOutcome, UrlReport};
+use super::super::tasks::{TASK_IDS_PER_QUERY, TaskStatus};
+use super::{BatchJob, Step};
 
 impl BatchJob<'_> {
     /// Polls every accepted batch's tasks until each is done or the timeout
@@ -21,7 +22,7 @@ impl BatchJob<'_> {
         reports: &mut [UrlReport],
         batches: Vec<(Vec<usize>, Vec<String>)>,
         mut stopped: watch::Receiver<bool>,
-        progress: &(impl Fn(Progress) + Sync),
+        progress: &(impl Fn(Step) + Sync),
     ) {
         let deadline = Instant::now() + self.timeout;
         let mut pending: Vec<(Vec<usize>, Vec<String>)> = batches;
@@ -54,7 +55,7 @@ impl BatchJob<'_> {
                     report.outcome = match failed.get(report.url.as_str()) {
                         Some(reason) => {
                             failed_here += 1;
-                            Outcome::Failed {
+                            UrlOutcome::Failed {
                                 reason: if reason.is_empty() {
                                     "the task failed".to_owned()
                                 } else {
@@ -62,12 +63,12 @@ impl BatchJob<'_> {
                                 },
                             }
                         }
-                        None => Outcome::Complete,
+                        None => UrlOutcome::Complete,
                     };
                 }
-                progress(Progress::Completed(members.len() - failed_here));
+                progress(Step::Completed(members.len() - failed_here));
                 if failed_here > 0 {
-                    progress(Progress::Failed(failed_here));
+                    progress(Step::Failed(failed_here));
                 }
                 false
             });
@@ -87,9 +88,9 @@ impl BatchJob<'_> {
         }
         for (members, _) in pending {
             for &member in &members {
-                reports[member].outcome = Outcome::TimedOut;
+                reports[member].outcome = UrlOutcome::TimedOut;
             }
-            progress(Progress::Failed(members.len()));
+            progress(Step::Failed(members.len()));
         }
     }
 

@@ -4,8 +4,8 @@
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::super::report::{Outcome, UrlReport};
-use super::{AcceptedBatch, BatchJob, Operation, Progress, SubmitResult};
+use super::super::report::{UrlOutcome, UrlReport};
+use super::{AcceptedBatch, BatchJob, Operation, Step, SubmitResult};
 use crate::purge::journal::Journal;
 
 impl BatchJob<'_> {
@@ -18,7 +18,7 @@ impl BatchJob<'_> {
         packed: Vec<Vec<usize>>,
         journal: Option<Journal>,
         stopped: watch::Receiver<bool>,
-        progress: &(impl Fn(Progress) + Sync),
+        progress: &(impl Fn(Step) + Sync),
     ) -> Vec<(Vec<usize>, Option<SubmitResult>)> {
         futures_util::stream::iter(packed)
             .map(|members| {
@@ -35,8 +35,8 @@ impl BatchJob<'_> {
             })
             .buffer_unordered(self.concurrency)
             .inspect(|(members, submitted)| match submitted {
-                Some(Ok(_)) => progress(Progress::Submitted(members.len())),
-                Some(Err(_)) => progress(Progress::Failed(members.len())),
+                Some(Ok(_)) => progress(Step::Submitted(members.len())),
+                Some(Err(_)) => progress(Step::Failed(members.len())),
                 None => {}
             })
             .collect()
@@ -81,13 +81,13 @@ pub(super) fn record_submissions(
                 calls += 1;
                 for &member in &members {
                     reports[member].task_ids = submitted.task_ids.clone();
-                    reports[member].outcome = Outcome::Accepted;
+                    reports[member].outcome = UrlOutcome::Accepted;
                 }
                 batches.push((members, submitted.task_ids));
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, urls = members.len(), "a batch was not accepted");
-                let outcome = Outcome::Rejected {
+                let outcome = UrlOutcome::Rejected {
                     code: error.code().map(str::to_owned),
                     message: error.to_string(),
                     request_id: error.request_id().map(str::to_owned),

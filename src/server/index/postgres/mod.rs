@@ -26,7 +26,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{
     BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS, RawResource,
-    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionFilter, clamp, finish_resource,
+    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
     finish_version, from_millis, json, millis, parse,
 };
 use crate::server::schedule;
@@ -399,7 +399,7 @@ impl Index for PgIndex {
     async fn versions(
         &self,
         resource_id: &str,
-        filter: VersionFilter,
+        filter: VersionQuery,
         now: Timestamp,
     ) -> Result<Page<Version>, IndexError> {
         reads::versions(self, resource_id, filter, now).await

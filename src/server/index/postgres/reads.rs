@@ -60,7 +60,7 @@ pub(super) async fn resources(
 pub(super) async fn versions(
     index: &PgIndex,
     resource_id: &str,
-    filter: VersionFilter,
+    filter: VersionQuery,
     now: Timestamp,
 ) -> Result<Page<Version>, IndexError> {
     let mut client = index.client().await?;

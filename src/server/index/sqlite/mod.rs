@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
     BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS, RawResource,
-    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionFilter, clamp, finish_resource,
+    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
     finish_version, from_millis, json, millis, parse,
 };
 use crate::server::schedule;
@@ -268,7 +268,7 @@ impl Index for SqliteIndex {
     async fn versions(
         &self,
         resource_id: &str,
-        filter: VersionFilter,
+        filter: VersionQuery,
         now: Timestamp,
     ) -> Result<Page<Version>, IndexError> {
         reads::versions(self, resource_id, filter, now).await

@@ -57,7 +57,7 @@ pub(super) async fn resources(
 pub(super) async fn versions(
     index: &SqliteIndex,
     resource_id: &str,
-    filter: VersionFilter,
+    filter: VersionQuery,
     now: Timestamp,
 ) -> Result<Page<Version>, IndexError> {
     let resource_id = resource_id.to_owned();

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 
-use super::key::CacheKey;
+use crate::key::CacheKey;
 
 /// How one request uses the cache. Pass it as a request extension; without
 /// one, [`CacheMode::Default`] applies.
