@@ -4,6 +4,6 @@
 # test saves each page as it passes through it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EDGECACHE_SCREENSHOTS="$PWD/docs" cargo test --all-features --test dashboard \
-    an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_browser
+EDGECACHE_SCREENSHOTS="$PWD/docs" cargo test --all-features --test it \
+    dashboard::an_operator_finds_pins_tags_fetches_and_deletes_a_resource_in_the_browser
 ls -l docs/dashboard-*.png

@@ -92,18 +92,7 @@ impl Middleware for Floor {
     }
 }
 
-// The harnesses' skip-or-fail rule, which they reach as `super::skip_or_fail`.
-#[path = "../../tests/common/missing.rs"]
-mod missing;
-use missing::skip_or_fail;
-
-#[path = "../../tests/common/redis_server.rs"]
-#[allow(dead_code)] // the tests use more of it
-mod redis_server;
-
-#[path = "../../tests/common/redis_cluster.rs"]
-#[allow(dead_code)] // the tests use more of it
-mod redis_cluster;
+use edgecache_testkit::{redis_cluster, redis_server};
 
 fn with(middleware: impl Middleware) -> ClientWithMiddleware {
     reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

@@ -20,6 +20,7 @@ pub(crate) fn retryable_status(status: u16) -> bool {
 
 /// Whether an origin's status says a fetch could succeed later: `429`, and
 /// the `5xx` that are about load or a gateway (`501` and `505` won't change).
+#[cfg(feature = "server")]
 pub(crate) fn retryable_origin_status(status: u16) -> bool {
     status == 429 || matches!(status, 500 | 502 | 503 | 504)
 }

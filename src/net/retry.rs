@@ -41,6 +41,7 @@ pub(crate) enum AfterFailure<T, E> {
     /// Stop here, answering this outcome.
     Keep,
     /// Stop, answering this instead (a deadline the wait would pass).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // only the server's fetcher has a deadline
     End(Result<T, E>),
 }
 

@@ -102,6 +102,7 @@ pub(crate) struct LimitsChange {
 
 impl LimitsChange {
     /// These limits laid over `current`.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // the server and the CLI apply a change
     pub(crate) fn over(self, current: Limits) -> Limits {
         Limits {
             max_unpinned: self.max_unpinned.unwrap_or(current.max_unpinned),
