@@ -24,7 +24,7 @@ use http::{Extensions, Method, StatusCode};
 use reqwest_middleware::{Middleware, Next};
 
 pub use self::edgerc::{Credentials, CredentialsError, DEFAULT_MAX_BODY};
-pub use self::sign::{Signer, timestamp};
+pub use self::sign::Signer;
 
 /// Redirects followed (and re-signed) before giving up.
 const MAX_REDIRECTS: usize = 10;

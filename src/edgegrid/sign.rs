@@ -113,7 +113,7 @@ impl Signer {
 }
 
 /// `yyyyMMddTHH:mm:ss+0000` in UTC, as EdgeGrid wants it.
-pub fn timestamp(time: SystemTime) -> String {
+pub(crate) fn timestamp(time: SystemTime) -> String {
     let utc = crate::clock::Utc::from(time);
     format!(
         "{:04}{:02}{:02}T{:02}:{:02}:{:02}+0000",

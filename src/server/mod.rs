@@ -84,12 +84,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub use auth::{Groups, TokenFileError, Tokens};
+pub use index::IndexError;
+
 #[cfg(feature = "replicas")]
-pub use index::PgIndex;
-pub use index::{
-    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, ResourceFilter, SqliteIndex,
-    Start, VersionQuery,
-};
+use index::PgIndex;
+use index::{Index, SqliteIndex};
 
 use crate::key::{KeyRules, KeySecret, MatchHeaders};
 use crate::net::Backoff;

@@ -19,7 +19,6 @@ mod edgegrid_env;
 mod fast_purge;
 mod first_hour;
 mod hostile_headers;
-mod index_contract;
 mod key_properties;
 mod large_bodies;
 mod memory_bound;

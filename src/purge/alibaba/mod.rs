@@ -40,6 +40,6 @@ pub use self::client::{
 };
 pub use self::credentials::{Credentials, CredentialsError};
 pub use self::report::{RunReport, UrlOutcome, UrlReport};
-pub use self::sign::{Signer, date, percent_encode};
+pub use self::sign::Signer;
 pub use self::tasks::{TASK_IDS_PER_QUERY, Task, TaskFilter, TaskPage, TaskStatus};
 pub use crate::purge::JournalError;

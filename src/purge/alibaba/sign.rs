@@ -16,13 +16,7 @@ const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'
 
 /// Percent-encodes as Alibaba Cloud signs: UTF-8, with only
 /// `A–Z a–z 0–9 - _ . ~` left as is (so a space is `%20` and `*` is `%2A`).
-///
-/// ```
-/// use edgecache::purge::alibaba::percent_encode;
-///
-/// assert_eq!(percent_encode("a b*c~/é"), "a%20b%2Ac~%2F%C3%A9");
-/// ```
-pub fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     utf8_percent_encode(text, ENCODED).to_string()
 }
 
@@ -157,7 +151,7 @@ impl Signer {
 }
 
 /// `2023-10-26T10:22:32Z`: ISO 8601 in UTC, as `x-acs-date` wants it.
-pub fn date(time: SystemTime) -> String {
+pub(crate) fn date(time: SystemTime) -> String {
     let utc = crate::clock::Utc::from(time);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
@@ -173,6 +167,11 @@ mod tests {
     use hmac::{Hmac, Mac};
 
     use super::*;
+
+    #[test]
+    fn only_unreserved_characters_stay_as_they_are() {
+        assert_eq!(percent_encode("a b*c~/é"), "a%20b%2Ac~%2F%C3%A9");
+    }
 
     #[test]
     fn dates_are_iso_8601_utc() {

@@ -6,7 +6,7 @@
 //! PostgreSQL, which any number of replicas share. Every method is one
 //! transaction, so limits are enforced in the transaction that crosses
 //! them and nothing is half-written. Both pass one contract suite
-//! (`tests/index_contract.rs`).
+//! (`contract/`, run against both).
 //!
 //! # Leases
 //!
@@ -28,9 +28,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 
+#[cfg(all(test, feature = "replicas"))]
+mod contract;
 #[cfg(feature = "replicas")]
-pub use postgres::PgIndex;
-pub use sqlite::SqliteIndex;
+pub(crate) use postgres::PgIndex;
+pub(crate) use sqlite::SqliteIndex;
 
 use crate::versions::{Limits, Page, Resource, Strategy, Version, VersionStatus};
 
@@ -87,7 +89,7 @@ impl IndexError {
 
 /// A replica's hold on the fetches it runs.
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub(crate) struct Lease {
     /// Who holds it: unique per server process.
     pub holder: String,
     /// How long it lasts after its last renewal.
@@ -110,7 +112,7 @@ impl Lease {
 
 /// What starting a fetch found.
 #[derive(Debug, Clone)]
-pub enum Start {
+pub(crate) enum Start {
     /// A new pending version, the caller's to fetch.
     Started(Version),
     /// An unfinished version whose holder stopped renewing its lease: now
@@ -124,7 +126,7 @@ pub enum Start {
 
 /// Fetches handed to a replica by [`Index::claim`].
 #[derive(Debug, Default)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     /// `(resource, version)` of each due resource whose fetch it started.
     pub started: Vec<(String, Version)>,
     /// `(resource, version)` of each unfinished fetch it took over.
@@ -136,7 +138,7 @@ pub struct Claimed {
 
 /// Which versions a listing shows.
 #[derive(Debug, Clone, Default)]
-pub struct VersionQuery {
+pub(crate) struct VersionQuery {
     /// Only this status.
     pub status: Option<VersionStatus>,
     /// Only versions with this tag.
@@ -151,7 +153,7 @@ pub struct VersionQuery {
 
 /// How a fetch ended, as the index records it.
 #[derive(Debug, Clone)]
-pub enum Finish {
+pub(crate) enum Finish {
     /// A new body: the version is ready.
     Ready(Box<Version>),
     /// The origin confirmed the newest ready version (a 304 or the same
@@ -188,7 +190,7 @@ impl Finish {
 
 /// What a pin asks for.
 #[derive(Debug)]
-pub enum PinOutcome {
+pub(crate) enum PinOutcome {
     /// Pinned.
     Pinned(Box<Version>),
     /// No such version.
@@ -201,7 +203,7 @@ pub enum PinOutcome {
 
 /// What deleting a resource did.
 #[derive(Debug)]
-pub enum DeleteOutcome {
+pub(crate) enum DeleteOutcome {
     /// Deleted; these blobs are no longer referenced.
     Deleted(Vec<String>),
     /// No such resource.
@@ -212,7 +214,7 @@ pub enum DeleteOutcome {
 
 /// Which resources a listing returns, beyond the caller's groups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResourceFilter {
+pub(crate) struct ResourceFilter {
     /// Only this group.
     pub group: Option<String>,
     /// Only resources with a version whose origin response carried this
@@ -233,7 +235,7 @@ pub struct ResourceFilter {
 /// for a grace period; else exclusive), or deleted (exclusive): a blob is
 /// never deleted while a new version is about to reference it. With
 /// PostgreSQL it is an advisory lock, so it holds across replicas.
-pub struct BlobsLock {
+pub(crate) struct BlobsLock {
     _held: Box<dyn Send + Sync>,
 }
 
@@ -245,7 +247,7 @@ impl BlobsLock {
 
 /// The metadata store behind the server.
 #[async_trait]
-pub trait Index: Send + Sync + 'static {
+pub(crate) trait Index: Send + Sync + 'static {
     /// The secret that keys resource identities, created on first use.
     async fn key_secret(&self) -> Result<Vec<u8>, IndexError>;
     /// Registers a resource, or finds the one with the same key and group.

@@ -111,7 +111,7 @@ const PINNED_NOW: &str = "(pinned AND (pinned_until IS NULL OR pinned_until > $2
 const CHANNEL: &str = "edgecache";
 
 /// The PostgreSQL index.
-pub struct PgIndex {
+pub(crate) struct PgIndex {
     pool: Pool,
     /// Taken before the advisory lock, so this process's waiters queue
     /// here instead of each holding a connection.

@@ -30,7 +30,7 @@ use rows::*;
 /// The SQLite index: one file, WAL, one connection used from blocking
 /// threads.
 #[derive(Clone)]
-pub struct SqliteIndex {
+pub(crate) struct SqliteIndex {
     path: Arc<Path>,
     /// The one writer: SQLite has one anyway, and waiting here is cheaper
     /// than on its lock.
