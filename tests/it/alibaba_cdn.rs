@@ -1,5 +1,5 @@
 //! Alibaba Cloud CDN refresh and prefetch against a local stand-in
-//! (`stand_ins/alibaba.rs`) that verifies every signature, enforces the
+//! (`edgecache_testkit::stand_ins::alibaba`) that verifies every signature, enforces the
 //! limits, keeps a quota and runs tasks.
 
 use edgecache_testkit as common;

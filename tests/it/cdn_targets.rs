@@ -1,5 +1,5 @@
 //! The Cloudflare and Fastly targets against local stand-ins of their APIs
-//! (`stand_ins/cloudflare.rs`, `stand_ins/fastly.rs`): every object kind,
+//! (`edgecache_testkit::stand_ins::{cloudflare, fastly}`): every object kind,
 //! the limits, soft purges, refusals, and the command line.
 
 use edgecache_testkit as common;

@@ -1,4 +1,4 @@
-//! Fast Purge against a local stand-in (`stand_ins/akamai.rs`) that
+//! Fast Purge against a local stand-in (`edgecache_testkit::stand_ins::akamai`) that
 //! verifies every EdgeGrid signature, enforces the body limit and the token
 //! buckets, answers some requests with 503 and drops some connections.
 
