@@ -205,11 +205,7 @@ async fn cli_shares_a_cache_between_runs(cache: String) {
 /// Runs this test binary again for one Redis test, with no `redis-server`
 /// on the `PATH`.
 fn without_redis_server(skip: bool) -> std::process::Output {
-    // The harness names the test by its path inside the test binary.
-    let test = format!(
-        "{}::a_unix_socket_url_reaches_the_same_cache",
-        module_path!().split_once("::").map_or("", |(_, inner)| inner)
-    );
+    let test = common::test_path(module_path!(), "a_unix_socket_url_reaches_the_same_cache");
     let mut command = std::process::Command::new(std::env::current_exe().expect("test binary"));
     command
         .args(["--exact", test.as_str()])

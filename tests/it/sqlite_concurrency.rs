@@ -69,11 +69,7 @@ async fn two_processes_of_sixteen_tasks_lose_nothing_and_never_see_locked() {
     drop(SqliteStore::open(&path).expect("create"));
     let path = path.to_str().expect("utf-8 path").to_owned();
 
-    // The harness names the worker by its path inside the test binary.
-    let worker = format!(
-        "{}::worker_process",
-        module_path!().split_once("::").map_or("", |(_, inner)| inner)
-    );
+    let worker = edgecache_testkit::test_path(module_path!(), "worker_process");
     let other = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([worker.as_str(), "--exact", "--ignored", "--nocapture"])
         .env(WORKER_DB, &path)

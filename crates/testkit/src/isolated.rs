@@ -7,6 +7,16 @@
 /// The variable that tells a test it is the one its process runs.
 const OWN_PROCESS: &str = "EDGECACHE_TEST_OWN_PROCESS";
 
+/// The name the test harness gives test `name` of module `module` (as
+/// `module_path!()` gives it): its path inside the test crate, the filter
+/// that selects it with `--exact`.
+pub fn test_path(module: &str, name: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, inner)) => format!("{inner}::{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// Whether the caller should return now because its body ran, and passed,
 /// in a process of its own; `false` in that process, where the body runs.
 /// `test` is the test's path as `module_path!()` and its name give it.
@@ -23,11 +33,7 @@ const OWN_PROCESS: &str = "EDGECACHE_TEST_OWN_PROCESS";
 ///
 /// Panics, with the child's output, when the test failed there.
 pub fn in_own_process(module: &str, name: &str) -> bool {
-    // The harness names tests by their path inside the test crate.
-    let path = match module.split_once("::") {
-        Some((_crate, inner)) => format!("{inner}::{name}"),
-        None => name.to_owned(),
-    };
+    let path = test_path(module, name);
     if std::env::var(OWN_PROCESS).is_ok_and(|running| running == path) {
         return false;
     }

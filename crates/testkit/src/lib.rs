@@ -29,7 +29,7 @@ use edgecache::CacheMiddleware;
 use http::{HeaderMap, StatusCode};
 use reqwest_middleware::ClientWithMiddleware;
 
-pub use isolated::in_own_process;
+pub use isolated::{in_own_process, test_path};
 pub use missing::skip_or_fail;
 
 /// What the origin saw of one request.
