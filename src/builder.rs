@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use crate::cache::policy::{ExpireAfter, RuleOptions, Rules, StaleWindow};
 use crate::cache::{Engine, EngineOptions};
-use crate::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
 use crate::store::Store;
 use crate::store::sign::EntrySigner;
 use crate::{CacheMiddleware, Error};
+use edgecache_base::key::{DEFAULT_CREDENTIAL_PARAMETERS, KeyRules, MatchHeaders, RequestHead};
 
 /// Builds a [`CacheMiddleware`]. Every option has a default; see each method.
 ///
@@ -39,7 +39,7 @@ pub struct CacheBuilder {
     credential_parameters: Vec<String>,
     ignored_parameters: Vec<String>,
     match_headers: MatchHeaders,
-    key_fn: Option<crate::key::KeyFn>,
+    key_fn: Option<edgecache_base::key::KeyFn>,
     cache_control: bool,
     shared: bool,
     targeted_fields: Vec<http::HeaderName>,
@@ -108,7 +108,7 @@ impl Default for CacheBuilder {
             stale_if_error: StaleWindow::Never,
             stale_while_revalidate: StaleWindow::Never,
             refresh_client: None,
-            tag_headers: crate::cache::default_tag_headers(),
+            tag_headers: edgecache_base::tags::default_tag_headers(),
         }
     }
 }

@@ -88,6 +88,13 @@ impl CacheMiddleware {
         Ok(self.stats().await?.bytes)
     }
 
+    /// Whether the store is shared by many machines across a network
+    /// (Redis), rather than this machine's own (memory, SQLite): a purge
+    /// counts such a cache as a shared layer, purged before the CDN edges.
+    pub fn store_is_remote(&self) -> bool {
+        self.engine.store.is_remote()
+    }
+
     /// Entry count and total bytes, in one call.
     pub async fn stats(&self) -> Result<StoreStats, Error> {
         Ok(self.engine.store.stats().await?)

@@ -116,88 +116,58 @@
 //! with `tracing-opentelemetry` it is an OpenTelemetry span
 //! (`examples/opentelemetry.rs`).
 //!
-//! # One purge, every layer
-//!
-//! [`purge::Purger`] purges a URL, a prefix or a tag from every
-//! [`purge::Target`] it is given, from the layer nearest the origin to the
-//! one nearest the user, and answers one [`purge::Report`]: a
-//! [`CacheMiddleware`], a [`versions::Client`] (feature `versions`),
-//! Akamai, Alibaba Cloud CDN, Cloudflare and Fastly are targets.
-//!
 //! # Akamai EdgeGrid
 //!
-//! [`edgegrid::EdgeGridAuth`] signs Akamai OPEN API calls made through a
-//! reqwest client (EG1-HMAC-SHA256, credentials from `.edgerc` or the
-//! environment); it stacks with the cache in one client.
-//! [`purge::akamai::FastPurgeClient`] purges by URL, tag or CP code within
-//! Akamai's limits.
+//! With the `edgegrid` feature, [`edgegrid::EdgeGridAuth`] signs Akamai OPEN
+//! API calls made through a reqwest client (EG1-HMAC-SHA256, credentials from
+//! `.edgerc` or the environment); it stacks with the cache in one client.
 //!
-//! # Alibaba Cloud CDN
+//! # The other edgecache crates
 //!
-//! [`purge::alibaba::AlibabaCdnClient`] refreshes and prefetches URL lists of
-//! any length: it validates every line first, checks the day's quota, packs
-//! calls to the API's limits, submits them concurrently within the call rate,
-//! journals what was accepted so an interrupted run resumes without paying
-//! twice, polls the tasks and reports every URL (ACS3-HMAC-SHA256 signing).
+//! This crate is the client cache and nothing else. Its siblings build on it:
 //!
-//! # A shared, versioned cache
-//!
-//! With the `server` feature, [`server`] is `edgecache serve`: many programs
-//! on many machines ask it for remote content; it keeps several versions of
-//! each response, fetched on schedules, pinned and tagged by users, and
-//! serves the one a [`versions::Selection`] picks; its dashboard at `/ui`
-//! shows the resources, their versions and the server to an operator. [`versions`] holds the
-//! model it shares with clients, the [`versions::Client`] and
-//! [`versions::VersionsMiddleware`].
+//! | crate | what it is |
+//! | --- | --- |
+//! | [`edgecache-purge`](https://docs.rs/edgecache-purge) | one `Purger` for every layer: this cache, the versioned server, Akamai, Alibaba Cloud CDN, Cloudflare and Fastly |
+//! | [`edgecache-versions`](https://docs.rs/edgecache-versions) | the versioned cache's model, its `Client` and `VersionsMiddleware` |
+//! | [`edgecache-server`](https://docs.rs/edgecache-server) | the versioned shared cache server, `edgecache serve`, as a library |
+//! | [`edgecache-cli`](https://docs.rs/edgecache-cli) | the `edgecache` command-line tool |
 //!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `sqlite` | yes | [`store::SqliteStore`], the default store |
-//! | `redis` | yes (via `cli`) | `store::RedisStore`, shared by many machines |
-//! | `versions` | yes (via `cli`) | [`versions`]: the versioned cache's model, its `Client` and `VersionsMiddleware` |
-//! | `server` | yes (via `cli`) | [`server`]: the versioned shared cache server, `edgecache serve` |
-//! | `replicas` | yes (via `cli`) | the server on PostgreSQL and an S3-compatible bucket: several replicas |
-//! | `cli` | yes | the `edgecache` command-line tool |
+//! | `redis` | no | `store::RedisStore`, shared by many machines, on Redis or Redis Cluster |
+//! | `edgegrid` | no | `edgegrid::EdgeGridAuth`, the Akamai OPEN API signer |
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 mod builder;
 pub mod cache;
-mod check;
-mod clock;
-mod digest;
+#[cfg(feature = "edgegrid")]
 pub mod edgegrid;
 mod error;
-mod ini;
 mod inspect;
-pub mod key;
 mod layer;
 pub mod metrics;
 mod middleware;
 mod mode;
-mod net;
-pub mod purge;
-#[cfg(feature = "server")]
-pub mod server;
 pub mod store;
 mod trace;
-#[cfg(feature = "versions")]
-pub mod versions;
 
 pub use builder::CacheBuilder;
 pub use cache::body::CacheBody;
 pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
+pub use edgecache_base::key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
 pub use error::Error;
-pub use key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
 pub use layer::{BoxError, CacheService};
 pub use middleware::CacheMiddleware;
 pub use mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 
 /// The README's Rust examples, compiled as doctests so they can't drift
 /// from the API.
-#[cfg(all(doctest, feature = "sqlite", feature = "redis", feature = "server"))]
+#[cfg(all(doctest, feature = "sqlite", feature = "redis"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;

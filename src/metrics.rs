@@ -28,7 +28,6 @@
 //! With `metrics-exporter-prometheus`, for one:
 //!
 //! ```no_run
-//! # #[cfg(feature = "server")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
 //! let cache = edgecache::CacheMiddleware::builder().build()?;

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use edgecache_base::response::{into_reqwest, url_extension};
 use http::Extensions;
-use reqwest::ResponseBuilderExt;
 use reqwest_middleware::{Middleware, Next};
 use tracing::Instrument;
 use url::Url;
@@ -221,16 +221,6 @@ fn into_reqwest_body(body: CacheBody<reqwest::Body>) -> reqwest::Body {
     }
 }
 
-/// Converts to a `reqwest::Response` that reports the request's URL (not
-/// reqwest's placeholder for responses built from `http` types).
-pub(crate) fn into_reqwest(response: http::Response<reqwest::Body>, url: &Url) -> reqwest::Response {
-    let (mut parts, body) = response.into_parts();
-    let mut extensions = url_extension(url);
-    extensions.extend(parts.extensions);
-    parts.extensions = extensions;
-    reqwest::Response::from(http::Response::from_parts(parts, body))
-}
-
 /// An answer from the cache as a `reqwest::Response`: its report goes into
 /// the map that carries the URL (this runs on every hit).
 fn answer_to_reqwest(answer: Answer, url: &Url) -> reqwest::Response {
@@ -238,10 +228,4 @@ fn answer_to_reqwest(answer: Answer, url: &Url) -> reqwest::Response {
     parts.extensions = url_extension(url);
     parts.extensions.insert(answer.info);
     reqwest::Response::from(http::Response::from_parts(parts, reqwest::Body::from(body)))
-}
-
-/// Extensions holding `url` as reqwest's response URL, whose type is private.
-fn url_extension(url: &Url) -> Extensions {
-    let mut carrier = http::Response::builder().url(url.clone()).body(()).unwrap_or_default();
-    std::mem::take(carrier.extensions_mut())
 }

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 
-use crate::key::CacheKey;
+use edgecache_base::key::CacheKey;
 
 /// How one request uses the cache. Pass it as a request extension; without
 /// one, [`CacheMode::Default`] applies.

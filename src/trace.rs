@@ -9,7 +9,7 @@ use tracing::Span;
 use tracing::field::Empty;
 use url::Url;
 
-use crate::key::{CacheKey, KeyRules};
+use edgecache_base::key::{CacheKey, KeyRules};
 
 /// The span of one request: `method` and the redacted `url` now; `key`,
 /// `decision`, `store_us`, `outcome` and `status` as they are known.

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 use criterion::Criterion;
-use edgecache::server::{Server, ServerConfig};
+use edgecache_server::{Server, ServerConfig};
 
 const RESOURCES: usize = 10_000;
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use criterion::{Criterion, Throughput};
-use edgecache::server::{Server, ServerConfig};
+use edgecache_server::{Server, ServerConfig};
 
 const CLIENTS: usize = 64;
 const LOAD_RUN: Duration = Duration::from_secs(5);

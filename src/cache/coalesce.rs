@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::key::CacheKey;
 use crate::store::entry::StoredResponse;
+use edgecache_base::key::CacheKey;
 
 /// What a leader hands its followers: the entry it stored, or `None`.
 type Outcome = Option<Option<Arc<StoredResponse>>>;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::ini::{IniError, unquote};
+use edgecache_base::ini::{IniError, unquote};
 
 /// Default `max_body`: how much of a POST body the signature covers.
 pub const DEFAULT_MAX_BODY: usize = 131_072;
@@ -207,8 +207,8 @@ impl Credentials {
             path: path.to_path_buf(),
             source,
         })?;
-        crate::ini::warn_if_shared(path);
-        let values = crate::ini::section(&text, section).map_err(|error| match error {
+        edgecache_base::ini::warn_if_shared(path);
+        let values = edgecache_base::ini::section(&text, section).map_err(|error| match error {
             IniError::Syntax { line, reason } => CredentialsError::Syntax {
                 path: path.to_path_buf(),
                 line,

@@ -191,7 +191,7 @@ async fn clock_skew(response: reqwest::Response) -> reqwest_middleware::Result<r
             server,
         }));
     }
-    Ok(crate::middleware::into_reqwest(
+    Ok(edgecache_base::response::into_reqwest(
         http::Response::from_parts(parts, reqwest::Body::from(body)),
         &url,
     ))

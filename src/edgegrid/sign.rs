@@ -3,9 +3,9 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use crate::digest::hmac_sha256;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use edgecache_base::digest::hmac_sha256;
 use http::{HeaderMap, Method};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -114,7 +114,7 @@ impl Signer {
 
 /// `yyyyMMddTHH:mm:ss+0000` in UTC, as EdgeGrid wants it.
 pub(crate) fn timestamp(time: SystemTime) -> String {
-    let utc = crate::clock::Utc::from(time);
+    let utc = edgecache_base::clock::Utc::from(time);
     format!(
         "{:04}{:02}{:02}T{:02}:{:02}:{:02}+0000",
         utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second

@@ -31,7 +31,7 @@ impl EntrySigner {
     pub(crate) fn new(secret: &[u8], older: &[Vec<u8>], salt: &[u8]) -> Self {
         let keys = std::iter::once(secret)
             .chain(older.iter().map(Vec::as_slice))
-            .map(crate::digest::hmac_sha256_keyed)
+            .map(edgecache_base::digest::hmac_sha256_keyed)
             .collect();
         Self {
             keys,

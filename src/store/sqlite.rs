@@ -413,7 +413,7 @@ impl Store for SqliteStore {
     }
 
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let candidate = crate::digest::random_bytes().to_vec();
+        let candidate = edgecache_base::digest::random_bytes().to_vec();
         self.run(move |connection| {
             // The first process to ask creates it; every later one reads it.
             connection.execute(

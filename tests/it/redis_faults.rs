@@ -85,25 +85,6 @@ async fn a_hung_redis_costs_a_request_at_most_the_deadline() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cli_answers_from_the_origin_while_redis_is_down() {
-    let Some(mut server) = RedisServer::start().await else {
-        return;
-    };
-    server.kill();
-    let origin = Origin::start().await;
-    let run = common::edgecache(["get", "-i", &origin.url("/max-age/60"), "--cache", &server.url()]).await;
-    assert!(run.success, "exit 0 expected; stderr: {}", run.stderr);
-    assert!(run.stdout.contains("x-cache: MISS"), "{}", run.stdout);
-    assert!(run.stdout.contains("GET /max-age/60 #1"), "{}", run.stdout);
-    assert_eq!(
-        run.stderr.matches("cache store failed").count(),
-        1,
-        "one warning: {}",
-        run.stderr
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_made_while_redis_is_down_is_applied_when_it_returns() {
     let Some(server) = RedisServer::start().await else {

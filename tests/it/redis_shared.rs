@@ -166,42 +166,6 @@ async fn requests_succeed_while_redis_is_down_and_caching_resumes_when_it_return
     assert!(resumed, "the cache stores and serves again once Redis is back");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cli_shares_a_redis_cache_between_runs() {
-    let Some(server) = RedisServer::start().await else {
-        return;
-    };
-    cli_shares_a_cache_between_runs(server.url()).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cli_shares_a_redis_cluster_cache_between_runs() {
-    let Some(cluster) = RedisCluster::start(false).await else {
-        return;
-    };
-    cli_shares_a_cache_between_runs(cluster.url()).await;
-}
-
-async fn cli_shares_a_cache_between_runs(cache: String) {
-    let origin = Origin::start().await;
-    let url = origin.url("/tagged/cli");
-    let run = |args: Vec<String>| async move { common::edgecache(args).await.stdout };
-    let get = |url: &str| vec!["get".into(), "-i".into(), url.into(), "--cache".into(), cache.clone()];
-    assert!(run(get(&url)).await.contains("x-cache: MISS"));
-    assert!(run(get(&url)).await.contains("x-cache: HIT"));
-    let deleted = run(vec![
-        "cache".into(),
-        "--cache".into(),
-        cache.clone(),
-        "delete-tag".into(),
-        "cli".into(),
-    ])
-    .await;
-    assert_eq!(deleted.trim(), "deleted 1 entry");
-    assert!(run(get(&url)).await.contains("x-cache: MISS"));
-    assert_eq!(origin.hits("/tagged/cli"), 2);
-}
-
 /// Runs this test binary again for one Redis test, with no `redis-server`
 /// on the `PATH`.
 fn without_redis_server(skip: bool) -> std::process::Output {

@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod counting;
 mod isolated;
+pub mod logs;
 mod missing;
 pub mod postgres_server;
 pub mod redis_cluster;
@@ -419,7 +420,7 @@ fn binary() -> std::path::PathBuf {
     let binary = profile.join(format!("edgecache{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
-        "{} is missing: the CLI tests run the binary cargo builds with the `cli` feature (cargo test --all-features)",
+        "{} is missing: tests that run the `edgecache` binary belong in edgecache-cli (crates/cli/tests), whose tests cargo builds it for",
         binary.display()
     );
     binary

@@ -541,7 +541,7 @@ impl Store for RedisStore {
     }
 
     async fn key_secret(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let candidate = crate::digest::random_bytes().to_vec();
+        let candidate = edgecache_base::digest::random_bytes().to_vec();
         let mut pipeline = redis::pipe();
         // The first process to ask creates it; every later one reads it.
         pipeline

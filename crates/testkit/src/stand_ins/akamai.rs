@@ -16,8 +16,9 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use edgecache::edgegrid::{Credentials, Signer};
-use edgecache::purge::TokenBucket;
-use edgecache::purge::akamai::RateLimits;
+use edgecache_purge::akamai::FastPurgeClient;
+use edgecache_purge::akamai::RateLimits;
+use edgecache_purge::{Backoff, TokenBucket};
 
 #[derive(Clone)]
 pub struct StandIn {
@@ -244,4 +245,36 @@ pub fn edgerc(state: &StandIn, directory: &std::path::Path) -> std::path::PathBu
     )
     .expect("write .edgerc");
     edgerc
+}
+
+/// Akamai's per-minute object rates applied per second (and requests × 60),
+/// so a 20,000-URL purge takes a second or two, not a minute.
+pub fn quick_limits() -> RateLimits {
+    RateLimits {
+        requests: (100, 3_000.0),
+        urls: (10_000, 12_000.0),
+        cpcodes: (300, 30.0),
+        tags: (5_000, 500.0),
+    }
+}
+
+/// A stand-in enforcing `limits`, and a client keeping to the same ones.
+pub async fn start_with(limits: RateLimits) -> (StandIn, FastPurgeClient) {
+    let (state, credentials) = serve(limits).await;
+    let backoff = Backoff {
+        base: std::time::Duration::from_millis(5),
+        cap: std::time::Duration::from_millis(50),
+    };
+    let client_limits = half_rates(limits);
+    let client = FastPurgeClient::new(credentials)
+        .expect("client")
+        .scheme("http")
+        .rate_limits(client_limits)
+        .backoff(backoff);
+    (state, client)
+}
+
+/// A stand-in and a client on [`quick_limits`].
+pub async fn start() -> (StandIn, FastPurgeClient) {
+    start_with(quick_limits()).await
 }

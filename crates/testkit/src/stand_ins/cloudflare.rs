@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use edgecache::purge::TokenBucket;
+use edgecache_purge::TokenBucket;
 
 pub const TOKEN: &str = "cf-stand-in-token-0123456789";
 pub const ZONE: &str = "023e105f4ecef8ad9ca31a8372d0c353";

@@ -1,0 +1,105 @@
+//! Alibaba Cloud CDN as a purge target: refresh by URL (`File`), by prefix
+//! (`Directory`) or by pattern (`Regex`), waiting for the tasks to finish.
+//! Prefetch stays its own warm-up ([`AlibabaCdnClient::batch`]).
+
+use async_trait::async_trait;
+
+use super::{AlibabaCdnClient, BatchError, ObjectType, Operation};
+use crate::{Layer, ObjectKind, Outcome, Progress, Refusal, Target};
+
+fn object_type(kind: ObjectKind) -> Result<ObjectType, Refusal> {
+    match kind {
+        ObjectKind::Url => Ok(ObjectType::File),
+        ObjectKind::Prefix => Ok(ObjectType::Directory),
+        ObjectKind::Regex => Ok(ObjectType::Regex),
+        ObjectKind::Tag => Err("Alibaba Cloud CDN refreshes by URL, directory or pattern, not by tag".into()),
+        ObjectKind::CpCode => Err("CP codes are Akamai's".into()),
+        ObjectKind::Host => Err("Alibaba Cloud CDN has no purge by host: refresh the host's root directory".into()),
+        ObjectKind::Everything => Err("Alibaba Cloud CDN has no purge-everything: refresh a directory".into()),
+    }
+}
+
+#[async_trait]
+impl Target for AlibabaCdnClient {
+    fn name(&self) -> String {
+        "alibaba".into()
+    }
+
+    fn layer(&self) -> Layer {
+        Layer::Edge
+    }
+
+    fn takes(&self, kind: ObjectKind) -> Result<(), Refusal> {
+        object_type(kind).map(drop)
+    }
+
+    fn check(&self, kind: ObjectKind, object: &str) -> Result<(), Refusal> {
+        let object_type = object_type(kind)?;
+        super::batch::prepare_url(Some(object_type), object)
+            .map(drop)
+            .map_err(|reason| Refusal::Invalid(format!("as an Alibaba {object_type} refresh, {reason}")))
+    }
+
+    async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
+        let object_type = match object_type(kind) {
+            Ok(object_type) => object_type,
+            Err(reason) => return vec![Outcome::skipped(reason.to_string()); objects.len()],
+        };
+        let stop = progress.clone();
+        let reporter = progress.clone();
+        let journal = progress.clone();
+        let run = self
+            .batch(Operation::Refresh {
+                object_type,
+                force: self.forces(),
+            })
+            .on_progress(move |step| match step {
+                super::Step::Submitted(_) => {}
+                super::Step::Completed(urls) => reporter.finished(urls, 0),
+                super::Step::Failed(urls) => reporter.finished(urls, urls),
+            })
+            .on_accepted(move |urls| {
+                journal.settled(
+                    urls,
+                    &Outcome::accepted(None, "submitted; its task was not seen complete"),
+                )
+            })
+            .stop_when(async move { stop.stopped().await })
+            .run(objects.iter().cloned())
+            .await;
+        match run {
+            Ok(report) => {
+                progress.called(report.calls);
+                let outcomes: std::collections::HashMap<&str, Outcome> = report
+                    .urls
+                    .iter()
+                    .map(|url| (url.url.as_str(), url.to_outcome()))
+                    .collect();
+                objects
+                    .iter()
+                    .map(|object| {
+                        outcomes
+                            .get(object.as_str())
+                            .cloned()
+                            .unwrap_or_else(|| Outcome::failed("the run's report did not cover it", true))
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                let retryable = matches!(&error, BatchError::Quota(error) if error.is_retryable());
+                progress.finished(objects.len(), objects.len());
+                vec![Outcome::failed(format!("nothing sent: {error}"), retryable); objects.len()]
+            }
+        }
+    }
+
+    async fn probe(&self) -> Result<String, String> {
+        match self.quota().await {
+            Ok(quota) => Ok(format!(
+                "credentials accepted; today {} of {} URL refreshes and {} of {} directory refreshes remain",
+                quota.url_remain, quota.url_quota, quota.dir_remain, quota.dir_quota
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
