@@ -50,5 +50,5 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 moto_server --help >/dev/null && echo "moto_server: $(command -v moto_server)"
 
-echo "== cargo test --all-features"
-cargo test --all-features "$@"
+echo "== cargo test --workspace --all-features"
+cargo test --workspace --all-features "$@"

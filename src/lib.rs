@@ -166,8 +166,11 @@ pub use layer::{BoxError, CacheService};
 pub use middleware::CacheMiddleware;
 pub use mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 
+/// This crate's version, as built (`edgecache --version` names it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The README's Rust examples, compiled as doctests so they can't drift
 /// from the API.
-#[cfg(all(doctest, feature = "sqlite", feature = "redis"))]
+#[cfg(all(doctest, feature = "sqlite", feature = "redis", feature = "edgegrid"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;

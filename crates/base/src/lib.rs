@@ -21,3 +21,12 @@ pub mod key;
 pub mod net;
 pub mod response;
 pub mod tags;
+
+/// This crate's version, as built (`edgecache --version` names it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust examples, compiled as doctests so they can't drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

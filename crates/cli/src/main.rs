@@ -13,8 +13,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `--version`: this program's version and that of each edgecache crate it
+/// was built from.
+static VERSIONS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (edgecache {}, edgecache-purge {}, edgecache-versions {}, edgecache-server {}, edgecache-base {})",
+        env!("CARGO_PKG_VERSION"),
+        edgecache::VERSION,
+        edgecache_purge::VERSION,
+        edgecache_versions::VERSION,
+        edgecache_server::VERSION,
+        edgecache_base::VERSION,
+    )
+});
+
 #[derive(Parser)]
-#[command(name = "edgecache", version, about = "HTTP caching from the command line")]
+#[command(name = "edgecache", version = VERSIONS.as_str(), about = "HTTP caching from the command line")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

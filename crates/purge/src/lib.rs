@@ -30,7 +30,7 @@
 //!
 //! - [`CacheMiddleware`](edgecache::CacheMiddleware): a URL's entries (every
 //!   variant), a prefix's (through the store's URL index) or a tag's;
-//! - [`versions::Client`](edgecache_versions::Client) (feature `versions`): every
+//! - [`edgecache_versions::Client`]: every
 //!   resource of the URL, prefix or tag the token can see is fetched now;
 //! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3 (URL, tag, CP code);
 //! - [`alibaba::AlibabaCdnClient`]: Alibaba Cloud CDN refresh (URL, prefix as a
@@ -69,3 +69,12 @@ pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
 pub use self::target::{Layer, Progress, Refusal, Target};
 pub use edgecache_base::net::{Backoff, TokenBucket};
+
+/// This crate's version, as built (`edgecache --version` names it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust examples, compiled as doctests so they can't drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -62,7 +62,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The routes are listed in the README and served at `/openapi.json`.
+//! The routes are listed in this crate's README and served at `/openapi.json`.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -88,6 +88,9 @@ use std::time::Duration;
 
 pub use auth::{Groups, TokenFileError, Tokens};
 pub use index::IndexError;
+
+/// This crate's version, as built (`edgecache --version` names it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(feature = "replicas")]
 use index::PgIndex;
@@ -530,3 +533,9 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2-pg"));
     }
 }
+
+/// The README's Rust examples, compiled as doctests so they can't drift
+/// from the API.
+#[cfg(all(doctest, feature = "replicas"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -14,6 +14,7 @@ pub mod postgres_server;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod s3_server;
+#[cfg(feature = "purge")]
 pub mod stand_ins;
 pub mod versions_server;
 

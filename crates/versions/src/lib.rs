@@ -42,3 +42,12 @@ pub use model::{
 };
 #[doc(hidden)]
 pub use model::{encode_body, header_map, strict_bool, url_with_query};
+
+/// This crate's version, as built (`edgecache --version` names it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust examples, compiled as doctests so they can't drift
+/// from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;

@@ -186,3 +186,21 @@ async fn get_v_and_cache_stats_show_the_caches_figures() {
         stats.stdout
     );
 }
+
+/// `--version` names the program's version and that of each crate it was
+/// built from, so a report says which library code ran.
+#[tokio::test]
+async fn version_names_every_crate_it_was_built_from() {
+    let run = common::edgecache(["--version"]).await;
+    assert!(run.success, "{}", run.stderr);
+    let expected = format!(
+        "edgecache {} (edgecache {}, edgecache-purge {}, edgecache-versions {}, edgecache-server {}, edgecache-base {})",
+        env!("CARGO_PKG_VERSION"),
+        edgecache::VERSION,
+        edgecache_purge::VERSION,
+        edgecache_versions::VERSION,
+        edgecache_server::VERSION,
+        edgecache_base::VERSION,
+    );
+    assert_eq!(run.stdout.trim(), expected);
+}

@@ -1,8 +1,8 @@
 //! The dashboard at `/ui`, in a real headless Chromium against a real
 //! `edgecache serve` and origin.
 //!
-//! `EDGECACHE_SCREENSHOTS=docs cargo test -p edgecache-cli --test it dashboard::`
-//! also saves the screenshots the README shows (`docs/screenshots.sh`).
+//! `EDGECACHE_SCREENSHOTS=$PWD/crates/server/docs cargo test -p edgecache-cli --test it dashboard::`
+//! also saves the screenshots edgecache-server's README shows (`crates/server/docs/screenshots.sh`).
 
 use edgecache_testkit as common;
 

@@ -82,7 +82,7 @@ async fn the_cli_reads_files_validates_first_and_reports() {
 /// The figure for `edgecache purge akamai` with 20,000 URLs, Akamai's real
 /// buckets on both sides (10,000 URLs at once, then 200/s: about 50 s at
 /// best), every 7th request a `503` and every 4th connection dropped:
-/// `cargo test --test it fast_purge::twenty_thousand_urls_through_the_cli -- --ignored --nocapture`.
+/// `cargo test -p edgecache-cli --test it fast_purge::twenty_thousand_urls_through_the_cli -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "takes about a minute: Akamai's real rate limits"]
 async fn twenty_thousand_urls_through_the_cli() {
