@@ -41,7 +41,7 @@
 //!
 //! # The rules
 //!
-//! * **Keys** ([`key`]): upper-cased method; the URL normalized
+//! * **Keys** ([`CacheKey`]): upper-cased method; the URL normalized
 //!   (lower-case scheme and host, default port, userinfo and fragment
 //!   dropped, query parameters sorted); matched request headers
 //!   ([`MatchHeaders`]) and the response's `Vary`; a keyed digest of the

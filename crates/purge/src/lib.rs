@@ -30,7 +30,7 @@
 //!
 //! - [`CacheMiddleware`](edgecache::CacheMiddleware): a URL's entries (every
 //!   variant), a prefix's (through the store's URL index) or a tag's;
-//! - [`edgecache_versions::Client`]: every
+//! - [`edgecache_versions::Client`], the versioned server: every
 //!   resource of the URL, prefix or tag the token can see is fetched now;
 //! - [`akamai::FastPurgeClient`]: Akamai Fast Purge v3 (URL, tag, CP code);
 //! - [`alibaba::AlibabaCdnClient`]: Alibaba Cloud CDN refresh (URL, prefix as a

@@ -1,6 +1,7 @@
-//! Alibaba Cloud CDN refresh and prefetch against a local stand-in
-//! (`edgecache_testkit::stand_ins::alibaba`) that verifies every signature, enforces the
-//! limits, keeps a quota and runs tasks.
+//! `edgecache purge alibaba` against a local stand-in
+//! (`edgecache_testkit::stand_ins::alibaba`) that verifies every signature,
+//! enforces the limits, keeps a quota and runs tasks: files checked line by
+//! line, quotas, journals and resumes, credentials, the report.
 
 use edgecache_testkit as common;
 

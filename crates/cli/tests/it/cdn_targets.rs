@@ -1,6 +1,6 @@
-//! The Cloudflare and Fastly targets against local stand-ins of their APIs
-//! (`edgecache_testkit::stand_ins::{cloudflare, fastly}`): every object kind,
-//! the limits, soft purges, refusals, and the command line.
+//! `edgecache purge` reaching Cloudflare and Fastly from the targets file,
+//! against local stand-ins of their APIs
+//! (`edgecache_testkit::stand_ins::{cloudflare, fastly}`).
 
 use edgecache_testkit as common;
 use edgecache_testkit::stand_ins::cloudflare as cloudflare_stand_in;

@@ -1,6 +1,6 @@
-//! Fast Purge against a local stand-in (`edgecache_testkit::stand_ins::akamai`) that
-//! verifies every EdgeGrid signature, enforces the body limit and the token
-//! buckets, answers some requests with 503 and drops some connections.
+//! `edgecache purge akamai` against a local stand-in
+//! (`edgecache_testkit::stand_ins::akamai`) that verifies every EdgeGrid
+//! signature and enforces Akamai's limits: files checked first, reports.
 
 use edgecache_testkit as common;
 use edgecache_testkit::stand_ins::akamai as stand_in;

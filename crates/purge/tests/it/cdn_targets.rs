@@ -1,6 +1,6 @@
 //! The Cloudflare and Fastly targets against local stand-ins of their APIs
 //! (`edgecache_testkit::stand_ins::{cloudflare, fastly}`): every object kind,
-//! the limits, soft purges, refusals, and the command line.
+//! the limits, soft purges and refusals.
 
 use edgecache_testkit::stand_ins::cloudflare as cloudflare_stand_in;
 use edgecache_testkit::stand_ins::fastly as fastly_stand_in;
