@@ -157,6 +157,7 @@ pub struct Version {
 }
 
 impl Version {
+    #[doc(hidden)] // the server's, shared through this crate; not an API of its own
     /// A ready version made from an origin's answer: its status, the
     /// headers `keep` accepts, and the validators and media type. Size,
     /// digest and times are the caller's to fill.
@@ -203,6 +204,7 @@ impl Version {
         }
     }
 
+    #[doc(hidden)] // the server's, shared through this crate; not an API of its own
     /// The version as a [`VERSION_METADATA`] header value; `None` past
     /// 64 KiB (an origin with huge headers), where the client asks for the
     /// metadata instead, so a response head stays within what clients read.
