@@ -8,7 +8,6 @@
 //! [`CacheService`](crate::CacheService) for tower) only convert types.
 
 pub(crate) mod body;
-mod breaker;
 mod coalesce;
 mod directives;
 pub mod policy;
@@ -32,7 +31,6 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use self::body::{CacheBody, Collected, Recorder, collect_limited};
-use self::breaker::{Breaker, Transition};
 use self::coalesce::{Inflight, Leader, Turn, follow};
 use self::directives::{RequestDirectives, has_directive, has_no_cache, vary_names};
 use self::policy::{ExpireAfter, Lifetime, Rules, StaleWindow};
@@ -40,6 +38,7 @@ use crate::mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 use crate::store::entry::{DecodeError, StoredResponse};
 use crate::store::sign::EntrySigner;
 use crate::store::{Store, StoreEntry, StoreError, StoredValue};
+use edgecache_base::breaker::{Breaker, Transition};
 use edgecache_base::key::{CacheKey, KeyRules, KeySecret, RequestHead};
 use edgecache_base::tags::tags_in;
 

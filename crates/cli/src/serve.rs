@@ -46,6 +46,20 @@ pub struct ServeArgs {
     /// replica that dies mid-download is replaced this long after.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     lease_seconds: u64,
+    /// The longest one call to the index may take, in seconds; past it, or
+    /// with the database gone, requests that need the index answer 503
+    /// `index_unavailable` at once until it answers again.
+    #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = positive_seconds)]
+    index_deadline: std::time::Duration,
+    /// The longest a call to the blob store may take before its first
+    /// byte, and a body may stall between two chunks, in seconds; past it,
+    /// reads answer 503 `blobs_unavailable`.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = positive_seconds)]
+    blob_deadline: std::time::Duration,
+    /// How long start-up waits for an unreachable index or blob store,
+    /// retrying, before giving up, in seconds.
+    #[arg(long, default_value = "120", value_name = "SECONDS", value_parser = positive_seconds)]
+    startup_timeout: std::time::Duration,
     /// How long a body no version references stays, so readers on other
     /// replicas finish [default: 0 with SQLite, 600 with --index].
     #[arg(long, value_name = "SECONDS")]
@@ -90,6 +104,17 @@ pub struct ServeArgs {
     tag_headers: Vec<http::HeaderName>,
 }
 
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn positive_seconds(value: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    if seconds.is_nan() || seconds <= 0.0 {
+        return Err(format!("`{value}`: give more than 0 seconds"));
+    }
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|error| format!("`{value}`: {error}"))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut tokens = match &args.token_file {
         Some(path) => Tokens::read(path)?,
@@ -114,6 +139,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.s3_endpoint = args.s3_endpoint.clone();
     config.lease_ttl = std::time::Duration::from_secs(args.lease_seconds.max(1));
     config.blob_grace = args.blob_grace_seconds.map(std::time::Duration::from_secs);
+    config.index_deadline = args.index_deadline;
+    config.blob_deadline = args.blob_deadline;
+    config.startup_timeout = args.startup_timeout;
     config.listen = args.listen;
     config.tokens = tokens;
     config.allow_private_origins = args.allow_private_origins;

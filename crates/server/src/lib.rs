@@ -70,6 +70,7 @@
 mod api;
 mod app;
 mod auth;
+mod backend;
 mod blobs;
 mod guard;
 mod index;
@@ -98,6 +99,9 @@ use index::{Index, SqliteIndex};
 
 use edgecache_base::key::{KeyRules, KeySecret, MatchHeaders};
 use edgecache_base::net::Backoff;
+
+/// How often the blob store's health is checked.
+const BLOB_CHECKS: Duration = Duration::from_secs(10);
 
 /// How long in-flight responses may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -164,6 +168,20 @@ pub struct ServerConfig {
     /// with SQLite (one server knows its own readers), 10 minutes with
     /// PostgreSQL.
     pub blob_grace: Option<Duration>,
+    /// The longest one call to the index may take (default 5 s). A call
+    /// that takes longer, or finds the database gone, opens a circuit
+    /// breaker: requests that need the index answer 503
+    /// `index_unavailable` at once until a probe finds it back. Reads of
+    /// resources this replica has served keep answering from memory.
+    pub index_deadline: Duration,
+    /// The longest a call to the blob store may take before its first
+    /// byte, and the longest a body may stall between two chunks (default
+    /// 10 s); writes get the time their size takes at 1 MiB/s on top. As
+    /// with the index, a failing store answers 503 `blobs_unavailable`.
+    pub blob_deadline: Duration,
+    /// How long start-up waits for an unreachable index or blob store,
+    /// retrying with backoff, before giving up (default 2 minutes).
+    pub startup_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -188,6 +206,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("s3_endpoint", &self.s3_endpoint)
             .field("lease_ttl", &self.lease_ttl)
             .field("blob_grace", &self.blob_grace)
+            .field("index_deadline", &self.index_deadline)
+            .field("blob_deadline", &self.blob_deadline)
+            .field("startup_timeout", &self.startup_timeout)
             .finish()
     }
 }
@@ -236,6 +257,9 @@ impl ServerConfig {
             s3_endpoint: None,
             lease_ttl: Duration::from_secs(30),
             blob_grace: None,
+            index_deadline: Duration::from_secs(5),
+            blob_deadline: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -294,7 +318,14 @@ async fn open_index(config: &ServerConfig) -> Result<(Arc<dyn Index>, Option<std
     if let Some(url) = &config.index {
         #[cfg(feature = "replicas")]
         {
-            let index: Arc<dyn Index> = Arc::new(PgIndex::connect(url).await?);
+            let connected = until_reachable(
+                "index database",
+                config.startup_timeout,
+                || PgIndex::connect(url),
+                |error| error.is_unavailable(),
+            )
+            .await?;
+            let index: Arc<dyn Index> = Arc::new(connected);
             if config.blobs.is_none() {
                 tracing::warn!(
                     "the index is shared but bodies go to a local directory: replicas on other machines can't serve them (give --blobs s3://…)"
@@ -325,18 +356,54 @@ async fn open_index(config: &ServerConfig) -> Result<(Arc<dyn Index>, Option<std
     Ok((index, Some(lock)))
 }
 
+/// Runs `attempt` until it succeeds, fails for another reason than
+/// `unavailable`, or `timeout` has passed: a replica started while its
+/// database or bucket is out waits for it, saying so, instead of exiting.
+async fn until_reachable<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> F,
+    unavailable: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let started = tokio::time::Instant::now();
+    let backoff = Backoff::default();
+    let mut retry = 0u32;
+    loop {
+        let error = match attempt().await {
+            Ok(value) => {
+                if retry > 0 {
+                    tracing::info!("the {what} answers; starting");
+                }
+                return Ok(value);
+            }
+            Err(error) if unavailable(&error) => error,
+            Err(error) => return Err(error),
+        };
+        let wait = backoff
+            .delay(retry, None)
+            .max(Duration::from_millis(500))
+            .min(Duration::from_secs(10));
+        if started.elapsed() + wait > timeout {
+            return Err(error);
+        }
+        tracing::warn!(%error, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "the {what} can't be used yet; retrying until --startup-timeout");
+        tokio::time::sleep(wait).await;
+        retry = retry.saturating_add(1);
+    }
+}
+
 /// The bucket `--blobs` names.
-fn open_bucket(location: &str, endpoint: Option<&str>) -> Result<blobs::Blobs, ServerError> {
+fn open_bucket(location: &str, endpoint: Option<&str>, deadline: Duration) -> Result<blobs::Blobs, ServerError> {
     #[cfg(feature = "replicas")]
     {
-        blobs::Blobs::bucket(location, endpoint).map_err(|error| ServerError::Blobs {
+        blobs::Blobs::bucket(location, endpoint, deadline).map_err(|error| ServerError::Blobs {
             location: location.to_owned(),
             detail: error.to_string(),
         })
     }
     #[cfg(not(feature = "replicas"))]
     {
-        let _ = endpoint;
+        let _ = (endpoint, deadline);
         Err(ServerError::Unsupported(format!(
             "--blobs {location} needs the `replicas` feature, which this build lacks"
         )))
@@ -382,13 +449,16 @@ async fn open_blobs(config: &ServerConfig) -> Result<Arc<blobs::Blobs>, ServerEr
     let blobs = Arc::new(match &config.blobs {
         None => {
             std::fs::create_dir_all(&config.data).map_err(data_error)?;
-            blobs::Blobs::open(&config.data.join("objects")).map_err(data_error)?
+            blobs::Blobs::open(&config.data.join("objects"), config.blob_deadline).map_err(data_error)?
         }
-        Some(location) => open_bucket(location, config.s3_endpoint.as_deref())?,
+        Some(location) => open_bucket(location, config.s3_endpoint.as_deref(), config.blob_deadline)?,
     });
-    if let Err(error) = blobs.ping().await {
+    if let Err(error) = until_reachable("blob store", config.startup_timeout, || blobs.check(), |_| true).await {
         return Err(ServerError::Blobs {
-            location: config.blobs.clone().unwrap_or_default(),
+            location: config
+                .blobs
+                .clone()
+                .unwrap_or_else(|| config.data.join("objects").display().to_string()),
             detail: error.to_string(),
         });
     }
@@ -425,6 +495,7 @@ impl Server {
             return Err(ServerError::NoTokenOffLoopback(config.listen));
         }
         let (index, data_lock) = open_index(&config).await?;
+        let index: Arc<dyn Index> = Arc::new(index::Guarded::new(index, config.index_deadline));
         let blobs = open_blobs(&config).await?;
         let blob_grace = config.blob_grace.unwrap_or(if config.index.is_some() {
             Duration::from_secs(600)
@@ -491,6 +562,7 @@ impl Server {
         let _held = self.data_lock;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(self.state.worker.clone().schedule(stopped.clone()));
+        let _health = worker::AbortOnDrop(tokio::spawn(self.state.library.blobs.clone().watch(BLOB_CHECKS)));
         let app = app::router(self.state);
         // Without TCP_NODELAY, a body written after its headers waits for
         // the client's delayed ACK: 40 ms per small response.

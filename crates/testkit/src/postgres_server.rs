@@ -12,6 +12,7 @@ pub struct PostgresServer {
     bin: PathBuf,
     directory: tempfile::TempDir,
     running: bool,
+    paused: bool,
 }
 
 /// Where `initdb` is: on the PATH, or in Debian's versioned directory.
@@ -63,6 +64,7 @@ impl PostgresServer {
             bin,
             directory,
             running: false,
+            paused: false,
         };
         if is_root() {
             let status = Command::new("chown")
@@ -153,6 +155,33 @@ impl PostgresServer {
         }
     }
 
+    /// Freezes the database as a hung host would: SIGSTOP to the postmaster
+    /// and every backend. Connections stay open; nothing answers.
+    pub fn pause(&mut self) {
+        self.signal("STOP");
+        self.paused = true;
+    }
+
+    /// Thaws what [`PostgresServer::pause`] froze.
+    pub fn resume(&mut self) {
+        self.signal("CONT");
+        self.paused = false;
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.directory.path().join("data/postmaster.pid"))
+            .expect("postmaster.pid of a running cluster")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        // The backends first, so none runs on while the postmaster stops.
+        let _ = Command::new("pkill").args([&format!("-{signal}"), "-P", &pid]).status();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(status.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+    }
+
     /// Starts it again on the same port, with the same data.
     pub fn restart(&mut self) {
         let data = self.data();
@@ -170,6 +199,9 @@ impl PostgresServer {
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
+        if self.paused {
+            self.resume();
+        }
         self.kill();
     }
 }

@@ -60,6 +60,23 @@ impl S3Server {
         panic!("moto_server did not start on port {port}");
     }
 
+    /// Freezes the server (SIGSTOP), as a bucket that hangs: connections
+    /// are accepted by the kernel, and nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws what [`S3Server::pause`] froze.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status();
+        assert!(status.is_ok_and(|status| status.success()), "kill -{signal} {pid}");
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -89,6 +106,9 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

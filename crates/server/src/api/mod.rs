@@ -23,9 +23,10 @@ mod selection;
 pub(super) use parse::query_pairs;
 use parse::*;
 use register::register;
-use selection::{content, select};
+use selection::{content, content_with_repair, select};
 
 use super::auth::{Groups, Tokens};
+use super::blobs::ReadError;
 use super::guard;
 use super::index::{DeleteOutcome, Finish, Index, IndexError, PinOutcome, ResourceFilter, VersionQuery};
 use super::library::Library;
@@ -110,7 +111,8 @@ impl From<IndexError> for ApiError {
             );
         }
         if error.is_unavailable() {
-            tracing::error!(%error, "the index can't be reached");
+            // Logged once per outage by the index's breaker, not per request.
+            tracing::debug!(%error, "the index can't be reached");
             let mut unavailable = Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "index_unavailable",
@@ -414,13 +416,12 @@ async fn select_content(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let selection = selection(raw.as_deref())?;
-    let version = select(&state, &groups, &rid, &selection).await?;
+    let (version, mut response) = content_with_repair(&state, &groups, &rid, &selection, &headers).await?;
     // Only for clients that ask: most callers want the body alone.
     let metadata = headers
         .contains_key(VERSION_METADATA)
         .then(|| version.to_header())
         .flatten();
-    let mut response = content(&state, version, &headers).await?;
     if let Some(metadata) = metadata {
         response.headers_mut().insert(VERSION_METADATA, metadata);
     }
@@ -508,20 +509,10 @@ async fn remove_tag(
 /// Whether this replica reaches its index and its blobs: 200, or 503 with
 /// what fails.
 async fn healthz(State(state): Shared) -> Response {
-    let (index, blobs) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(5), state.index.ping()),
-        tokio::time::timeout(Duration::from_secs(5), state.library.blobs.ping()),
-    );
-    let index = match index {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error.to_string()),
-        Err(_) => Some("the index did not answer within 5 s".to_owned()),
-    };
-    let blobs = match blobs {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error.to_string()),
-        Err(_) => Some("the blob store did not answer within 5 s".to_owned()),
-    };
+    // The index's deadline bounds the ping; the blob store is checked in
+    // the background (a write and a read), and its last outcome is told.
+    let index = state.index.ping().await.err().map(|error| error.to_string());
+    let blobs = state.library.blobs.last_check();
     let status = if index.is_none() && blobs.is_none() {
         StatusCode::OK
     } else {

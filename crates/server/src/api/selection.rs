@@ -101,6 +101,59 @@ async fn wait_for_match(state: &AppState, rid: &str, selection: &Selection) -> A
     }
 }
 
+/// A ready version whose body is missing from the store: every version
+/// with that body turns failed and its resource is fetched again; the
+/// answer says so. [`content_with_repair`] selects again after it.
+async fn lost_body(state: &Arc<AppState>, version_id: &str, sha: &str) -> ApiError {
+    match state.index.lose_blob(sha, Timestamp::now()).await {
+        Ok(resources) => {
+            tracing::warn!(version = %version_id, blob = %sha, resources = resources.len(), "a ready version's body is missing from the blob store; its versions are marked failed and fetched again");
+            for rid in resources {
+                if let Err(error) = state.worker.fetch(&rid).await {
+                    tracing::debug!(%error, resource = %rid, "the refetch waits for the schedule");
+                }
+            }
+            state.worker.wake();
+        }
+        Err(error) => {
+            tracing::warn!(%error, blob = %sha, "a body is missing from the blob store, and the index can't record it")
+        }
+    }
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        BODY_MISSING,
+        format!(
+            "the body of version {version_id} went missing from the blob store; it is marked failed and fetched again"
+        ),
+    );
+    error.retry_after = Some(1);
+    error
+}
+
+/// The code of [`lost_body`]'s answer.
+const BODY_MISSING: &str = "body_missing";
+
+/// Selects and streams; when the selected body turns out missing, selects
+/// again once, among the versions left (or waits for the refetch, as the
+/// selection asks).
+pub(super) async fn content_with_repair(
+    state: &Arc<AppState>,
+    groups: &Groups,
+    rid: &str,
+    selection: &Selection,
+    request: &HeaderMap,
+) -> AppResult<(Version, Response)> {
+    let version = select(state, groups, rid, selection).await?;
+    match content(state, version.clone(), request).await {
+        Err(error) if error.detail.code == BODY_MISSING => {
+            let version = select(state, groups, rid, selection).await?;
+            let response = content(state, version.clone(), request).await?;
+            Ok((version, response))
+        }
+        answered => Ok((version, answered?)),
+    }
+}
+
 /// Streams a ready version: `ETag` is its sha256; `Range` and
 /// `If-None-Match` are honoured.
 pub(super) async fn content(state: &Arc<AppState>, version: Version, request: &HeaderMap) -> AppResult<Response> {
@@ -166,14 +219,21 @@ pub(super) async fn content(state: &Arc<AppState>, version: Version, request: &H
     let body = if length == 0 {
         Body::empty()
     } else {
-        let stream = state.library.blobs.read(&sha, size, range).await.map_err(|error| {
-            tracing::error!(%error, blob = %sha, "a ready version's body is missing");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the version's body can't be read; see the server log",
-            )
-        })?;
+        let stream = match state.library.blobs.read(&sha, size, range).await {
+            Ok(stream) => stream,
+            Err(ReadError::Missing) => return Err(lost_body(state, &version.id, &sha).await),
+            Err(ReadError::Unavailable(reason)) => {
+                // Logged once per outage by the store's breaker.
+                tracing::debug!(%reason, blob = %sha, "a body can't be read");
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "blobs_unavailable",
+                    "the server can't read bodies from its blob store now; try another replica or again shortly",
+                );
+                error.retry_after = Some(5);
+                return Err(error);
+            }
+        };
         metrics::counter!("edgecache_server_content_bytes_total").increment(length);
         // The guard lives as long as the body streams.
         Body::from_stream(stream.map(move |chunk| {

@@ -18,8 +18,10 @@
 //! whose lease was taken, so a slow replica can't overwrite the version
 //! another one finished.
 
+mod guarded;
 #[cfg(feature = "replicas")]
 mod postgres;
+mod selections;
 mod sqlite;
 
 use std::collections::HashSet;
@@ -30,6 +32,7 @@ use jiff::Timestamp;
 
 #[cfg(all(test, feature = "replicas"))]
 mod contract;
+pub(crate) use guarded::Guarded;
 #[cfg(feature = "replicas")]
 pub(crate) use postgres::PgIndex;
 pub(crate) use sqlite::SqliteIndex;
@@ -58,6 +61,10 @@ pub enum IndexError {
         /// Why it doesn't parse.
         detail: String,
     },
+    /// The index did not answer within its deadline, or is failing and
+    /// not being called until it answers again.
+    #[error("{0}")]
+    Unavailable(String),
     /// The fetch's lease ran out and another replica took it over.
     #[error("the lease on this fetch ran out and another replica took it over")]
     LeaseLost,
@@ -83,7 +90,7 @@ impl IndexError {
         if let IndexError::Unreachable(_) = self {
             return true;
         }
-        false
+        matches!(self, IndexError::Unavailable(_))
     }
 }
 
@@ -282,7 +289,10 @@ pub(crate) trait Index: Send + Sync + 'static {
     /// out first, then due resources. Concurrent claims never get the same
     /// fetch.
     async fn claim(&self, lease: &Lease, now: Timestamp, max: usize) -> Result<Claimed, IndexError>;
-    /// Renews `lease` on these versions. Answers those it still holds.
+    /// Renews `lease` on these versions. Answers those it lost: still
+    /// unfinished, and held by another holder, which took them over once the
+    /// lease had run out by the database's clock. A version finished or
+    /// deleted meanwhile is not lost.
     async fn renew(&self, lease: &Lease, version_ids: Vec<String>) -> Result<Vec<String>, IndexError>;
     /// Whether a fetch of the resource is under way on any replica.
     async fn fetching(&self, resource_id: &str) -> Result<bool, IndexError>;
@@ -336,6 +346,11 @@ pub(crate) trait Index: Send + Sync + 'static {
         add: bool,
         now: Timestamp,
     ) -> Result<Option<Version>, IndexError>;
+    /// Records that the blob `sha256` is missing from the store: every
+    /// ready version with that body turns failed (saying so), and its
+    /// resource is due a fetch now, whatever its strategy. Answers those
+    /// resources.
+    async fn lose_blob(&self, sha256: &str, now: Timestamp) -> Result<Vec<String>, IndexError>;
     /// Makes cron resources with `run_at_start` due now.
     async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError>;
     /// When the next timed pin after `now` runs out, if any.
@@ -363,6 +378,11 @@ pub(crate) trait Index: Send + Sync + 'static {
     /// A counter bumped whenever another replica changes something (its
     /// `NOTIFY`s); `None` where there are no other replicas.
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Whether other replicas' changes are heard now (the `LISTEN`
+    /// connection is up); `None` where there are no other replicas.
+    fn listening(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         None
     }
 }
@@ -436,6 +456,9 @@ pub(super) fn finish_resource(
 pub(super) const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link";
 /// Version columns in the order both backends read them.
 pub(super) const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error, cache_tags";
+
+/// The error a version whose body went missing is marked failed with.
+pub(super) const BODY_LOST: &str = "its body went missing from the blob store; the resource is being fetched again";
 
 /// The error the superseded copy of a doubly-started fetch is closed with.
 pub(super) const SUPERSEDED: &str = "interrupted; another fetch of this resource was restarted";

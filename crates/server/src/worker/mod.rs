@@ -281,11 +281,13 @@ impl Worker {
     }
 
     /// Renews the leases of this replica's fetches every third of their
-    /// time. A fetch whose lease was taken, or that couldn't be renewed in
-    /// time (the database is out of reach), stops: another replica will
-    /// restart it, and two must never fetch one resource at once.
+    /// time. A fetch whose lease another replica took (the database saw
+    /// it run out), or that couldn't be renewed in time (the database is
+    /// out of reach), stops: another replica will restart it, and two must
+    /// never fetch one resource at once. Only the first counts as an expiry.
     async fn heartbeat(self: Arc<Self>) {
-        let every = self.library.lease.ttl / 3;
+        let ttl = self.library.lease.ttl;
+        let every = ttl / 3;
         let mut renewed_at = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
@@ -293,27 +295,37 @@ impl Worker {
                 let in_flight = self.in_flight.lock().await;
                 in_flight.values().map(|fetch| fetch.version.id.clone()).collect()
             };
-            let lost: Vec<String> = match self.index.renew(&self.library.lease, held.clone()).await {
-                Ok(still) => {
+            let since_renewal = renewed_at.elapsed();
+            let (stop, lapsed) = match self.index.renew(&self.library.lease, held.clone()).await {
+                Ok(lost) => {
                     renewed_at = tokio::time::Instant::now();
-                    held.into_iter().filter(|id| !still.contains(id)).collect()
+                    (lost, true)
                 }
-                Err(error) if renewed_at.elapsed() + every >= self.library.lease.ttl => {
+                Err(error) if renewed_at.elapsed() + every >= ttl => {
                     tracing::error!(%error, "could not renew the fetch leases in time; stopping this replica's fetches");
-                    held
+                    (held, false)
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "could not renew the fetch leases");
-                    Vec::new()
+                    tracing::debug!(%error, "could not renew the fetch leases; retrying");
+                    (Vec::new(), false)
                 }
             };
-            if lost.is_empty() {
+            if stop.is_empty() {
                 continue;
             }
-            metrics::counter!("edgecache_server_lease_expiries_total").increment(lost.len() as u64);
+            if lapsed {
+                metrics::counter!("edgecache_server_lease_expiries_total").increment(stop.len() as u64);
+            }
             let in_flight = self.in_flight.lock().await;
-            for fetch in in_flight.values().filter(|fetch| lost.contains(&fetch.version.id)) {
-                tracing::warn!(version = %fetch.version.id, "lost the lease on a fetch; stopping it");
+            for fetch in in_flight.values().filter(|fetch| stop.contains(&fetch.version.id)) {
+                if lapsed {
+                    tracing::warn!(
+                        version = %fetch.version.id,
+                        last_renewed_ms_ago = u64::try_from(since_renewal.as_millis()).unwrap_or(u64::MAX),
+                        lease_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+                        "another replica took this fetch over after its lease ran out; stopping it here"
+                    );
+                }
                 fetch.cancel.send_replace(true);
             }
         }
@@ -370,7 +382,12 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "could not read the schedule");
+                    // An index outage is logged once, by its breaker.
+                    if error.is_unavailable() {
+                        tracing::debug!(%error, "could not read the schedule");
+                    } else {
+                        tracing::warn!(%error, "could not read the schedule");
+                    }
                     Duration::from_secs(5)
                 }
             };
@@ -379,7 +396,9 @@ impl Worker {
             let pin_end = match self.index.next_pin_end(now).await {
                 Ok(next) => next,
                 Err(error) => {
-                    tracing::warn!(%error, "could not read when pins end");
+                    if !error.is_unavailable() {
+                        tracing::warn!(%error, "could not read when pins end");
+                    }
                     None
                 }
             };
@@ -423,7 +442,7 @@ impl Worker {
 }
 
 /// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

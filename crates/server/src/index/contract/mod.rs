@@ -12,7 +12,7 @@ use std::time::Duration;
 use edgecache_testkit::postgres_server::PostgresServer;
 
 use super::{
-    DeleteOutcome, Finish, Index, Lease, PgIndex, PinOutcome, ResourceFilter, SqliteIndex, Start, VersionQuery,
+    DeleteOutcome, Finish, Guarded, Index, Lease, PgIndex, PinOutcome, ResourceFilter, SqliteIndex, Start, VersionQuery,
 };
 use edgecache_versions::{Limits, Resource, Strategy, Version, VersionStatus};
 
@@ -158,6 +158,7 @@ contract!(
     the_blobs_lock_excludes_across_connections,
     updates_reschedule_unless_a_fetch_is_under_way,
     other_replicas_hear_of_changes,
+    a_lost_body_fails_its_versions_and_makes_their_resources_due,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +195,83 @@ async fn replicas_starting_together_migrate_once_and_a_lost_database_is_reported
         .expect_err("nothing listens");
     assert!(bad.is_unavailable());
     assert!(!format!("{bad}").contains("password"));
+}
+
+/// Polls `check` every 100 ms for up to 15 s; answers whether it held.
+async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    for _ in 0..150 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_selections_follow_other_replicas_answer_through_a_hang_and_go_with_the_listen_connection() {
+    let Some(mut cluster) = PostgresServer::start() else {
+        return;
+    };
+    let url = cluster.new_database().await;
+    let guarded = Guarded::new(Arc::new(PgIndex::connect(&url).await.unwrap()), Duration::from_secs(1));
+    let other = PgIndex::connect(&url).await.unwrap();
+    let lease = lease();
+    let stored = register(&other, "kept", Limits::default()).await;
+    let (first, _) = fetch(&other, &lease, &stored.id, "k1").await;
+    let mut listening = guarded.listening().expect("PostgreSQL has other replicas");
+    listening.wait_for(|up| *up).await.unwrap();
+    async fn newest(guarded: &Guarded, id: &str) -> Option<String> {
+        let (_, ready) = guarded.selectable(id, Timestamp::now()).await.ok()??;
+        ready.first().map(|version| version.id.clone())
+    }
+    assert_eq!(newest(&guarded, &stored.id).await, Some(first.clone()));
+    assert!(guarded.keeps(&stored.id), "a read is kept");
+
+    // Another replica's fetch reaches this one as a notification.
+    let (second, _) = fetch(&other, &lease, &stored.id, "k2").await;
+    assert!(
+        eventually(|| async { newest(&guarded, &stored.id).await.as_deref() == Some(second.as_str()) }).await,
+        "another replica's new version is seen"
+    );
+
+    // A hung database: what is kept still answers; what isn't waits at
+    // most the deadline, then isn't asked at all.
+    cluster.pause();
+    assert_eq!(
+        newest(&guarded, &stored.id).await,
+        Some(second.clone()),
+        "served from memory"
+    );
+    let listing = guarded.resources(None, ResourceFilter::default(), 0, 10).await;
+    assert!(listing.is_err_and(|error| error.is_unavailable()));
+    let unknown = guarded.resource("no-such-resource").await;
+    assert!(
+        unknown.is_err_and(|error| error.is_unavailable()),
+        "refused while the breaker is open"
+    );
+    cluster.resume();
+    assert!(
+        eventually(|| async { guarded.ping().await.is_ok() }).await,
+        "a probe finds the database back"
+    );
+
+    // A database gone for good (the LISTEN connection breaks): nothing kept
+    // can be confirmed, so nothing is served from memory.
+    cluster.kill();
+    assert!(
+        eventually(|| async {
+            guarded
+                .selectable(&stored.id, Timestamp::now())
+                .await
+                .is_err_and(|error| error.is_unavailable())
+        })
+        .await,
+        "kept selections are dropped with the LISTEN connection"
+    );
+    cluster.restart();
+    assert!(
+        eventually(|| async { newest(&guarded, &stored.id).await.as_deref() == Some(second.as_str()) }).await,
+        "reads again once the database is back"
+    );
 }

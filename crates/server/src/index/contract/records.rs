@@ -420,3 +420,39 @@ pub(super) async fn other_replicas_hear_of_changes(backend: Backend) {
     }
     assert!(heard, "a registration on one connection reaches the other's listener");
 }
+
+pub(super) async fn a_lost_body_fails_its_versions_and_makes_their_resources_due(backend: Backend) {
+    let index = backend.index.as_ref();
+    let lease = lease();
+    let first = register(index, "lost-a", Limits::default()).await;
+    let second = register(index, "lost-b", Limits::default()).await;
+    let (older, _) = fetch(index, &lease, &first.id, "old").await;
+    let (lost, _) = fetch(index, &lease, &first.id, "shared").await;
+    let (also_lost, _) = fetch(index, &lease, &second.id, "shared").await;
+    let now = Timestamp::now();
+    let mut resources = index.lose_blob("shared", now).await.unwrap();
+    resources.sort();
+    let mut expected = vec![first.id.clone(), second.id.clone()];
+    expected.sort();
+    assert_eq!(resources, expected, "every resource with that body");
+    let (_, ready) = index.selectable(&first.id, Timestamp::now()).await.unwrap().unwrap();
+    assert_eq!(
+        ready.iter().map(|version| version.id.as_str()).collect::<Vec<_>>(),
+        vec![older.as_str()],
+        "the version before it is what is left to serve"
+    );
+    for (rid, vid) in [(&first.id, &lost), (&second.id, &also_lost)] {
+        let version = index.version(rid, vid, Timestamp::now()).await.unwrap().unwrap();
+        assert_eq!(version.status, VersionStatus::Failed);
+        assert_eq!(version.error.as_deref(), Some(super::super::BODY_LOST));
+    }
+    // Strategy `never`, and still due: the schedule fetches both again.
+    let claimed = backend.other.claim(&lease, Timestamp::now(), 10).await.unwrap();
+    let mut due: Vec<String> = claimed.started.into_iter().map(|(rid, _)| rid).collect();
+    due.sort();
+    assert_eq!(due, expected);
+    assert!(
+        index.lose_blob("shared", Timestamp::now()).await.unwrap().is_empty(),
+        "once"
+    );
+}

@@ -37,6 +37,10 @@ pub(super) async fn enforce_limits(
             }
         }
     }
+    if !doomed.is_empty() {
+        // Replicas caching this resource's versions read it again.
+        notify(tx).await?;
+    }
     let mut orphans = Vec::new();
     for (id, sha) in doomed {
         tx.execute("DELETE FROM versions WHERE id = $1", &[&id]).await?;
@@ -299,16 +303,50 @@ pub(super) async fn renew(index: &PgIndex, lease: &Lease, version_ids: Vec<Strin
         return Ok(Vec::new());
     }
     let client = index.client().await?;
+    // The SELECT sees the rows as they were before the UPDATE: those
+    // renewed were ours, so only versions another holder has are answered.
     let rows = client
         .query(
             &format!(
-                "UPDATE versions SET lease_expires_at = {DB_MILLIS} + $3
-                 WHERE id = ANY($1) AND lease_holder = $2 AND {UNFINISHED} RETURNING id"
+                "WITH renewed AS (
+                     UPDATE versions SET lease_expires_at = {DB_MILLIS} + $3
+                     WHERE id = ANY($1) AND lease_holder = $2 AND {UNFINISHED} RETURNING id
+                 )
+                 SELECT id FROM versions WHERE id = ANY($1) AND {UNFINISHED} AND lease_holder IS DISTINCT FROM $2"
             ),
             &[&version_ids, &lease.holder, &lease.ttl_millis()],
         )
         .await?;
     Ok(rows.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?)
+}
+
+pub(super) async fn lose_blob(index: &PgIndex, sha256: &str, now: Timestamp) -> Result<Vec<String>, IndexError> {
+    let mut client = index.client().await?;
+    let tx = client.transaction().await?;
+    let resources: Vec<String> = tx
+        .query(
+            "UPDATE versions SET status = 'failed', error = $2, pinned = FALSE, pinned_until = NULL
+             WHERE sha256 = $1 AND status = 'ready' RETURNING resource_id",
+            &[&sha256, &BODY_LOST],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut resources = resources;
+    resources.sort();
+    resources.dedup();
+    tx.execute(
+        &format!(
+            "UPDATE resources SET next_check_at = $2 WHERE id = ANY($1)
+             AND NOT EXISTS (SELECT 1 FROM versions WHERE resource_id = resources.id AND {UNFINISHED})"
+        ),
+        &[&resources, &millis(now)],
+    )
+    .await?;
+    notify(&tx).await?;
+    tx.commit().await?;
+    Ok(resources)
 }
 
 pub(super) async fn fetching(index: &PgIndex, resource_id: &str) -> Result<bool, IndexError> {

@@ -8,8 +8,8 @@
 //!   `LISTEN`s on a connection of its own and reads again when told.
 //! * **The blobs lock** is a transaction-scoped advisory lock: a replica
 //!   that dies drops its connection, and the lock with it.
-//! * No metadata is cached in the replica: what one replica commits, the
-//!   next request to any other reads.
+//! * Replicas keep selections in memory (`selections.rs`), forgotten at
+//!   each notification and kept only while the `LISTEN` connection is up.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -25,8 +25,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{
-    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS, RawResource,
-    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
+    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS,
+    RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
     finish_version, from_millis, json, millis, parse,
 };
 use crate::schedule;
@@ -117,6 +117,8 @@ pub(crate) struct PgIndex {
     /// here instead of each holding a connection.
     blobs: Arc<tokio::sync::RwLock<()>>,
     changes: watch::Receiver<u64>,
+    /// Whether the `LISTEN` connection is up.
+    listening: watch::Receiver<bool>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -195,11 +197,13 @@ impl PgIndex {
             .map_err(invalid_url)?;
         migrate(&pool).await?;
         let (sender, changes) = watch::channel(0);
-        let listener = tokio::spawn(listen(config, sender));
+        let (heard, listening) = watch::channel(false);
+        let listener = tokio::spawn(listen(config, sender, heard));
         Ok(Self {
             pool,
             blobs: Arc::new(tokio::sync::RwLock::new(())),
             changes,
+            listening,
             listener,
         })
     }
@@ -257,10 +261,20 @@ async fn migrate(pool: &Pool) -> Result<(), IndexError> {
 
 /// Listens for other replicas' changes on a connection of its own,
 /// reconnecting after a second when it breaks; each notification (and each
-/// reconnection, which may have missed some) bumps `changes`.
-async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
+/// reconnection, which may have missed some) bumps `changes`, and
+/// `listening` says whether the connection is up.
+///
+/// Its keepalives are quick, so a replica cut off from the database stops
+/// trusting what it keeps within seconds; a database that merely hangs
+/// (its host's kernel still answers keepalives) can't commit changes
+/// anyway, so what is kept stays good and is served meanwhile.
+async fn listen(mut config: tokio_postgres::Config, changes: watch::Sender<u64>, listening: watch::Sender<bool>) {
     let bump =
         |changes: &watch::Sender<u64>| changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+    config
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -285,12 +299,14 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
                 };
                 if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
                     bump(&changes);
+                    listening.send_replace(true);
                     loop {
                         tokio::select! {
                             () = notified.notified() => bump(&changes),
                             _ = &mut ended => break,
                         }
                     }
+                    listening.send_replace(false);
                 }
                 driver.abort();
             }
@@ -447,6 +463,10 @@ impl Index for PgIndex {
         edits::tag(self, resource_id, version_id, tag, add, now).await
     }
 
+    async fn lose_blob(&self, sha256: &str, now: Timestamp) -> Result<Vec<String>, IndexError> {
+        fetches::lose_blob(self, sha256, now).await
+    }
+
     async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError> {
         fetches::schedule_run_at_start(self, now).await
     }
@@ -514,5 +534,9 @@ impl Index for PgIndex {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.clone())
+    }
+
+    fn listening(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.listening.clone())
     }
 }

@@ -234,16 +234,48 @@ pub(super) async fn renew(
     index
         .transaction(move |tx| {
             let clock = millis(Timestamp::now());
-            let mut held = Vec::new();
-            let mut statement = tx.prepare_cached(&format!(
+            let mut lost = Vec::new();
+            let mut renew = tx.prepare_cached(&format!(
                 "UPDATE versions SET lease_expires_at = ?3 WHERE id = ?1 AND lease_holder = ?2 AND {UNFINISHED}"
             ))?;
+            let mut taken = tx.prepare_cached(&format!(
+                "SELECT 1 FROM versions WHERE id = ?1 AND {UNFINISHED} AND lease_holder IS NOT ?2"
+            ))?;
             for id in version_ids {
-                if statement.execute(params![id, lease.holder, clock.saturating_add(lease.ttl_millis())])? == 1 {
-                    held.push(id);
+                if renew.execute(params![id, lease.holder, clock.saturating_add(lease.ttl_millis())])? == 0
+                    && taken.exists(params![id, lease.holder])?
+                {
+                    lost.push(id);
                 }
             }
-            Ok(held)
+            Ok(lost)
+        })
+        .await
+}
+
+pub(super) async fn lose_blob(index: &SqliteIndex, sha256: &str, now: Timestamp) -> Result<Vec<String>, IndexError> {
+    let sha256 = sha256.to_owned();
+    index
+        .transaction(move |tx| {
+            let resources: Vec<String> = tx
+                .prepare_cached("SELECT DISTINCT resource_id FROM versions WHERE sha256 = ?1 AND status = 'ready'")?
+                .query_map([&sha256], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
+                "UPDATE versions SET status = 'failed', error = ?2, pinned = 0, pinned_until = NULL
+                 WHERE sha256 = ?1 AND status = 'ready'",
+                params![sha256, BODY_LOST],
+            )?;
+            for id in &resources {
+                tx.execute(
+                    &format!(
+                        "UPDATE resources SET next_check_at = ?2 WHERE id = ?1
+                         AND NOT EXISTS (SELECT 1 FROM versions WHERE resource_id = ?1 AND {UNFINISHED})"
+                    ),
+                    params![id, millis(now)],
+                )?;
+            }
+            Ok(resources)
         })
         .await
 }

@@ -12,8 +12,8 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS, RawResource,
-    RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
+    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS,
+    RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
     finish_version, from_millis, json, millis, parse,
 };
 use crate::schedule;
@@ -314,6 +314,10 @@ impl Index for SqliteIndex {
         now: Timestamp,
     ) -> Result<Option<Version>, IndexError> {
         edits::tag(self, resource_id, version_id, tag, add, now).await
+    }
+
+    async fn lose_blob(&self, sha256: &str, now: Timestamp) -> Result<Vec<String>, IndexError> {
+        fetches::lose_blob(self, sha256, now).await
     }
 
     async fn schedule_run_at_start(&self, now: Timestamp) -> Result<(), IndexError> {

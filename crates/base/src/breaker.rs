@@ -1,12 +1,12 @@
-//! The circuit breaker in front of the store: a failing store costs the
-//! requests nothing.
+//! A circuit breaker in front of a backend (the cache's store, the server's
+//! index and bucket): a failing backend costs the requests nothing.
 //!
-//! After a failed (or timed-out) call, no request calls the store for a
+//! After a failed (or timed-out) call, no request calls the backend for a
 //! backoff period: about 100 ms at first, doubling with each failed probe up
 //! to 5 s, with ±20 % jitter so many processes don't probe in step. When the
 //! period is over, one call at a time goes through as a probe; its success
-//! closes the breaker and caching resumes. Meanwhile requests go to the
-//! origin as if there were no cache.
+//! closes the breaker. Meanwhile the caller answers without the backend (the
+//! cache goes to the origin; the server answers 503).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub(crate) struct Breaker {
+/// The breaker: closed (calls go through) or open until a time.
+pub struct Breaker {
     /// Milliseconds since `epoch` until which calls are skipped; 0 when
     /// closed, the only value the hit path ever reads.
     open_until: AtomicU64,
@@ -27,16 +28,16 @@ pub(crate) struct Breaker {
     epoch: Instant,
 }
 
-/// Leave to call the store once. Dropped without a verdict (the request
+/// Leave to call the backend once. Dropped without a verdict (the request
 /// was cancelled), it lets the next call probe instead.
-pub(crate) struct Permit<'a> {
+pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
 }
 
 /// What became of a call, for logging the edges of a streak.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Transition {
+pub enum Transition {
     /// Nothing to report.
     None,
     /// The breaker opened: the first failure of a streak.
@@ -60,7 +61,7 @@ impl Default for Breaker {
 impl Breaker {
     /// Leave to call the store, or `None` while the breaker is open (or
     /// another call is probing).
-    pub(crate) fn permit(&self) -> Option<Permit<'_>> {
+    pub fn permit(&self) -> Option<Permit<'_>> {
         let until = self.open_until.load(Ordering::Acquire);
         if until == 0 {
             return Some(Permit {
@@ -81,24 +82,25 @@ impl Breaker {
     }
 
     /// Closes the breaker: the store answered a ping.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         *self.backoff() = Duration::ZERO;
         self.open_until.store(0, Ordering::Release);
     }
 
     /// Claims the one watch over an open breaker; `false` if another has it.
-    pub(crate) fn start_watching(&self) -> bool {
+    pub fn start_watching(&self) -> bool {
         self.watched
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    pub(crate) fn stop_watching(&self) {
+    /// Gives the watch back.
+    pub fn stop_watching(&self) {
         self.watched.store(false, Ordering::Release);
     }
 
     /// Whether calls are being skipped.
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }
 
@@ -118,7 +120,7 @@ impl Breaker {
 
 impl Permit<'_> {
     /// The call succeeded.
-    pub(crate) fn succeeded(self) -> Transition {
+    pub fn succeeded(self) -> Transition {
         let breaker = self.breaker;
         // Only a probe closes it: a call that started before the breaker
         // opened proves less than the failure that opened it.
@@ -132,7 +134,7 @@ impl Permit<'_> {
     }
 
     /// The call failed or ran out of time.
-    pub(crate) fn failed(self) -> Transition {
+    pub fn failed(self) -> Transition {
         let (breaker, probe) = (self.breaker, self.probe);
         // Calls that started before another one opened the breaker add
         // nothing: one streak, one backoff.
