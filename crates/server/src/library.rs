@@ -190,6 +190,8 @@ impl Library {
             // other replicas' commits go on meanwhile.
             let _lock = match self.lock().await {
                 Ok(lock) => lock,
+                // An index outage is logged once, by its breaker.
+                Err(error) if error.is_unavailable() => return,
                 Err(error) => {
                     tracing::warn!(%error, "could not collect old versions");
                     return;

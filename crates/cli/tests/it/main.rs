@@ -17,6 +17,7 @@ mod fast_purge;
 mod first_hour;
 mod purge_everywhere;
 mod redis_cache;
+mod replica_faults;
 mod replicas;
 mod secrets;
 mod versions_client;

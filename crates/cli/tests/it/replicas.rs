@@ -28,8 +28,8 @@ const SLOW_CHUNK: usize = 64 << 10;
 /// An origin that counts requests per path, and notes any path fetched
 /// twice at once.
 #[derive(Default)]
-struct Counting {
-    requests: Mutex<HashMap<String, u64>>,
+pub(crate) struct Counting {
+    pub(crate) requests: Mutex<HashMap<String, u64>>,
     in_flight: Mutex<HashMap<String, usize>>,
     overlaps: Mutex<Vec<String>>,
     slow_started: AtomicUsize,
@@ -68,7 +68,7 @@ fn item_body(path: &str, generation: u64) -> String {
     format!("{path}|{generation}|{filler}|{}|END", filler.len())
 }
 
-fn is_whole_item(body: &str) -> bool {
+pub(crate) fn is_whole_item(body: &str) -> bool {
     let parts: Vec<&str> = body.split('|').collect();
     parts.len() == 5 && parts[4] == "END" && parts[3].parse::<usize>().ok() == Some(parts[2].len())
 }
@@ -118,6 +118,19 @@ async fn slow(State(origin): State<Arc<Counting>>) -> Response {
         .unwrap()
 }
 
+/// The size of `/big`: more than loopback's socket buffers hold at once,
+/// so a reader that stops part way keeps most of it in the bucket.
+pub(crate) const BIG_SIZE: usize = 32 << 20;
+
+pub(crate) fn big_body() -> Vec<u8> {
+    (0..BIG_SIZE).map(|n| (n % 241) as u8).collect()
+}
+
+async fn big(State(origin): State<Arc<Counting>>) -> Response {
+    let (_flight, _) = Flight::enter(&origin, "/big");
+    Response::new(Body::from(big_body()))
+}
+
 /// The body in chunks, 15 ms apart; `done` runs once the last is sent.
 fn async_stream(
     body: Vec<u8>,
@@ -141,11 +154,12 @@ fn async_stream(
 
 use futures_util::StreamExt as _;
 
-async fn start_origin() -> (SocketAddr, Arc<Counting>) {
+pub(crate) async fn start_origin() -> (SocketAddr, Arc<Counting>) {
     let origin = Arc::new(Counting::default());
     let app = Router::new()
         .route("/{kind}/{n}", axum::routing::get(item))
         .route("/slow", axum::routing::get(slow))
+        .route("/big", axum::routing::get(big))
         .with_state(origin.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -153,13 +167,13 @@ async fn start_origin() -> (SocketAddr, Arc<Counting>) {
     (address, origin)
 }
 
-async fn replica(args: &[String], env: &[(&'static str, String)]) -> VersionsServer {
+pub(crate) async fn replica(args: &[String], env: &[(&'static str, String)]) -> VersionsServer {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
     VersionsServer::start(std::path::Path::new("/nonexistent"), &args, &env).await
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|line| line.starts_with(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
@@ -530,9 +544,20 @@ async fn a_replica_that_loses_its_database_answers_503_and_serves_nothing_it_can
         .unwrap();
     assert_eq!(content.status(), 200);
     postgres.kill();
-    let content = reqwest::get(server.url(&format!("/v1/resources/{rid}/content")))
-        .await
-        .unwrap();
+    // Kept selections are trusted only while the LISTEN connection is up:
+    // once the replica sees it broken, nothing is served unconfirmed.
+    let mut content = None;
+    for _ in 0..100 {
+        let answer = reqwest::get(server.url(&format!("/v1/resources/{rid}/content")))
+            .await
+            .unwrap();
+        if answer.status() != 200 {
+            content = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let content = content.expect("a replica whose database is gone stops serving within seconds");
     assert_eq!(content.status(), 503);
     assert!(content.headers().contains_key("retry-after"));
     let error: Value = serde_json::from_slice(&content.bytes().await.unwrap()).unwrap();

@@ -295,6 +295,10 @@ impl Worker {
                 let in_flight = self.in_flight.lock().await;
                 in_flight.values().map(|fetch| fetch.version.id.clone()).collect()
             };
+            if held.is_empty() {
+                renewed_at = tokio::time::Instant::now();
+                continue;
+            }
             let since_renewal = renewed_at.elapsed();
             let (stop, lapsed) = match self.index.renew(&self.library.lease, held.clone()).await {
                 Ok(lost) => {
