@@ -22,7 +22,7 @@ use edgecache_base::breaker::{Breaker, Transition};
 /// A call not made, or given up: the backend is out.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct Down(String);
+pub(crate) struct Down(String);
 
 /// One backend's deadline, breaker and outage bookkeeping.
 pub(crate) struct Backend {
@@ -63,13 +63,15 @@ impl Backend {
 
     /// Runs `call` within the deadline (stretched by `extra` for calls that
     /// move many bytes), unless the breaker is open. A call that timed out,
-    /// or whose error `unavailable` says is the backend's absence, counts
-    /// against the backend; any other answer, error or not, shows it alive.
+    /// or whose error `out` says shows the backend out (`Some(true)`),
+    /// counts against the backend; an answer, or an error that shows it
+    /// alive (`Some(false)`), counts for it; `None` says nothing either way
+    /// (an object not found may be a missing object or a missing bucket).
     pub(crate) async fn call<T, E>(
         &self,
         extra: Duration,
         call: impl Future<Output = Result<T, E>>,
-        unavailable: impl FnOnce(&E) -> bool,
+        out: impl FnOnce(&E) -> Option<bool>,
     ) -> Result<Result<T, E>, Down> {
         let Some(permit) = self.breaker.permit() else {
             self.refuse();
@@ -77,8 +79,12 @@ impl Backend {
         };
         let budget = self.deadline.saturating_add(extra);
         match tokio::time::timeout(budget, call).await {
-            Ok(Err(error)) if unavailable(&error) => {
-                self.failed(permit.failed(), || "it could not be reached".to_owned());
+            Ok(Err(error)) => {
+                match out(&error) {
+                    Some(true) => self.failed(permit.failed(), || "it could not be reached".to_owned()),
+                    Some(false) => self.succeeded(permit.succeeded()),
+                    None => drop(permit),
+                }
                 Ok(Err(error))
             }
             Ok(answer) => {
@@ -155,8 +161,8 @@ impl Backend {
 mod tests {
     use super::*;
 
-    fn unreachable(_: &&str) -> bool {
-        true
+    fn unreachable(_: &&str) -> Option<bool> {
+        Some(true)
     }
 
     #[tokio::test(start_paused = true)]
@@ -200,7 +206,7 @@ mod tests {
     async fn answers_that_are_errors_keep_the_breaker_closed() {
         let backend = Backend::new("index", "index", Duration::from_secs(1));
         let answer = backend
-            .call(Duration::ZERO, async { Err::<(), _>("no such row") }, |_| false)
+            .call(Duration::ZERO, async { Err::<(), _>("no such row") }, |_| Some(false))
             .await;
         assert!(matches!(answer, Ok(Err("no such row"))));
         assert!(!backend.is_down());

@@ -60,16 +60,17 @@ pub(crate) enum ReadError {
     Unavailable(String),
 }
 
-/// Whether an error of the store says it is out (rather than answering
-/// about one object).
-fn is_outage(error: &object_store::Error) -> bool {
-    !matches!(
-        error,
-        object_store::Error::NotFound { .. }
-            | object_store::Error::AlreadyExists { .. }
-            | object_store::Error::Precondition { .. }
-            | object_store::Error::NotModified { .. }
-    )
+/// What an error of the store says of it: out (`Some(true)`), alive
+/// (an answer about one object), or nothing (not found: the object, or the
+/// whole bucket; the health check tells which).
+fn is_outage(error: &object_store::Error) -> Option<bool> {
+    match error {
+        object_store::Error::NotFound { .. } => None,
+        object_store::Error::AlreadyExists { .. }
+        | object_store::Error::Precondition { .. }
+        | object_store::Error::NotModified { .. } => Some(false),
+        _ => Some(true),
+    }
 }
 
 fn down(error: Down) -> object_store::Error {
@@ -232,28 +233,31 @@ impl Blobs {
     pub(crate) async fn check(&self) -> Result<(), object_store::Error> {
         let written = Bytes::from(jiff::Timestamp::now().to_string());
         let checked = async {
-            call(
-                &self.backend,
-                Duration::ZERO,
-                self.store.put(&self.health, written.clone().into()),
-            )
-            .await?;
-            let read = call(&self.backend, Duration::ZERO, async {
-                self.store.get(&self.health).await?.bytes().await
-            })
-            .await?;
+            self.probe(self.store.put(&self.health, written.clone().into())).await?;
+            let read = self
+                .probe(async { self.store.get(&self.health).await?.bytes().await })
+                .await?;
             if read != written {
                 return Err(object_store::Error::Generic {
                     store: "blobs",
                     source: "the health check read back other bytes than it wrote".into(),
                 });
             }
-            call(&self.backend, Duration::ZERO, self.store.delete(&self.health)).await
+            self.probe(self.store.delete(&self.health)).await
         }
         .await;
         *self.last_check.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
             checked.as_ref().err().map(ToString::to_string);
         checked
+    }
+
+    /// One call of the health check: any error counts against the store,
+    /// since a bucket that is gone answers "not found" like a missing object.
+    async fn probe<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, object_store::Error> {
+        self.backend.call(Duration::ZERO, call, |_| Some(true)).await.map_err(down)?
     }
 
     /// Why the store failed its last health check, or is failing now.

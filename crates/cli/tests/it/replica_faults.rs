@@ -386,3 +386,62 @@ async fn a_quiet_minute_counts_no_lease_expiries() {
     }
     assert!(claims >= 200.0, "the minute was busy: {claims} fetches");
 }
+
+/// Transactions committed or rolled back in `database` so far, as
+/// PostgreSQL's statistics count them.
+async fn transactions(database: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(database, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // Backends report their counts when idle, at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let row = client
+        .query_one(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_of_a_hot_resource_cost_the_database_nothing() {
+    let Some(postgres) = PostgresServer::start() else {
+        return;
+    };
+    let Some(s3) = S3Server::start("hot").await else {
+        return;
+    };
+    let database = postgres.new_database().await;
+    let (origin, _counting) = start_origin().await;
+    let server = replica(&args(&database, "s3://hot", &s3, &[]), &s3.env()).await;
+    let rid = ready(&server, origin, "/age/1").await;
+    let http = reqwest::Client::new();
+    let content = server.url(&format!("/v1/resources/{rid}/content"));
+    assert_eq!(send(http.get(&content)).await.status, 200);
+
+    // The count sees reads that do reach the database: 50 of a resource
+    // nobody registered, which nothing can keep.
+    let before = transactions(&database).await;
+    for _ in 0..50 {
+        assert_eq!(
+            send(http.get(server.url("/v1/resources/unknown/content"))).await.status,
+            404
+        );
+    }
+    let unknown = transactions(&database).await - before;
+    assert!(unknown >= 50, "each unknown read is a transaction: {unknown}");
+
+    let before = transactions(&database).await;
+    for _ in 0..1000 {
+        let response = http.get(&content).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(is_whole_item(&response.text().await.unwrap()));
+    }
+    let hot = transactions(&database).await - before;
+    eprintln!(
+        "database transactions: {unknown} for 50 reads of an unknown resource, {hot} for 1,000 reads of a hot one"
+    );
+    // The counting connection's own query, and the scheduler's rare rounds.
+    assert!(hot <= 10, "1,000 reads of a hot resource cost {hot} transactions");
+}

@@ -87,7 +87,7 @@ impl Guarded {
         call: impl Future<Output = Result<T, IndexError>>,
     ) -> Result<T, IndexError> {
         self.backend
-            .call(extra, call, IndexError::is_unavailable)
+            .call(extra, call, |error| Some(error.is_unavailable()))
             .await
             .map_err(|down| IndexError::Unavailable(down.to_string()))?
     }

@@ -160,8 +160,9 @@ impl From<deadpool_postgres::PoolError> for IndexError {
     }
 }
 
+/// A bad `--index` URL: not worth retrying, unlike a database that is out.
 fn invalid_url(detail: impl std::fmt::Display) -> IndexError {
-    IndexError::Unreachable(format!("the --index URL is not a usable PostgreSQL URL: {detail}"))
+    IndexError::Postgres(format!("the --index URL is not a usable PostgreSQL URL: {detail}"))
 }
 
 impl PgIndex {
