@@ -257,7 +257,10 @@ impl Blobs {
         &self,
         call: impl std::future::Future<Output = Result<T, object_store::Error>>,
     ) -> Result<T, object_store::Error> {
-        self.backend.call(Duration::ZERO, call, |_| Some(true)).await.map_err(down)?
+        self.backend
+            .call(Duration::ZERO, call, |_| Some(true))
+            .await
+            .map_err(down)?
     }
 
     /// Why the store failed its last health check, or is failing now.

@@ -24,6 +24,33 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// What a loaded 2-core machine may add to it.
 const MARGIN: Duration = Duration::from_secs(9);
 
+/// A PostgreSQL cluster with a fresh database, an S3 server with one
+/// bucket, and a counting origin: what a replica needs.
+struct Cluster {
+    postgres: PostgresServer,
+    s3: S3Server,
+    database: String,
+    origin: SocketAddr,
+    counting: std::sync::Arc<super::replicas::Counting>,
+}
+
+impl Cluster {
+    /// `None` when a server can't run here and the tests are asked to skip.
+    async fn start(bucket: &str) -> Option<Self> {
+        let postgres = PostgresServer::start()?;
+        let s3 = S3Server::start(bucket).await?;
+        let database = postgres.new_database().await;
+        let (origin, counting) = start_origin().await;
+        Some(Self {
+            postgres,
+            s3,
+            database,
+            origin,
+            counting,
+        })
+    }
+}
+
 fn args(database: &str, bucket: &str, s3: &S3Server, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--index",
@@ -93,14 +120,16 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_database_costs_a_request_at_most_the_deadline_and_known_resources_are_still_read() {
-    let Some(mut postgres) = PostgresServer::start() else {
+    let Some(Cluster {
+        mut postgres,
+        s3,
+        database,
+        origin,
+        counting: _counting,
+    }) = Cluster::start("hung-db").await
+    else {
         return;
     };
-    let Some(s3) = S3Server::start("hung-db").await else {
-        return;
-    };
-    let database = postgres.new_database().await;
-    let (origin, _counting) = start_origin().await;
     let server = replica(&args(&database, "s3://hung-db", &s3, &[]), &s3.env()).await;
     let rid = ready(&server, origin, "/age/1").await;
     let content = server.url(&format!("/v1/resources/{rid}/content"));
@@ -177,14 +206,16 @@ async fn a_hung_database_costs_a_request_at_most_the_deadline_and_known_resource
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_bucket_answers_503_cuts_a_stalled_body_and_clients_fall_back_to_the_origin() {
-    let Some(postgres) = PostgresServer::start() else {
+    let Some(Cluster {
+        postgres: _postgres,
+        s3,
+        database,
+        origin,
+        counting: _counting,
+    }) = Cluster::start("hung-bucket").await
+    else {
         return;
     };
-    let Some(s3) = S3Server::start("hung-bucket").await else {
-        return;
-    };
-    let database = postgres.new_database().await;
-    let (origin, _counting) = start_origin().await;
     let server = replica(&args(&database, "s3://hung-bucket", &s3, &[]), &s3.env()).await;
     let big = ready(&server, origin, "/big").await;
     let small = ready(&server, origin, "/age/1").await;
@@ -269,14 +300,16 @@ async fn a_hung_bucket_answers_503_cuts_a_stalled_body_and_clients_fall_back_to_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_bucket_stops_start_up_a_deleted_body_is_fetched_again_and_a_gone_bucket_answers_503() {
-    let Some(postgres) = PostgresServer::start() else {
+    let Some(Cluster {
+        postgres: _postgres,
+        s3,
+        database,
+        origin,
+        counting,
+    }) = Cluster::start("repairs").await
+    else {
         return;
     };
-    let Some(s3) = S3Server::start("repairs").await else {
-        return;
-    };
-    let database = postgres.new_database().await;
-    let (origin, counting) = start_origin().await;
 
     // A bucket that doesn't exist fails the health check: start-up retries,
     // saying so, then gives up with what is wrong.
@@ -353,14 +386,16 @@ async fn http_get(server: &VersionsServer, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_minute_counts_no_lease_expiries() {
-    let Some(postgres) = PostgresServer::start() else {
+    let Some(Cluster {
+        postgres: _postgres,
+        s3,
+        database,
+        origin,
+        counting: _counting,
+    }) = Cluster::start("quiet").await
+    else {
         return;
     };
-    let Some(s3) = S3Server::start("quiet").await else {
-        return;
-    };
-    let database = postgres.new_database().await;
-    let (origin, _counting) = start_origin().await;
     let args = args(&database, "s3://quiet", &s3, &["--lease-seconds", "5"]);
     let a = replica(&args, &s3.env()).await;
     let b = replica(&args, &s3.env()).await;
@@ -406,14 +441,16 @@ async fn transactions(database: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_of_a_hot_resource_cost_the_database_nothing() {
-    let Some(postgres) = PostgresServer::start() else {
+    let Some(Cluster {
+        postgres: _postgres,
+        s3,
+        database,
+        origin,
+        counting: _counting,
+    }) = Cluster::start("hot").await
+    else {
         return;
     };
-    let Some(s3) = S3Server::start("hot").await else {
-        return;
-    };
-    let database = postgres.new_database().await;
-    let (origin, _counting) = start_origin().await;
     let server = replica(&args(&database, "s3://hot", &s3, &[]), &s3.env()).await;
     let rid = ready(&server, origin, "/age/1").await;
     let http = reqwest::Client::new();
