@@ -1,6 +1,7 @@
 //! What the edgecache crates share: request keys, cache tags, the URL and
 //! tag checks every layer applies, calls to other servers (rate buckets,
-//! backoff, retries), digests, wall-clock fields and `.ini` credentials files.
+//! backoff, retries, the circuit breaker in front of a failing backend),
+//! digests, wall-clock fields and `.ini` credentials files.
 //!
 //! This crate exists so that [`edgecache`], `edgecache-purge`,
 //! `edgecache-versions` and `edgecache-server` share one implementation of

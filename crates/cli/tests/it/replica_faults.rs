@@ -1,8 +1,9 @@
 //! A replica whose database or bucket hangs, breaks or loses a body: every
 //! request answers within the deadline (503 with `Retry-After`, or from
 //! memory), one log line per outage, clients fall back to the origin,
-//! missing bodies are fetched again, and a quiet minute counts no lease
-//! expiries. Bounds are generous for a loaded machine: a hang used to cost
+//! missing bodies are fetched again, a replica started before its
+//! database waits for it, hot reads cost the database nothing, and a quiet
+//! minute counts no lease expiries. Bounds are generous for a loaded machine: a hang used to cost
 //! each request the whole hang (35 s and more).
 
 use std::net::SocketAddr;
@@ -481,4 +482,32 @@ async fn reads_of_a_hot_resource_cost_the_database_nothing() {
     );
     // The counting connection's own query, and the scheduler's rare rounds.
     assert!(hot <= 10, "1,000 reads of a hot resource cost {hot} transactions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_while_its_database_is_down_waits_for_it() {
+    let Some(Cluster {
+        mut postgres,
+        s3,
+        database,
+        origin,
+        counting: _counting,
+    }) = Cluster::start("late-db").await
+    else {
+        return;
+    };
+    postgres.kill();
+    let args = args(&database, "s3://late-db", &s3, &[]);
+    let env = s3.env();
+    let starting = tokio::spawn(async move { replica(&args, &env).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!starting.is_finished(), "still waiting for the database");
+    postgres.restart();
+    let server = starting.await.expect("the replica starts once the database is back");
+    let log = server.log();
+    assert!(
+        log.contains("the index database can't be used yet"),
+        "it said why it waited:\n{log}"
+    );
+    ready(&server, origin, "/age/1").await;
 }
