@@ -164,6 +164,7 @@ async fn a_hung_database_costs_a_request_at_most_the_deadline_and_known_resource
     let health = send(http.get(server.url("/healthz"))).await;
     assert_eq!(health.status, 503);
     slowest = slowest.max(health.took);
+    eprintln!("database frozen: the slowest of 61 requests answered in {slowest:?}");
     assert!(
         slowest < DEADLINE + MARGIN,
         "every request answers within the deadline and a margin: the slowest took {slowest:?}"
@@ -249,6 +250,7 @@ async fn a_hung_bucket_answers_503_cuts_a_stalled_body_and_clients_fall_back_to_
         (hung.status, hung.code.as_str(), hung.retry_after),
         (503, "blobs_unavailable", true)
     );
+    eprintln!("bucket frozen: a read answered 503 in {:?}", hung.took);
     assert!(hung.took < DEADLINE + MARGIN, "answered in {:?}", hung.took);
     assert_eq!(
         send(http.get(&small_content)).await.status,
