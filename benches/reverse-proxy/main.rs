@@ -1,0 +1,96 @@
+//! The servers of `benches/reverse-proxy.sh`, one per process so each can be
+//! pinned to a core:
+//!
+//! ```text
+//! reverse-proxy origin ADDRESS             # 1 KiB bodies, `max-age=3600`, on any path
+//! reverse-proxy floor ADDRESS              # the same answers from memory: the floor
+//! reverse-proxy edgecache ADDRESS ORIGIN   # axum + CacheLayer (shared, MemoryStore) in front of ORIGIN
+//! ```
+//!
+//! `origin` and `floor` are one server: the floor is what serving the bytes
+//! from memory costs with no cache at all. Each runs on a current-thread
+//! runtime, as a one-core server should.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use bytes::Bytes;
+use edgecache::CacheMiddleware;
+use edgecache::store::MemoryStore;
+use http::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceBuilder;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bytes every path answers with.
+fn body() -> Bytes {
+    Bytes::from(vec![b'x'; 1024])
+}
+
+fn from_memory() -> Router {
+    let body = body();
+    Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            (
+                [("cache-control", "max-age=3600"), ("content-type", "text/plain")],
+                body,
+            )
+        }
+    })
+}
+
+/// Forwards every request to `origin`, through a shared cache.
+fn cached_proxy(origin: SocketAddr) -> Result<Router, BoxError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
+    let forward = tower::service_fn(move |mut request: Request<Body>| {
+        let client = client.clone();
+        async move {
+            let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+            *request.uri_mut() = Uri::try_from(format!("http://{origin}{path}"))?;
+            Ok::<_, BoxError>(client.request(request).await?)
+        }
+    });
+    // 1 GiB: the memory run stores 100,000 entries and evicts none.
+    let cache = CacheMiddleware::builder()
+        .shared(true)
+        .store(MemoryStore::new(1 << 30))
+        .build()?;
+    let service = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, error.to_string())
+        }))
+        .layer(cache)
+        .service(forward);
+    Ok(Router::new().fallback_service(service))
+}
+
+async fn serve(address: SocketAddr, app: Router) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let arguments: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: reverse-proxy origin|floor ADDRESS | reverse-proxy edgecache ADDRESS ORIGIN";
+    let (role, address) = match arguments.as_slice() {
+        [role, address, ..] => (role.as_str(), address.parse::<SocketAddr>()?),
+        _ => return Err(usage.into()),
+    };
+    let app = match (role, arguments.get(2)) {
+        ("origin" | "floor", None) => from_memory(),
+        ("edgecache", Some(origin)) => cached_proxy(origin.parse()?)?,
+        _ => return Err(usage.into()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(address, app))?;
+    Ok(())
+}
