@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
@@ -115,6 +117,8 @@ where
         Box::pin(
             async move {
                 let (body_bytes, body) = match &url {
+                    // Most requests have no body: nothing to read or rebuild.
+                    Some(_) if body.is_end_stream() => (Some(Bytes::new()), body),
                     Some(_) if engine.considers(&parts.method, &parts.extensions) => {
                         let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
                         (Some(bytes.clone()), ReqBody::from(bytes))
@@ -222,7 +226,102 @@ fn request_url(parts: &http::request::Parts) -> Option<Url> {
     if parts.uri.scheme().is_some() {
         return Url::parse(&parts.uri.to_string()).ok();
     }
-    let host = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+    let host = parts.headers.get(http::header::HOST)?;
     let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-    Url::parse(&format!("http://{host}{path}")).ok()
+    base_for_host(host, path).or_else(|| Url::parse(&format!("http://{}{path}", host.to_str().ok()?)).ok())
+}
+
+thread_local! {
+    /// The last `Host` this thread saw, as `http://HOST/`: a server sees one
+    /// or a few hosts, and parsing the host is most of the cost of a URL.
+    static LAST_BASE: RefCell<Option<(HeaderValue, Url)>> = const { RefCell::new(None) };
+}
+
+/// `path` resolved against `http://HOST/`, which is the URL a whole parse
+/// would give when `HOST` is an authority alone and `path` starts with one
+/// slash; `None` otherwise (`//x` and `/\x` would name another host), and
+/// the caller parses the whole URL.
+fn base_for_host(host: &HeaderValue, path: &str) -> Option<Url> {
+    let rest = path.strip_prefix('/')?;
+    if rest.starts_with(['/', '\\']) {
+        return None;
+    }
+    LAST_BASE.with_borrow_mut(|last| {
+        if last.as_ref().is_none_or(|(seen, _)| seen != host) {
+            let base = Url::parse(&format!("http://{}/", host.to_str().ok()?)).ok()?;
+            // A `Host` with a path, query, fragment or userinfo in it would
+            // not survive the join unchanged.
+            let authority_only = base.path() == "/"
+                && base.query().is_none()
+                && base.fragment().is_none()
+                && base.username().is_empty()
+                && base.password().is_none();
+            if !authority_only {
+                return None;
+            }
+            *last = Some((host.clone(), base));
+        }
+        last.as_ref()?.1.join(path).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parts(host: &str, path: &str) -> Option<http::request::Parts> {
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .body(())
+            .ok()?;
+        Some(request.into_parts().0)
+    }
+
+    fn parsed_whole(host: &str, path: &str) -> Option<Url> {
+        Url::parse(&format!("http://{host}{path}")).ok()
+    }
+
+    #[test]
+    fn hosts_and_paths_that_a_join_would_change_are_parsed_whole() {
+        for (host, path) in [
+            ("a.example", "/p?q=1"),
+            ("A.Example:80", "/x/../y"),
+            ("a.example/evil", "/p"),
+            ("a.example?x", "/p"),
+            ("user@a.example", "/p"),
+            ("a.example", "//b.example/p"),
+            ("a.example", "/\\b.example/p"),
+            ("[::1]:8080", "/%7e?a b"),
+        ] {
+            let Some(parts) = parts(host, path) else { continue };
+            assert_eq!(
+                request_url(&parts).map(String::from),
+                parsed_whole(host, path).map(String::from),
+                "host {host:?}, path {path:?}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever the `Host` and path, and whichever host came before on
+        /// this thread, the URL is the one a whole parse gives.
+        #[test]
+        fn the_url_is_the_whole_parse(
+            before in "[a-zA-Z0-9.:@/?#\\[\\]%-]{0,12}",
+            host in "[a-zA-Z0-9.:@/?#\\[\\]% \t-]{0,12}",
+            path in "/[a-zA-Z0-9./\\\\?&=%#~-]{0,16}",
+        ) {
+            if let Some(parts) = parts(&before, "/") {
+                let _ = request_url(&parts);
+            }
+            if let Some(parts) = parts(&host, &path) {
+                prop_assert_eq!(
+                    request_url(&parts).map(String::from),
+                    parsed_whole(&host, parts.uri.path_and_query().map_or("/", |path| path.as_str())).map(String::from)
+                );
+            }
+        }
+    }
 }

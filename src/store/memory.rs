@@ -26,7 +26,7 @@ const DECODED_PER_METADATA_BYTE: usize = 4;
 /// A rough entry size, to size the table up front.
 const TYPICAL_ENTRY: u64 = 4096;
 
-#[derive(Clone)]
+/// Shared behind an `Arc`: a lookup clones one pointer, not each field.
 struct MemoryEntry {
     value: StoredValue,
     url: Arc<str>,
@@ -71,8 +71,8 @@ fn unindex(indexes: &SharedIndexes, entry: &MemoryEntry, key: &str) {
 #[derive(Clone)]
 struct EntryBytes;
 
-impl Weighter<String, MemoryEntry> for EntryBytes {
-    fn weight(&self, key: &String, entry: &MemoryEntry) -> u64 {
+impl Weighter<String, Arc<MemoryEntry>> for EntryBytes {
+    fn weight(&self, key: &String, entry: &Arc<MemoryEntry>) -> u64 {
         let encoded = entry.value.bytes();
         // Key and URL are held twice: by the entry and by the URL index.
         let held = 2 * (key.len() + entry.url.len()) + encoded.len() + ENTRY_OVERHEAD;
@@ -86,10 +86,10 @@ impl Weighter<String, MemoryEntry> for EntryBytes {
 #[derive(Clone)]
 struct Unindex(SharedIndexes);
 
-impl Lifecycle<String, MemoryEntry> for Unindex {
+impl Lifecycle<String, Arc<MemoryEntry>> for Unindex {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), key: String, entry: MemoryEntry) {
+    fn on_evict(&self, _: &mut (), key: String, entry: Arc<MemoryEntry>) {
         metrics::counter!(crate::metrics::EVICTIONS, "store" => "memory").increment(1);
         unindex(&self.0, &entry, &key);
     }
@@ -110,7 +110,7 @@ impl Lifecycle<String, MemoryEntry> for Unindex {
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Arc<Cache<String, MemoryEntry, EntryBytes, foldhash::fast::RandomState, Unindex>>,
+    entries: Arc<Cache<String, Arc<MemoryEntry>, EntryBytes, foldhash::fast::RandomState, Unindex>>,
     indexes: SharedIndexes,
     time_to_live: Option<Duration>,
 }
@@ -172,7 +172,7 @@ impl MemoryStore {
             self.remove_key(key);
             return None;
         }
-        Some(entry.value)
+        Some(entry.value.clone())
     }
 
     /// Stores an entry, replacing any under the same key.
@@ -190,7 +190,7 @@ impl MemoryStore {
                 .time_to_live
                 .and_then(|time_to_live| Instant::now().checked_add(time_to_live)),
         };
-        self.entries.insert(key.clone(), stored);
+        self.entries.insert(key.clone(), Arc::new(stored));
         // Indexed after inserting: replacing a value unindexes the old one.
         // An index entry left behind by a race is harmless, as deleting by URL
         // or tag goes through the cache itself.
