@@ -28,6 +28,17 @@ impl CacheMiddleware {
         Ok(self.engine.store.contains_url(&url).await?)
     }
 
+    /// Every entry stored for `url` (any method or variant): its key, times and size.
+    pub async fn url_entries(&self, url: &str) -> Result<Vec<EntryInfo>, Error> {
+        let url = self.normalize(url)?;
+        if !self.engine.store.contains_url(&url).await? {
+            return Ok(Vec::new());
+        }
+        let mut entries = self.engine.store.entries().await?;
+        entries.retain(|entry| entry.url == url);
+        Ok(entries)
+    }
+
     /// Deletes every entry stored for `url`; how many were deleted.
     pub async fn delete_url(&self, url: &str) -> Result<u64, Error> {
         let url = self.normalize(url)?;

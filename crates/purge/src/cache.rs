@@ -80,6 +80,23 @@ impl Target for CacheMiddleware {
             .await
     }
 
+    /// Reads the store: no entry, or only entries stored after the purge, is evicted.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, _: &crate::EdgeProbe) -> crate::Verdict {
+        use crate::Verdict;
+        match self.url_entries(url).await {
+            Err(error) => Verdict::unknown(format!("the cache store failed: {error}")),
+            Ok(entries) => match entries.iter().map(|entry| entry.created_at).min() {
+                None => Verdict::evicted("no entry stored"),
+                Some(oldest) if oldest >= since => Verdict::evicted("stored again after the purge"),
+                Some(oldest) => Verdict::still_cached(format!(
+                    "{} stored, the oldest {} s before the purge",
+                    if entries.len() == 1 { "1 entry".to_owned() } else { format!("{} entries", entries.len()) },
+                    since.duration_since(oldest).map_or(0, |gap| gap.as_secs())
+                )),
+            },
+        }
+    }
+
     async fn probe(&self) -> Result<String, String> {
         self.stats()
             .await

@@ -312,6 +312,11 @@ impl Target for CloudflarePurge {
             .collect()
     }
 
+    /// Asks the edge in front of the URL, as Cloudflare's edges answer.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, edge: &crate::EdgeProbe) -> crate::Verdict {
+        edge.check(url, since, crate::verify::Vendor::Cloudflare).await
+    }
+
     async fn probe(&self) -> Result<String, String> {
         let url = format!("{}/client/v4/zones/{}", self.api_base, self.zone);
         let answer = self

@@ -254,6 +254,11 @@ impl Target for FastlyPurge {
         outcomes.into_iter().flatten().collect()
     }
 
+    /// Asks the edge in front of the URL, as Fastly's edges answer.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, edge: &crate::EdgeProbe) -> crate::Verdict {
+        edge.check(url, since, crate::verify::Vendor::Fastly).await
+    }
+
     async fn probe(&self) -> Result<String, String> {
         let url = format!("{}/service/{}", self.api_base, self.service);
         let answer = self

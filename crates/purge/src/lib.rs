@@ -58,6 +58,7 @@ mod objects;
 mod purger;
 mod report;
 mod target;
+pub mod verify;
 mod versions;
 
 pub use self::journal::JournalError;
@@ -68,6 +69,7 @@ pub use self::objects::{
 pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
 pub use self::target::{Layer, Progress, Refusal, Target};
+pub use self::verify::{Check, EdgeProbe, Rewarm, Seen, Verdict, Verification, Verify, VerifyError};
 pub use edgecache_base::net::{Backoff, TokenBucket};
 
 /// This crate's version, as built (`edgecache --version` names it).

@@ -1,10 +1,11 @@
 //! One trait for a layer that can be invalidated.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{Event, ObjectKind, Outcome};
+use super::{EdgeProbe, Event, ObjectKind, Outcome, Verdict};
 
 /// Why a [`Target`] refuses a kind of object, or one object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -272,6 +273,22 @@ pub trait Target: Send + Sync {
     async fn probe(&self) -> Result<String, String> {
         Ok("not checked".into())
     }
+
+    /// What the target serves for `url` after a purge sent at `since`: a
+    /// CDN asks the edge through `edge` ([`EdgeProbe::check`] with its
+    /// vendor), a cache reads its store. Default: unknown.
+    async fn verify(&self, url: &str, since: SystemTime, edge: &EdgeProbe) -> Verdict {
+        let _ = (url, since, edge);
+        Verdict::unknown(format!("{} has no way to check what it serves", self.name()))
+    }
+
+    /// Warms `urls` again its own way (Alibaba Cloud's prefetch): one
+    /// outcome each, in order. `None`, the default, leaves them to one
+    /// fetch each through the edge.
+    async fn rewarm(&self, urls: &[String]) -> Option<Vec<Outcome>> {
+        let _ = urls;
+        None
+    }
 }
 
 #[async_trait]
@@ -298,5 +315,13 @@ impl<T: Target + ?Sized> Target for Arc<T> {
 
     async fn probe(&self) -> Result<String, String> {
         (**self).probe().await
+    }
+
+    async fn verify(&self, url: &str, since: SystemTime, edge: &EdgeProbe) -> Verdict {
+        (**self).verify(url, since, edge).await
+    }
+
+    async fn rewarm(&self, urls: &[String]) -> Option<Vec<Outcome>> {
+        (**self).rewarm(urls).await
     }
 }

@@ -90,6 +90,32 @@ impl Target for Client {
             .await
     }
 
+    /// Asks the server when each resource of the URL last asked its origin.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, _: &crate::EdgeProbe) -> crate::Verdict {
+        use crate::Verdict;
+        let resources = match self.resources(None).await {
+            Ok(resources) => resources,
+            Err(error) => return Verdict::unknown(format!("listing resources: {error}")),
+        };
+        let mut stale = Vec::new();
+        let mut matched = 0;
+        for resource in resources.iter().filter(|resource| matches(ObjectKind::Url, url, resource)) {
+            matched += 1;
+            let checked = resource.last_checked_at.map(std::time::SystemTime::from);
+            if resource.last_error.is_some() || checked.is_none_or(|checked| checked < since) {
+                stale.push(match &resource.last_error {
+                    Some(error) => format!("resource {}: its last fetch failed: {error}", resource.id),
+                    None => format!("resource {}: the origin was last asked before the purge", resource.id),
+                });
+            }
+        }
+        match (matched, stale.is_empty()) {
+            (0, _) => Verdict::evicted("no resource of it is registered"),
+            (_, true) => Verdict::evicted("the origin was asked after the purge"),
+            (_, false) => Verdict::still_cached(stale.join("; ")),
+        }
+    }
+
     async fn probe(&self) -> Result<String, String> {
         match self.resources(None).await {
             Ok(resources) => Ok(format!("{} resources visible to this token", resources.len())),

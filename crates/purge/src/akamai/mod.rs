@@ -437,6 +437,11 @@ impl Target for FastPurgeClient {
 
     /// Sends nothing: Fast Purge has no read-only call. Says which API host
     /// and network the credentials are for.
+    /// Asks the edge in front of the URL, as Akamai's edges answer.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, edge: &crate::EdgeProbe) -> crate::Verdict {
+        edge.check(url, since, crate::verify::Vendor::Akamai).await
+    }
+
     async fn probe(&self) -> Result<String, String> {
         Ok(format!(
             "{} ({:?}, {:?}); Fast Purge has no read-only call to check credentials with",

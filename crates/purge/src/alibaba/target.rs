@@ -70,20 +70,7 @@ impl Target for AlibabaCdnClient {
         match run {
             Ok(report) => {
                 progress.called(report.calls);
-                let outcomes: std::collections::HashMap<&str, Outcome> = report
-                    .urls
-                    .iter()
-                    .map(|url| (url.url.as_str(), url.to_outcome()))
-                    .collect();
-                objects
-                    .iter()
-                    .map(|object| {
-                        outcomes
-                            .get(object.as_str())
-                            .cloned()
-                            .unwrap_or_else(|| Outcome::failed("the run's report did not cover it", true))
-                    })
-                    .collect()
+                by_object(&report, objects)
             }
             Err(error) => {
                 let retryable = matches!(&error, BatchError::Quota(error) if error.is_retryable());
@@ -91,6 +78,24 @@ impl Target for AlibabaCdnClient {
                 vec![Outcome::failed(format!("nothing sent: {error}"), retryable); objects.len()]
             }
         }
+    }
+
+    /// Asks the edge in front of the URL, as Alibaba's edges answer.
+    async fn verify(&self, url: &str, since: std::time::SystemTime, edge: &crate::EdgeProbe) -> crate::Verdict {
+        edge.check(url, since, crate::verify::Vendor::Alibaba).await
+    }
+
+    /// Alibaba Cloud's own prefetch (`PushObjectCache`): its POPs fetch
+    /// from the origin at the CDN's pace, not this machine's.
+    async fn rewarm(&self, urls: &[String]) -> Option<Vec<Outcome>> {
+        let run = self
+            .batch(Operation::Prefetch(super::PrefetchOptions::default()))
+            .run(urls.iter().cloned())
+            .await;
+        Some(match run {
+            Ok(report) => by_object(&report, urls),
+            Err(error) => vec![Outcome::failed(format!("prefetch not sent: {error}"), true); urls.len()],
+        })
     }
 
     async fn probe(&self) -> Result<String, String> {
@@ -102,4 +107,22 @@ impl Target for AlibabaCdnClient {
             Err(error) => Err(error.to_string()),
         }
     }
+}
+
+/// One outcome per object, in order, from a batch run's report.
+fn by_object(report: &super::RunReport, objects: &[String]) -> Vec<Outcome> {
+    let outcomes: std::collections::HashMap<&str, Outcome> = report
+        .urls
+        .iter()
+        .map(|url| (url.url.as_str(), url.to_outcome()))
+        .collect();
+    objects
+        .iter()
+        .map(|object| {
+            outcomes
+                .get(object.as_str())
+                .cloned()
+                .unwrap_or_else(|| Outcome::failed("the run's report did not cover it", true))
+        })
+        .collect()
 }
