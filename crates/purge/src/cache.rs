@@ -90,7 +90,11 @@ impl Target for CacheMiddleware {
                 Some(oldest) if oldest >= since => Verdict::evicted("stored again after the purge"),
                 Some(oldest) => Verdict::still_cached(format!(
                     "{} stored, the oldest {} s before the purge",
-                    if entries.len() == 1 { "1 entry".to_owned() } else { format!("{} entries", entries.len()) },
+                    if entries.len() == 1 {
+                        "1 entry".to_owned()
+                    } else {
+                        format!("{} entries", entries.len())
+                    },
                     since.duration_since(oldest).map_or(0, |gap| gap.as_secs())
                 )),
             },

@@ -99,7 +99,10 @@ impl Target for Client {
         };
         let mut stale = Vec::new();
         let mut matched = 0;
-        for resource in resources.iter().filter(|resource| matches(ObjectKind::Url, url, resource)) {
+        for resource in resources
+            .iter()
+            .filter(|resource| matches(ObjectKind::Url, url, resource))
+        {
             matched += 1;
             let checked = resource.last_checked_at.map(std::time::SystemTime::from);
             if resource.last_error.is_some() || checked.is_none_or(|checked| checked < since) {

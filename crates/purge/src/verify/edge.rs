@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 
-use super::signals::{self, Vendor};
 use super::Verdict;
+use super::signals::{self, Vendor};
 use crate::{Outcome, TokenBucket};
 
 /// The longest a check or a rewarm fetch may take.
@@ -45,7 +45,11 @@ impl EdgeProbe {
     /// a second to any one host (both at least 1; the rate may be fractional).
     pub fn new(concurrency: usize, rate: f64) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION"), " (purge verification)"))
+            .user_agent(concat!(
+                "edgecache/",
+                env!("CARGO_PKG_VERSION"),
+                " (purge verification)"
+            ))
             .timeout(REQUEST_TIMEOUT)
             // What this URL's edge serves, not what a redirect leads to.
             .redirect(reqwest::redirect::Policy::none())
@@ -59,7 +63,11 @@ impl EdgeProbe {
     }
 
     fn gate(&self, url: &url::Url) -> Arc<HostGate> {
-        let host = format!("{}:{}", url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(0));
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(0)
+        );
         let mut hosts = self.hosts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         hosts
             .entry(host)

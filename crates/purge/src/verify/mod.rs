@@ -436,7 +436,10 @@ async fn rewarm(jobs: &[Job], checks: &[Check], probe: &EdgeProbe) -> Vec<Rewarm
     for target in &edges {
         let theirs: Vec<String> = ready
             .iter()
-            .filter(|url| jobs.iter().any(|job| Arc::ptr_eq(&job.target, target) && &job.url == *url))
+            .filter(|url| {
+                jobs.iter()
+                    .any(|job| Arc::ptr_eq(&job.target, target) && &job.url == *url)
+            })
             .cloned()
             .collect();
         if theirs.is_empty() {

@@ -175,11 +175,7 @@ fn last_via_node(via: &str) -> Option<String> {
 
 /// An edge's name, printable and short.
 fn clean(name: &str) -> String {
-    name.trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect()
+    name.trim().chars().filter(|c| !c.is_control()).take(120).collect()
 }
 
 /// A squid-style result code anywhere in `value` (Akamai's and Alibaba
@@ -227,7 +223,11 @@ fn cloudflare_status(value: &str) -> Option<Lookup> {
 /// "any entries in this header except "MISS" indicate that the request was
 /// satisfied from cache and not forwarded to origin"; stale hits "report as HIT".
 fn fastly_cache(value: &str) -> Option<Lookup> {
-    let mut words = value.split(',').map(str::trim).filter(|word| !word.is_empty()).peekable();
+    let mut words = value
+        .split(',')
+        .map(str::trim)
+        .filter(|word| !word.is_empty())
+        .peekable();
     words.peek()?;
     let mut all_miss = true;
     for word in words {
@@ -248,30 +248,26 @@ fn fastly_cache(value: &str) -> Option<Lookup> {
 const CLOCK_SLACK: Duration = Duration::from_secs(2);
 
 /// When the copy was stored, as a range `[earliest, latest]` by our clock,
-/// and what said so.
+/// and what said so: `Age` (relative, so no clock can be wrong), else the
+/// vendor's save time (by its clock, so with slack).
 fn copy_born(signals: &Signals, received: SystemTime) -> Option<(SystemTime, SystemTime, &'static str)> {
-    if let Some(saved) = signals.saved_at {
-        // Whole seconds, by the vendor's clock.
-        return Some((
-            saved.checked_sub(CLOCK_SLACK).unwrap_or(SystemTime::UNIX_EPOCH),
-            saved.checked_add(CLOCK_SLACK + Duration::from_secs(1))?,
-            "Ali-Swift-Global-Savetime",
-        ));
-    }
     if let Some(age) = signals.age {
         // Age counts whole seconds (RFC 9111 §5.1): the copy is at least
         // `age` and less than `age + 1` seconds old.
-        let latest = received.checked_sub(Duration::from_secs(age)).unwrap_or(SystemTime::UNIX_EPOCH);
-        let earliest = latest.checked_sub(Duration::from_secs(1)).unwrap_or(SystemTime::UNIX_EPOCH);
+        let latest = received
+            .checked_sub(Duration::from_secs(age))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let earliest = latest
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         return Some((earliest, latest, "Age"));
     }
-    signals.date.map(|date| {
-        (
-            date.checked_sub(CLOCK_SLACK).unwrap_or(SystemTime::UNIX_EPOCH),
-            date.checked_add(CLOCK_SLACK + Duration::from_secs(1)).unwrap_or(date),
-            "Date",
-        )
-    })
+    let saved = signals.saved_at?;
+    Some((
+        saved.checked_sub(CLOCK_SLACK).unwrap_or(SystemTime::UNIX_EPOCH),
+        saved.checked_add(CLOCK_SLACK + Duration::from_secs(1))?,
+        "Ali-Swift-Global-Savetime",
+    ))
 }
 
 /// Seconds from `earlier` to `later`, zero if it is not later.
@@ -306,24 +302,34 @@ pub(crate) fn judge(signals: &Signals, since: SystemTime, received: SystemTime) 
     }
     let stale = matches!(signals.lookup, Some((Lookup::Stale, _)));
     let Some((earliest, latest, by)) = copy_born(signals, received) else {
-        return verdict(
-            Seen::Unknown,
-            match said {
-                Some(said) => format!("a cached copy ({said}) with no Age or Date to date it"),
-                None => "no cache signal: neither the vendor's cache header nor Age came back".to_owned(),
-            },
-        );
+        // `Date` alone is when the origin made the response, or the edge's
+        // own clock if it rewrites it: it can show a copy older than the
+        // purge, never one younger.
+        let (Some(said), Some(date)) = (said, signals.date) else {
+            return verdict(
+                Seen::Unknown,
+                match said {
+                    Some(said) => format!("a cached copy ({said}) with no Age or Date to date it"),
+                    None => "no cache signal: neither the vendor's cache header nor Age came back".to_owned(),
+                },
+            );
+        };
+        let latest = date.checked_add(CLOCK_SLACK + Duration::from_secs(1));
+        return match latest {
+            Some(latest) if latest < since => verdict(
+                Seen::StillCached,
+                format!(
+                    "{} made {} s before the purge ({said}; by Date)",
+                    if stale { "a stale copy" } else { "a copy" },
+                    seconds_between(date, since)
+                ),
+            ),
+            _ => verdict(
+                Seen::Unknown,
+                format!("a cached copy ({said}) dated by Date alone, which is not before the purge"),
+            ),
+        };
     };
-    if signals.lookup.is_none() && by != "Age" {
-        // A Date alone says when the origin made the response, not whether a cache served it.
-        if earliest >= since {
-            return verdict(Seen::Evicted, "made after the purge (by Date); no cache signal".to_owned());
-        }
-        return verdict(
-            Seen::Unknown,
-            "no cache signal: neither the vendor's cache header nor Age came back".to_owned(),
-        );
-    }
     if earliest >= since {
         verdict(
             Seen::Evicted,
@@ -339,7 +345,8 @@ pub(crate) fn judge(signals: &Signals, since: SystemTime, received: SystemTime) 
             format!(
                 "{kind} stored {} s before the purge ({}{by})",
                 seconds_between(latest, since),
-                said.map(|said| format!("{said}; by ")).unwrap_or_else(|| "by ".to_owned())
+                said.map(|said| format!("{said}; by "))
+                    .unwrap_or_else(|| "by ".to_owned())
             ),
         )
     } else {
@@ -382,14 +389,23 @@ mod tests {
         // The samples are the vendors' own, from the pages cited above.
         let miss = seen(
             Vendor::Akamai,
-            &[("x-cache", "TCP_MISS from a23-45-67-89.deploy.akamaitechnologies.com (AkamaiGHost/10.1) (-)")],
+            &[(
+                "x-cache",
+                "TCP_MISS from a23-45-67-89.deploy.akamaitechnologies.com (AkamaiGHost/10.1) (-)",
+            )],
             PURGE + 5,
         );
         assert_eq!(miss.seen, Seen::Evicted);
         assert_eq!(miss.edge.as_deref(), Some("a23-45-67-89.deploy.akamaitechnologies.com"));
         let hit = seen(
             Vendor::Akamai,
-            &[("x-cache", "TCP_MEM_HIT from a1.deploy.akamaitechnologies.com (AkamaiGHost/10.1) (-)"), ("age", "300")],
+            &[
+                (
+                    "x-cache",
+                    "TCP_MEM_HIT from a1.deploy.akamaitechnologies.com (AkamaiGHost/10.1) (-)",
+                ),
+                ("age", "300"),
+            ],
             PURGE + 5,
         );
         assert_eq!(hit.seen, Seen::StillCached, "{hit:?}");
@@ -397,26 +413,49 @@ mod tests {
 
         let cloudflare = seen(
             Vendor::Cloudflare,
-            &[("cf-cache-status", "HIT"), ("age", "2"), ("cf-ray", "8a1b2c3d4e5f6789-LHR")],
+            &[
+                ("cf-cache-status", "HIT"),
+                ("age", "2"),
+                ("cf-ray", "8a1b2c3d4e5f6789-LHR"),
+            ],
             PURGE + 10,
         );
-        assert_eq!(cloudflare.seen, Seen::Evicted, "stored 8 s after the purge: {cloudflare:?}");
-        assert_eq!(cloudflare.edge.as_deref(), Some("colo LHR"));
-        assert_eq!(seen(Vendor::Cloudflare, &[("cf-cache-status", "EXPIRED")], PURGE).seen, Seen::Evicted);
         assert_eq!(
-            seen(Vendor::Cloudflare, &[("cf-cache-status", "UPDATING"), ("age", "900")], PURGE + 1).seen,
+            cloudflare.seen,
+            Seen::Evicted,
+            "stored 8 s after the purge: {cloudflare:?}"
+        );
+        assert_eq!(cloudflare.edge.as_deref(), Some("colo LHR"));
+        assert_eq!(
+            seen(Vendor::Cloudflare, &[("cf-cache-status", "EXPIRED")], PURGE).seen,
+            Seen::Evicted
+        );
+        assert_eq!(
+            seen(
+                Vendor::Cloudflare,
+                &[("cf-cache-status", "UPDATING"), ("age", "900")],
+                PURGE + 1
+            )
+            .seen,
             Seen::StillCached
         );
 
         // Shielding: the shield's HIT means the origin was not asked.
         let fastly = seen(
             Vendor::Fastly,
-            &[("x-cache", "MISS, HIT"), ("age", "142"), ("x-served-by", "cache-jfk1041-JFK, cache-ord1720-ORD")],
+            &[
+                ("x-cache", "MISS, HIT"),
+                ("age", "142"),
+                ("x-served-by", "cache-jfk1041-JFK, cache-ord1720-ORD"),
+            ],
             PURGE + 3,
         );
         assert_eq!(fastly.seen, Seen::StillCached);
         assert_eq!(fastly.edge.as_deref(), Some("cache-jfk1041-JFK, cache-ord1720-ORD"));
-        assert_eq!(seen(Vendor::Fastly, &[("x-cache", "MISS, MISS")], PURGE).seen, Seen::Evicted);
+        assert_eq!(
+            seen(Vendor::Fastly, &[("x-cache", "MISS, MISS")], PURGE).seen,
+            Seen::Evicted
+        );
 
         let alibaba = seen(
             Vendor::Alibaba,
@@ -430,7 +469,12 @@ mod tests {
         assert_eq!(alibaba.seen, Seen::StillCached, "{alibaba:?}");
         assert_eq!(alibaba.edge.as_deref(), Some("kunlun19.cn3157"));
         assert_eq!(
-            seen(Vendor::Alibaba, &[("x-cache", "HIT TCP_REFRESH_HIT dirn:11:927701954")], PURGE).seen,
+            seen(
+                Vendor::Alibaba,
+                &[("x-cache", "HIT TCP_REFRESH_HIT dirn:11:927701954")],
+                PURGE
+            )
+            .seen,
             Seen::Evicted,
             "a refresh asked the origin"
         );

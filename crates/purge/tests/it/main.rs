@@ -7,3 +7,4 @@ mod alibaba_cdn;
 mod alibaba_signing;
 mod cdn_targets;
 mod fast_purge;
+mod verify;

@@ -40,6 +40,8 @@ pub struct StandIn {
     pub unsigned: Arc<AtomicUsize>,
     pub largest_body: Arc<AtomicUsize>,
     pub dropped: Arc<AtomicUsize>,
+    /// Edges that evict what a purge names once it is accepted.
+    pub edges: super::edge::Edges,
 }
 
 /// The next request is refused (`429`) with these headers, which name a
@@ -141,6 +143,12 @@ pub async fn fast_purge(State(state): State<StandIn>, request: Request) -> Respo
         state.throttled.fetch_add(1, Ordering::SeqCst);
         return problem(429, "Too Many Requests", "rate limit");
     }
+    let texts: Vec<&str> = objects.iter().filter_map(|object| object.as_str()).collect();
+    if parts.uri.path().contains("/url/") {
+        state.edges.purged_urls(&texts);
+    } else if parts.uri.path().contains("/tag/") {
+        state.edges.purged_tags(&texts);
+    }
     state.accepted.lock().expect("accepted").extend(objects);
     state
         .accepted_at
@@ -224,6 +232,7 @@ pub async fn serve(limits: RateLimits) -> (StandIn, Credentials) {
         unsigned: Arc::default(),
         largest_body: Arc::default(),
         dropped: Arc::default(),
+        edges: super::edge::Edges::default(),
     };
     let app = Router::new().fallback(fast_purge).with_state(state.clone());
     let dropping = DroppingListener {

@@ -88,6 +88,8 @@ pub struct Seen {
 pub struct StandIn {
     pub config: Config,
     pub seen: Arc<Mutex<Seen>>,
+    /// Edges that evict what a refresh names, and fetch what a prefetch names.
+    pub edges: super::edge::Edges,
 }
 
 impl StandIn {
@@ -101,6 +103,7 @@ impl StandIn {
         let stand_in = StandIn {
             config,
             seen: Arc::new(Mutex::new(seen)),
+            edges: super::edge::Edges::default(),
         };
         let app = axum::Router::new().fallback(api).with_state(stand_in.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -396,6 +399,14 @@ pub async fn submit(stand_in: &StandIn, action: &str, parameters: &HashMap<Strin
             created: Instant::now(),
             fails: path.contains("/broken/"),
         });
+    }
+    drop(seen);
+    // A task on a `/broken/` path fails: its edge copies stay.
+    let working: Vec<&String> = paths.iter().filter(|path| !path.contains("/broken/")).collect();
+    match object_type {
+        "file" => stand_in.edges.purged_urls(&working),
+        "preload" => stand_in.edges.prefetch(&working),
+        _ => {}
     }
     let field = if refresh { "RefreshTaskId" } else { "PushTaskId" };
     answer(

@@ -66,6 +66,8 @@ pub struct StandIn {
     pub violations: Arc<Mutex<Vec<String>>>,
     /// This many first requests are answered `429`.
     pub throttle_first: Arc<AtomicUsize>,
+    /// Edges that evict what a purge names once it is accepted.
+    pub edges: super::edge::Edges,
 }
 
 fn answer(status: u16, body: serde_json::Value, retry_after: Option<&str>) -> Response {
@@ -176,6 +178,16 @@ async fn purge(
         state.throttled.fetch_add(1, Ordering::SeqCst);
         return error(429, 10429, "rate limited");
     }
+    // "files" may be URLs, or objects with a "url" and the headers of a variant.
+    let named: Vec<&str> = list
+        .iter()
+        .filter_map(|item| item.as_str().or_else(|| item.get("url").and_then(|url| url.as_str())))
+        .collect();
+    match field {
+        "files" => state.edges.purged_urls(&named),
+        "tags" => state.edges.purged_tags(&named),
+        _ => {}
+    }
     state.accepted.lock().expect("accepted").push((SystemTime::now(), body));
     answer(
         200,
@@ -220,6 +232,7 @@ impl StandIn {
             refused: Arc::default(),
             violations: Arc::default(),
             throttle_first: Arc::default(),
+            edges: super::edge::Edges::default(),
         };
         let app = axum::Router::new()
             .route("/client/v4/zones/{zone}/purge_cache", axum::routing::post(purge))

@@ -37,6 +37,8 @@ pub struct StandIn {
     pub violations: Arc<Mutex<Vec<String>>>,
     pub throttled: Arc<AtomicUsize>,
     pub throttle_first: Arc<AtomicUsize>,
+    /// Edges that evict what a purge names once it is accepted.
+    pub edges: super::edge::Edges,
 }
 
 fn answer(status: u16, body: serde_json::Value) -> Response {
@@ -92,6 +94,7 @@ async fn purge_url(State(state): State<StandIn>, uri: axum::http::Uri, headers: 
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
+    state.edges.purged_urls(std::slice::from_ref(&target));
     state.purges.lock().expect("purges").push(Purge {
         what: "url",
         objects: vec![target],
@@ -157,6 +160,7 @@ async fn purge_keys(
             )
         })
         .collect();
+    state.edges.purged_tags(&keys);
     state.purges.lock().expect("purges").push(Purge {
         what: "keys",
         objects: keys,
@@ -207,6 +211,7 @@ impl StandIn {
             violations: Arc::default(),
             throttled: Arc::default(),
             throttle_first: Arc::default(),
+            edges: super::edge::Edges::default(),
         };
         let app = axum::Router::new()
             .route("/purge/{*target}", axum::routing::post(purge_url))

@@ -4,4 +4,5 @@
 pub mod akamai;
 pub mod alibaba;
 pub mod cloudflare;
+pub mod edge;
 pub mod fastly;
