@@ -91,6 +91,7 @@ pub async fn run(args: AkamaiArgs) -> anyhow::Result<ExitCode> {
         resume: false,
         json: args.json,
         wait: args.wait,
+        verify: None,
     };
     let client: Arc<dyn Target> = Arc::new(client);
     super::purge(

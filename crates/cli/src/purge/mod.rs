@@ -6,6 +6,7 @@ mod akamai;
 mod alibaba;
 mod report;
 mod targets;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Akamai(akamai::AkamaiArgs),
     /// Alibaba Cloud CDN refresh and prefetch alone.
     Alibaba(alibaba::AlibabaArgs),
+    /// Check, without purging, whether URLs are gone at every target since a time.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +105,19 @@ struct RunArgs {
     /// otherwise revalidate by Last-Modified).
     #[arg(long)]
     force: bool,
+    /// Then ask each target whether each URL is gone: evicted, still cached or unknown.
+    /// Exits non-zero when anything is still cached after --verify-timeout.
+    #[arg(long)]
+    verify: bool,
+    /// After --verify, fetch each URL purged everywhere and cached nowhere once through its
+    /// edge, within the per-host bound (Alibaba Cloud: its own prefetch).
+    #[arg(long, requires = "verify")]
+    rewarm: bool,
+    /// The URLs to check after a prefix, tag or host purge, one per line (`-` for standard input).
+    #[arg(long = "verify-urls", value_name = "FILE", requires = "verify")]
+    verify_urls: Option<PathBuf>,
+    #[command(flatten)]
+    verify_options: verify::VerifyOptions,
 }
 
 pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
@@ -124,6 +140,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         Command::Targets(args) => return list_targets(args).await,
         Command::Akamai(args) => return akamai::run(args).await,
         Command::Alibaba(args) => return alibaba::run(args).await,
+        Command::Verify(args) => return verify::run(args).await,
     };
     check_resume(args.resume, args.journal.as_deref())?;
     let objects = if kind == ObjectKind::Everything {
@@ -149,11 +166,21 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let builder = Purger::builder()
         .parallel(args.parallel)
         .stop_on_failure(args.stop_on_failure);
+    let verify = if args.verify {
+        let verify = args.verify_options.to_verify(args.rewarm, args.verify_urls.as_ref())?;
+        if kind != ObjectKind::Url && verify.urls.is_empty() {
+            bail!("--verify after a {kind} purge: give the URLs to check with --verify-urls FILE");
+        }
+        Some(verify)
+    } else {
+        None
+    };
     let options = RunOptions {
         journal: args.journal,
         resume: args.resume,
         json: args.json,
         wait: false,
+        verify,
     };
     purge(
         builder,
@@ -173,6 +200,8 @@ pub struct RunOptions {
     pub json: bool,
     /// Wait until the CDNs' estimates have passed before returning.
     pub wait: bool,
+    /// Check each URL at each target afterwards (`--verify`).
+    pub verify: Option<edgecache_purge::Verify>,
 }
 
 /// Runs the purger over `targets`, with one progress bar, and prints the
@@ -204,8 +233,22 @@ pub async fn purge(
         Err(PurgeRunError::Invalid(invalid)) => return Err(report::invalid(sourced, &invalid)),
         Err(error) => return Err(error.into()),
     };
-    report::print(&report::results(purged.lines(), sourced), options.json)?;
+    let mut results = report::results(purged.lines(), sourced);
+    let verification = match options.verify {
+        Some(verify) => {
+            eprintln!("purged; checking what each target serves now…");
+            let verification = purger.verify(&purged, verify).await?;
+            verify::attach(&mut results, &verification, sourced);
+            Some(verification)
+        }
+        None => None,
+    };
+    report::print(&results, options.json)?;
     report::summary(&purged, options.journal.as_deref());
+    if let Some(verification) = &verification {
+        verify::summary(verification);
+        return Ok(verify::exit_code(purged.is_success(), verification));
+    }
     if options.wait {
         let longest = purged
             .lines()

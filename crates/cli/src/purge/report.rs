@@ -26,6 +26,9 @@ pub struct ObjectResult {
     pub id: Option<String>,
     /// For a failure: whether trying again could help.
     pub retryable: bool,
+    /// With `--verify`: what the target serves now.
+    #[serde(flatten)]
+    pub check: Option<super::verify::Checked>,
 }
 
 /// Where an object came from, by its position in the list.
@@ -65,6 +68,7 @@ pub fn results<'a>(lines: impl IntoIterator<Item = &'a ObjectReport>, objects: &
             origin: origin(objects, line.index),
             id: line.outcome.id.clone(),
             retryable: line.outcome.retryable,
+            check: None,
         })
         .collect()
 }
@@ -78,12 +82,37 @@ pub fn print(results: &[ObjectResult], json: bool) -> anyhow::Result<()> {
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
-        results.iter().try_for_each(|result| {
-            writeln!(
+        results.iter().try_for_each(|result| match &result.check {
+            None => writeln!(
                 out,
                 "{}\t{}\t{}\t{}",
                 result.status, result.target, result.object, result.detail
-            )
+            ),
+            // The verification is the second column; its reasons follow the purge's.
+            Some(check) => {
+                let mut detail = result.detail.clone();
+                for part in [
+                    Some(format!("check: {}", check.verify_detail)),
+                    check.edge.as_ref().map(|edge| format!("edge {edge}")),
+                    check
+                        .rewarm_detail
+                        .as_ref()
+                        .map(|rewarm| format!("rewarm {}: {rewarm}", check.rewarm.unwrap_or_default())),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if !detail.is_empty() {
+                        detail.push_str("; ");
+                    }
+                    detail.push_str(&part);
+                }
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}",
+                    result.status, check.verified, result.target, result.object, detail
+                )
+            }
         })
     };
     match written.and_then(|()| out.flush()) {

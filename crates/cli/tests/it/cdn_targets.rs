@@ -165,3 +165,108 @@ async fn the_cli_purges_a_host_at_cloudflare_and_fastly_skips_it() {
     assert_eq!(cloudflare.asked("hosts"), [serde_json::json!("www.example.com")]);
     assert!(fastly.purges().is_empty());
 }
+
+/// `--verify --rewarm` after a purge at two CDNs, one of whose edges lies:
+/// a column and fields per line, a rewarm held back for the lie, and a
+/// failing exit; then `purge verify` alone, later, against a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_each_edge_and_fails_when_one_still_serves_the_old_copy() {
+    use edgecache_testkit::stand_ins::edge::{Edge, Flavor};
+    let old = std::time::Duration::from_secs(900);
+    let honest = Edge::start(Flavor::Cloudflare).await;
+    honest.preload("/a.css", old);
+    let liar = Edge::start(Flavor::Fastly).await;
+    liar.preload("/f.css", old);
+    liar.lie();
+    let cloudflare = cloudflare_stand_in::StandIn::start().await;
+    cloudflare.edges.attach(&honest);
+    let fastly = fastly_stand_in::StandIn::start().await;
+    fastly.edges.attach(&liar);
+    let directory = tempfile::tempdir().expect("tempdir");
+    let targets = directory.path().join("edgecache.toml");
+    std::fs::write(
+        &targets,
+        format!(
+            "[[target]]\nkind = \"cloudflare\"\nzone = \"{}\"\napi_base = \"{}\"\n\n[[target]]\nkind = \"fastly\"\nservice = \"{}\"\napi_base = \"{}\"\n",
+            cloudflare_stand_in::ZONE,
+            cloudflare.api_base(),
+            fastly_stand_in::SERVICE,
+            fastly.api_base()
+        ),
+    )
+    .expect("write");
+    let targets = targets.to_str().expect("utf-8");
+    let env = [
+        ("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN),
+        ("FASTLY_API_TOKEN", fastly_stand_in::TOKEN),
+    ];
+    let (a, f) = (honest.url("/a.css"), liar.url("/f.css"));
+    let run = common::edgecache_with_env(
+        [
+            "purge",
+            "url",
+            &a,
+            &f,
+            "--targets",
+            targets,
+            "--verify",
+            "--rewarm",
+            "--verify-timeout",
+            "2s",
+            "--json",
+        ],
+        &env,
+    )
+    .await;
+    assert!(!run.success, "something is still cached: {}", run.stderr);
+    let results: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(results.len(), 4, "{results:#?}");
+    let line = |target: &str, url: &str| {
+        results
+            .iter()
+            .find(|line| line["target"] == target && line["object"] == url)
+            .unwrap_or_else(|| panic!("no line for {target} {url}: {results:#?}"))
+    };
+    assert_eq!(line("cloudflare", &a)["status"], "done");
+    assert_eq!(line("cloudflare", &a)["verified"], "evicted", "{results:#?}");
+    assert_eq!(line("cloudflare", &a)["edge"], "colo LHR");
+    assert_eq!(line("cloudflare", &a)["rewarm"], "done");
+    assert_eq!(line("fastly", &f)["verified"], "still_cached", "{results:#?}");
+    assert!(line("fastly", &f)["age_seconds"].as_u64().is_some_and(|age| age >= 900));
+    assert_eq!(line("fastly", &f)["rewarm"], "not_sent");
+    assert_eq!(
+        liar.origin_requests(),
+        Vec::<String>::new(),
+        "the lie was never refetched"
+    );
+    assert_eq!(
+        honest.origin_requests(),
+        ["/a.css"],
+        "one fetch after the purge; the rewarm hit it"
+    );
+
+    // Later, alone, in text: the honest edge's copy is younger than ten minutes ago.
+    let run = common::edgecache_with_env(
+        [
+            "purge",
+            "verify",
+            &a,
+            "--since",
+            "10m",
+            "--targets",
+            targets,
+            "--only",
+            "cloudflare",
+        ],
+        &env,
+    )
+    .await;
+    assert!(run.success, "{}", run.stderr);
+    let columns: Vec<&str> = run.stdout.trim().split('\t').collect();
+    assert_eq!(
+        &columns[..4],
+        ["checked", "evicted", "cloudflare", a.as_str()],
+        "{}",
+        run.stdout
+    );
+}
