@@ -110,6 +110,24 @@ impl Outcome {
     }
 }
 
+/// One outcome per object, in the objects' order, from a vendor's answers by
+/// object; an object the vendor's answer left out failed with `missing`.
+pub(crate) fn in_order(
+    objects: &[String],
+    outcomes: &std::collections::HashMap<&str, Outcome>,
+    missing: &str,
+) -> Vec<Outcome> {
+    objects
+        .iter()
+        .map(|object| {
+            outcomes
+                .get(object.as_str())
+                .cloned()
+                .unwrap_or_else(|| Outcome::failed(missing, true))
+        })
+        .collect()
+}
+
 /// One object at one target: a line of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObjectReport {

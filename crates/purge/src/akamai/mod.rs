@@ -407,18 +407,7 @@ impl Target for FastPurgeClient {
 
     async fn purge(&self, kind: ObjectKind, objects: &[String], progress: &Progress) -> Vec<Outcome> {
         match self.purge_within(kind, objects.to_vec(), progress).await {
-            Ok(report) => {
-                let outcomes = report.outcomes();
-                objects
-                    .iter()
-                    .map(|object| {
-                        outcomes
-                            .get(object.as_str())
-                            .cloned()
-                            .unwrap_or_else(|| Outcome::failed("Akamai's answer did not cover it", true))
-                    })
-                    .collect()
-            }
+            Ok(report) => crate::report::in_order(objects, &report.outcomes(), "Akamai's answer did not cover it"),
             Err(PurgeError::Invalid(invalid)) => {
                 let reasons: std::collections::HashMap<&str, &str> = invalid
                     .iter()

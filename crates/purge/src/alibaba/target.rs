@@ -111,18 +111,10 @@ impl Target for AlibabaCdnClient {
 
 /// One outcome per object, in order, from a batch run's report.
 fn by_object(report: &super::RunReport, objects: &[String]) -> Vec<Outcome> {
-    let outcomes: std::collections::HashMap<&str, Outcome> = report
+    let outcomes = report
         .urls
         .iter()
         .map(|url| (url.url.as_str(), url.to_outcome()))
         .collect();
-    objects
-        .iter()
-        .map(|object| {
-            outcomes
-                .get(object.as_str())
-                .cloned()
-                .unwrap_or_else(|| Outcome::failed("the run's report did not cover it", true))
-        })
-        .collect()
+    crate::report::in_order(objects, &outcomes, "the run's report did not cover it")
 }

@@ -110,6 +110,15 @@ impl Edges {
     }
 }
 
+/// A path's cache tag: its first segment (`/product-42/a.css` → `product-42`).
+fn tag_of(path: &str) -> String {
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The origin: each path's body names the path and how many times the
 /// origin was asked; its first segment is its cache tag.
 async fn origin(State(inner): State<Arc<Inner>>, uri: Uri) -> Response {
@@ -119,12 +128,7 @@ async fn origin(State(inner): State<Arc<Inner>>, uri: Uri) -> Response {
         seen.push(path.clone());
         seen.iter().filter(|seen| **seen == path).count()
     };
-    let tag = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let tag = tag_of(&path);
     (
         [
             ("cache-control", "public, max-age=3600".to_owned()),
@@ -188,12 +192,7 @@ impl Edge {
     /// Stores a copy of `path` as if fetched `age` ago.
     pub fn preload(&self, path: &str, age: Duration) {
         let then = SystemTime::now() - age;
-        let tag = path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let tag = tag_of(path);
         self.inner.copies.lock().expect("copies").insert(
             path.to_owned(),
             Copy {
