@@ -270,7 +270,7 @@ async fn rewarm_never_fetches_a_url_whose_purge_failed() {
         .iter()
         .filter_map(|parameters| parameters.get("ObjectPath").cloned())
         .collect();
-    assert_eq!(prefetched, [good.clone()], "only the URL purged");
+    assert_eq!(prefetched, std::slice::from_ref(&good), "only the URL purged");
     assert!(
         !edge.origin_requests().iter().any(|path| path.contains("broken")),
         "the failed URL never reached the origin"

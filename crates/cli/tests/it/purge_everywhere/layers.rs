@@ -322,3 +322,47 @@ async fn one_tag_through_all_six_targets() {
     let cache_started = time_of(report.target("cache").expect("cache").started_at, "cache");
     assert!(cloudflare_at <= cache_started);
 }
+
+/// `verify` at the layers that are no CDN: the client cache reads its store,
+/// the versioned server says when it last asked the origin. Before the
+/// purge both still hold the old content; after it, neither does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reads_the_cache_store_and_asks_the_versioned_server() {
+    use edgecache_purge::{Seen, Verify};
+    let layers = layers().await;
+    let (url, _rid) = layers.cached("checked").await;
+    let purger = Purger::builder()
+        .target(layers.cache.clone())
+        .target(layers.versions.clone())
+        .build();
+    let urls = [url.clone()];
+    let before = purger
+        .verify_urls(&urls, SystemTime::now(), Verify::default().timeout(Duration::ZERO))
+        .await
+        .expect("verify");
+    for target in ["cache", "versions"] {
+        let check = before.check(target, &url).expect("a check");
+        assert_eq!(check.verdict.seen, Seen::StillCached, "{check:?}");
+    }
+
+    layers.origin.set("checked", "checked v2");
+    let report = purger.purge(Objects::urls(urls)).await.expect("valid");
+    assert!(report.is_success(), "{:?}", report.unsuccessful().next());
+    let after = purger.verify(&report, Verify::default()).await.expect("verify");
+    let cache = after.check("cache", &url).expect("a check");
+    assert_eq!(
+        (cache.verdict.seen, cache.verdict.detail.as_str()),
+        (Seen::Evicted, "no entry stored")
+    );
+    let versions = after.check("versions", &url).expect("a check");
+    assert_eq!(versions.verdict.seen, Seen::Evicted, "{versions:?}");
+
+    // Fetched again through the cache: a copy younger than the purge.
+    common::get(&common::client(&layers.cache), &url).await;
+    let again = purger.verify(&report, Verify::default()).await.expect("verify");
+    let cache = again.check("cache", &url).expect("a check");
+    assert_eq!(
+        (cache.verdict.seen, cache.verdict.detail.as_str()),
+        (Seen::Evicted, "stored again after the purge")
+    );
+}
