@@ -282,6 +282,14 @@ pub trait Target: Send + Sync {
         Verdict::unknown(format!("{} has no way to check what it serves", self.name()))
     }
 
+    /// The URLs an object of `kind` covers here, when the target knows them
+    /// (the versioned server knows which resources carried a tag): what a
+    /// verification checks after a purge that names no URL. Default: `None`.
+    async fn urls_of(&self, kind: ObjectKind, object: &str) -> Option<Vec<String>> {
+        let _ = (kind, object);
+        None
+    }
+
     /// Warms `urls` again its own way (Alibaba Cloud's prefetch): one
     /// outcome each, in order. `None`, the default, leaves them to one
     /// fetch each through the edge.
@@ -319,6 +327,10 @@ impl<T: Target + ?Sized> Target for Arc<T> {
 
     async fn verify(&self, url: &str, since: SystemTime, edge: &EdgeProbe) -> Verdict {
         (**self).verify(url, since, edge).await
+    }
+
+    async fn urls_of(&self, kind: ObjectKind, object: &str) -> Option<Vec<String>> {
+        (**self).urls_of(kind, object).await
     }
 
     async fn rewarm(&self, urls: &[String]) -> Option<Vec<Outcome>> {

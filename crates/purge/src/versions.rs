@@ -90,6 +90,21 @@ impl Target for Client {
             .await
     }
 
+    /// The URLs of the resources a tag or a prefix selects.
+    async fn urls_of(&self, kind: ObjectKind, object: &str) -> Option<Vec<String>> {
+        let resources = match kind {
+            ObjectKind::Tag => self.resources_with_cache_tag(object).await.ok()?,
+            ObjectKind::Prefix => {
+                let all = self.resources(None).await.ok()?;
+                all.into_iter()
+                    .filter(|resource| matches(kind, object, resource))
+                    .collect()
+            }
+            _ => return None,
+        };
+        Some(resources.iter().filter_map(full_url).collect())
+    }
+
     /// Asks the server when each resource of the URL last asked its origin.
     async fn verify(&self, url: &str, since: std::time::SystemTime, _: &crate::EdgeProbe) -> crate::Verdict {
         use crate::Verdict;

@@ -167,11 +167,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         .parallel(args.parallel)
         .stop_on_failure(args.stop_on_failure);
     let verify = if args.verify {
-        let verify = args.verify_options.to_verify(args.rewarm, args.verify_urls.as_ref())?;
-        if kind != ObjectKind::Url && verify.urls.is_empty() {
-            bail!("--verify after a {kind} purge: give the URLs to check with --verify-urls FILE");
-        }
-        Some(verify)
+        Some(args.verify_options.to_verify(args.rewarm, args.verify_urls.as_ref())?)
     } else {
         None
     };
@@ -238,6 +234,11 @@ pub async fn purge(
         Some(verify) => {
             eprintln!("purged; checking what each target serves now…");
             let verification = purger.verify(&purged, verify).await?;
+            if verification.checks.is_empty() {
+                eprintln!(
+                    "warning: nothing to check: no target knows which URLs these objects cover; name them with --verify-urls FILE"
+                );
+            }
             verify::attach(&mut results, &verification, sourced);
             Some(verification)
         }

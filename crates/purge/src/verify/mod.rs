@@ -123,7 +123,9 @@ pub struct Verify {
     /// Requests a second to any one host, checks and rewarm together. Default: 10.
     pub per_host_rate: f64,
     /// The URLs to check after a purge that names none (a prefix, a tag, a
-    /// host). Ignored after a URL purge: its URLs are checked.
+    /// host). Empty, the default, checks those the targets know the objects
+    /// cover (the versioned server knows its resources' tags). Ignored after
+    /// a URL purge: its URLs are checked.
     pub urls: Vec<String>,
 }
 
@@ -260,6 +262,11 @@ impl Purger {
     /// [`Verify::rewarm`], warms each URL that is. A URL whose purge failed
     /// is reported unknown at that target and is never rewarmed.
     pub async fn verify(&self, report: &Report, options: Verify) -> Result<Verification, VerifyError> {
+        let urls = if report.kind == ObjectKind::Url || !options.urls.is_empty() {
+            options.urls.clone()
+        } else {
+            self.urls_covered(report).await
+        };
         let mut jobs = Vec::new();
         for target_report in &report.targets {
             let Some(target) = self.target_named(&target_report.name) else {
@@ -290,7 +297,7 @@ impl Purger {
                 } else {
                     Err("not checked: the purge failed here for some objects".to_owned())
                 };
-                for (index, url) in options.urls.iter().enumerate() {
+                for (index, url) in urls.iter().enumerate() {
                     jobs.push(Job {
                         target: target.clone(),
                         url: url.clone(),
@@ -325,6 +332,28 @@ impl Purger {
             })
             .collect();
         self.run_verification(jobs, &options).await
+    }
+
+    /// The URLs the report's objects cover, as the targets that know say
+    /// (the versioned server for a tag or a prefix), each once.
+    async fn urls_covered(&self, report: &Report) -> Vec<String> {
+        let mut objects: Vec<&str> = Vec::new();
+        for line in report.lines() {
+            if !objects.contains(&line.object.as_str()) {
+                objects.push(&line.object);
+            }
+        }
+        let mut urls: Vec<String> = Vec::new();
+        for target in self.targets() {
+            for object in &objects {
+                for url in target.urls_of(report.kind, object).await.unwrap_or_default() {
+                    if !urls.contains(&url) {
+                        urls.push(url);
+                    }
+                }
+            }
+        }
+        urls
     }
 
     fn target_named(&self, name: &str) -> Option<Arc<dyn Target>> {

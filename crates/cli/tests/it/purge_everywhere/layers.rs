@@ -366,3 +366,27 @@ async fn verify_reads_the_cache_store_and_asks_the_versioned_server() {
         (Seen::Evicted, "stored again after the purge")
     );
 }
+
+/// After a tag purge, the URLs to check come from the versioned server,
+/// which knows which resources carried the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_after_a_tag_checks_the_urls_the_versioned_server_knows_it_covers() {
+    use edgecache_purge::{Seen, Verify};
+    let layers = layers().await;
+    let (url, _) = layers.cached("boot").await;
+    let (other, _) = layers.cached("sandal").await;
+    let purger = Purger::builder()
+        .target(layers.cache.clone())
+        .target(layers.versions.clone())
+        .build();
+    let report = purger.purge(Objects::tags(["product-boot"])).await.expect("valid");
+    assert!(report.is_success(), "{:?}", report.unsuccessful().next());
+    let checked = purger.verify(&report, Verify::default()).await.expect("verify");
+    let urls: Vec<&str> = checked.checks.iter().map(|check| check.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        [url.as_str(), url.as_str()],
+        "the tagged URL at both targets, not {other}"
+    );
+    assert_eq!(checked.count(Seen::Evicted), 2, "{:#?}", checked.checks);
+}
