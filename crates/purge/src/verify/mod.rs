@@ -249,8 +249,10 @@ struct Job {
     target: Arc<dyn Target>,
     url: String,
     index: usize,
-    /// When its purge was sent there; `None` when it is not checked, with why.
+    /// When its purge was sent there, or why it is not checked.
     since: Result<SystemTime, String>,
+    /// Its purge failed or was not sent there: the URL is never rewarmed.
+    failed: bool,
 }
 
 /// Checks run this many at once across hosts (each host has its own, lower bound).
@@ -277,25 +279,34 @@ impl Purger {
                 .ok_or_else(|| "the purge never started here".to_owned());
             if report.kind == ObjectKind::Url {
                 for line in &target_report.objects {
-                    let since = match line.outcome.status {
-                        Status::Done | Status::Accepted => since.clone(),
-                        Status::Skipped => Err(format!("not purged here: {}", line.outcome.detail)),
-                        Status::Failed | Status::NotSent => {
-                            Err(format!("not checked: the purge {} here", line.outcome.status.as_str()))
-                        }
+                    let (since, failed) = match line.outcome.status {
+                        Status::Done | Status::Accepted => (since.clone(), false),
+                        Status::Skipped => (Err(format!("not purged here: {}", line.outcome.detail)), false),
+                        Status::Failed | Status::NotSent => (
+                            Err(format!("not checked: the purge {} here", line.outcome.status.as_str())),
+                            true,
+                        ),
                     };
                     jobs.push(Job {
                         target: target.clone(),
                         url: line.object.clone(),
                         index: line.index,
                         since,
+                        failed,
                     });
                 }
             } else {
-                let since = if target_report.is_success() {
-                    since.clone()
-                } else {
-                    Err("not checked: the purge failed here for some objects".to_owned())
+                let skipped = target_report
+                    .objects
+                    .iter()
+                    .find(|line| line.outcome.status == Status::Skipped);
+                let failed = !target_report.is_success();
+                let since = match (failed, skipped) {
+                    (true, _) => Err("not checked: the purge failed here for some objects".to_owned()),
+                    (false, Some(line)) if target_report.count(Status::Skipped) == target_report.objects.len() => {
+                        Err(format!("not purged here: {}", line.outcome.detail))
+                    }
+                    _ => since.clone(),
                 };
                 for (index, url) in urls.iter().enumerate() {
                     jobs.push(Job {
@@ -303,6 +314,7 @@ impl Purger {
                         url: url.clone(),
                         index,
                         since: since.clone(),
+                        failed,
                     });
                 }
             }
@@ -328,6 +340,7 @@ impl Purger {
                     url: url.clone(),
                     index,
                     since: Ok(since),
+                    failed: false,
                 })
             })
             .collect();
@@ -438,8 +451,8 @@ async fn rewarm(jobs: &[Job], checks: &[Check], probe: &EdgeProbe) -> Vec<Rewarm
             order.push(url);
         }
         let reason = match (&job.since, check.verdict.seen) {
-            (Err(why), _) => Some(format!("{}: {why}", check.target)),
-            (Ok(_), Seen::StillCached) => Some(format!(
+            (Err(why), _) if job.failed => Some(format!("{}: {why}", check.target)),
+            (_, Seen::StillCached) => Some(format!(
                 "{} still serves the old copy; a fetch would only hit it",
                 check.target
             )),
