@@ -66,7 +66,7 @@ pub(crate) use self::objects::check_each;
 pub use self::objects::{
     EVERYTHING, InvalidObject, MAX_TAG_BYTES, ObjectKind, Objects, SourcedObject, check_object, check_url, read_objects,
 };
-pub use self::purger::{PurgeRunError, Purger, PurgerBuilder};
+pub use self::purger::{PurgeRunError, Purger, PurgerBuilder, Settled};
 pub use self::report::{Event, ObjectReport, Outcome, Report, Status, TargetReport};
 pub use self::target::{Layer, Progress, Refusal, Target};
 pub use self::verify::{Check, EdgeProbe, Rewarm, Seen, Verdict, Verification, Verify, VerifyError};

@@ -45,6 +45,9 @@ pub struct Purger {
     stop_on_failure: bool,
     max_confirm_wait: Duration,
     journal: Option<(PathBuf, bool)>,
+    /// A journal kept elsewhere (a database): what an earlier run settled,
+    /// and where new records go.
+    external: Option<(Vec<Settled>, RecordFn)>,
     // In a mutex only so that the purger is `Sync` and its run future `Send`.
     stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
 }
@@ -76,6 +79,7 @@ impl Purger {
                 stop_on_failure: false,
                 max_confirm_wait: Duration::from_secs(600),
                 journal: None,
+                external: None,
                 stop: std::sync::Mutex::new(None),
             },
         }
@@ -131,6 +135,20 @@ impl PurgerBuilder {
         self
     }
 
+    /// Keeps the run's journal elsewhere (a database shared by replicas):
+    /// `earlier` is what an earlier run of the same purge settled, reported
+    /// from it and not sent again; `record` is handed each batch of newly
+    /// settled records (a few times a second, and as each target returns)
+    /// and resolves once they are kept. Replaces [`journal`](Self::journal).
+    pub fn external_journal(
+        mut self,
+        earlier: Vec<Settled>,
+        record: impl Fn(Vec<Settled>) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        self.purger.external = Some((earlier, Arc::new(record)));
+        self
+    }
+
     /// Stops the first run when `signal` resolves (on Ctrl-C, say): nothing
     /// more is sent, calls in flight finish and are journaled, and the
     /// report marks what was not sent.
@@ -163,27 +181,42 @@ impl journal::Header for JournalHeader {
     }
 }
 
-/// A journal record: an object a target did or accepted.
+/// A journal record: an object a target did or accepted, so a resumed run
+/// does not send it again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Done {
-    target: String,
-    object: String,
-    status: Status,
-    detail: String,
-    id: Option<String>,
+pub struct Settled {
+    /// The target's name.
+    pub target: String,
+    /// The object as sent.
+    pub object: String,
+    /// `done` or `accepted`.
+    pub status: Status,
+    /// What the target said.
+    pub detail: String,
+    /// The target's id for what carried it.
+    pub id: Option<String>,
+}
+
+/// Where an external journal's records go.
+type RecordFn = Arc<dyn Fn(Vec<Settled>) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Where a run's journal records go: a file, or the caller's store.
+enum Sink {
+    File(Journal),
+    External(RecordFn),
 }
 
 /// The run's journal: records wait here until the next write (a few times
 /// a second, and when each target returns), each (target, object) once.
 struct JournalWriter {
-    journal: Journal,
+    sink: Sink,
     pending: std::sync::Mutex<Pending>,
 }
 
 /// Records not written yet, and every (target, object) ever added.
 #[derive(Default)]
 struct Pending {
-    records: Vec<Done>,
+    records: Vec<Settled>,
     seen: HashSet<(String, String)>,
 }
 
@@ -199,7 +232,7 @@ impl JournalWriter {
         let Pending { records, seen } = &mut *pending;
         for object in objects {
             if seen.insert((target.to_owned(), object.clone())) {
-                records.push(Done {
+                records.push(Settled {
                     target: target.to_owned(),
                     object: object.clone(),
                     status: outcome.status,
@@ -218,8 +251,17 @@ impl JournalWriter {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .records,
         );
-        if let Err(error) = self.journal.record_all(&records).await {
-            tracing::error!(%error, "purged, but the journal could not record it");
+        match &self.sink {
+            Sink::File(journal) => {
+                if let Err(error) = journal.record_all(&records).await {
+                    tracing::error!(%error, "purged, but the journal could not record it");
+                }
+            }
+            Sink::External(record) => {
+                if !records.is_empty() {
+                    record(records).await;
+                }
+            }
         }
     }
 }
@@ -303,6 +345,17 @@ impl Purger {
 
     /// The journal, with what an earlier run settled by (target, object).
     fn open_journal(&self, kind: ObjectKind) -> Result<(Option<Arc<JournalWriter>>, Earlier), PurgeRunError> {
+        if let Some((earlier, record)) = &self.external {
+            let earlier = earlier
+                .iter()
+                .map(|settled| ((settled.target.clone(), settled.object.clone()), settled.clone()))
+                .collect();
+            let writer = Arc::new(JournalWriter {
+                sink: Sink::External(Arc::clone(record)),
+                pending: std::sync::Mutex::default(),
+            });
+            return Ok((Some(writer), earlier));
+        }
         let Some((path, resume)) = &self.journal else {
             return Ok((None, HashMap::new()));
         };
@@ -310,13 +363,13 @@ impl Purger {
             edgecache_purge_journal: 1,
             kind,
         };
-        let (journal, records) = Journal::open::<_, Done>(path, &header, *resume)?;
+        let (journal, records) = Journal::open::<_, Settled>(path, &header, *resume)?;
         let earlier = records
             .into_iter()
             .map(|done| ((done.target.clone(), done.object.clone()), done))
             .collect();
         let writer = Arc::new(JournalWriter {
-            journal,
+            sink: Sink::File(journal),
             pending: std::sync::Mutex::default(),
         });
         Ok((Some(writer), earlier))
@@ -406,7 +459,7 @@ impl Purger {
 }
 
 /// What an earlier run journaled, by (target, object).
-type Earlier = HashMap<(String, String), Done>;
+type Earlier = HashMap<(String, String), Settled>;
 
 /// Writes what targets settle as they go, so a run killed halfway loses at
 /// most the last quarter second; a send on the sender flushes once more

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::api::{self, ApiError, AppState, Shared};
-use super::auth::Groups;
+use super::auth::Grant;
 use super::ui;
 
 /// Every route, with its layers.
@@ -57,8 +57,8 @@ async fn count_request(request: Request, next: Next) -> Response {
 }
 
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let groups = if state.tokens.is_empty() {
-        Groups::All
+    let grant = if state.tokens.is_empty() {
+        Grant::loopback()
     } else {
         let presented = request
             .headers()
@@ -71,7 +71,7 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             })
             .map(str::trim);
         match presented.and_then(|token| state.tokens.check(token)) {
-            Some(groups) => groups,
+            Some(grant) => grant,
             None => {
                 let message = if presented.is_some() {
                     "the bearer token is not valid"
@@ -82,6 +82,7 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
             }
         }
     };
-    request.extensions_mut().insert(groups);
+    request.extensions_mut().insert(grant.groups.clone());
+    request.extensions_mut().insert(grant);
     next.run(request).await
 }

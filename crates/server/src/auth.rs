@@ -1,10 +1,13 @@
 //! Bearer tokens, each scoped to groups.
 //!
 //! A token file has one token per line: `token group,group…` or
-//! `token *` for every group; blank lines and `#` comments are skipped.
-//! `EDGECACHE_SERVER_TOKEN` adds a token for every group. Tokens are kept
-//! as SHA-256 digests and compared in constant time, all of them every
-//! time.
+//! `token *` for every group, and a third field `purge` when the token may
+//! purge the CDNs through the server; blank lines and `#` comments are
+//! skipped. `EDGECACHE_SERVER_TOKEN` adds a token for every group (which
+//! may not purge). Tokens are kept as SHA-256 digests and compared in
+//! constant time, all of them every time. A token is named, in the purge
+//! history and the logs, by where it was configured (`tokens.txt:3`),
+//! never by itself.
 
 use std::path::Path;
 
@@ -45,7 +48,30 @@ impl Groups {
 
 struct Token {
     digest: [u8; 32],
-    groups: Groups,
+    grant: Grant,
+}
+
+/// What a token may do, and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The groups it sees.
+    pub groups: Groups,
+    /// Whether it may purge the CDNs through the server.
+    pub purge: bool,
+    /// Where it was configured (`tokens.txt:3`, `EDGECACHE_SERVER_TOKEN`),
+    /// or `loopback` when the server has no tokens: never the token.
+    pub name: String,
+}
+
+impl Grant {
+    /// A server without tokens (loopback only): every group, and purges.
+    pub fn loopback() -> Self {
+        Self {
+            groups: Groups::All,
+            purge: true,
+            name: "loopback".into(),
+        }
+    }
 }
 
 /// The configured tokens. Its `Debug` shows how many, never a token.
@@ -111,8 +137,18 @@ impl Tokens {
                 continue;
             }
             let mut fields = line.split_whitespace();
-            let (Some(token), Some(groups), None) = (fields.next(), fields.next(), fields.next()) else {
-                return Err(error("expected `TOKEN GROUP,GROUP…` or `TOKEN *`".into()));
+            let (Some(token), Some(groups), grant, None) = (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(error(
+                    "expected `TOKEN GROUP,GROUP…` or `TOKEN *`, then `purge` if it may purge".into(),
+                ));
+            };
+            let purge = match grant {
+                None => false,
+                Some("purge") => true,
+                Some(other) => {
+                    return Err(error(format!("the third field grants `purge`, not `{other}`")));
+                }
             };
             if token.len() < MIN_TOKEN_LEN {
                 return Err(error(format!("the token is shorter than {MIN_TOKEN_LEN} characters")));
@@ -130,28 +166,36 @@ impl Tokens {
             };
             tokens.tokens.push(Token {
                 digest: digest(token),
-                groups,
+                grant: Grant {
+                    groups,
+                    purge,
+                    name: format!("{path}:{}", index + 1),
+                },
             });
         }
         Ok(tokens)
     }
 
-    /// Adds a token that sees every group.
+    /// Adds a token that sees every group (`EDGECACHE_SERVER_TOKEN`); it may not purge.
     pub fn add_all_groups(&mut self, token: &str) {
         self.tokens.push(Token {
             digest: digest(token),
-            groups: Groups::All,
+            grant: Grant {
+                groups: Groups::All,
+                purge: false,
+                name: "EDGECACHE_SERVER_TOKEN".into(),
+            },
         });
     }
 
-    /// The groups `presented` grants, if it is a configured token. Every
-    /// token is compared, in constant time, whatever matches.
-    pub fn check(&self, presented: &str) -> Option<Groups> {
+    /// What `presented` grants, if it is a configured token. Every token is
+    /// compared, in constant time, whatever matches.
+    pub fn check(&self, presented: &str) -> Option<Grant> {
         let presented = digest(presented);
         let mut granted = None;
         for token in &self.tokens {
             if bool::from(token.digest.ct_eq(&presented)) && granted.is_none() {
-                granted = Some(token.groups.clone());
+                granted = Some(token.grant.clone());
             }
         }
         granted
@@ -169,11 +213,13 @@ mod tests {
             "tokens.txt",
         )
         .unwrap();
+        let alpha = tokens.check("alpha-token-0123456789").expect("granted");
+        assert_eq!(alpha.groups, Groups::Only(vec!["reports".into(), "maps".into()]));
+        assert_eq!((alpha.purge, alpha.name.as_str()), (false, "tokens.txt:2"));
         assert_eq!(
-            tokens.check("alpha-token-0123456789"),
-            Some(Groups::Only(vec!["reports".into(), "maps".into()]))
+            tokens.check("root-token-0123456789").map(|grant| grant.groups),
+            Some(Groups::All)
         );
-        assert_eq!(tokens.check("root-token-0123456789"), Some(Groups::All));
         assert_eq!(tokens.check("alpha-token-012345678"), None);
         assert!(!format!("{tokens:?}").contains("alpha"));
 
@@ -183,6 +229,12 @@ mod tests {
         let error = Tokens::parse("ok-token-0123456789 bad/group\n", "t.txt").unwrap_err();
         assert!(error.to_string().contains("bad/group"), "{error}");
         assert!(Tokens::parse("ok-token-0123456789\n", "t.txt").is_err());
+
+        // The third field grants purges, and nothing else is accepted there.
+        let tokens = Tokens::parse("ops-token-0123456789 * purge\n", "t.txt").unwrap();
+        assert!(tokens.check("ops-token-0123456789").expect("granted").purge);
+        let error = Tokens::parse("ops-token-0123456789 * admin\n", "t.txt").unwrap_err();
+        assert!(error.to_string().contains("`admin`"), "{error}");
     }
 
     proptest::proptest! {

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use super::selections::Selections;
 use super::{
-    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, ResourceFilter, Start,
-    VersionQuery,
+    BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, PurgeFilter, PurgeLine, PurgeRow,
+    ResourceFilter, Start, VersionQuery,
 };
 use crate::backend::Backend;
 use edgecache_versions::{Limits, Page, Resource, Strategy, Version};
@@ -345,6 +345,52 @@ impl Index for Guarded {
 
     async fn ping(&self) -> Result<(), IndexError> {
         self.call(self.inner.ping()).await
+    }
+
+    async fn add_purge(
+        &self,
+        purge: PurgeRow,
+        objects: Vec<String>,
+        change_key: Option<String>,
+    ) -> Result<bool, IndexError> {
+        self.call(self.inner.add_purge(purge, objects, change_key)).await
+    }
+
+    async fn claim_purge(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        self.call(self.inner.claim_purge(lease, now)).await
+    }
+
+    async fn settle_purge(&self, id: &str, lease: &Lease, lines: Vec<PurgeLine>) -> Result<bool, IndexError> {
+        self.call(self.inner.settle_purge(id, lease, lines)).await
+    }
+
+    async fn finish_purge(
+        &self,
+        id: &str,
+        lease: &Lease,
+        status: &str,
+        report: String,
+        lines: Vec<PurgeLine>,
+        now: Timestamp,
+    ) -> Result<(), IndexError> {
+        self.call(self.inner.finish_purge(id, lease, status, report, lines, now))
+            .await
+    }
+
+    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError> {
+        self.call(self.inner.purges(filter, skip, limit)).await
+    }
+
+    async fn purge(&self, id: &str) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        self.call(self.inner.purge(id)).await
+    }
+
+    async fn forget_purges(&self, before: Timestamp) -> Result<u64, IndexError> {
+        self.timed(LONG_CALL, self.inner.forget_purges(before)).await
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {

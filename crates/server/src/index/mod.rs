@@ -21,6 +21,7 @@
 mod guarded;
 #[cfg(feature = "replicas")]
 mod postgres;
+mod purges;
 mod selections;
 mod sqlite;
 
@@ -35,6 +36,7 @@ mod contract;
 pub(crate) use guarded::Guarded;
 #[cfg(feature = "replicas")]
 pub(crate) use postgres::PgIndex;
+pub(crate) use purges::{PurgeFilter, PurgeLine, PurgeRow, QUEUED, RUNNING};
 pub(crate) use sqlite::SqliteIndex;
 
 use edgecache_versions::{Limits, Page, Resource, Strategy, Version, VersionStatus};
@@ -375,6 +377,44 @@ pub(crate) trait Index: Send + Sync + 'static {
     async fn lock_blobs(&self, exclusive: bool) -> Result<BlobsLock, IndexError>;
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), IndexError>;
+
+    /// Queues a purge. With `change_key`, only the first purge with that
+    /// key is queued (a version's change is purged once, across
+    /// replicas): `false` when one was queued before.
+    async fn add_purge(
+        &self,
+        purge: PurgeRow,
+        objects: Vec<String>,
+        change_key: Option<String>,
+    ) -> Result<bool, IndexError>;
+    /// Hands `lease` the next purge to run, when no other runs under a live
+    /// lease (one purge at a time across replicas, so they share the
+    /// CDNs' rate limits): the oldest whose holder stopped renewing, else
+    /// the oldest queued. With it, the lines settled so far.
+    async fn claim_purge(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError>;
+    /// Records settled lines of a purge `lease` holds, and renews the
+    /// lease; `false` when the lease was lost (another replica took over).
+    async fn settle_purge(&self, id: &str, lease: &Lease, lines: Vec<PurgeLine>) -> Result<bool, IndexError>;
+    /// Ends a purge `lease` holds: its status, report and every line.
+    async fn finish_purge(
+        &self,
+        id: &str,
+        lease: &Lease,
+        status: &str,
+        report: String,
+        lines: Vec<PurgeLine>,
+        now: Timestamp,
+    ) -> Result<(), IndexError>;
+    /// Purges matching `filter`, newest first.
+    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError>;
+    /// One purge, with its lines.
+    async fn purge(&self, id: &str) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError>;
+    /// Deletes purges that finished before `before`; how many.
+    async fn forget_purges(&self, before: Timestamp) -> Result<u64, IndexError>;
     /// A counter bumped whenever another replica changes something (its
     /// `NOTIFY`s); `None` where there are no other replicas.
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

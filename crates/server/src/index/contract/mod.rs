@@ -17,9 +17,11 @@ use super::{
 use edgecache_versions::{Limits, Resource, Strategy, Version, VersionStatus};
 
 mod claims;
+mod purges;
 mod records;
 
 use self::claims::*;
+use self::purges::*;
 use self::records::*;
 use jiff::Timestamp;
 
@@ -159,6 +161,8 @@ contract!(
     updates_reschedule_unless_a_fetch_is_under_way,
     other_replicas_hear_of_changes,
     a_lost_body_fails_its_versions_and_makes_their_resources_due,
+    purges_run_one_at_a_time_and_a_dead_holders_purge_resumes_from_its_lines,
+    the_purge_history_filters_pages_and_forgets,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,15 +25,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{
-    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS,
-    RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
-    finish_version, from_millis, json, millis, parse,
+    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, PurgeFilter, PurgeLine,
+    PurgeRow, RESOURCE_COLUMNS, RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS,
+    VersionQuery, clamp, finish_resource, finish_version, from_millis, json, millis, parse,
 };
 use crate::schedule;
 use edgecache_versions::{Limits, Page, Resource, Strategy, Version, VersionStatus};
 
 mod edits;
 mod fetches;
+mod purges;
 mod reads;
 mod rows;
 
@@ -41,7 +42,8 @@ use fetches::unreferenced;
 use rows::*;
 
 /// The migrations, in order; each runs once, in one transaction.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE resources (
     id TEXT PRIMARY KEY,
@@ -97,7 +99,9 @@ CREATE TABLE cache_tags (
 );
 CREATE INDEX cache_tags_by_resource ON cache_tags (resource_id);
 CREATE TABLE doomed_blobs (sha256 TEXT PRIMARY KEY, since BIGINT NOT NULL);
-"];
+",
+    purges::MIGRATION,
+];
 
 /// Advisory lock keys (arbitrary, fixed): migrations and the blobs lock.
 const MIGRATIONS_LOCK: i64 = 0x6564_6765_0001;
@@ -531,6 +535,51 @@ impl Index for PgIndex {
         let client = self.client().await?;
         client.execute("SELECT 1", &[]).await?;
         Ok(())
+    }
+
+    async fn add_purge(
+        &self,
+        purge: PurgeRow,
+        objects: Vec<String>,
+        change_key: Option<String>,
+    ) -> Result<bool, IndexError> {
+        purges::add(self, purge, objects, change_key).await
+    }
+
+    async fn claim_purge(
+        &self,
+        lease: &Lease,
+        _now: Timestamp,
+    ) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        purges::claim(self, lease).await
+    }
+
+    async fn settle_purge(&self, id: &str, lease: &Lease, lines: Vec<PurgeLine>) -> Result<bool, IndexError> {
+        purges::settle(self, id, lease, lines).await
+    }
+
+    async fn finish_purge(
+        &self,
+        id: &str,
+        lease: &Lease,
+        status: &str,
+        report: String,
+        lines: Vec<PurgeLine>,
+        now: Timestamp,
+    ) -> Result<(), IndexError> {
+        purges::finish(self, id, lease, status, report, lines, now).await
+    }
+
+    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError> {
+        purges::list(self, filter, skip, limit).await
+    }
+
+    async fn purge(&self, id: &str) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        purges::one(self, id).await
+    }
+
+    async fn forget_purges(&self, before: Timestamp) -> Result<u64, IndexError> {
+        purges::forget(self, before).await
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {

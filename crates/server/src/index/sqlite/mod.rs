@@ -12,15 +12,16 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{
-    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, RESOURCE_COLUMNS,
-    RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS, VersionQuery, clamp, finish_resource,
-    finish_version, from_millis, json, millis, parse,
+    BODY_LOST, BlobsLock, Claimed, DeleteOutcome, Finish, Index, IndexError, Lease, PinOutcome, PurgeFilter, PurgeLine,
+    PurgeRow, RESOURCE_COLUMNS, RawResource, RawVersion, ResourceFilter, SUPERSEDED, Start, VERSION_COLUMNS,
+    VersionQuery, clamp, finish_resource, finish_version, from_millis, json, millis, parse,
 };
 use crate::schedule;
 use edgecache_versions::{Limits, Page, Resource, Strategy, Version, VersionStatus};
 
 mod edits;
 mod fetches;
+mod purges;
 mod reads;
 mod rows;
 
@@ -118,6 +119,7 @@ impl SqliteIndex {
         let connection = Self::connect(path)?;
         let _mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         connection.execute_batch(SCHEMA)?;
+        connection.execute_batch(purges::SCHEMA)?;
         for (table, added) in [
             ("resources", ADDED_RESOURCE_COLUMNS),
             ("versions", ADDED_VERSION_COLUMNS),
@@ -134,7 +136,8 @@ impl SqliteIndex {
         }
         // One server per file: whatever an earlier process held is free.
         connection.execute_batch(&format!(
-            "UPDATE versions SET lease_expires_at = NULL, lease_holder = NULL WHERE {UNFINISHED}"
+            "UPDATE versions SET lease_expires_at = NULL, lease_holder = NULL WHERE {UNFINISHED};
+             UPDATE purges SET lease_expires_at = NULL WHERE status = 'running';"
         ))?;
         Ok(Self {
             path: path.into(),
@@ -358,6 +361,51 @@ impl Index for SqliteIndex {
 
     async fn ping(&self) -> Result<(), IndexError> {
         self.read(|tx| Ok(tx.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+
+    async fn add_purge(
+        &self,
+        purge: PurgeRow,
+        objects: Vec<String>,
+        change_key: Option<String>,
+    ) -> Result<bool, IndexError> {
+        purges::add(self, purge, objects, change_key).await
+    }
+
+    async fn claim_purge(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+    ) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        purges::claim(self, lease, now).await
+    }
+
+    async fn settle_purge(&self, id: &str, lease: &Lease, lines: Vec<PurgeLine>) -> Result<bool, IndexError> {
+        purges::settle(self, id, lease, lines).await
+    }
+
+    async fn finish_purge(
+        &self,
+        id: &str,
+        lease: &Lease,
+        status: &str,
+        report: String,
+        lines: Vec<PurgeLine>,
+        now: Timestamp,
+    ) -> Result<(), IndexError> {
+        purges::finish(self, id, lease, status, report, lines, now).await
+    }
+
+    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError> {
+        purges::list(self, filter, skip, limit).await
+    }
+
+    async fn purge(&self, id: &str) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
+        purges::one(self, id).await
+    }
+
+    async fn forget_purges(&self, before: Timestamp) -> Result<u64, IndexError> {
+        purges::forget(self, before).await
     }
 }
 
