@@ -102,6 +102,18 @@ pub struct ServeArgs {
     /// Cache-Tag, Surrogate-Key].
     #[arg(long = "tag-header", value_name = "NAME")]
     tag_headers: Vec<http::HeaderName>,
+    /// Purge for the team: a targets file (as `edgecache purge` reads) naming where
+    /// `POST /v1/purges` purges; the credentials stay with this server. A token may purge only
+    /// when its line in --token-file ends in `purge`.
+    #[arg(long, value_name = "FILE")]
+    purge_targets: Option<PathBuf>,
+    /// How long finished purges stay in the history.
+    #[arg(long, default_value_t = 90, value_name = "DAYS")]
+    purge_history_days: u64,
+    /// Purge a resource's URL and its new version's cache tags at the purge targets whenever its
+    /// content changes.
+    #[arg(long, requires = "purge_targets")]
+    purge_on_change: bool,
 }
 
 /// A positive number of seconds, fractions allowed (`0.5`).
@@ -152,6 +164,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.min_free_space = args.min_free_space;
     config.fetch_timeout = std::time::Duration::from_secs(args.fetch_timeout);
     config.min_transfer_rate = args.min_transfer_rate;
+    if let Some(file) = &args.purge_targets {
+        let specs = crate::purge::targets::read(file, &[])?;
+        for spec in &specs {
+            config
+                .purge_targets
+                .push(spec.open(&crate::purge::targets::Overrides::default())?);
+        }
+        tracing::info!(targets = specs.len(), file = %file.display(), "purging for the team");
+    }
+    config.purge_history = std::time::Duration::from_secs(args.purge_history_days.saturating_mul(86_400));
+    config.purge_on_change = args.purge_on_change;
     if !args.tag_headers.is_empty() {
         config.tag_headers = args.tag_headers;
     }

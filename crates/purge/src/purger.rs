@@ -308,10 +308,13 @@ impl Purger {
                 journal: journal.as_ref(),
                 held_back: held_back.as_deref(),
             };
-            let runs = layer.iter().map(|target| {
+            // Boxed as `Send` one by one: a lazy iterator of futures makes
+            // the whole run future unprovably `Send` to spawn.
+            let mut runs: Vec<BoxFuture<'_, TargetReport>> = Vec::with_capacity(layer.len());
+            for target in &layer {
                 let progress = Progress::new(&target.name(), self.progress.clone(), Some(stop.clone()));
-                run.target(target.as_ref(), progress)
-            });
+                runs.push(Box::pin(run.target(target.as_ref(), progress)));
+            }
             let finished = futures_util::future::join_all(runs).await;
             failed_layers.extend(
                 finished
@@ -321,7 +324,7 @@ impl Purger {
             );
             // The next layer starts once this one is done, by the CDN's own estimate.
             if position + 1 < layer_count && !*stop.borrow() {
-                self.wait_for_estimate(&finished, stop.clone()).await;
+                self.wait_for_estimate(longest_estimate(&finished), stop.clone()).await;
             }
             reports.extend(finished);
         }
@@ -341,6 +344,15 @@ impl Purger {
             stopped,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Checks `objects` as [`purge`](Self::purge) would, sending nothing:
+    /// every object by the shared rules and each target's own.
+    pub fn validate(&self, objects: &Objects) -> Result<(), PurgeRunError> {
+        if self.targets.is_empty() {
+            return Err(PurgeRunError::NoTargets);
+        }
+        self.check(objects).map(drop)
     }
 
     /// The journal, with what an earlier run settled by (target, object).
@@ -404,14 +416,7 @@ impl Purger {
 
     /// Waits the longest estimate a target of the layer just finished gave
     /// for its new purges (at most `max_confirm_wait`), or until stopped.
-    async fn wait_for_estimate(&self, finished: &[TargetReport], mut stop: watch::Receiver<bool>) {
-        let longest_estimate = finished
-            .iter()
-            .flat_map(|report| &report.objects)
-            .filter(|line| line.outcome.status == Status::Accepted && !line.resumed)
-            .filter_map(|line| line.outcome.estimated_seconds)
-            .max()
-            .unwrap_or(0);
+    async fn wait_for_estimate(&self, longest_estimate: u64, mut stop: watch::Receiver<bool>) {
         if longest_estimate == 0 {
             return;
         }
@@ -456,6 +461,17 @@ impl Purger {
         let duplicates = total - distinct.len();
         Ok((distinct, duplicates))
     }
+}
+
+/// The longest estimate a layer's targets gave for their new purges, in seconds.
+fn longest_estimate(finished: &[TargetReport]) -> u64 {
+    finished
+        .iter()
+        .flat_map(|report| &report.objects)
+        .filter(|line| line.outcome.status == Status::Accepted && !line.resumed)
+        .filter_map(|line| line.outcome.estimated_seconds)
+        .max()
+        .unwrap_or(0)
 }
 
 /// What an earlier run journaled, by (target, object).

@@ -76,6 +76,7 @@ mod guard;
 mod index;
 mod library;
 mod openapi;
+mod purges;
 mod range;
 mod schedule;
 mod ui;
@@ -182,6 +183,16 @@ pub struct ServerConfig {
     /// How long start-up waits for an unreachable index or blob store,
     /// retrying with backoff, before giving up (default 2 minutes).
     pub startup_timeout: Duration,
+    /// Where `POST /v1/purges` purges (`--purge-targets FILE`): CDNs and
+    /// caches, whose credentials stay on the server. None, the default,
+    /// answers 503 `no_purge_targets`.
+    pub purge_targets: Vec<Arc<dyn edgecache_purge::Target>>,
+    /// How long finished purges stay in the history (default 90 days).
+    pub purge_history: Duration,
+    /// Purge a resource's URL and its new version's cache tags at the
+    /// purge targets when a new version's body differs from the one before
+    /// (`--purge-on-change`; default off).
+    pub purge_on_change: bool,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -209,6 +220,16 @@ impl std::fmt::Debug for ServerConfig {
             .field("index_deadline", &self.index_deadline)
             .field("blob_deadline", &self.blob_deadline)
             .field("startup_timeout", &self.startup_timeout)
+            .field(
+                "purge_targets",
+                &self
+                    .purge_targets
+                    .iter()
+                    .map(|target| target.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("purge_history", &self.purge_history)
+            .field("purge_on_change", &self.purge_on_change)
             .finish()
     }
 }
@@ -260,6 +281,9 @@ impl ServerConfig {
             index_deadline: Duration::from_secs(5),
             blob_deadline: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(120),
+            purge_targets: Vec::new(),
+            purge_history: Duration::from_secs(90 * 86_400),
+            purge_on_change: false,
         }
     }
 }
@@ -514,11 +538,18 @@ impl Server {
             index::Lease::new(config.lease_ttl.max(Duration::from_secs(1))),
             blob_grace,
         );
+        let purges = purges::Purges::new(
+            index.clone(),
+            config.purge_targets.clone(),
+            config.lease_ttl.max(Duration::from_secs(1)),
+            config.purge_history,
+        );
         let worker = worker::Worker::new(
             library.clone(),
             config.allow_private_origins,
             fetch_limits(&config),
             config.tag_headers.clone(),
+            config.purge_on_change.then(|| purges.clone()),
         )?;
         let key_secret = KeySecret::new(&index.key_secret().await?);
         worker.recover().await?;
@@ -532,6 +563,7 @@ impl Server {
             None,
         );
         let state = Arc::new(api::AppState {
+            purges,
             index,
             library,
             worker,
@@ -562,6 +594,7 @@ impl Server {
         let _held = self.data_lock;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(self.state.worker.clone().schedule(stopped.clone()));
+        let _purges = worker::AbortOnDrop(tokio::spawn(self.state.purges.clone().run(stopped.clone())));
         let _health = worker::AbortOnDrop(tokio::spawn(self.state.library.blobs.clone().watch(BLOB_CHECKS)));
         let app = app::router(self.state);
         // Without TCP_NODELAY, a body written after its headers waits for

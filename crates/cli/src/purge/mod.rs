@@ -5,8 +5,9 @@
 mod akamai;
 mod alibaba;
 mod report;
-mod targets;
+pub(crate) mod targets;
 mod verify;
+mod via;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,10 @@ struct RunArgs {
     /// edge, within the per-host bound (Alibaba Cloud: its own prefetch).
     #[arg(long, requires = "verify")]
     rewarm: bool,
+    /// Send the purge to this versioned server (`edgecache serve --purge-targets`), which holds the
+    /// CDN credentials, and follow it there; the token is $EDGECACHE_SERVER_TOKEN.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["journal", "parallel", "stop_on_failure"])]
+    via: Option<String>,
     /// The URLs to check after a prefix, tag or host purge, one per line (`-` for standard input).
     #[arg(long = "verify-urls", value_name = "FILE", requires = "verify")]
     verify_urls: Option<PathBuf>,
@@ -151,6 +156,15 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     // An empty list purges nothing: never everything.
     if objects.is_empty() {
         bail!("nothing to purge: give objects as arguments or with -r FILE");
+    }
+    if let Some(server) = &args.via {
+        let request = via::Request {
+            kind,
+            objects: objects.iter().map(|object| object.text.clone()).collect(),
+            only: args.only.clone(),
+            verify: args.verify,
+        };
+        return via::run(server, request, &objects, args.json).await;
     }
     let specs = targets::read(&targets::path(args.targets), &args.only)?;
     let overrides = targets::Overrides {

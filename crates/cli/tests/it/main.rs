@@ -16,6 +16,7 @@ mod dashboard;
 mod fast_purge;
 mod first_hour;
 mod purge_everywhere;
+mod purge_service;
 mod redis_cache;
 mod replica_faults;
 mod replicas;

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 pub use self::edge::EdgeProbe;
@@ -415,12 +416,15 @@ async fn check_until_settled(jobs: &[Job], probe: &EdgeProbe, timeout: Duration)
     let mut pending: Vec<usize> = (0..jobs.len()).filter(|&at| jobs[at].since.is_ok()).collect();
     let mut round = 0;
     while !pending.is_empty() {
-        let verdicts: Vec<(usize, Verdict)> = futures_util::stream::iter(pending.iter().copied())
-            .map(|at| async move {
+        let checks_now: Vec<BoxFuture<'_, (usize, Verdict)>> = pending
+            .iter()
+            .map(|&at| -> BoxFuture<'_, (usize, Verdict)> {
                 let job = &jobs[at];
                 let since = job.since.clone().unwrap_or(SystemTime::UNIX_EPOCH);
-                (at, job.target.verify(&job.url, since, probe).await)
+                Box::pin(async move { (at, job.target.verify(&job.url, since, probe).await) })
             })
+            .collect();
+        let verdicts: Vec<(usize, Verdict)> = futures_util::stream::iter(checks_now)
             .buffer_unordered(CONCURRENT_CHECKS)
             .collect()
             .await;
@@ -498,13 +502,26 @@ async fn rewarm(jobs: &[Job], checks: &[Check], probe: &EdgeProbe) -> Vec<Rewarm
             }
         }
     }
-    let fetch: Vec<&String> = if edges.is_empty() {
+    let fetch: Vec<String> = if edges.is_empty() {
         Vec::new()
     } else {
-        ready.iter().filter(|url| !results.contains_key(*url)).collect()
+        ready
+            .iter()
+            .filter(|url| !results.contains_key(*url))
+            .cloned()
+            .collect()
     };
-    let fetched: Vec<(String, Outcome)> = futures_util::stream::iter(fetch)
-        .map(|url| async move { (url.clone(), probe.warm(url).await) })
+    // Owned URLs, boxed futures: a verification future stays `Send` to spawn.
+    let fetches: Vec<BoxFuture<'_, (String, Outcome)>> = fetch
+        .into_iter()
+        .map(|url| -> BoxFuture<'_, (String, Outcome)> {
+            Box::pin(async move {
+                let outcome = probe.warm(&url).await;
+                (url, outcome)
+            })
+        })
+        .collect();
+    let fetched: Vec<(String, Outcome)> = futures_util::stream::iter(fetches)
         .buffer_unordered(CONCURRENT_CHECKS)
         .collect()
         .await;

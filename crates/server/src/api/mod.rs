@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 mod parse;
+pub(crate) mod purges;
 mod register;
 mod selection;
 
@@ -59,6 +60,7 @@ pub(crate) struct AppState {
     pub(crate) key_secret: KeySecret,
     pub(crate) allow_private: bool,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub(crate) purges: Arc<crate::purges::Purges>,
 }
 
 type AppResult<T> = Result<T, ApiError>;
@@ -166,6 +168,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
             put(add_tag).delete(remove_tag),
         )
+        .route("/v1/purges", post(purges::create).get(purges::list))
+        .route("/v1/purges/{id}", get(purges::get_one))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
 }

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::guard;
-use super::index::{Claimed, Finish, Index, IndexError, Start};
+use super::index::{Claimed, Finish, Index, IndexError, Start, VersionQuery};
 use edgecache_base::net::Backoff;
 use edgecache_versions::Version;
 
@@ -66,6 +66,8 @@ pub(crate) struct Worker {
     /// Bumped whenever a fetch ends, for requests waiting on a version.
     changes: watch::Sender<u64>,
     wake: Notify,
+    /// Where a resource's new content is purged (`--purge-on-change`).
+    purge_on_change: Option<Arc<crate::purges::Purges>>,
 }
 
 impl Worker {
@@ -74,6 +76,7 @@ impl Worker {
         allow_private: bool,
         limits: FetchLimits,
         tag_headers: Vec<HeaderName>,
+        purge_on_change: Option<Arc<crate::purges::Purges>>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
@@ -105,6 +108,7 @@ impl Worker {
             in_flight: tokio::sync::Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
             wake: Notify::new(),
+            purge_on_change,
         }))
     }
 
@@ -246,6 +250,9 @@ impl Worker {
                 Finish::Failed { .. } => "failed",
             })
             .increment(1);
+            if let Finish::Ready(version) = &outcome {
+                worker.purge_changed(&resource_id, version).await;
+            }
             worker.in_flight.lock().await.remove(&resource_id);
             sender.send_replace(Some(outcome));
             worker
@@ -254,6 +261,42 @@ impl Worker {
             worker.wake();
         });
         done
+    }
+
+    /// With `--purge-on-change`, queues a purge of the resource's URL and
+    /// of the cache tags its new version carries, when a version came
+    /// before it (the body differs, or the fetch would have been
+    /// `Unchanged`). The index queues it once per version across replicas.
+    async fn purge_changed(&self, resource_id: &str, version: &Version) {
+        let Some(purges) = &self.purge_on_change else { return };
+        let now = Timestamp::now();
+        let ready = VersionQuery {
+            status: Some(edgecache_versions::VersionStatus::Ready),
+            limit: 2,
+            ..VersionQuery::default()
+        };
+        let queued = async {
+            let Some(resource) = self.index.resource(resource_id).await? else {
+                return Ok(());
+            };
+            let versions = self.index.versions(resource_id, ready, now).await?;
+            let Some(previous) = versions.items.iter().find(|other| other.id != version.id) else {
+                return Ok(());
+            };
+            let Ok(url) = request_url(&resource) else { return Ok(()) };
+            purges
+                .on_change(
+                    url.to_string(),
+                    version.cache_tags.clone(),
+                    resource_id,
+                    Some(previous.id.clone()),
+                    &version.id,
+                )
+                .await
+        };
+        if let Err(error) = queued.await {
+            tracing::error!(%error, resource = %resource_id, "could not queue the purge of changed content");
+        }
     }
 
     /// Fetches and waits for the outcome.
