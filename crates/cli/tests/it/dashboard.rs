@@ -391,3 +391,95 @@ async fn pages_forbid_inline_script_and_framing_and_links_change_nothing() {
         assert_eq!(response.status(), 405, "GET {path}");
     }
 }
+
+/// The purges page: each purge with who, why, what and its lines, a
+/// filter by object, and objects that carry script shown as text.
+#[tokio::test]
+async fn the_purges_page_shows_the_history_and_never_runs_what_objects_carry() {
+    use edgecache_testkit::stand_ins::cloudflare as cloudflare_stand_in;
+    let Some(browser) = Browser::start().await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let cloudflare = cloudflare_stand_in::StandIn::start().await;
+    let targets = data.path().join("edgecache.toml");
+    std::fs::write(
+        &targets,
+        format!(
+            "[[target]]\nkind = \"cloudflare\"\nzone = \"{}\"\napi_base = \"{}\"\n",
+            cloudflare_stand_in::ZONE,
+            cloudflare.api_base()
+        ),
+    )
+    .unwrap();
+    let tokens = data.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{ADMIN} * purge\n")).unwrap();
+    let args = [
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--purge-targets",
+        targets.to_str().unwrap(),
+    ];
+    let mut server = VersionsServer::start(
+        &data.path().join("data"),
+        &args,
+        &[("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN)],
+    )
+    .await;
+    server.token = Some(ADMIN.into());
+    let purge = |body: Value| {
+        let server = &server;
+        async move {
+            let (status, queued) = server.call(Method::POST, "/v1/purges", Some(body)).await;
+            assert_eq!(status, 202, "{queued}");
+            let id = queued["id"].as_str().unwrap().to_owned();
+            for _ in 0..200 {
+                let (_, purge) = server.call(Method::GET, &format!("/v1/purges/{id}"), None).await;
+                if purge["status"] == "done" {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("purge {id} did not finish");
+        }
+    };
+    purge(json!({"kind": "tag", "objects": [SCRIPT, ATTRIBUTE]})).await;
+    purge(json!({"kind": "url", "objects": ["https://www.example.com/app.css"]})).await;
+
+    browser.client.goto(&server.url("/ui/purges")).await.unwrap();
+    browser.type_into("#login:not([hidden]) #token", ADMIN).await;
+    browser.click("#login button[type=submit]").await;
+    browser.find("table#purges").await;
+    let table = browser.text("#purges").await;
+    for expected in [
+        SCRIPT,
+        "onmouseover=\"window.__xss=1",
+        "https://www.example.com/app.css",
+        "tokens.txt:1",
+        "cloudflare",
+    ] {
+        assert!(table.contains(expected), "{expected} is shown:\n{table}");
+    }
+    browser
+        .client
+        .execute(
+            "document.querySelectorAll('*').forEach((element) => element.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_inert(&browser, "purges").await;
+
+    // The filter keeps the purges of one object.
+    browser
+        .type_into("#purge-filter input[name=object]", "https://www.example.com/app.css")
+        .await;
+    browser.click("#purge-filter button[type=submit]").await;
+    browser
+        .until(
+            "one purge shown",
+            "return document.querySelectorAll('#purges tbody tr[data-id]').length === 1",
+        )
+        .await;
+    let table = browser.text("#purges").await;
+    assert!(!table.contains(SCRIPT), "the other purge is filtered out:\n{table}");
+    browser.client.close().await.unwrap();
+}

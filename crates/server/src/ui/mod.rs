@@ -1,9 +1,9 @@
 //! The dashboard at `/ui`: what an operator looks at.
 //!
-//! Three pages, each an HTML shell that needs no token (it holds no data)
+//! Four pages, each an HTML shell that needs no token (it holds no data)
 //! and one fragment behind the API's tokens: the resources (`/ui`), one
-//! resource's versions (`/ui/resources/{id}`) and the server
-//! (`/ui/server`). The shell's script asks for a token once, keeps it in
+//! resource's versions (`/ui/resources/{id}`), the purges run through the
+//! server (`/ui/purges`) and the server (`/ui/server`). The shell's script asks for a token once, keeps it in
 //! `sessionStorage`, and loads the fragment with it in the `Authorization`
 //! header; a token sees only its groups here as in the API. Fragments are
 //! rendered on the server with `maud`, which escapes every value, and
@@ -16,6 +16,7 @@
 //! style (no inline script, no framing), `X-Content-Type-Options: nosniff`
 //! and `Referrer-Policy: no-referrer`.
 
+mod purges;
 mod resource;
 mod resources;
 mod server_page;
@@ -38,6 +39,7 @@ pub(super) fn pages() -> Router<Arc<AppState>> {
         .route("/ui", get(shell::resources))
         .route("/ui/", get(shell::resources))
         .route("/ui/resources/{rid}", get(shell::resource))
+        .route("/ui/purges", get(shell::purges))
         .route("/ui/server", get(shell::server))
         .route(
             "/ui/app.js",
@@ -52,6 +54,7 @@ pub(super) fn parts() -> Router<Arc<AppState>> {
     Router::new()
         .route("/ui/part/resources", get(resources::part))
         .route("/ui/part/resources/{rid}", get(resource::part))
+        .route("/ui/part/purges", get(purges::part))
         .route("/ui/part/server", get(server_page::part))
         .layer(axum::middleware::from_fn(secure))
 }

@@ -22,6 +22,7 @@ fn layout(title: &str, current: &str, part: &str) -> Markup {
                     strong.brand { "edgecache" }
                     nav {
                         a href="/ui" aria-current=[(current == "resources").then_some("page")] { "Resources" }
+                        a href="/ui/purges" aria-current=[(current == "purges").then_some("page")] { "Purges" }
                         a href="/ui/server" aria-current=[(current == "server").then_some("page")] { "Server" }
                     }
                     button #logout type="button" hidden { "Log out" }
@@ -49,6 +50,11 @@ pub(super) async fn resource(Path(rid): Path<String>) -> Response {
         percent_encoding::utf8_percent_encode(&rid, SEGMENT)
     );
     Html(layout("Resource", "resources", &part).into_string()).into_response()
+}
+
+pub(super) async fn purges() -> Response {
+    // The script adds the page's query (`?object=…`) to the fragment's URL.
+    Html(layout("Purges", "purges", "/ui/part/purges").into_string()).into_response()
 }
 
 pub(super) async fn server() -> Response {
