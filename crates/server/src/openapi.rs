@@ -236,6 +236,42 @@ const ROUTES: &[Route] = &[
             &[("200", Answer::Health), ("503", Answer::Health)],
         )
     },
+    Route {
+        request: Some("PurgeRequest"),
+        ..route(
+            HttpMethod::Post,
+            "/v1/purges",
+            "Queue a purge at the server's purge targets (a token granted `purge`); 202 with its id. Purges run one at a time across replicas",
+            &[("202", Answer::Json("PurgeQueued"))],
+        )
+    },
+    Route {
+        query: &[
+            ("object", Kind::Text, "Only purges of this object"),
+            ("target", Kind::Text, "Only purges with a line at this target"),
+            (
+                "outcome",
+                Kind::Text,
+                "Only purges with a line of this status (done, accepted, failed, skipped, not_sent)",
+            ),
+            ("since", Kind::Time, "Only purges created at or after"),
+            ("until", Kind::Time, "Only purges created before"),
+            PAGING[0],
+            PAGING[1],
+        ],
+        ..route(
+            HttpMethod::Get,
+            "/v1/purges",
+            "The purge history, newest first: who, why, what, and per target and object the outcome",
+            &[("200", Answer::Page("Purge"))],
+        )
+    },
+    route(
+        HttpMethod::Get,
+        "/v1/purges/{id}",
+        "One purge, with its whole report (and verification, where asked for) once finished",
+        &[("200", Answer::Json("Purge"))],
+    ),
     route(
         HttpMethod::Get,
         "/metrics",
@@ -374,7 +410,12 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
                     .build(),
             ),
     );
-    for (name, kind) in [("rid", Kind::Text), ("vid", Kind::Text), ("tag", Kind::Tag)] {
+    for (name, kind) in [
+        ("rid", Kind::Text),
+        ("vid", Kind::Text),
+        ("tag", Kind::Tag),
+        ("id", Kind::Text),
+    ] {
         if route.path.contains(&format!("{{{name}}}")) {
             operation = operation.parameter(parameter(name, ParameterIn::Path, kind, None));
         }
@@ -410,6 +451,83 @@ fn operation(route: &Route) -> utoipa::openapi::path::Operation {
     operation.build()
 }
 
+fn text() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+fn texts() -> utoipa::openapi::schema::ArrayBuilder {
+    utoipa::openapi::schema::ArrayBuilder::new().items(text())
+}
+
+/// `POST /v1/purges`'s body.
+fn purge_request() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .property(
+            "kind",
+            text().enum_values(Some(["url", "prefix", "tag", "host", "cpcode", "regex", "everything"])),
+        )
+        .property("objects", texts())
+        .property(
+            "targets",
+            texts().description(Some("Only these purge targets, by name; all when absent")),
+        )
+        .property(
+            "verify",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some("Then check at each target that each URL is gone")),
+        )
+        .required("kind")
+        .required("objects")
+        .into()
+}
+
+fn purge_queued() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .property("id", text())
+        .property("status", text())
+        .property("url", text())
+        .required("id")
+        .into()
+}
+
+/// A purge in the history.
+fn purge() -> RefOr<Schema> {
+    let line = ObjectBuilder::new()
+        .property("target", text())
+        .property("object", text())
+        .property("status", text())
+        .property("detail", text())
+        .property("id", text());
+    ObjectBuilder::new()
+        .property("id", text())
+        .property("created_at", schema_of(Kind::Time))
+        .property(
+            "who",
+            text().description(Some("The token's name (`tokens.txt:3`), or `server`")),
+        )
+        .property(
+            "cause",
+            ObjectBuilder::new().description(Some(
+                "{\"kind\":\"request\"} or {\"kind\":\"change\",\"resource\",\"from_version\",\"to_version\"}",
+            )),
+        )
+        .property("kind", text())
+        .property("objects", texts())
+        .property("targets", texts())
+        .property(
+            "status",
+            text().enum_values(Some(["queued", "running", "done", "failed"])),
+        )
+        .property("finished_at", schema_of(Kind::Time))
+        .property("lines", utoipa::openapi::schema::ArrayBuilder::new().items(line))
+        .property(
+            "report",
+            ObjectBuilder::new().description(Some("The purge's report, once finished")),
+        )
+        .into()
+}
+
 /// The OpenAPI document.
 pub(crate) fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
@@ -430,6 +548,9 @@ pub(crate) fn document() -> OpenApi {
         ("Selection", Selection::schema()),
         ("ErrorBody", ErrorBody::schema()),
         ("ErrorDetail", ErrorDetail::schema()),
+        ("PurgeRequest", purge_request()),
+        ("PurgeQueued", purge_queued()),
+        ("Purge", purge()),
     ] {
         components = components.schema(name, schema);
     }
