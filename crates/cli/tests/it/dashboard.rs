@@ -254,6 +254,18 @@ async fn hostile_origin() -> std::net::SocketAddr {
     address
 }
 
+/// Hovers over every element: that would fire an injected handler.
+async fn hover_everything(browser: &Browser) {
+    browser
+        .client
+        .execute(
+            "document.querySelectorAll('*').forEach((element) => element.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+}
+
 /// That nothing injected runs or is even in the document as markup.
 async fn assert_inert(browser: &Browser, page: &str) {
     let checks = [
@@ -313,15 +325,7 @@ async fn values_from_origins_and_users_are_shown_as_text_and_never_run() {
         .unwrap();
     browser.find("li.version").await;
     browser.click("details.headers summary").await;
-    // Hovering over everything would fire an injected handler.
-    browser
-        .client
-        .execute(
-            "document.querySelectorAll('*').forEach((element) => element.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+    hover_everything(&browser).await;
     assert_inert(&browser, "resource").await;
     let shown = browser.text("main").await;
     for payload in [SCRIPT, IMAGE, "onmouseover=\"window.__xss=1"] {
@@ -458,14 +462,7 @@ async fn the_purges_page_shows_the_history_and_never_runs_what_objects_carry() {
     ] {
         assert!(table.contains(expected), "{expected} is shown:\n{table}");
     }
-    browser
-        .client
-        .execute(
-            "document.querySelectorAll('*').forEach((element) => element.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})))",
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+    hover_everything(&browser).await;
     assert_inert(&browser, "purges").await;
 
     // The filter keeps the purges of one object.

@@ -208,7 +208,10 @@ async fn the_team_purges_through_the_server_and_the_history_says_who_and_what() 
 
     let (_, api) = service.call(Method::GET, "/openapi.json", Some(READER), None).await;
     assert!(api["paths"]["/v1/purges"]["post"].is_object() && api["paths"]["/v1/purges/{id}"]["get"].is_object());
-    assert!(api["components"]["schemas"]["Purge"].is_object(), "the history's shape is described");
+    assert!(
+        api["components"]["schemas"]["Purge"].is_object(),
+        "the history's shape is described"
+    );
 
     // Secrets: the CDN's and the caller's tokens appear nowhere.
     let (_, detail) = service
