@@ -119,12 +119,13 @@ async fn the_cli_reaches_both_from_the_targets_file_and_purges_everything_only_w
     assert!(run.stderr.contains("$CLOUDFLARE_API_TOKEN"), "{}", run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_purges_a_host_at_cloudflare_and_fastly_skips_it() {
-    let cloudflare = cloudflare_stand_in::StandIn::start().await;
-    let fastly = fastly_stand_in::StandIn::start().await;
-    let directory = tempfile::tempdir().expect("tempdir");
-    let targets = directory.path().join("edgecache.toml");
+/// A targets file naming both stand-ins, Cloudflare with its zone.
+fn both_targets(
+    directory: &std::path::Path,
+    cloudflare: &cloudflare_stand_in::StandIn,
+    fastly: &fastly_stand_in::StandIn,
+) -> std::path::PathBuf {
+    let targets = directory.join("edgecache.toml");
     std::fs::write(
         &targets,
         format!(
@@ -136,6 +137,15 @@ async fn the_cli_purges_a_host_at_cloudflare_and_fastly_skips_it() {
         ),
     )
     .expect("write");
+    targets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_purges_a_host_at_cloudflare_and_fastly_skips_it() {
+    let cloudflare = cloudflare_stand_in::StandIn::start().await;
+    let fastly = fastly_stand_in::StandIn::start().await;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let targets = both_targets(directory.path(), &cloudflare, &fastly);
     let env = [
         ("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN),
         ("FASTLY_API_TOKEN", fastly_stand_in::TOKEN),
@@ -183,18 +193,7 @@ async fn verify_reports_each_edge_and_fails_when_one_still_serves_the_old_copy()
     let fastly = fastly_stand_in::StandIn::start().await;
     fastly.edges.attach(&liar);
     let directory = tempfile::tempdir().expect("tempdir");
-    let targets = directory.path().join("edgecache.toml");
-    std::fs::write(
-        &targets,
-        format!(
-            "[[target]]\nkind = \"cloudflare\"\nzone = \"{}\"\napi_base = \"{}\"\n\n[[target]]\nkind = \"fastly\"\nservice = \"{}\"\napi_base = \"{}\"\n",
-            cloudflare_stand_in::ZONE,
-            cloudflare.api_base(),
-            fastly_stand_in::SERVICE,
-            fastly.api_base()
-        ),
-    )
-    .expect("write");
+    let targets = both_targets(directory.path(), &cloudflare, &fastly);
     let targets = targets.to_str().expect("utf-8");
     let env = [
         ("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN),

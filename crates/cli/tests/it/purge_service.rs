@@ -33,15 +33,7 @@ async fn service(paths: &[&str], extra: &[&str]) -> Service {
     cloudflare.edges.attach(&edge);
     let data = tempfile::tempdir().expect("tempdir");
     let targets = data.path().join("edgecache.toml");
-    std::fs::write(
-        &targets,
-        format!(
-            "[[target]]\nkind = \"cloudflare\"\nzone = \"{}\"\nplan = \"pro\"\napi_base = \"{}\"\n",
-            cloudflare_stand_in::ZONE,
-            cloudflare.api_base()
-        ),
-    )
-    .expect("write targets");
+    std::fs::write(&targets, cloudflare_targets(&cloudflare)).expect("write targets");
     let tokens = data.path().join("tokens.txt");
     std::fs::write(&tokens, format!("{OPS} * purge\n{READER} *\n")).expect("write tokens");
     let mut args = vec![

@@ -32,7 +32,7 @@
 mod edge;
 mod signals;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -535,10 +535,9 @@ async fn rewarm(jobs: &[Job], checks: &[Check], probe: &EdgeProbe) -> Vec<Rewarm
             },
         );
     }
-    let mut seen = HashSet::new();
+    // `order` holds each URL once.
     order
         .into_iter()
-        .filter(|url| seen.insert(*url))
         .map(|url| {
             results.remove(url).unwrap_or_else(|| Rewarm {
                 url: url.to_owned(),

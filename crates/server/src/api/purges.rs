@@ -38,7 +38,7 @@ pub(crate) struct LineView {
     pub id: Option<String>,
 }
 
-pub(crate) fn view(row: PurgeRow, lines: Vec<PurgeLine>, with_report: bool) -> PurgeView {
+fn view(row: PurgeRow, lines: Vec<PurgeLine>, with_report: bool) -> PurgeView {
     let json = |text: &str| serde_json::from_str(text).unwrap_or(Value::Null);
     PurgeView {
         cause: json(&row.cause),
@@ -117,19 +117,27 @@ pub(super) async fn list(State(state): Shared, RawQuery(raw): RawQuery) -> AppRe
             _ => return Err(ApiError::invalid(&name, format!("unknown parameter `{name}`"))),
         }
     }
+    Ok(Json(listed(&state, filter, skip, limit).await?))
+}
+
+/// A page of the history, each purge with its lines (the API's listing
+/// and the dashboard's page).
+pub(crate) async fn listed(state: &AppState, filter: PurgeFilter, skip: u64, limit: u64) -> AppResult<Page<PurgeView>> {
     let page = state.index.purges(filter, skip, limit).await?;
     let mut items = Vec::with_capacity(page.items.len());
     for row in page.items {
-        let lines = match state.index.purge(&row.id).await? {
-            Some((_, lines)) => lines,
-            None => Vec::new(),
-        };
+        let lines = state
+            .index
+            .purge(&row.id)
+            .await?
+            .map(|(_, lines)| lines)
+            .unwrap_or_default();
         items.push(view(row, lines, false));
     }
-    Ok(Json(Page {
+    Ok(Page {
         items,
         total: page.total,
-    }))
+    })
 }
 
 pub(super) async fn get_one(State(state): Shared, Path(id): Path<String>) -> AppResult<Json<PurgeView>> {

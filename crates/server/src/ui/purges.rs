@@ -26,17 +26,7 @@ pub(super) async fn part(State(state): State<Arc<AppState>>, RawQuery(raw): RawQ
         object: object.clone(),
         ..PurgeFilter::default()
     };
-    let page = state.index.purges(filter, 0, PAGE).await?;
-    let mut shown = Vec::with_capacity(page.items.len());
-    for row in page.items {
-        let lines = state
-            .index
-            .purge(&row.id)
-            .await?
-            .map(|(_, lines)| lines)
-            .unwrap_or_default();
-        shown.push(purges::view(row, lines, false));
-    }
+    let page = purges::listed(&state, filter, 0, PAGE).await?;
     let targets = state.purges.target_names();
     Ok(fragment(html! {
         h1 { "Purges" }
@@ -53,7 +43,7 @@ pub(super) async fn part(State(state): State<Arc<AppState>>, RawQuery(raw): RawQ
         table #purges {
             thead { tr { th { "When" } th { "Who" } th { "Cause" } th { "Kind" } th { "Objects" } th { "Status" } th { "Per target and object" } } }
             tbody {
-                @for purge in &shown {
+                @for purge in &page.items {
                     tr data-id=(purge.id) {
                         td { (when(Some(purge.created_at))) }
                         td { (purge.who) }
@@ -75,7 +65,7 @@ pub(super) async fn part(State(state): State<Arc<AppState>>, RawQuery(raw): RawQ
                         }
                     }
                 }
-                @if shown.is_empty() { tr { td colspan="7" { "no purge yet" } } }
+                @if page.items.is_empty() { tr { td colspan="7" { "no purge yet" } } }
             }
         }
     }))
