@@ -124,6 +124,10 @@ struct RequestArgs {
     /// A link kept with the resource (a ticket, a dashboard).
     #[arg(long, value_name = "URL")]
     link: Option<String>,
+    /// Purge the URL and the new version's cache tags at the server's
+    /// purge targets whenever a new version's body differs.
+    #[arg(long)]
+    purge_on_change: bool,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -186,13 +190,17 @@ enum Action {
         /// The version id.
         vid: String,
     },
-    /// Change a resource's strategy or limits.
+    /// Change a resource's strategy, limits or purge on change.
     Update {
         /// The resource id.
         rid: String,
         /// When to fetch new versions (as for register).
         #[arg(long, value_parser = parse_strategy)]
         strategy: Option<Strategy>,
+        /// Whether a new version whose body differs is purged at the
+        /// server's purge targets.
+        #[arg(long, value_name = "true|false")]
+        purge_on_change: Option<bool>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -379,8 +387,13 @@ pub async fn run(args: VersionsArgs) -> anyhow::Result<ExitCode> {
             let found = client.resource_by_id(rid).version(vid).previous().await?;
             return neighbour(json, found, "older");
         }
-        Action::Update { rid, strategy, limits } => {
-            let resource = update(&client, rid, strategy, limits).await?;
+        Action::Update {
+            rid,
+            strategy,
+            purge_on_change,
+            limits,
+        } => {
+            let resource = update(&client, rid, strategy, purge_on_change, limits).await?;
             output(json, &resource, |resource| {
                 print_resources(std::slice::from_ref(resource))
             })?;
@@ -439,6 +452,7 @@ async fn update(
     client: &Client,
     rid: String,
     strategy: Option<Strategy>,
+    purge_on_change: Option<bool>,
     limits: LimitArgs,
 ) -> anyhow::Result<Resource> {
     let handle = client.resource_by_id(rid);
@@ -446,10 +460,16 @@ async fn update(
         true => Some(limits.over(handle.get().await?.limits)),
         false => None,
     };
-    if strategy.is_none() && limits.is_none() {
-        anyhow::bail!("nothing to change: give --strategy or a --max-… limit");
+    if strategy.is_none() && limits.is_none() && purge_on_change.is_none() {
+        anyhow::bail!("nothing to change: give --strategy, --purge-on-change or a --max-… limit");
     }
-    Ok(handle.update(strategy, limits).await?)
+    Ok(handle
+        .change(edgecache_versions::Change {
+            strategy,
+            limits: limits.map(edgecache_versions::LimitsChange::from),
+            purge_on_change,
+        })
+        .await?)
 }
 
 /// `versions get`: the selected version's body to stdout (`-`), into a
@@ -530,6 +550,9 @@ async fn register(client: &Client, request: &RequestArgs) -> anyhow::Result<edge
     }
     if let Some(link) = &request.link {
         resource = resource.link(link.clone());
+    }
+    if request.purge_on_change {
+        resource = resource.purge_on_change(true);
     }
     Ok(resource.register().await?)
 }

@@ -549,7 +549,8 @@ impl Server {
             config.allow_private_origins,
             fetch_limits(&config),
             config.tag_headers.clone(),
-            config.purge_on_change.then(|| purges.clone()),
+            purges.clone(),
+            config.purge_on_change,
         )?;
         let key_secret = KeySecret::new(&index.key_secret().await?);
         worker.recover().await?;

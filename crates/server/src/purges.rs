@@ -93,6 +93,11 @@ impl Purges {
         })
     }
 
+    /// Whether the server was given purge targets.
+    pub(crate) fn has_targets(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
     /// The targets' names, in the order a purge reaches them.
     pub(crate) fn target_names(&self) -> Vec<String> {
         self.purger(None).targets().iter().map(|target| target.name()).collect()
@@ -111,7 +116,7 @@ impl Purges {
 
     /// Checks and queues a purge; its id.
     pub(crate) async fn enqueue(&self, request: PurgeRequest, who: &str) -> Result<String, Refused> {
-        if self.targets.is_empty() {
+        if !self.has_targets() {
             return Err(Refused::NoTargets);
         }
         if let Some(only) = &request.targets {

@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 
 const OPS: &str = "ops-token-0123456789abcdef";
 const READER: &str = "reader-token-0123456789abcdef";
+/// A token every server accepts for reading (no purge), so the testkit's
+/// calls are authorized.
+const ENV_TOKEN: &str = "env-token-0123456789abcdef";
 
 struct Service {
     _data: tempfile::TempDir,
@@ -46,7 +49,10 @@ async fn service(paths: &[&str], extra: &[&str]) -> Service {
     let server = VersionsServer::start(
         &data.path().join("versions"),
         &args,
-        &[("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN)],
+        &[
+            ("CLOUDFLARE_API_TOKEN", cloudflare_stand_in::TOKEN),
+            ("EDGECACHE_SERVER_TOKEN", ENV_TOKEN),
+        ],
     )
     .await;
     Service {
@@ -336,10 +342,6 @@ async fn two_clients_purging_at_once_through_two_replicas_stay_within_one_bucket
     assert!(cloudflare.violations.lock().expect("violations").is_empty());
 }
 
-/// A token every replica accepts for reading (no purge), so the testkit's
-/// calls are authorized.
-const ENV_TOKEN: &str = "env-token-0123456789abcdef";
-
 /// Three replicas with `--purge-on-change`: a resource's new content is
 /// purged at the CDN once, by URL and by the tags its version carries;
 /// its first version and an unchanged body purge nothing.
@@ -417,6 +419,88 @@ async fn a_change_is_purged_exactly_once_across_three_replicas() {
     assert_eq!(cause["to_version"], ready[0], "{cause}");
     assert_eq!(cause["from_version"], ready[1], "{cause}");
     assert_eq!(history["items"][0]["who"], "server");
+}
+
+/// Without `--purge-on-change`, only a resource registered with
+/// `purge_on_change` is purged when it changes, until a PATCH turns that
+/// off; a server without purge targets refuses the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_registered_with_purge_on_change_is_purged_when_it_changes() {
+    let service = service(&[], &["--allow-private-origins"]).await;
+    let server = &service.server;
+    let origin = common::versions_server::ContentOrigin::start().await;
+    origin.set("watched", "watched v1");
+    origin.set("quiet", "quiet v1");
+    let every_second = json!({"kind": "age", "seconds": 1});
+    let (watched_url, quiet_url) = (origin.url("/cdn/watched"), origin.url("/cdn/quiet"));
+    let watched = server
+        .register(json!({
+            "url": watched_url,
+            "strategy": every_second,
+            "limits": {"max_unpinned": 5},
+            "purge_on_change": true,
+        }))
+        .await;
+    let quiet = server
+        .register(json!({ "url": quiet_url, "strategy": every_second }))
+        .await;
+    let ready =
+        |count: usize| move |versions: &[Value]| versions.iter().filter(|v| v["status"] == "ready").count() >= count;
+    for rid in [&watched, &quiet] {
+        server.wait_for_versions(rid, "a first version", ready(1)).await;
+    }
+
+    origin.set("watched", "watched v2");
+    origin.set("quiet", "quiet v2");
+    for rid in [&watched, &quiet] {
+        server.wait_for_versions(rid, "a second version", ready(2)).await;
+    }
+    for _ in 0..100 {
+        if !service.cloudflare.asked("files").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a purge of the other resource, were one queued.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        service.cloudflare.asked("files"),
+        [json!(watched_url)],
+        "only the watched resource"
+    );
+
+    let (status, changed) = server
+        .call(
+            Method::PATCH,
+            &format!("/v1/resources/{watched}"),
+            Some(json!({"purge_on_change": false})),
+        )
+        .await;
+    assert_eq!((status, &changed["purge_on_change"]), (200, &json!(false)), "{changed}");
+    origin.set("watched", "watched v3");
+    server.wait_for_versions(&watched, "a third version", ready(3)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(service.cloudflare.asked("files").len(), 1, "no purge once turned off");
+
+    let (_data, _origin, plain) = common::versions_server::started().await;
+    let (status, answer) = plain
+        .call(
+            Method::PUT,
+            "/v1/resources",
+            Some(json!({ "url": watched_url, "purge_on_change": true })),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["field"].as_str()),
+        (422, Some("purge_on_change")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("--purge-targets")),
+        "{answer}"
+    );
 }
 
 /// `kill -9` of the replica running a purge: another takes it over when

@@ -294,9 +294,11 @@ async fn update_resource(
     let strategy = change.strategy.unwrap_or(resource.strategy);
     check_strategy(&strategy)?;
     let limits = limits_over(resource.limits, change.limits)?;
+    let purge_on_change = change.purge_on_change.unwrap_or(resource.purge_on_change);
+    register::check_purge_on_change(&state, purge_on_change)?;
     let updated = state
         .index
-        .update(&rid, strategy, limits, Timestamp::now())
+        .update(&rid, strategy, limits, purge_on_change, Timestamp::now())
         .await?
         .ok_or_else(|| ApiError::not_found("resource"))?;
     state.worker.wake();

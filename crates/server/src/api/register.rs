@@ -10,7 +10,9 @@ pub(super) async fn register(
 ) -> AppResult<Response> {
     let asked_strategy = registration.strategy.is_some();
     let asked_limits = registration.limits.is_some();
+    let asked_purge = registration.purge_on_change.is_some();
     let (resource, headers, url) = checked(registration)?;
+    check_purge_on_change(&state, resource.purge_on_change)?;
     if !groups.allows(&resource.group) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -42,6 +44,13 @@ pub(super) async fn register(
         }
         if asked_limits && asked.limits != stored.limits {
             differences.push(difference("limits", &stored.limits, &asked.limits));
+        }
+        if asked_purge && asked.purge_on_change != stored.purge_on_change {
+            differences.push(difference(
+                "purge_on_change",
+                &stored.purge_on_change,
+                &asked.purge_on_change,
+            ));
         }
     }
     let id = stored.id.clone();
@@ -126,8 +135,20 @@ fn checked(registration: Registration) -> AppResult<(Resource, http::HeaderMap, 
         failures: 0,
         description: check_note("description", registration.description)?,
         link: check_note("link", registration.link)?,
+        purge_on_change: registration.purge_on_change.unwrap_or(false),
     };
     Ok((resource, header_map, url))
+}
+
+/// `purge_on_change` needs somewhere to purge.
+pub(super) fn check_purge_on_change(state: &AppState, purge_on_change: bool) -> AppResult<()> {
+    if purge_on_change && !state.purges.has_targets() {
+        return Err(ApiError::invalid(
+            "purge_on_change",
+            crate::purges::Refused::NoTargets.to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// `name stored (asked asked)`, for the warning of a registration that found

@@ -148,9 +148,12 @@ impl Index for Guarded {
         id: &str,
         strategy: Strategy,
         limits: Limits,
+        purge_on_change: bool,
         now: Timestamp,
     ) -> Result<Option<Resource>, IndexError> {
-        let updated = self.call(self.inner.update(id, strategy, limits, now)).await;
+        let updated = self
+            .call(self.inner.update(id, strategy, limits, purge_on_change, now))
+            .await;
         self.selections.forget(id);
         updated
     }

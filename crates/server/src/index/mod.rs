@@ -273,12 +273,14 @@ pub(crate) trait Index: Send + Sync + 'static {
         skip: u64,
         limit: u64,
     ) -> Result<Page<Resource>, IndexError>;
-    /// Changes a resource's strategy and limits, and reschedules it.
+    /// Changes a resource's strategy, limits and purge on change, and
+    /// reschedules it.
     async fn update(
         &self,
         id: &str,
         strategy: Strategy,
         limits: Limits,
+        purge_on_change: bool,
         now: Timestamp,
     ) -> Result<Option<Resource>, IndexError>;
     /// Deletes a resource and its versions.
@@ -493,7 +495,7 @@ pub(super) fn finish_resource(
 }
 
 /// Resource columns in the order both backends read them.
-pub(super) const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link";
+pub(super) const RESOURCE_COLUMNS: &str = "id, method, url, query, headers, body, grp, strategy, limits, created_at, last_checked_at, next_check_at, last_attempt_at, last_error, failures, description, link, purge_on_change";
 /// Version columns in the order both backends read them.
 pub(super) const VERSION_COLUMNS: &str = "id, status, created_at, fetched_at, last_checked_at, status_code, headers, size, sha256, media_type, etag, last_modified, tags, pinned, pinned_until, error, cache_tags";
 

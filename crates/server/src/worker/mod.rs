@@ -66,8 +66,11 @@ pub(crate) struct Worker {
     /// Bumped whenever a fetch ends, for requests waiting on a version.
     changes: watch::Sender<u64>,
     wake: Notify,
-    /// Where a resource's new content is purged (`--purge-on-change`).
-    purge_on_change: Option<Arc<crate::purges::Purges>>,
+    /// Where a resource's new content is purged.
+    purges: Arc<crate::purges::Purges>,
+    /// `--purge-on-change`: every resource's new content is purged, not
+    /// only that of resources registered with `purge_on_change`.
+    purge_every_change: bool,
 }
 
 impl Worker {
@@ -76,7 +79,8 @@ impl Worker {
         allow_private: bool,
         limits: FetchLimits,
         tag_headers: Vec<HeaderName>,
-        purge_on_change: Option<Arc<crate::purges::Purges>>,
+        purges: Arc<crate::purges::Purges>,
+        purge_every_change: bool,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("edgecache/", env!("CARGO_PKG_VERSION")))
@@ -108,7 +112,8 @@ impl Worker {
             in_flight: tokio::sync::Mutex::new(HashMap::new()),
             changes: watch::Sender::new(0),
             wake: Notify::new(),
-            purge_on_change,
+            purges,
+            purge_every_change,
         }))
     }
 
@@ -263,12 +268,15 @@ impl Worker {
         done
     }
 
-    /// With `--purge-on-change`, queues a purge of the resource's URL and
+    /// For a resource registered with `purge_on_change` (or every
+    /// resource, with `--purge-on-change`), queues a purge of its URL and
     /// of the cache tags its new version carries, when a version came
     /// before it (the body differs, or the fetch would have been
     /// `Unchanged`). The index queues it once per version across replicas.
     async fn purge_changed(&self, resource_id: &str, version: &Version) {
-        let Some(purges) = &self.purge_on_change else { return };
+        if !self.purges.has_targets() {
+            return;
+        }
         let now = Timestamp::now();
         let ready = VersionQuery {
             status: Some(edgecache_versions::VersionStatus::Ready),
@@ -279,12 +287,15 @@ impl Worker {
             let Some(resource) = self.index.resource(resource_id).await? else {
                 return Ok(());
             };
+            if !(self.purge_every_change || resource.purge_on_change) {
+                return Ok(());
+            }
             let versions = self.index.versions(resource_id, ready, now).await?;
             let Some(previous) = versions.items.iter().find(|other| other.id != version.id) else {
                 return Ok(());
             };
             let Ok(url) = request_url(&resource) else { return Ok(()) };
-            purges
+            self.purges
                 .on_change(
                     url.to_string(),
                     version.cache_tags.clone(),

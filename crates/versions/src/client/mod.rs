@@ -357,6 +357,7 @@ impl Client {
             strategy: None,
             limits: None,
             notes: Notes::default(),
+            purge_on_change: None,
         }
     }
 

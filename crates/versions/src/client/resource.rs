@@ -22,6 +22,7 @@ pub struct ResourceBuilder {
     pub(super) strategy: Option<Strategy>,
     pub(super) limits: Option<Limits>,
     pub(super) notes: Notes,
+    pub(super) purge_on_change: Option<bool>,
 }
 
 /// A resource's free-form description and link.
@@ -84,6 +85,14 @@ impl ResourceBuilder {
         self
     }
 
+    /// Purge the resource's URL, and the cache tags of its new version, at
+    /// the server's purge targets whenever a new version's body differs
+    /// from the one before (the server needs `--purge-targets`).
+    pub fn purge_on_change(mut self, purge_on_change: bool) -> Self {
+        self.purge_on_change = Some(purge_on_change);
+        self
+    }
+
     /// Registers the resource, or finds it if it is registered already.
     /// With the server unreachable and fallback on, the handle still
     /// serves [`ResourceHandle::content`] from the origin, and registers
@@ -96,6 +105,7 @@ impl ResourceBuilder {
             self.strategy,
             self.limits,
             self.notes,
+            self.purge_on_change,
         );
         let handle = ResourceHandle {
             client: self.client,
@@ -119,6 +129,7 @@ pub(super) fn registration(
     strategy: Option<Strategy>,
     limits: Option<Limits>,
     notes: Notes,
+    purge_on_change: Option<bool>,
 ) -> Value {
     let body = Registration {
         method: Some(spec.method.as_str().to_owned()),
@@ -131,6 +142,7 @@ pub(super) fn registration(
         limits: limits.map(LimitsChange::from),
         description: notes.description,
         link: notes.link,
+        purge_on_change,
     };
     serde_json::to_value(body).unwrap_or_default()
 }
@@ -203,11 +215,25 @@ impl ResourceHandle {
     /// Changes the strategy and limits (`None` keeps the current one);
     /// the server reschedules.
     pub async fn update(&self, strategy: Option<Strategy>, limits: Option<Limits>) -> Result<Resource> {
-        let body = serde_json::to_value(Change {
+        self.change(Change {
             strategy,
             limits: limits.map(LimitsChange::from),
+            purge_on_change: None,
         })
-        .unwrap_or_default();
+        .await
+    }
+
+    /// Changes what `change` gives (strategy, limits, purge on change) and
+    /// keeps the rest; the server reschedules.
+    ///
+    /// ```no_run
+    /// # async fn run(handle: edgecache_versions::ResourceHandle) -> edgecache_versions::Result<()> {
+    /// use edgecache_versions::Change;
+    /// handle.change(Change { purge_on_change: Some(true), ..Change::default() }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn change(&self, change: Change) -> Result<Resource> {
+        let body = serde_json::to_value(change).unwrap_or_default();
         self.client
             .json(Method::PATCH, &self.path("").await?, &[], Some(&body))
             .await

@@ -67,6 +67,10 @@ pub struct Resource {
     /// A link about the resource (a ticket, a dashboard), as registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Whether each new version whose body differs from the one before is
+    /// purged at the server's purge targets (its URL and its cache tags).
+    #[serde(default)]
+    pub purge_on_change: bool,
 }
 
 /// Where a version is in its life.

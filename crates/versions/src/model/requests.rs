@@ -60,6 +60,11 @@ pub struct Registration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub link: Option<String>,
+    /// Purge the resource's URL and its new version's cache tags at the
+    /// server's purge targets whenever a new version's body differs
+    /// (default `false`; the server needs `--purge-targets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_on_change: Option<bool>,
 }
 
 /// The body of `PATCH /v1/resources/{rid}`: what is absent stays as it is.
@@ -74,6 +79,10 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Limits>))]
     pub limits: Option<LimitsChange>,
+    /// Whether a new version whose body differs is purged at the server's
+    /// purge targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_on_change: Option<bool>,
 }
 
 /// The body of `PUT …/versions/{vid}/pin`; empty for a pin without end.

@@ -276,7 +276,7 @@ pub(super) async fn concurrent_claims_never_share_a_fetch(backend: Backend) {
         // Due now: an update reschedules from the last check (never).
         backend
             .index
-            .update(&stored.id, strategy, Limits::default(), now)
+            .update(&stored.id, strategy, Limits::default(), false, now)
             .await
             .unwrap();
     }

@@ -53,6 +53,7 @@ fn resource(key_hint: &str, strategy: Strategy, limits: Limits) -> Resource {
         failures: 0,
         description: None,
         link: None,
+        purge_on_change: false,
     }
 }
 

@@ -366,11 +366,13 @@ pub(super) async fn updates_reschedule_unless_a_fetch_is_under_way(backend: Back
             &stored.id,
             Strategy::age(Duration::from_secs(60)),
             Limits::default(),
+            true,
             now,
         )
         .await
         .unwrap()
         .unwrap();
+    assert!(updated.purge_on_change, "the change is stored");
     assert!(
         updated.next_check_at.is_some_and(|next| next <= now),
         "never checked: due now"
@@ -384,15 +386,17 @@ pub(super) async fn updates_reschedule_unless_a_fetch_is_under_way(backend: Back
             &stored.id,
             Strategy::age(Duration::from_secs(120)),
             Limits::default(),
+            false,
             now,
         )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(during.next_check_at, None, "the fetch reschedules when it ends");
+    assert!(!during.purge_on_change, "and can be undone");
     assert!(
         index
-            .update("missing", Strategy::Never, Limits::default(), now)
+            .update("missing", Strategy::Never, Limits::default(), false, now)
             .await
             .unwrap()
             .is_none()

@@ -24,8 +24,8 @@ pub(super) async fn register(index: &PgIndex, key: String, resource: Resource) -
     let tx = client.transaction().await?;
     let inserted = tx
         .execute(
-            "INSERT INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at, description, link)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13) ON CONFLICT (key, grp) DO NOTHING",
+            "INSERT INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at, description, link, purge_on_change)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13, $14) ON CONFLICT (key, grp) DO NOTHING",
             &[
                 &resource.id,
                 &key,
@@ -40,6 +40,7 @@ pub(super) async fn register(index: &PgIndex, key: String, resource: Resource) -
                 &millis(resource.created_at),
                 &resource.description,
                 &resource.link,
+                &resource.purge_on_change,
             ],
         )
         .await?
@@ -67,6 +68,7 @@ pub(super) async fn update(
     id: &str,
     strategy: Strategy,
     limits: Limits,
+    purge_on_change: bool,
     now: Timestamp,
 ) -> Result<Option<Resource>, IndexError> {
     let mut client = index.client().await?;
@@ -91,8 +93,14 @@ pub(super) async fn update(
         schedule::next_check_from(&strategy, current.last_checked_at, now)
     };
     tx.execute(
-        "UPDATE resources SET strategy = $2, limits = $3, next_check_at = $4 WHERE id = $1",
-        &[&id, &json(&strategy), &json(&limits), &next.map(millis)],
+        "UPDATE resources SET strategy = $2, limits = $3, next_check_at = $4, purge_on_change = $5 WHERE id = $1",
+        &[
+            &id,
+            &json(&strategy),
+            &json(&limits),
+            &next.map(millis),
+            &purge_on_change,
+        ],
     )
     .await?;
     let updated = load_resource(&tx, id).await?;

@@ -101,6 +101,7 @@ CREATE INDEX cache_tags_by_resource ON cache_tags (resource_id);
 CREATE TABLE doomed_blobs (sha256 TEXT PRIMARY KEY, since BIGINT NOT NULL);
 ",
     purges::MIGRATION,
+    "ALTER TABLE resources ADD COLUMN purge_on_change BOOLEAN NOT NULL DEFAULT FALSE",
 ];
 
 /// Advisory lock keys (arbitrary, fixed): migrations and the blobs lock.
@@ -376,9 +377,10 @@ impl Index for PgIndex {
         id: &str,
         strategy: Strategy,
         limits: Limits,
+        purge_on_change: bool,
         now: Timestamp,
     ) -> Result<Option<Resource>, IndexError> {
-        edits::update(self, id, strategy, limits, now).await
+        edits::update(self, id, strategy, limits, purge_on_change, now).await
     }
 
     async fn delete(&self, id: &str, force: bool, now: Timestamp) -> Result<DeleteOutcome, IndexError> {

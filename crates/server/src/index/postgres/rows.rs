@@ -57,6 +57,7 @@ pub(super) fn raw_resource(row: &Row) -> Result<RawResource, IndexError> {
             failures: u32::try_from(row.try_get::<_, i64>(14)?).unwrap_or(u32::MAX),
             description: row.try_get(15)?,
             link: row.try_get(16)?,
+            purge_on_change: row.try_get(17)?,
         },
         row.try_get(3)?,
         row.try_get(4)?,

@@ -25,8 +25,8 @@ pub(super) async fn register(
 ) -> Result<(Resource, bool), IndexError> {
     index.transaction(move |tx| {
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at, description, link)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)",
+            "INSERT OR IGNORE INTO resources (id, key, grp, method, url, query, headers, body, strategy, limits, created_at, next_check_at, description, link, purge_on_change)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13, ?14)",
             params![
                 resource.id,
                 key,
@@ -41,6 +41,7 @@ pub(super) async fn register(
                 millis(resource.created_at),
                 resource.description,
                 resource.link,
+                resource.purge_on_change,
             ],
         )? == 1;
         let id: String = tx.query_row(
@@ -62,6 +63,7 @@ pub(super) async fn update(
     id: &str,
     strategy: Strategy,
     limits: Limits,
+    purge_on_change: bool,
     now: Timestamp,
 ) -> Result<Option<Resource>, IndexError> {
     let id = id.to_owned();
@@ -82,8 +84,8 @@ pub(super) async fn update(
                 schedule::next_check_from(&strategy, current.last_checked_at, now)
             };
             tx.execute(
-                "UPDATE resources SET strategy = ?2, limits = ?3, next_check_at = ?4 WHERE id = ?1",
-                params![id, json(&strategy), json(&limits), next.map(millis)],
+                "UPDATE resources SET strategy = ?2, limits = ?3, next_check_at = ?4, purge_on_change = ?5 WHERE id = ?1",
+                params![id, json(&strategy), json(&limits), next.map(millis), purge_on_change],
             )?;
             load_resource(tx, &id)
         })

@@ -98,6 +98,7 @@ const ADDED_RESOURCE_COLUMNS: &[(&str, &str)] = &[
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
     ("description", "TEXT"),
     ("link", "TEXT"),
+    ("purge_on_change", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Columns added to versions after the first release.
@@ -227,9 +228,10 @@ impl Index for SqliteIndex {
         id: &str,
         strategy: Strategy,
         limits: Limits,
+        purge_on_change: bool,
         now: Timestamp,
     ) -> Result<Option<Resource>, IndexError> {
-        edits::update(self, id, strategy, limits, now).await
+        edits::update(self, id, strategy, limits, purge_on_change, now).await
     }
 
     async fn delete(&self, id: &str, force: bool, now: Timestamp) -> Result<DeleteOutcome, IndexError> {
@@ -432,6 +434,7 @@ mod tests {
             failures: 0,
             description: None,
             link: None,
+            purge_on_change: false,
         }
     }
 

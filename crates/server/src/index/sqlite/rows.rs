@@ -51,6 +51,7 @@ pub(super) fn raw_resource(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawResou
             failures: row.get(14)?,
             description: row.get(15)?,
             link: row.get(16)?,
+            purge_on_change: row.get(17)?,
         },
         row.get(3)?,
         row.get(4)?,
