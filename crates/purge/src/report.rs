@@ -45,7 +45,7 @@ impl Status {
 }
 
 /// One object's outcome at one target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// What became of it.
     pub status: Status,

@@ -115,7 +115,8 @@ struct RunArgs {
     #[arg(long, requires = "verify")]
     rewarm: bool,
     /// Send the purge to this versioned server (`edgecache serve --purge-targets`), which holds the
-    /// CDN credentials, and follow it there; the token is $EDGECACHE_SERVER_TOKEN.
+    /// CDN credentials, and follow it there; the token is $EDGECACHE_SERVER_TOKEN. A targets file
+    /// whose `versions` target says `via = true` does the same.
     #[arg(long, value_name = "URL", conflicts_with_all = ["journal", "parallel", "stop_on_failure"])]
     via: Option<String>,
     /// The URLs to check after a prefix, tag or host purge, one per line (`-` for standard input).
@@ -157,7 +158,18 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     if objects.is_empty() {
         bail!("nothing to purge: give objects as arguments or with -r FILE");
     }
-    if let Some(server) = &args.via {
+    let path = targets::path(args.targets);
+    let server = match args.via {
+        Some(url) => Some(via::Server::new(Some(url), None)),
+        None => targets::via(&path)?,
+    };
+    if let Some(server) = server {
+        if args.journal.is_some() || args.parallel || args.stop_on_failure {
+            bail!(
+                "{}: the server runs this purge (`via = true`): --journal, --parallel and --stop-on-failure apply only to purges run here",
+                path.display()
+            );
+        }
         let request = via::Request {
             kind,
             objects: objects.iter().map(|object| object.text.clone()).collect(),
@@ -166,7 +178,7 @@ pub async fn run(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         };
         return via::run(server, request, &objects, args.json).await;
     }
-    let specs = targets::read(&targets::path(args.targets), &args.only)?;
+    let specs = targets::read(&path, &args.only)?;
     let overrides = targets::Overrides {
         zone: args.zone,
         soft: args.soft,

@@ -33,6 +33,7 @@ struct RawTarget {
     store: Option<Spanned<String>>,
     server: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
+    via: Option<Spanned<bool>>,
     edgerc: Option<Spanned<PathBuf>>,
     section: Option<Spanned<String>>,
     network: Option<Spanned<NetworkSpec>>,
@@ -67,10 +68,11 @@ impl RawTarget {
     fn check_fields(&self) -> Result<(), Located> {
         let kind = self.kind.get_ref();
         // A field another kind takes is a mistake worth naming, not ignoring.
-        let fields: [(&str, Option<usize>); 17] = [
+        let fields: [(&str, Option<usize>); 18] = [
             ("store", self.store.as_ref().map(|f| f.span().start)),
             ("server", self.server.as_ref().map(|f| f.span().start)),
             ("token_env", self.token_env.as_ref().map(|f| f.span().start)),
+            ("via", self.via.as_ref().map(|f| f.span().start)),
             ("edgerc", self.edgerc.as_ref().map(|f| f.span().start)),
             ("section", self.section.as_ref().map(|f| f.span().start)),
             ("network", self.network.as_ref().map(|f| f.span().start)),
@@ -88,7 +90,7 @@ impl RawTarget {
         ];
         let takes: &[&str] = match kind.as_str() {
             "cache" => &["store"],
-            "versions" => &["server", "token_env"],
+            "versions" => &["server", "token_env", "via"],
             "akamai" => &["edgerc", "section", "network", "action", "scheme"],
             "alibaba" => &["profile", "endpoint", "force"],
             "cloudflare" => &["zone", "plan", "api_base", "token"],
@@ -129,6 +131,7 @@ impl RawTarget {
             "versions" => TargetSpec::Versions {
                 server: value(self.server),
                 token_env: value(self.token_env),
+                via: self.via.is_some_and(|via| *via.get_ref()),
             },
             "akamai" => TargetSpec::Akamai {
                 edgerc: self.edgerc.map(Spanned::into_inner),
@@ -172,6 +175,9 @@ pub enum TargetSpec {
         server: Option<String>,
         /// The variable holding its bearer token [default: EDGECACHE_SERVER_TOKEN].
         token_env: Option<String>,
+        /// Send every purge to this server (`edgecache serve --purge-targets`),
+        /// which purges at its own targets, instead of calling them from here.
+        via: bool,
     },
     /// Akamai Fast Purge.
     Akamai {
@@ -264,7 +270,7 @@ impl TargetSpec {
         let name = self.name();
         let target: Arc<dyn Target> = match self {
             TargetSpec::Cache { store } => open_cache(store.as_deref())?,
-            TargetSpec::Versions { server, token_env } => open_versions(server.as_deref(), token_env.as_deref())?,
+            TargetSpec::Versions { server, token_env, .. } => open_versions(server.as_deref(), token_env.as_deref())?,
             TargetSpec::Akamai {
                 edgerc,
                 section,
@@ -402,6 +408,18 @@ pub fn path(given: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("edgecache.toml"))
 }
 
+/// The server a file with `via = true` sends every purge to, if it has one.
+pub fn via(path: &Path) -> anyhow::Result<Option<super::via::Server>> {
+    Ok(read(path, &[])?.into_iter().find_map(|spec| match spec {
+        TargetSpec::Versions {
+            server,
+            token_env,
+            via: true,
+        } => Some(super::via::Server::new(server, token_env.as_deref())),
+        _ => None,
+    }))
+}
+
 /// The targets the file names, `--only` applied.
 pub fn read(path: &Path, only: &[String]) -> anyhow::Result<Vec<TargetSpec>> {
     let text = match std::fs::read_to_string(path) {
@@ -422,6 +440,21 @@ pub fn read(path: &Path, only: &[String]) -> anyhow::Result<Vec<TargetSpec>> {
     };
     let file: TargetsFile = toml::from_str(&text)
         .map_err(|error| anyhow::anyhow!("{}: {}", at(error.span().map(|span| span.start)), error.message()))?;
+    // The server purges at its own targets: a second list here would be
+    // silently ignored, or purged twice.
+    if file.target.len() > 1
+        && let Some(via) = file
+            .target
+            .iter()
+            .filter_map(|target| target.via.as_ref())
+            .find(|via| *via.get_ref())
+    {
+        bail!(
+            "{}: `via = true` sends every purge to the server, which purges at its own targets: \
+             remove the other targets from this file, or drop `via`",
+            at(Some(via.span().start))
+        );
+    }
     let specs = file
         .target
         .into_iter()
@@ -512,6 +545,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("edgecache.toml:3"), "{error}");
+    }
+
+    #[test]
+    fn a_server_with_via_stands_alone() {
+        let specs = parse("[[target]]\nkind = \"versions\"\nserver = \"https://v.internal\"\nvia = true\n").unwrap();
+        assert!(matches!(specs[0], TargetSpec::Versions { via: true, .. }));
+        let error = parse("[[target]]\nkind = \"cloudflare\"\n[[target]]\nkind = \"versions\"\nvia = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("edgecache.toml:5: `via = true`"), "{error}");
+        let error = parse("[[target]]\nkind = \"cache\"\nvia = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`via` does not apply to kind `cache`"), "{error}");
     }
 
     #[test]

@@ -6,9 +6,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use edgecache_purge::{ObjectKind, SourcedObject};
+use edgecache_purge::{ObjectKind, SourcedObject, Verification};
 
 use super::report::{self, ObjectResult};
+
+/// The server a purge is sent to, and the token it is sent with.
+pub struct Server {
+    url: String,
+    token: Option<String>,
+}
+
+impl Server {
+    /// `server` [default: $EDGECACHE_SERVER_URL, else http://127.0.0.1:8008],
+    /// with the token in `token_env` [default: EDGECACHE_SERVER_TOKEN].
+    pub fn new(server: Option<String>, token_env: Option<&str>) -> Self {
+        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Self {
+            url: server
+                .or_else(|| variable("EDGECACHE_SERVER_URL"))
+                .unwrap_or_else(|| "http://127.0.0.1:8008".to_owned()),
+            token: variable(token_env.unwrap_or("EDGECACHE_SERVER_TOKEN")),
+        }
+    }
+}
 
 /// What is sent.
 pub struct Request {
@@ -22,12 +42,10 @@ pub struct Request {
 /// How often the purge is asked after while it runs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
-pub async fn run(server: &str, request: Request, sources: &[SourcedObject], json: bool) -> anyhow::Result<ExitCode> {
-    let base = url::Url::parse(server).with_context(|| format!("--via {server:?} is not a URL"))?;
+pub async fn run(server: Server, request: Request, sources: &[SourcedObject], json: bool) -> anyhow::Result<ExitCode> {
+    let Server { url, token } = server;
+    let base = url::Url::parse(&url).with_context(|| format!("the server {url:?} is not a URL"))?;
     let client = edgecache_base::net::http_client()?;
-    let token = std::env::var("EDGECACHE_SERVER_TOKEN")
-        .ok()
-        .filter(|token| !token.is_empty());
     let authorized = |builder: reqwest::RequestBuilder| match &token {
         Some(token) => builder.bearer_auth(token),
         None => builder,
@@ -78,7 +96,7 @@ pub async fn run(server: &str, request: Request, sources: &[SourcedObject], json
         tokio::time::sleep(FOLLOW_EVERY).await;
     };
     bar.finish();
-    let results: Vec<ObjectResult> = purge["lines"]
+    let mut results: Vec<ObjectResult> = purge["lines"]
         .as_array()
         .into_iter()
         .flatten()
@@ -100,16 +118,32 @@ pub async fn run(server: &str, request: Request, sources: &[SourcedObject], json
             }
         })
         .collect();
+    let verification = match &purge["report"]["verification"] {
+        serde_json::Value::Null => None,
+        found => Some(
+            serde_json::from_value::<Verification>(found.clone())
+                .with_context(|| format!("reading the verification of purge {id} from {base}"))?,
+        ),
+    };
+    if let Some(verification) = &verification {
+        super::verify::attach(&mut results, verification, sources);
+    }
     report::print(&results, json)?;
     if let Some(error) = purge["report"]["error"].as_str() {
         eprintln!("the server could not run the purge: {error}");
     }
+    let purged = purge["status"] == "done";
     eprintln!("purge {id} at {base}: {}", purge["status"].as_str().unwrap_or_default());
-    Ok(if purge["status"] == "done" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    match &verification {
+        Some(verification) => {
+            super::verify::summary(verification);
+            Ok(super::verify::exit_code(purged, verification))
+        }
+        None if request.verify && purged => {
+            bail!("{base} ran purge {id} but sent no verification, though --verify asked for one")
+        }
+        None => Ok(if purged { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+    }
 }
 
 /// A status as the report spells it, from the server's.

@@ -19,7 +19,7 @@ const READER: &str = "reader-token-0123456789abcdef";
 const ENV_TOKEN: &str = "env-token-0123456789abcdef";
 
 struct Service {
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
     server: VersionsServer,
     cloudflare: cloudflare_stand_in::StandIn,
     edge: Edge,
@@ -56,7 +56,7 @@ async fn service(paths: &[&str], extra: &[&str]) -> Service {
     )
     .await;
     Service {
-        _data: data,
+        data,
         server,
         cloudflare,
         edge,
@@ -132,26 +132,60 @@ async fn the_team_purges_through_the_server_and_the_history_says_who_and_what() 
         "nothing refused was sent"
     );
 
-    // The command line, with no CDN credentials of its own.
+    // The command line, with no CDN credentials of its own: `--via`, with
+    // the server's verification in the report.
     let run = common::edgecache_with_env(
-        ["purge", "url", &css, &js, "--via", &service.server.url("/"), "--json"],
+        [
+            "purge",
+            "url",
+            &css,
+            "--via",
+            &service.server.url("/"),
+            "--verify",
+            "--json",
+        ],
         &[("EDGECACHE_SERVER_TOKEN", OPS)],
     )
     .await;
     assert!(run.success, "{}\n{}", run.stderr, service.server.log());
     let lines: Vec<Value> = serde_json::from_str(&run.stdout).expect("JSON");
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(
-        lines
-            .iter()
-            .all(|line| line["target"] == "cloudflare" && line["status"] == "done"),
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (&lines[0]["target"], &lines[0]["status"], &lines[0]["verified"]),
+        (&json!("cloudflare"), &json!("done"), &json!("evicted")),
         "{lines:#?}"
     );
-    assert_eq!(service.cloudflare.asked("files").len(), 2);
     assert!(
-        !service.edge.holds("/app.css") && !service.edge.holds("/app.js"),
-        "evicted at the edge"
+        run.stderr.contains("still cached"),
+        "the verification's counts: {}",
+        run.stderr
     );
+    // … and a targets file whose server says `via = true`, with its token
+    // in the variable the file names.
+    let team_file = service.data.path().join("team.toml");
+    std::fs::write(
+        &team_file,
+        format!(
+            "[[target]]\nkind = \"versions\"\nserver = \"{}\"\ntoken_env = \"TEAM_TOKEN\"\nvia = true\n",
+            service.server.url("/")
+        ),
+    )
+    .expect("write the team's targets file");
+    let run = common::edgecache_with_env(
+        ["purge", "url", &js, "--targets", team_file.to_str().expect("utf-8")],
+        &[("TEAM_TOKEN", OPS)],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.stderr, service.server.log());
+    assert_eq!(
+        run.stdout.trim_end(),
+        format!("done\tcloudflare\t{js}\tpurged"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(service.cloudflare.asked("files").len(), 2);
+    // (The check of `app.css` went through the edge, which cached it anew.)
+    assert!(!service.edge.holds("/app.js"), "evicted at the edge");
 
     // Through the API, verified.
     let (status, queued) = service
@@ -194,11 +228,11 @@ async fn the_team_purges_through_the_server_and_the_history_says_who_and_what() 
             page["total"].as_u64().expect("total")
         }
     };
-    assert_eq!(count("target=cloudflare").await, 2);
+    assert_eq!(count("target=cloudflare").await, 3);
     assert_eq!(count(&format!("object={js}")).await, 1);
     assert_eq!(count("outcome=failed").await, 0);
     assert_eq!(count("since=2100-01-01T00:00:00Z").await, 0);
-    assert_eq!(count("limit=1&skip=1").await, 2, "the total, whatever the page");
+    assert_eq!(count("limit=1&skip=1").await, 3, "the total, whatever the page");
     let (status, answer) = service
         .call(Method::GET, "/v1/purges?colour=red", Some(READER), None)
         .await;

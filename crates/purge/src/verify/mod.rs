@@ -69,7 +69,7 @@ impl Seen {
 }
 
 /// One target's answer for one URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// What it serves.
     pub seen: Seen,
@@ -170,7 +170,7 @@ impl Verify {
 }
 
 /// One URL at one target: a line of the verification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Check {
     /// The target's name.
     pub target: String,
@@ -186,7 +186,7 @@ pub struct Check {
 }
 
 /// One URL's rewarm.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Rewarm {
     /// The URL.
     pub url: String,
@@ -199,8 +199,9 @@ pub struct Rewarm {
     pub outcome: Outcome,
 }
 
-/// The result of [`Purger::verify`].
-#[derive(Debug, Clone, Serialize)]
+/// The result of [`Purger::verify`]; the versioned server's purge history
+/// carries it as JSON.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Verification {
     /// One per target and URL, target by target in purge order.
     pub checks: Vec<Check>,
