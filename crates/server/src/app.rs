@@ -19,8 +19,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let protected = api::routes()
         .merge(ui::parts())
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20));
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(1 << 20))
+        .merge(api::purge_route())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     api::health()
         .merge(ui::pages())
         .merge(protected)

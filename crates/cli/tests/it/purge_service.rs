@@ -455,6 +455,25 @@ async fn a_change_is_purged_exactly_once_across_three_replicas() {
     assert_eq!(history["items"][0]["who"], "server");
 }
 
+/// A team's release purges tens of thousands of URLs in one request: past
+/// the 2 MiB other requests are held to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_thirty_thousand_urls_is_one_request() {
+    let service = service(&[], &[]).await;
+    let urls: Vec<String> = (0..30_000)
+        .map(|n| format!("https://www.example.com/static/assets/release-2026-12/chunk-{n:06}.js"))
+        .collect();
+    let body = json!({ "kind": "url", "objects": urls });
+    assert!(body.to_string().len() > 2 * 1024 * 1024);
+    let (status, queued) = service.call(Method::POST, "/v1/purges", Some(OPS), Some(body)).await;
+    assert_eq!(status, 202, "{queued}");
+    let (status, purge) = service
+        .call(Method::GET, queued["url"].as_str().expect("url"), Some(READER), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(purge["objects"].as_array().map(Vec::len), Some(30_000));
+}
+
 /// Without `--purge-on-change`, only a resource registered with
 /// `purge_on_change` is purged when it changes, until a PATCH turns that
 /// off; a server without purge targets refuses the setting.

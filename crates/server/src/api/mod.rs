@@ -168,10 +168,21 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/v1/resources/{rid}/versions/{vid}/tags/{tag}",
             put(add_tag).delete(remove_tag),
         )
-        .route("/v1/purges", post(purges::create).get(purges::list))
+        .route("/v1/purges", get(purges::list))
         .route("/v1/purges/{id}", get(purges::get_one))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+}
+
+/// `POST /v1/purges`, whose bodies may be larger than any other route's:
+/// a release can purge hundreds of thousands of URLs at once.
+pub(crate) fn purge_route() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/v1/purges",
+            post(purges::create).layer(axum::extract::DefaultBodyLimit::max(purges::MAX_BODY)),
+        )
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(purges::MAX_BODY))
 }
 
 /// `/healthz`, answered without a token.

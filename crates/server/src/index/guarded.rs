@@ -384,7 +384,12 @@ impl Index for Guarded {
             .await
     }
 
-    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError> {
+    async fn purges(
+        &self,
+        filter: PurgeFilter,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Page<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
         self.call(self.inner.purges(filter, skip, limit)).await
     }
 

@@ -411,8 +411,13 @@ pub(crate) trait Index: Send + Sync + 'static {
         lines: Vec<PurgeLine>,
         now: Timestamp,
     ) -> Result<(), IndexError>;
-    /// Purges matching `filter`, newest first.
-    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError>;
+    /// Purges matching `filter`, newest first, each with its lines.
+    async fn purges(
+        &self,
+        filter: PurgeFilter,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Page<(PurgeRow, Vec<PurgeLine>)>, IndexError>;
     /// One purge, with its lines.
     async fn purge(&self, id: &str) -> Result<Option<(PurgeRow, Vec<PurgeLine>)>, IndexError>;
     /// Deletes purges that finished before `before`; how many.

@@ -145,7 +145,10 @@ pub(super) async fn the_purge_history_filters_pages_and_forgets(backend: Backend
         let index = index.clone();
         async move {
             let page = index.purges(filter, skip, limit).await.unwrap();
-            (page.total, page.items.into_iter().map(|row| row.id).collect::<Vec<_>>())
+            (
+                page.total,
+                page.items.into_iter().map(|(row, _)| row.id).collect::<Vec<_>>(),
+            )
         }
     };
     assert_eq!(
@@ -154,6 +157,25 @@ pub(super) async fn the_purge_history_filters_pages_and_forgets(backend: Backend
         "newest first"
     );
     assert_eq!(list(PurgeFilter::default(), 1, 1).await, (3, vec![ids[1].clone()]));
+    let listed = index.purges(PurgeFilter::default(), 0, 10).await.unwrap();
+    let settled: Vec<(&str, &str, &str)> = listed
+        .items
+        .iter()
+        .flat_map(|(_, lines)| {
+            lines
+                .iter()
+                .map(|l| (l.target.as_str(), l.object.as_str(), l.status.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        settled,
+        [
+            ("cloudflare", "https://s/app.css", "done"),
+            ("akamai", "https://s/app.js", "failed"),
+            ("akamai", "https://s/app.css", "accepted"),
+        ],
+        "each purge listed with its own lines"
+    );
     let by_object = PurgeFilter {
         object: Some("https://s/app.css".into()),
         ..Default::default()

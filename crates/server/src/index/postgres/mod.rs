@@ -572,7 +572,12 @@ impl Index for PgIndex {
         purges::finish(self, id, lease, status, report, lines, now).await
     }
 
-    async fn purges(&self, filter: PurgeFilter, skip: u64, limit: u64) -> Result<Page<PurgeRow>, IndexError> {
+    async fn purges(
+        &self,
+        filter: PurgeFilter,
+        skip: u64,
+        limit: u64,
+    ) -> Result<Page<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
         purges::list(self, filter, skip, limit).await
     }
 

@@ -1,6 +1,8 @@
 //! Purges in PostgreSQL: as in SQLite, with the claim serialized across
 //! replicas by an advisory lock and leases timed by the database's clock.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 use jiff::Timestamp;
 use tokio_postgres::types::ToSql;
@@ -226,7 +228,7 @@ pub(super) async fn list(
     filter: PurgeFilter,
     skip: u64,
     limit: u64,
-) -> Result<Page<PurgeRow>, IndexError> {
+) -> Result<Page<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
     let client = index.client().await?;
     let mut conditions = vec!["TRUE".to_owned()];
     let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
@@ -283,8 +285,34 @@ pub(super) async fn list(
             &paged,
         )
         .await?;
+    let purges: Vec<PurgeRow> = rows.iter().map(row).collect::<Result<_, _>>()?;
+    // Every listed purge's lines in one round trip.
+    let ids: Vec<&str> = purges.iter().map(|purge| purge.id.as_str()).collect();
+    let mut settled: HashMap<String, Vec<PurgeLine>> = HashMap::new();
+    for found in client
+        .query(
+            "SELECT purge_id, target, object, status, detail, carrier FROM purge_lines
+             WHERE purge_id = ANY($1) ORDER BY purge_id, target, object",
+            &[&ids],
+        )
+        .await?
+    {
+        settled.entry(found.try_get(0)?).or_default().push(PurgeLine {
+            target: found.try_get(1)?,
+            object: found.try_get(2)?,
+            status: found.try_get(3)?,
+            detail: found.try_get(4)?,
+            carrier: found.try_get(5)?,
+        });
+    }
     Ok(Page {
-        items: rows.iter().map(row).collect::<Result<_, _>>()?,
+        items: purges
+            .into_iter()
+            .map(|purge| {
+                let lines = settled.remove(&purge.id).unwrap_or_default();
+                (purge, lines)
+            })
+            .collect(),
         total: u64::try_from(total).unwrap_or_default(),
     })
 }

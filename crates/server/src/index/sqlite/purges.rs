@@ -221,7 +221,7 @@ pub(super) async fn list(
     filter: PurgeFilter,
     skip: u64,
     limit: u64,
-) -> Result<Page<PurgeRow>, IndexError> {
+) -> Result<Page<(PurgeRow, Vec<PurgeLine>)>, IndexError> {
     index
         .read(move |connection| {
             let mut conditions = vec!["1 = 1".to_owned()];
@@ -265,13 +265,19 @@ pub(super) async fn list(
             let (skip_at, limit_at) = (values.len() + 1, values.len() + 2);
             values.push(clamp(skip).into());
             values.push(clamp(limit).into());
-            let items = connection
+            let rows: Vec<PurgeRow> = connection
                 .prepare(&format!(
                     "SELECT {} FROM purges p WHERE {condition} ORDER BY p.created_at DESC, p.id DESC LIMIT ?{limit_at} OFFSET ?{skip_at}",
                     COLUMNS.split(", ").map(|column| format!("p.{column}")).collect::<Vec<_>>().join(", ")
                 ))?
                 .query_map(rusqlite::params_from_iter(values.iter()), row)?
                 .collect::<Result<_, _>>()?;
+            // In-process, in the same read: a query per purge costs no round trip.
+            let mut items = Vec::with_capacity(rows.len());
+            for purge in rows {
+                let settled = lines(connection, &purge.id)?;
+                items.push((purge, settled));
+            }
             Ok(Page {
                 items,
                 total: u64::try_from(total).unwrap_or_default(),
