@@ -101,8 +101,11 @@ impl Request for reqwest_middleware::RequestBuilder {
 /// attempt, and given back when the attempt was not counted (a `429`, a
 /// `5xx`, a dropped connection). A run stopped while a call waits sends
 /// nothing more: the call reports its last failure, or that it was not sent.
+/// `carrying` (the objects the call purges) is told to [`Progress::sending`]
+/// before the first attempt.
 pub(crate) async fn call<R: Request>(
     request: impl Fn() -> R,
+    carrying: &[String],
     buckets: &[(&TokenBucket, u32)],
     retry: Retry,
     run: &Progress,
@@ -122,6 +125,9 @@ pub(crate) async fn call<R: Request>(
             tokio::select! {
                 () = tokens => {}
                 () = run.stopped() => return Err(NoAnswer::NotSent),
+            }
+            if made == 0 && !run.sending(carrying).await {
+                return Err(NoAnswer::NotSent);
             }
             run.called(1);
             let attempts = made.saturating_add(1);

@@ -188,7 +188,7 @@ impl CloudflarePurge {
             ObjectKind::Url => (&self.urls, u32::try_from(objects.len()).unwrap_or(u32::MAX)),
             _ => (&self.requests, 1),
         };
-        match call::call(request, &[bucket], self.retry, run).await {
+        match call::call(request, objects, &[bucket], self.retry, run).await {
             Ok(answer) => {
                 let parsed: Answer = serde_json::from_slice(&answer.body).unwrap_or_default();
                 match (answer.status, parsed.success) {

@@ -117,9 +117,10 @@ impl FastlyPurge {
     async fn send(
         &self,
         request: impl Fn() -> reqwest::RequestBuilder + Send + Sync,
+        carrying: &[String],
         run: &Progress,
     ) -> Result<serde_json::Value, Outcome> {
-        match call::call(request, &[], self.retry, run).await {
+        match call::call(request, carrying, &[], self.retry, run).await {
             Ok(answer) if answer.status == 200 => Ok(serde_json::from_slice(&answer.body).unwrap_or_default()),
             Ok(answer) => {
                 let problem: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
@@ -147,7 +148,7 @@ impl FastlyPurge {
         // object, and Fastly answers 200 for a purge of nothing.
         let target = url.split_once("://").map_or(url, |(_, rest)| rest);
         let endpoint = format!("{}/purge/{target}", self.api_base);
-        match self.send(|| self.post(&endpoint), run).await {
+        match self.send(|| self.post(&endpoint), &[url.to_owned()], run).await {
             Ok(answer) => {
                 let outcome = Outcome::done(if self.soft { "soft-purged" } else { "purged" });
                 match answer.get("id").and_then(|id| id.as_str()) {
@@ -167,7 +168,7 @@ impl FastlyPurge {
                 .header("content-type", "application/json")
                 .body(body.clone())
         };
-        match self.send(request, run).await {
+        match self.send(request, keys, run).await {
             Ok(answer) => {
                 // The answer maps each key to its purge id.
                 let ids: HashMap<String, String> = serde_json::from_value(answer).unwrap_or_default();
@@ -184,7 +185,10 @@ impl FastlyPurge {
 
     async fn purge_all(&self, run: &Progress) -> Outcome {
         let endpoint = format!("{}/service/{}/purge_all", self.api_base, self.service);
-        match self.send(|| self.post(&endpoint), run).await {
+        match self
+            .send(|| self.post(&endpoint), &[crate::EVERYTHING.to_owned()], run)
+            .await
+        {
             Ok(_) => Outcome::done("purged everything"),
             Err(outcome) => outcome,
         }

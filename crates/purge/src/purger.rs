@@ -48,6 +48,8 @@ pub struct Purger {
     /// A journal kept elsewhere (a database): what an earlier run settled,
     /// and where new records go.
     external: Option<(Vec<Settled>, RecordFn)>,
+    /// Where the objects each call is about to send are recorded first.
+    sending: Option<SendingRecordFn>,
     // In a mutex only so that the purger is `Sync` and its run future `Send`.
     stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
 }
@@ -80,6 +82,7 @@ impl Purger {
                 max_confirm_wait: Duration::from_secs(600),
                 journal: None,
                 external: None,
+                sending: None,
                 stop: std::sync::Mutex::new(None),
             },
         }
@@ -149,6 +152,22 @@ impl PurgerBuilder {
         self
     }
 
+    /// Records what each call to a vendor is about to send before it is
+    /// sent: `record` gets the target's name and the call's objects, and
+    /// the call waits until it resolves, and is sent only if it answers
+    /// `true` (`false`: they could not be recorded). With [`external_journal`](Self::external_journal),
+    /// a run that dies mid-call leaves these records behind; hand them to
+    /// the run that takes over as [`Settled`] with [`Status::Failed`] and
+    /// the reason, and it reports them in doubt instead of sending them
+    /// again.
+    pub fn record_sending(
+        mut self,
+        record: impl Fn(&str, Vec<String>) -> BoxFuture<'static, bool> + Send + Sync + 'static,
+    ) -> Self {
+        self.purger.sending = Some(Arc::new(record));
+        self
+    }
+
     /// Stops the first run when `signal` resolves (on Ctrl-C, say): nothing
     /// more is sent, calls in flight finish and are journaled, and the
     /// report marks what was not sent.
@@ -182,14 +201,16 @@ impl journal::Header for JournalHeader {
 }
 
 /// A journal record: an object a target did or accepted, so a resumed run
-/// does not send it again.
+/// does not send it again. An external journal may also hand back an
+/// object an earlier run may have sent without its answer being recorded,
+/// as `failed` with the reason: it is reported, not sent again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settled {
     /// The target's name.
     pub target: String,
     /// The object as sent.
     pub object: String,
-    /// `done` or `accepted`.
+    /// `done` or `accepted` (`failed`: in doubt, see above).
     pub status: Status,
     /// What the target said.
     pub detail: String,
@@ -199,6 +220,8 @@ pub struct Settled {
 
 /// Where an external journal's records go.
 type RecordFn = Arc<dyn Fn(Vec<Settled>) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Where what a call is about to send is recorded, by target name.
+type SendingRecordFn = Arc<dyn Fn(&str, Vec<String>) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// Where a run's journal records go: a file, or the caller's store.
 enum Sink {
@@ -306,6 +329,7 @@ impl Purger {
                 objects: &distinct,
                 earlier: &earlier,
                 journal: journal.as_ref(),
+                sending: self.sending.as_ref(),
                 held_back: held_back.as_deref(),
             };
             // Boxed as `Send` one by one: a lazy iterator of futures makes
@@ -509,6 +533,7 @@ struct Run<'a> {
     /// What an earlier run journaled, by (target, object).
     earlier: &'a Earlier,
     journal: Option<&'a Arc<JournalWriter>>,
+    sending: Option<&'a SendingRecordFn>,
     /// Why nothing is sent to this layer, if nothing is.
     held_back: Option<&'a str>,
 }
@@ -565,7 +590,8 @@ impl Run<'_> {
                 Some(done) => {
                     let mut outcome = match done.status {
                         Status::Accepted => Outcome::accepted(None, done.detail.clone()),
-                        _ => Outcome::done(done.detail.clone()),
+                        Status::Done => Outcome::done(done.detail.clone()),
+                        _ => Outcome::failed(done.detail.clone(), false),
                     };
                     outcome.id = done.id.clone();
                     lines[at] = Some(line(name, *index, object, true, outcome));
@@ -593,6 +619,13 @@ impl Run<'_> {
                 progress.with_settled(Arc::new(move |objects, outcome| {
                     writer.add(&target_name, objects, outcome);
                 }))
+            }
+            None => progress,
+        };
+        let progress = match self.sending {
+            Some(record) => {
+                let (record, target_name) = (Arc::clone(record), name.to_owned());
+                progress.with_sending(Arc::new(move |objects| record(&target_name, objects.to_vec())))
             }
             None => progress,
         };

@@ -58,6 +58,9 @@ impl Layer {
 pub(crate) type ProgressFn = Arc<dyn Fn(&Event) + Send + Sync>;
 /// Where a run keeps what targets settle, for its journal.
 pub(crate) type SettledFn = Arc<dyn Fn(&[String], &Outcome) + Send + Sync>;
+/// Where a run records what a target is about to send, before it does.
+/// It answers whether to send.
+pub(crate) type SendingFn = Arc<dyn Fn(&[String]) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
 
 /// A target's view of the run: it reports progress with
 /// [`Progress::finished`] as batches complete, and asks
@@ -74,6 +77,7 @@ pub struct Progress {
     untold: Arc<std::sync::Mutex<Untold>>,
     calls: Arc<std::sync::atomic::AtomicUsize>,
     settled: Option<SettledFn>,
+    sending: Option<SendingFn>,
 }
 
 #[derive(Default)]
@@ -107,11 +111,17 @@ impl Progress {
             untold: Arc::default(),
             calls: Arc::default(),
             settled: None,
+            sending: None,
         }
     }
 
     pub(crate) fn with_settled(mut self, settled: SettledFn) -> Self {
         self.settled = Some(settled);
+        self
+    }
+
+    pub(crate) fn with_sending(mut self, sending: SendingFn) -> Self {
+        self.sending = Some(sending);
         self
     }
 
@@ -190,6 +200,21 @@ impl Progress {
         {
             settled(objects, outcome);
         }
+    }
+
+    /// These objects are about to be sent to the vendor. A run whose
+    /// journal records intent (the versioned server's) has recorded them
+    /// when this resolves, so a replica that takes over a run killed
+    /// mid-call knows they may have reached the vendor, and does not send
+    /// them again. Targets call it once per call, before its first attempt,
+    /// and send only if it answers `true` (`false`: they could not be
+    /// recorded, or the run was stopped meanwhile).
+    pub async fn sending(&self, objects: &[String]) -> bool {
+        let recorded = match &self.sending {
+            Some(sending) => sending(objects).await,
+            None => true,
+        };
+        recorded && !self.is_stopped()
     }
 
     /// `calls` more calls were made to the target (requests, store calls),

@@ -15,6 +15,15 @@ use tokio::sync::{Notify, watch};
 
 use super::index::{Index, IndexError, Lease, PurgeLine, PurgeRow};
 
+/// A line's status while its call is under way: recorded before the call,
+/// so the replica that takes over a purge whose runner died knows it may
+/// have reached the CDN.
+const SENDING: &str = "sending";
+
+/// Why an object sent by a replica that died is not sent again.
+const IN_DOUBT: &str = "in doubt: the replica sending it stopped before the CDN's answer was recorded, \
+                        and it is not sent twice; `edgecache purge verify` checks it, or purge it again";
+
 /// How often a replica with nothing to run looks for purges queued elsewhere.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -287,16 +296,17 @@ impl Purges {
         let earlier: Vec<Settled> = settled
             .iter()
             .filter_map(|line| {
-                let status = match line.status.as_str() {
-                    "done" => Status::Done,
-                    "accepted" => Status::Accepted,
+                let (status, detail) = match line.status.as_str() {
+                    "done" => (Status::Done, line.detail.clone()),
+                    "accepted" => (Status::Accepted, line.detail.clone()),
+                    SENDING => (Status::Failed, IN_DOUBT.to_owned()),
                     _ => return None,
                 };
                 Some(Settled {
                     target: line.target.clone(),
                     object: line.object.clone(),
                     status,
-                    detail: line.detail.clone(),
+                    detail,
                     id: line.carrier.clone(),
                 })
             })
@@ -318,6 +328,43 @@ impl Purges {
                 })
             }
         };
+        let intents = {
+            let (index, lease, id, lost) = (self.index.clone(), self.lease.clone(), id.clone(), lost.clone());
+            move |target: &str, objects: Vec<String>| -> futures_util::future::BoxFuture<'static, bool> {
+                let (index, lease, id, lost, target) = (
+                    index.clone(),
+                    lease.clone(),
+                    id.clone(),
+                    lost.clone(),
+                    target.to_owned(),
+                );
+                Box::pin(async move {
+                    let lines = objects
+                        .into_iter()
+                        .map(|object| PurgeLine {
+                            target: target.clone(),
+                            object,
+                            status: SENDING.to_owned(),
+                            detail: "sent; the CDN's answer is awaited".to_owned(),
+                            carrier: None,
+                        })
+                        .collect();
+                    // Unrecorded, the call must not go: a replica taking
+                    // over could not tell it went. Losing the lease stops the run.
+                    match index.settle_purge(&id, &lease, lines).await {
+                        Ok(true) => true,
+                        Ok(false) => {
+                            lost.send_replace(true);
+                            false
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, purge = %id, "could not record a call before sending it; not sending it");
+                            false
+                        }
+                    }
+                })
+            }
+        };
         // The lease is renewed while the purge runs; losing it stops the run.
         let renewer = {
             let (index, lease, id, lost) = (self.index.clone(), self.lease.clone(), id.clone(), lost.clone());
@@ -335,6 +382,7 @@ impl Purges {
         let purger = {
             let mut builder = Purger::builder()
                 .external_journal(earlier, recorder)
+                .record_sending(intents)
                 .stop_when(async move {
                     let _ = stop_signal.wait_for(|lost| *lost).await;
                 });

@@ -556,20 +556,13 @@ async fn a_resource_registered_with_purge_on_change_is_purged_when_it_changes() 
     );
 }
 
-/// `kill -9` of the replica running a purge: another takes it over when
-/// the lease runs out and resumes from the lines settled in the index, so
-/// nothing is sent twice. Alibaba Cloud's stand-in keeps its refresh tasks
-/// running for seconds, so the kill lands after the submission, while the
-/// runner waits on the tasks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_killed_mid_purge_leaves_it_to_another_that_sends_nothing_twice() {
+/// Two replicas purging at Alibaba Cloud's stand-in, configured by `config`.
+async fn alibaba_replicas(
+    config: edgecache_testkit::stand_ins::alibaba::Config,
+) -> Option<(edgecache_testkit::stand_ins::alibaba::StandIn, Replicas)> {
     use edgecache_testkit::stand_ins::alibaba as alibaba_stand_in;
-    let (alibaba, address) = alibaba_stand_in::StandIn::start(alibaba_stand_in::Config {
-        task_delay: Duration::from_secs(30),
-        ..alibaba_stand_in::Config::default()
-    })
-    .await;
-    let Some(mut replicas) = replicas(
+    let (alibaba, address) = alibaba_stand_in::StandIn::start(config).await;
+    let replicas = replicas(
         2,
         &format!("[[target]]\nkind = \"alibaba\"\nendpoint = \"http://{address}\"\n"),
         &[],
@@ -579,57 +572,69 @@ async fn a_replica_killed_mid_purge_leaves_it_to_another_that_sends_nothing_twic
             ("EDGECACHE_SERVER_TOKEN", ENV_TOKEN),
         ],
     )
-    .await
-    else {
-        return;
-    };
-    let urls: Vec<String> = (0..150).map(|n| format!("https://www.example.com/a/{n}.css")).collect();
-    let answer = reqwest::Client::new()
-        .post(replicas.servers[0].url("/v1/purges"))
-        .bearer_auth(OPS)
-        .header("content-type", "application/json")
-        .body(json!({ "kind": "url", "objects": urls }).to_string())
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(answer.status(), 202);
-    let id = serde_json::from_slice::<Value>(&answer.bytes().await.expect("body")).expect("JSON")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    .await?;
+    Some((alibaba, replicas))
+}
 
-    // Every URL submitted and settled as accepted: the runner now waits on the tasks.
-    let path = format!("/v1/purges/{id}");
-    let mut settled = 0;
-    for _ in 0..200 {
-        let (_, purge) = replicas.servers[1].call(Method::GET, &path, None).await;
-        settled = purge["lines"].as_array().map_or(0, Vec::len);
-        if settled == 150 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl Replicas {
+    /// Queues a purge of `urls` at the first replica; its path.
+    async fn purge(&self, urls: &[String]) -> String {
+        let answer = reqwest::Client::new()
+            .post(self.servers[0].url("/v1/purges"))
+            .bearer_auth(OPS)
+            .header("content-type", "application/json")
+            .body(json!({ "kind": "url", "objects": urls }).to_string())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status(), 202);
+        let queued: Value = serde_json::from_slice(&answer.bytes().await.expect("body")).expect("JSON");
+        queued["url"].as_str().expect("url").to_owned()
     }
-    assert_eq!(settled, 150, "settled before the kill");
-    let runner = replicas
-        .servers
-        .iter()
-        .position(|server| server.log().contains("running purge"))
-        .expect("a replica runs it");
-    replicas.servers.remove(runner).kill9().await;
 
-    let survivor = &replicas.servers[0];
-    let mut purge = Value::Null;
-    for _ in 0..300 {
-        purge = survivor.call(Method::GET, &path, None).await.1;
-        if purge["status"] == "done" || purge["status"] == "failed" {
-            break;
+    /// Polls the purge at the last replica until `settled` holds of its lines.
+    async fn wait_for_lines(&self, path: &str, what: &str, settled: impl Fn(&[Value]) -> bool) {
+        let observer = self.servers.last().expect("a replica");
+        let mut purge = Value::Null;
+        for _ in 0..200 {
+            purge = observer.call(Method::GET, path, None).await.1;
+            if settled(purge["lines"].as_array().map_or(&[][..], Vec::as_slice)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("never {what}: {purge:#}");
     }
-    assert_eq!(purge["status"], "done", "{purge:#}\n{}", survivor.log());
-    assert!(survivor.log().contains("running purge"), "the survivor took it over");
-    let seen = alibaba.seen();
-    assert_eq!(seen.submitted.len(), 150);
+
+    /// Kills (`-9`) the replica running a purge.
+    async fn kill_the_runner(&mut self) {
+        let runner = self
+            .servers
+            .iter()
+            .position(|server| server.log().contains("running purge"))
+            .expect("a replica runs it");
+        self.servers.remove(runner).kill9().await;
+    }
+
+    /// The purge once the surviving replica has finished it.
+    async fn finished(&self, path: &str) -> Value {
+        let survivor = &self.servers[0];
+        let mut purge = Value::Null;
+        for _ in 0..300 {
+            purge = survivor.call(Method::GET, path, None).await.1;
+            if purge["status"] == "done" || purge["status"] == "failed" {
+                assert!(survivor.log().contains("running purge"), "the survivor took it over");
+                return purge;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the survivor never finished it: {purge:#}\n{}", survivor.log());
+    }
+}
+
+/// Each URL the stand-in was sent once.
+fn each_sent_once(seen: &edgecache_testkit::stand_ins::alibaba::Seen, count: usize) {
+    assert_eq!(seen.submitted.len(), count);
     assert!(
         seen.submitted.values().all(|&times| times == 1),
         "a URL was sent twice: {:?}",
@@ -638,4 +643,76 @@ async fn a_replica_killed_mid_purge_leaves_it_to_another_that_sends_nothing_twic
             .filter(|(_, times)| **times > 1)
             .collect::<Vec<_>>()
     );
+}
+
+/// `kill -9` of the replica running a purge: another takes it over when
+/// the lease runs out and resumes from the lines settled in the index, so
+/// nothing is sent twice. Alibaba Cloud's stand-in keeps its refresh tasks
+/// running for seconds, so the kill lands after the submission, while the
+/// runner waits on the tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_purge_leaves_it_to_another_that_sends_nothing_twice() {
+    let Some((alibaba, mut replicas)) = alibaba_replicas(edgecache_testkit::stand_ins::alibaba::Config {
+        task_delay: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let urls: Vec<String> = (0..150).map(|n| format!("https://www.example.com/a/{n}.css")).collect();
+    let path = replicas.purge(&urls).await;
+    // Every URL submitted and settled as accepted: the runner now waits on the tasks.
+    replicas
+        .wait_for_lines(&path, "accepted", |lines| {
+            lines.len() == 150 && lines.iter().all(|line| line["status"] == "accepted")
+        })
+        .await;
+    replicas.kill_the_runner().await;
+    let purge = replicas.finished(&path).await;
+    assert_eq!(purge["status"], "done", "{purge:#}");
+    each_sent_once(&alibaba.seen(), 150);
+}
+
+/// `kill -9` while the call is under way, before the CDN has answered: the
+/// call was recorded before it went, so the replica that takes over
+/// reports those URLs in doubt and does not send them again. The stand-in
+/// refreshes on arrival and answers seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_when_its_replica_dies_is_reported_in_doubt_and_not_sent_again() {
+    let Some((alibaba, mut replicas)) = alibaba_replicas(edgecache_testkit::stand_ins::alibaba::Config {
+        submit_delay: Duration::from_secs(20),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let urls: Vec<String> = (0..40).map(|n| format!("https://www.example.com/b/{n}.css")).collect();
+    let path = replicas.purge(&urls).await;
+    replicas
+        .wait_for_lines(&path, "recorded as sending", |lines| {
+            lines.len() == 40 && lines.iter().all(|line| line["status"] == "sending")
+        })
+        .await;
+    for _ in 0..100 {
+        if alibaba.seen().submitted.len() == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(alibaba.seen().submitted.len(), 40, "the call reached the CDN");
+    replicas.kill_the_runner().await;
+    let purge = replicas.finished(&path).await;
+    assert_eq!(purge["status"], "failed", "{purge:#}");
+    let lines = purge["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), 40);
+    assert!(
+        lines.iter().all(|line| line["status"] == "failed"
+            && line["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.starts_with("in doubt"))),
+        "{lines:#?}"
+    );
+    each_sent_once(&alibaba.seen(), 40);
 }

@@ -333,7 +333,7 @@ impl FastPurgeClient {
             wait_hint: Some(rate_limit_wait),
         };
         let buckets = [(&self.requests, 1), (self.bucket(kind), tokens)];
-        let answer = match call::call(request, &buckets, retry, run).await {
+        let answer = match call::call(request, objects, &buckets, retry, run).await {
             Ok(answer) => answer,
             Err(NoAnswer::NotSent) => {
                 return Err(Failure {

@@ -170,6 +170,7 @@ pub enum Step {
 
 type StepFn = Arc<dyn Fn(Step) + Send + Sync>;
 type AcceptedFn = Arc<dyn Fn(&[String]) + Send + Sync>;
+type SendingFn = Arc<dyn Fn(&[String]) -> BoxFuture<'static, bool> + Send + Sync>;
 
 /// A call's outcome (`None` in its place: not sent, the run was stopped).
 type SubmitResult = Result<super::Submitted, AlibabaError>;
@@ -215,6 +216,7 @@ pub struct BatchJob<'a> {
     journal: Option<(PathBuf, bool)>,
     progress: Option<StepFn>,
     accepted: Option<AcceptedFn>,
+    sending: Option<SendingFn>,
     // In a mutex only so that the job is `Sync` and its run future `Send`.
     stop: std::sync::Mutex<Option<BoxFuture<'static, ()>>>,
 }
@@ -236,6 +238,7 @@ impl AlibabaCdnClient {
             journal: None,
             progress: None,
             accepted: None,
+            sending: None,
             stop: std::sync::Mutex::new(None),
         }
     }
@@ -291,6 +294,17 @@ impl BatchJob<'_> {
     /// for a journal kept outside the job.
     pub fn on_accepted(mut self, accepted: impl Fn(&[String]) + Send + Sync + 'static) -> Self {
         self.accepted = Some(Arc::new(accepted));
+        self
+    }
+
+    /// Awaited with a call's URLs (as sent) before the call, for a journal
+    /// kept outside the job that records what may reach the CDN; the call
+    /// is sent only if it answers `true`.
+    pub fn on_sending(
+        mut self,
+        sending: impl Fn(&[String]) -> BoxFuture<'static, bool> + Send + Sync + 'static,
+    ) -> Self {
+        self.sending = Some(Arc::new(sending));
         self
     }
 

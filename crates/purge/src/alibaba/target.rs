@@ -48,6 +48,7 @@ impl Target for AlibabaCdnClient {
         let stop = progress.clone();
         let reporter = progress.clone();
         let journal = progress.clone();
+        let intent = progress.clone();
         let run = self
             .batch(Operation::Refresh {
                 object_type,
@@ -63,6 +64,10 @@ impl Target for AlibabaCdnClient {
                     urls,
                     &Outcome::accepted(None, "submitted; its task was not seen complete"),
                 )
+            })
+            .on_sending(move |urls| {
+                let (intent, urls) = (intent.clone(), urls.to_vec());
+                Box::pin(async move { intent.sending(&urls).await })
             })
             .stop_when(async move { stop.stopped().await })
             .run(objects.iter().cloned())

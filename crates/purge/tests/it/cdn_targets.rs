@@ -394,3 +394,79 @@ async fn a_fastly_url_with_a_query_is_purged_with_the_query_as_the_calls_own() {
         "the query arrived as the call's query, byte for byte"
     );
 }
+
+/// `record_sending` is told each call's objects before the call goes (a
+/// call it refuses is not sent), and objects an external journal hands back
+/// in doubt are reported, never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_recorded_before_they_go_and_objects_in_doubt_are_not_sent_again() {
+    use edgecache_purge::Settled;
+    use std::sync::{Arc, Mutex};
+    let (cloudflare_api, fastly_api) = (
+        cloudflare_stand_in::StandIn::start().await,
+        fastly_stand_in::StandIn::start().await,
+    );
+    let urls: Vec<String> = (0..250).map(|n| format!("https://www.example.com/{n}.css")).collect();
+    let recorded: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let in_doubt = Settled {
+        target: "cloudflare".into(),
+        object: urls[0].clone(),
+        status: Status::Failed,
+        detail: "in doubt: its call's answer was never recorded".into(),
+        id: None,
+    };
+    let record = recorded.clone();
+    let purger = Purger::builder()
+        .target(cloudflare(&cloudflare_api, cloudflare_stand_in::TOKEN))
+        .target(fastly(&fastly_api, fastly_stand_in::TOKEN))
+        .external_journal(vec![in_doubt], |_| Box::pin(async {}))
+        .record_sending(move |target, objects| {
+            // Fastly's calls are refused: they must not go.
+            let sending = target != "fastly";
+            record
+                .lock()
+                .expect("recorded")
+                .push((target.to_owned(), objects.len()));
+            Box::pin(async move { sending })
+        })
+        .build();
+    let report = purger.purge(Objects::urls(urls.clone())).await.expect("valid");
+
+    let calls = recorded.lock().expect("recorded").clone();
+    let cloudflare_calls: Vec<usize> = calls
+        .iter()
+        .filter(|(t, _)| t == "cloudflare")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        cloudflare_calls.iter().sum::<usize>(),
+        249,
+        "every call, before it went: {calls:?}"
+    );
+    assert_eq!(
+        cloudflare_api.asked("files").len(),
+        249,
+        "the URL in doubt is not sent again"
+    );
+    let doubted = report
+        .target("cloudflare")
+        .and_then(|target| target.objects.iter().find(|line| line.object == urls[0]))
+        .expect("its line");
+    assert_eq!(doubted.outcome.status, Status::Failed);
+    assert!(
+        doubted.outcome.detail.starts_with("in doubt"),
+        "{}",
+        doubted.outcome.detail
+    );
+    assert!(
+        fastly_api.purges.lock().expect("purges").is_empty(),
+        "a call that could not be recorded is not sent"
+    );
+    let fastly_report = report.target("fastly").expect("fastly");
+    assert!(
+        fastly_report
+            .objects
+            .iter()
+            .all(|line| line.outcome.status == Status::NotSent)
+    );
+}

@@ -27,7 +27,8 @@ pub struct Config {
     pub task_delay: Duration,
     /// Every Nth call is answered `503 Throttling` (0: never).
     pub throttle_every: usize,
-    /// How long a refresh or prefetch call takes.
+    /// How long a refresh or prefetch call takes to answer (it is carried
+    /// out on arrival).
     pub submit_delay: Duration,
     pub url_remain: u64,
     pub preload_remain: u64,
@@ -313,14 +314,20 @@ pub async fn api(State(stand_in): State<StandIn>, request: Request) -> Response 
                 }),
             )
         }
-        "RefreshObjectCaches" | "PushObjectCache" => submit(&stand_in, &action, &parameters).await,
+        "RefreshObjectCaches" | "PushObjectCache" => {
+            let response = submit(&stand_in, &action, &parameters);
+            // The task exists from the moment the call arrives; only the
+            // answer is slow, so a caller that dies waiting has still refreshed.
+            tokio::time::sleep(stand_in.config.submit_delay).await;
+            response
+        }
         "DescribeRefreshTasks" => describe(&stand_in, &parameters),
         "DescribeRefreshTaskById" => describe_by_id(&stand_in, &parameters),
         other => refuse(400, "InvalidAction.NotFound", &format!("no action {other}")),
     }
 }
 
-pub async fn submit(stand_in: &StandIn, action: &str, parameters: &HashMap<String, String>) -> Response {
+pub fn submit(stand_in: &StandIn, action: &str, parameters: &HashMap<String, String>) -> Response {
     let paths: Vec<String> = parameters
         .get("ObjectPath")
         .map(|paths| paths.split('\n').map(str::to_owned).collect())
@@ -361,7 +368,6 @@ pub async fn submit(stand_in: &StandIn, action: &str, parameters: &HashMap<Strin
             return refuse(400, "InvalidDomain.NotFound", "The domain does not exist.");
         }
     }
-    tokio::time::sleep(stand_in.config.submit_delay).await;
     let mut seen = stand_in.seen();
     let remain = if refresh {
         &mut seen.url_remain

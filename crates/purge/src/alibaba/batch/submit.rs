@@ -29,6 +29,11 @@ impl BatchJob<'_> {
                     if *stopped.borrow() {
                         return (members, None);
                     }
+                    if let Some(sending) = &self.sending
+                        && (!sending(&paths).await || *stopped.borrow())
+                    {
+                        return (members, None);
+                    }
                     let submitted = self.submit(paths, journal.as_ref()).await;
                     (members, Some(submitted))
                 }
