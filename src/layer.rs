@@ -107,13 +107,24 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let (parts, body) = request.into_parts();
+        let url = request_url(&parts);
+        let span = crate::trace::request_span(&parts.method, url.as_ref(), &self.engine.keys);
+        // A hit the store can answer at once needs neither the inner
+        // service nor a future of any size; the inner service stays ready.
+        if let Some(url) = &url
+            && body.is_end_stream()
+            && let Some(answer) = span.in_scope(|| {
+                self.engine
+                    .answer_at_once(&parts.method, url, &parts.headers, &parts.extensions)
+            })
+        {
+            return Box::pin(std::future::ready(Ok(answer.into_response().map(CacheBody::full))));
+        }
         // The ready service goes into the future; a clone stays behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let engine = Arc::clone(&self.engine);
-        let (parts, body) = request.into_parts();
-        let url = request_url(&parts);
-        let span = crate::trace::request_span(&parts.method, url.as_ref(), &engine.keys);
         Box::pin(
             async move {
                 let (body_bytes, body) = match &url {

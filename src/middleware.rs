@@ -68,25 +68,35 @@ impl Middleware for CacheMiddleware {
     ) -> reqwest_middleware::Result<reqwest::Response> {
         let engine = &self.engine;
         let span = crate::trace::request_span(request.method(), Some(request.url()), &engine.keys);
-        async move {
-            // Reading a streaming body ahead would consume it: such requests bypass the cache.
-            let body = match request.body() {
-                None => Some(&[][..]),
-                Some(body) if engine.considers(request.method(), extensions) => body.as_bytes(),
-                Some(_) => None,
-            };
-            let plan = engine
-                .plan(request.method(), request.url(), request.headers(), body, extensions)
-                .await;
-            let transport = ReqwestTransport {
-                middleware: self,
-                request,
-                extensions,
-                next,
-            };
-            engine.drive(plan, transport).await
+        // A hit the store can answer at once skips the planning below.
+        if request.body().is_none()
+            && let Some(answer) =
+                span.in_scope(|| engine.answer_at_once(request.method(), request.url(), request.headers(), extensions))
+        {
+            return Ok(answer_to_reqwest(answer, request.url()));
         }
-        .instrument(span)
+        // Boxed: inline, its state would make every hit's future larger.
+        Box::pin(
+            async move {
+                // Reading a streaming body ahead would consume it: such requests bypass the cache.
+                let body = match request.body() {
+                    None => Some(&[][..]),
+                    Some(body) if engine.considers(request.method(), extensions) => body.as_bytes(),
+                    Some(_) => None,
+                };
+                let plan = engine
+                    .plan(request.method(), request.url(), request.headers(), body, extensions)
+                    .await;
+                let transport = ReqwestTransport {
+                    middleware: self,
+                    request,
+                    extensions,
+                    next,
+                };
+                engine.drive(plan, transport).await
+            }
+            .instrument(span),
+        )
         .await
     }
 }

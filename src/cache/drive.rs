@@ -44,7 +44,7 @@ pub(crate) trait Transport: Sized + Send {
 impl Engine {
     /// Counts an answer and notes it on the request's span: called once per
     /// answer a caller gets, here and nowhere else.
-    fn answered(&self, info: &CacheInfo) {
+    pub(super) fn answered(&self, info: &CacheInfo) {
         crate::metrics::answered(info);
         crate::trace::outcome(info.status.as_str(), info.forward_status.map(|status| status.as_u16()));
     }

@@ -21,20 +21,25 @@ impl Plan {
     /// The key and what was decided, as the request's span shows them.
     pub(super) fn decision(&self) -> (Option<&CacheKey>, &'static str) {
         match self {
-            Plan::Respond(answer) => (
-                answer.info.cache_key.as_ref(),
-                match answer.info.status {
-                    _ if answer.info.collapsed => "coalesced",
-                    CacheStatus::Hit => "hit",
-                    CacheStatus::Stale => "stale",
-                    CacheStatus::Revalidated | CacheStatus::Miss => "only_if_cached_miss",
-                },
-            ),
+            Plan::Respond(answer) => Self::decision_of(answer),
             Plan::RespondAndRefresh(answer, _) => (answer.info.cache_key.as_ref(), "stale_while_revalidate"),
             Plan::Pass(pass) => (pass.cache_key.as_ref(), "pass"),
             Plan::Fetch(fetch) if fetch.conditional.is_empty() => (Some(&fetch.key), "fetch"),
             Plan::Fetch(fetch) => (Some(&fetch.key), "revalidate"),
         }
+    }
+
+    /// The decision of an answer from the cache.
+    pub(super) fn decision_of(answer: &Answer) -> (Option<&CacheKey>, &'static str) {
+        (
+            answer.info.cache_key.as_ref(),
+            match answer.info.status {
+                _ if answer.info.collapsed => "coalesced",
+                CacheStatus::Hit => "hit",
+                CacheStatus::Stale => "stale",
+                CacheStatus::Revalidated | CacheStatus::Miss => "only_if_cached_miss",
+            },
+        )
     }
 }
 
@@ -125,7 +130,110 @@ pub(super) struct Planned<'r> {
     normalized: String,
 }
 
+/// A request the cache takes part in, keyed, before its lookup.
+struct Keyed<'r> {
+    planned: Planned<'r>,
+    directives: RequestDirectives,
+    key: CacheKey,
+}
+
+impl Keyed<'_> {
+    /// The method the stored entry was filed under: a `HEAD` looks up the `GET`.
+    fn lookup_method(&self) -> &Method {
+        if self.planned.head {
+            &Method::GET
+        } else {
+            self.planned.method
+        }
+    }
+}
+
 impl Engine {
+    /// The answer to a request the store can give at once, without waiting
+    /// on anything (a fresh entry of a store in this process): the same
+    /// answer [`plan`](Self::plan) would give, decided by the same rules,
+    /// its decision noted on the request's span and counted. `None` when
+    /// the request must be planned the usual way. Adapters try it first,
+    /// so that a hit costs no asynchronous machinery.
+    pub(crate) fn answer_at_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Option<Answer> {
+        // Until the store's secret is known, keys aren't final.
+        let secret = self.secret.get()?;
+        let keyed = self.keyed(method, url, headers, Some(&[]), extensions, secret).ok()?;
+        if keyed.planned.mode == CacheMode::ForceRefresh {
+            return None;
+        }
+        let started = crate::trace::recording().then(std::time::Instant::now);
+        let Lookup { entry, .. } = self.load_at_once(&keyed.key, keyed.lookup_method(), headers)?;
+        if let Some(started) = started {
+            crate::trace::store_latency(started.elapsed());
+        }
+        let now = SystemTime::now();
+        let plan = self.answer_from_store(&keyed.planned, &keyed.directives, entry.as_deref(), &keyed.key, now)?;
+        let Plan::Respond(answer) = plan else {
+            return None;
+        };
+        let (key, decision) = Plan::decision_of(&answer);
+        crate::trace::decision(key, decision);
+        self.answered(&answer.info);
+        Some(answer)
+    }
+
+    /// What planning knows before the lookup: whether the cache takes part
+    /// (else how it lets the request through, `Err`), the mode, the
+    /// request's directives and the key.
+    fn keyed<'r>(
+        &self,
+        method: &'r Method,
+        url: &'r Url,
+        headers: &'r HeaderMap,
+        body: Option<&[u8]>,
+        extensions: &'r http::Extensions,
+        secret: &KeySecret,
+    ) -> Result<Keyed<'r>, Box<Pass>> {
+        let (mode, body) = match self.considered(method, url, headers, body, extensions) {
+            Considered::Cacheable(mode, body) => (mode, body),
+            Considered::LetThrough(pass) => return Err(Box::new(pass)),
+        };
+        let directives = if headers.contains_key(header::CACHE_CONTROL) {
+            RequestDirectives::parse(headers)
+        } else {
+            RequestDirectives::default()
+        };
+        let mode = if mode == CacheMode::Default && has_no_cache(headers) {
+            CacheMode::Refresh
+        } else {
+            mode
+        };
+        // HEAD is answered from, and refreshes, the stored GET (RFC 9111 §4.3.5).
+        let head = method == Method::HEAD && self.rules.allows_method(&Method::GET);
+        let head_of_request = RequestHead {
+            method: if head { &Method::GET } else { method },
+            url,
+            headers,
+            body,
+        };
+        let (key, normalized) = self.keys.key_and_url(&head_of_request, secret);
+        Ok(Keyed {
+            planned: Planned {
+                method,
+                url,
+                headers,
+                extensions,
+                mode,
+                head,
+                normalized,
+            },
+            directives,
+            key,
+        })
+    }
+
     /// Decides what to do with a request. `body` is `None` when the body is a
     /// stream that cannot be read ahead: such requests bypass the cache.
     ///
@@ -140,54 +248,33 @@ impl Engine {
         body: Option<&[u8]>,
         extensions: &http::Extensions,
     ) -> Plan {
-        let (mode, body) = match self.considered(method, url, headers, body, extensions) {
-            Considered::Cacheable(mode, body) => (mode, body),
-            Considered::LetThrough(pass) => return Plan::Pass(pass),
+        let secret = self.secret().await;
+        let keyed = match self.keyed(method, url, headers, body, extensions, secret) {
+            Ok(keyed) => keyed,
+            Err(pass) => return Plan::Pass(*pass),
         };
-        let directives = if headers.contains_key(header::CACHE_CONTROL) {
-            RequestDirectives::parse(headers)
-        } else {
-            RequestDirectives::default()
-        };
-        let mode = if mode == CacheMode::Default && has_no_cache(headers) {
-            CacheMode::Refresh
-        } else {
-            mode
-        };
-        // HEAD is answered from, and refreshes, the stored GET (RFC 9111 §4.3.5).
-        let head = method == Method::HEAD && self.rules.allows_method(&Method::GET);
-        let lookup_method = if head { &Method::GET } else { method };
-        let head_of_request = RequestHead {
-            method: lookup_method,
-            url,
-            headers,
-            body,
-        };
-        let (key, normalized) = self.keys.key_and_url(&head_of_request, self.secret().await);
         let now = SystemTime::now();
-        let Lookup { entry, vary_miss } = match mode {
+        let lookup = match keyed.planned.mode {
             CacheMode::ForceRefresh => Lookup {
                 entry: None,
                 vary_miss: false,
             },
             _ => {
                 let started = crate::trace::recording().then(std::time::Instant::now);
-                let lookup = self.load(&key, lookup_method, headers).await;
+                let lookup = self.load(&keyed.key, keyed.lookup_method(), headers).await;
                 if let Some(started) = started {
                     crate::trace::store_latency(started.elapsed());
                 }
                 lookup
             }
         };
-        let planned = Planned {
-            method,
-            url,
-            headers,
-            extensions,
-            mode,
-            head,
-            normalized,
-        };
+        let Keyed {
+            planned,
+            directives,
+            key,
+        } = keyed;
+        let Lookup { entry, vary_miss } = lookup;
+        let (mode, head) = (planned.mode, planned.head);
         if let Some(answered) = self.answer_from_store(&planned, &directives, entry.as_deref(), &key, now) {
             return answered;
         }

@@ -10,6 +10,25 @@ pub(super) struct Lookup {
     pub(super) vary_miss: bool,
 }
 
+/// Why a stored value is not used, and is dropped.
+pub(super) enum Rejected {
+    OtherRequest,
+    OtherVersion(u8),
+    Undecodable(DecodeError),
+}
+
+impl Rejected {
+    fn log(&self, key: &CacheKey) {
+        match self {
+            Rejected::OtherRequest => tracing::warn!(key = %key, "dropping a cache entry stored for another request"),
+            Rejected::OtherVersion(version) => {
+                tracing::debug!(key = %key, version, "dropping a cache entry of another format version");
+            }
+            Rejected::Undecodable(error) => tracing::warn!(key = %key, %error, "dropping undecodable cache entry"),
+        }
+    }
+}
+
 /// How often a failed store that can be pinged is pinged.
 pub(super) const RECOVERY_PING_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -49,27 +68,56 @@ impl Engine {
     }
 
     pub(super) async fn load_one(&self, key: &CacheKey, method: &Method) -> Option<Arc<StoredResponse>> {
-        let key_text = key.as_str();
-        let value = self.call_store("read", || self.store.get(key_text)).await??;
-        let entry = match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
-            Ok(entry) if entry.key == key_text && entry.method == method => entry,
-            Ok(_) => {
-                tracing::warn!(key = %key, "dropping a cache entry stored for another request");
+        let value = self.call_store("read", || self.store.get(key.as_str())).await??;
+        match self.accepted(&value, key, method) {
+            Ok(entry) => Some(entry),
+            Err(rejected) => {
+                rejected.log(key);
                 self.remove_quietly(key).await;
-                return None;
+                None
             }
-            Err(DecodeError::UnsupportedVersion(version)) => {
-                tracing::debug!(key = %key, version, "dropping a cache entry of another format version");
-                self.remove_quietly(key).await;
-                return None;
-            }
-            Err(error) => {
-                tracing::warn!(key = %key, %error, "dropping undecodable cache entry");
-                self.remove_quietly(key).await;
-                return None;
-            }
+        }
+    }
+
+    /// [`load`](Self::load) from a store that can answer without waiting;
+    /// `None` when it can't, its breaker is open, or an entry must be
+    /// dropped (the usual lookup drops it).
+    pub(super) fn load_at_once(&self, key: &CacheKey, method: &Method, request_headers: &HeaderMap) -> Option<Lookup> {
+        if self.breaker.is_open() {
+            return None;
+        }
+        let load_one = |key: &CacheKey| match self.store.get_now(key.as_str())? {
+            Some(value) => self.accepted(&value, key, method).ok().map(Some),
+            None => Some(None),
         };
-        Some(entry)
+        let Some(entry) = load_one(key)? else {
+            return Some(Lookup {
+                entry: None,
+                vary_miss: false,
+            });
+        };
+        if self.matches_vary(&entry, request_headers) {
+            return Some(Lookup {
+                entry: Some(entry),
+                vary_miss: false,
+            });
+        }
+        let digest = KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret());
+        let variant = load_one(&key.variant(&digest))?.filter(|variant| self.matches_vary(variant, request_headers));
+        Some(Lookup {
+            vary_miss: variant.is_none(),
+            entry: variant,
+        })
+    }
+
+    /// A stored value decoded, if it was stored for this key and method.
+    fn accepted(&self, value: &StoredValue, key: &CacheKey, method: &Method) -> Result<Arc<StoredResponse>, Rejected> {
+        match value.decoded(|bytes| StoredResponse::decode_with(bytes, self.options.signer.as_ref())) {
+            Ok(entry) if entry.key == key.as_str() && entry.method == method => Ok(entry),
+            Ok(_) => Err(Rejected::OtherRequest),
+            Err(DecodeError::UnsupportedVersion(version)) => Err(Rejected::OtherVersion(version)),
+            Err(error) => Err(Rejected::Undecodable(error)),
+        }
     }
 
     pub(super) async fn remove_quietly(&self, key: &CacheKey) {

@@ -245,6 +245,10 @@ impl Store for MemoryStore {
         Ok(self.lookup(key))
     }
 
+    fn get_now(&self, key: &str) -> Option<Option<StoredValue>> {
+        Some(self.lookup(key))
+    }
+
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError> {
         self.insert(entry);
         Ok(())

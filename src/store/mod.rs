@@ -254,6 +254,15 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     /// The entry stored under `key`.
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError>;
+    /// What [`get`](Store::get) would answer, when the store can tell
+    /// without waiting on anything (it keeps the entry in this process);
+    /// `None` when it can't. The default can't: every read waits.
+    ///
+    /// A hit answered this way costs the cache no asynchronous work at all.
+    fn get_now(&self, key: &str) -> Option<Option<StoredValue>> {
+        let _ = key;
+        None
+    }
     /// Stores an entry, replacing any under the same key.
     async fn put(&self, entry: StoreEntry) -> Result<(), StoreError>;
     /// Removes the entry under `key`; whether there was one.

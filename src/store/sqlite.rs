@@ -234,6 +234,11 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    /// From the in-process tier, when it holds the entry.
+    fn get_now(&self, key: &str) -> Option<Option<StoredValue>> {
+        self.tier.as_ref()?.get_now(key)?.map(Some)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         if let Some(tier) = &self.tier
             && let Some(value) = tier.get(key).await?

@@ -138,3 +138,75 @@ async fn a_request_without_host_passes_through() {
     assert_eq!(send(&service, get("/no-host")).await.0, "MISS");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// An inner service that counts how often it is cloned.
+struct CountedClones<S> {
+    inner: S,
+    clones: Arc<AtomicUsize>,
+}
+
+impl<S: Clone> Clone for CountedClones<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            inner: self.inner.clone(),
+            clones: self.clones.clone(),
+        }
+    }
+}
+
+impl<S: Service<Request<Full<Bytes>>>> Service<Request<Full<Bytes>>> for CountedClones<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> S::Future {
+        self.inner.call(request)
+    }
+}
+
+/// A fresh hit from a store in this process is answered at once: the inner
+/// service is neither called nor cloned (an inner service that is costly to
+/// clone, a client with its pools, costs a hit nothing), and stays ready.
+#[tokio::test]
+async fn a_hit_from_memory_neither_calls_nor_clones_the_inner_service() {
+    let (calls, clones) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let inner = CountedClones {
+        inner: origin(calls.clone()),
+        clones: clones.clone(),
+    };
+    let cache = CacheMiddleware::builder()
+        .store(MemoryStore::default())
+        .build()
+        .expect("cache");
+    let mut service = ServiceBuilder::new().layer(cache).service(inner);
+
+    let first = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(get("http://example.com/a"))
+        .await;
+    assert_eq!(first.expect("miss").headers()["x-cache"], "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let clones_after_miss = clones.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let hit = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(get("http://example.com/a"))
+            .await;
+        assert_eq!(hit.expect("hit").headers()["x-cache"], "HIT");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no call to the inner service");
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        clones_after_miss,
+        "no clone of it either"
+    );
+}

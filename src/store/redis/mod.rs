@@ -467,6 +467,11 @@ impl Store for RedisStore {
         Some(self.query::<()>(&redis::cmd("PING")).await)
     }
 
+    /// From the local tier, when it holds the entry.
+    fn get_now(&self, key: &str) -> Option<Option<StoredValue>> {
+        self.tier.as_ref()?.get(&self.entry_key(key)).map(Some)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         let entry_key = self.entry_key(key);
         if let Some(tier) = &self.tier {
