@@ -100,7 +100,7 @@ where
 {
     type Response = http::Response<CacheBody<ResBody>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = ResponseFuture<ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -112,20 +112,25 @@ where
         let span = crate::trace::request_span(&parts.method, url.as_ref(), &self.engine.keys);
         // A hit the store can answer at once needs neither the inner
         // service nor a future of any size; the inner service stays ready.
-        if let Some(url) = &url
-            && body.is_end_stream()
-            && let Some(answer) = span.in_scope(|| {
-                self.engine
-                    .answer_at_once(&parts.method, url, &parts.headers, &parts.extensions)
-            })
-        {
-            return Box::pin(std::future::ready(Ok(answer.into_response().map(CacheBody::full))));
-        }
+        let early = match &url {
+            Some(url) if body.is_end_stream() => {
+                match span.in_scope(|| {
+                    self.engine
+                        .answer_at_once(&parts.method, url, &parts.headers, &parts.extensions)
+                }) {
+                    Ok(answer) => {
+                        return ResponseFuture(State::Answered(Some(answer.into_response().map(CacheBody::full))));
+                    }
+                    Err(early) => early,
+                }
+            }
+            _ => None,
+        };
         // The ready service goes into the future; a clone stays behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let engine = Arc::clone(&self.engine);
-        Box::pin(
+        ResponseFuture(State::Planned(Box::pin(
             async move {
                 let (body_bytes, body) = match &url {
                     // Most requests have no body: nothing to read or rebuild.
@@ -145,6 +150,7 @@ where
                                 &parts.headers,
                                 body_bytes.as_deref(),
                                 &parts.extensions,
+                                early,
                             )
                             .await
                     }
@@ -157,7 +163,43 @@ where
                 engine.drive(plan, transport).await
             }
             .instrument(span),
-        )
+        )))
+    }
+}
+
+/// The future of [`CacheService`]: ready at once with an answer the store
+/// gave without waiting, else the cache's work on the request (boxed, so a
+/// hit's future stays small and allocates nothing).
+pub struct ResponseFuture<ResBody>(State<ResBody>);
+
+type Planned<ResBody> = Pin<Box<dyn Future<Output = Result<http::Response<CacheBody<ResBody>>, BoxError>> + Send>>;
+
+enum State<ResBody> {
+    Answered(Option<http::Response<CacheBody<ResBody>>>),
+    Planned(Planned<ResBody>),
+}
+
+impl<ResBody> fmt::Debug for ResponseFuture<ResBody> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.0 {
+            State::Answered(_) => "answered",
+            State::Planned(_) => "planned",
+        };
+        f.debug_tuple("ResponseFuture").field(&state).finish()
+    }
+}
+
+impl<ResBody: Unpin> Future for ResponseFuture<ResBody> {
+    type Output = Result<http::Response<CacheBody<ResBody>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            State::Answered(answer) => match answer.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Ready(Err("edgecache::ResponseFuture polled after it completed".into())),
+            },
+            State::Planned(future) => future.as_mut().poll(cx),
+        }
     }
 }
 

@@ -162,7 +162,7 @@ pub use cache::body::CacheBody;
 pub use cache::policy::{ExpireAfter, ParseExpireAfterError, StaleWindow};
 pub use edgecache_base::key::{CacheKey, DEFAULT_CREDENTIAL_PARAMETERS, MatchHeaders, RequestHead};
 pub use error::Error;
-pub use layer::{BoxError, CacheService};
+pub use layer::{BoxError, CacheService, ResponseFuture};
 pub use middleware::CacheMiddleware;
 pub use mode::{CacheInfo, CacheMode, CacheStatus, CacheTags, Forward};
 

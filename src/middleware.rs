@@ -69,12 +69,16 @@ impl Middleware for CacheMiddleware {
         let engine = &self.engine;
         let span = crate::trace::request_span(request.method(), Some(request.url()), &engine.keys);
         // A hit the store can answer at once skips the planning below.
-        if request.body().is_none()
-            && let Some(answer) =
-                span.in_scope(|| engine.answer_at_once(request.method(), request.url(), request.headers(), extensions))
-        {
-            return Ok(answer_to_reqwest(answer, request.url()));
-        }
+        let early = if request.body().is_none() {
+            match span
+                .in_scope(|| engine.answer_at_once(request.method(), request.url(), request.headers(), extensions))
+            {
+                Ok(answer) => return Ok(answer_to_reqwest(answer, request.url())),
+                Err(early) => early,
+            }
+        } else {
+            None
+        };
         // Boxed: inline, its state would make every hit's future larger.
         Box::pin(
             async move {
@@ -85,7 +89,14 @@ impl Middleware for CacheMiddleware {
                     Some(_) => None,
                 };
                 let plan = engine
-                    .plan(request.method(), request.url(), request.headers(), body, extensions)
+                    .plan(
+                        request.method(),
+                        request.url(),
+                        request.headers(),
+                        body,
+                        extensions,
+                        early,
+                    )
                     .await;
                 let transport = ReqwestTransport {
                     middleware: self,

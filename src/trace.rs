@@ -2,7 +2,7 @@
 //! fields the engine fills in as it decides. With no subscriber, or one
 //! that filters the span out, each call is a check of a disabled span.
 
-use std::time::Duration;
+use std::time::Instant;
 
 use http::Method;
 use tracing::Span;
@@ -35,10 +35,22 @@ pub(crate) fn request_span(method: &Method, url: Option<&Url>, keys: &KeyRules) 
     span
 }
 
-/// Whether the current request's span is recorded: timing the store is
-/// only worth it then.
-pub(crate) fn recording() -> bool {
-    tracing::enabled!(target: "edgecache", tracing::Level::INFO) && !Span::current().is_disabled()
+/// Times a store lookup for the request's span (`store_us`), only when the
+/// span is recorded: otherwise it costs one check.
+pub(crate) struct StoreTimer(Option<Instant>);
+
+impl StoreTimer {
+    pub(crate) fn start() -> Self {
+        let recording = tracing::enabled!(target: "edgecache", tracing::Level::INFO) && !Span::current().is_disabled();
+        Self(recording.then(Instant::now))
+    }
+
+    pub(crate) fn stop(self) {
+        if let Some(started) = self.0 {
+            let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            Span::current().record("store_us", elapsed);
+        }
+    }
 }
 
 /// What the engine decided, and for which key.
@@ -51,11 +63,6 @@ pub(crate) fn decision(key: Option<&CacheKey>, decision: &'static str) {
         span.record("key", key.as_str());
     }
     span.record("decision", decision);
-}
-
-/// How long the store's lookup took.
-pub(crate) fn store_latency(elapsed: Duration) {
-    Span::current().record("store_us", u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
 }
 
 /// What the caller got: `HIT`, `MISS`, `REVALIDATED`, `STALE` (as in

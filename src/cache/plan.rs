@@ -146,42 +146,119 @@ impl Keyed<'_> {
             self.planned.method
         }
     }
+
+    /// What was learned, without the borrowed request.
+    fn into_early(self, lookup: Option<Lookup>) -> Box<Early> {
+        let Planned {
+            mode, head, normalized, ..
+        } = self.planned;
+        Box::new(Early {
+            mode,
+            head,
+            normalized,
+            directives: self.directives,
+            key: self.key,
+            lookup,
+        })
+    }
+}
+
+/// What [`Engine::answer_at_once`] learned of a request it could not
+/// answer, handed on to [`Engine::plan`] so the request is keyed, and the
+/// store asked, once.
+pub(crate) struct Early {
+    mode: CacheMode,
+    head: bool,
+    normalized: String,
+    directives: RequestDirectives,
+    key: CacheKey,
+    /// The store's answer, when it gave one at once.
+    lookup: Option<Lookup>,
+}
+
+impl Early {
+    /// The keyed request again, with the request it was learned from.
+    fn keyed<'r>(
+        self,
+        method: &'r Method,
+        url: &'r Url,
+        headers: &'r HeaderMap,
+        extensions: &'r http::Extensions,
+    ) -> (Keyed<'r>, Option<Lookup>) {
+        let Early {
+            mode,
+            head,
+            normalized,
+            directives,
+            key,
+            lookup,
+        } = self;
+        let planned = Planned {
+            method,
+            url,
+            headers,
+            extensions,
+            mode,
+            head,
+            normalized,
+        };
+        (
+            Keyed {
+                planned,
+                directives,
+                key,
+            },
+            lookup,
+        )
+    }
 }
 
 impl Engine {
     /// The answer to a request the store can give at once, without waiting
     /// on anything (a fresh entry of a store in this process): the same
     /// answer [`plan`](Self::plan) would give, decided by the same rules,
-    /// its decision noted on the request's span and counted. `None` when
-    /// the request must be planned the usual way. Adapters try it first,
-    /// so that a hit costs no asynchronous machinery.
+    /// its decision noted on the request's span and counted. Otherwise
+    /// what was learned, for `plan` to go on from (`None` when the request
+    /// must be planned from the start). Adapters try it first, so that a
+    /// hit costs no asynchronous machinery. The body must be empty.
     pub(crate) fn answer_at_once(
         &self,
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
         extensions: &http::Extensions,
-    ) -> Option<Answer> {
+    ) -> Result<Answer, Option<Box<Early>>> {
         // Until the store's secret is known, keys aren't final.
-        let secret = self.secret.get()?;
-        let keyed = self.keyed(method, url, headers, Some(&[]), extensions, secret).ok()?;
-        if keyed.planned.mode == CacheMode::ForceRefresh {
-            return None;
-        }
-        let started = crate::trace::recording().then(std::time::Instant::now);
-        let Lookup { entry, .. } = self.load_at_once(&keyed.key, keyed.lookup_method(), headers)?;
-        if let Some(started) = started {
-            crate::trace::store_latency(started.elapsed());
-        }
-        let now = SystemTime::now();
-        let plan = self.answer_from_store(&keyed.planned, &keyed.directives, entry.as_deref(), &keyed.key, now)?;
-        let Plan::Respond(answer) = plan else {
-            return None;
+        let Some(secret) = self.secret.get() else {
+            return Err(None);
         };
-        let (key, decision) = Plan::decision_of(&answer);
-        crate::trace::decision(key, decision);
-        self.answered(&answer.info);
-        Some(answer)
+        let Ok(keyed) = self.keyed(method, url, headers, Some(&[]), extensions, secret) else {
+            return Err(None);
+        };
+        if keyed.planned.mode == CacheMode::ForceRefresh {
+            return Err(Some(keyed.into_early(None)));
+        }
+        let timer = crate::trace::StoreTimer::start();
+        let Some(lookup) = self.load_at_once(&keyed.key, keyed.lookup_method(), headers) else {
+            return Err(Some(keyed.into_early(None)));
+        };
+        timer.stop();
+        let now = SystemTime::now();
+        match self.answer_from_store(
+            &keyed.planned,
+            &keyed.directives,
+            lookup.entry.as_deref(),
+            &keyed.key,
+            now,
+        ) {
+            Some(Plan::Respond(answer)) => {
+                let (key, decision) = Plan::decision_of(&answer);
+                crate::trace::decision(key, decision);
+                self.answered(&answer.info);
+                Ok(answer)
+            }
+            _ => Err(Some(keyed.into_early(Some(lookup)))),
+        }
     }
 
     /// What planning knows before the lookup: whether the cache takes part
@@ -236,6 +313,8 @@ impl Engine {
 
     /// Decides what to do with a request. `body` is `None` when the body is a
     /// stream that cannot be read ahead: such requests bypass the cache.
+    /// `early` is what [`answer_at_once`](Self::answer_at_once) learned of
+    /// this request, if it was asked.
     ///
     /// In phases: requests the cache leaves alone; the lookup; an answer
     /// from the store; a stale answer with a background refresh; and a
@@ -247,24 +326,29 @@ impl Engine {
         headers: &HeaderMap,
         body: Option<&[u8]>,
         extensions: &http::Extensions,
+        early: Option<Box<Early>>,
     ) -> Plan {
-        let secret = self.secret().await;
-        let keyed = match self.keyed(method, url, headers, body, extensions, secret) {
-            Ok(keyed) => keyed,
-            Err(pass) => return Plan::Pass(*pass),
+        let (keyed, looked_up) = match early {
+            Some(early) => early.keyed(method, url, headers, extensions),
+            None => {
+                let secret = self.secret().await;
+                match self.keyed(method, url, headers, body, extensions, secret) {
+                    Ok(keyed) => (keyed, None),
+                    Err(pass) => return Plan::Pass(*pass),
+                }
+            }
         };
         let now = SystemTime::now();
-        let lookup = match keyed.planned.mode {
-            CacheMode::ForceRefresh => Lookup {
+        let lookup = match (keyed.planned.mode, looked_up) {
+            (CacheMode::ForceRefresh, _) => Lookup {
                 entry: None,
                 vary_miss: false,
             },
-            _ => {
-                let started = crate::trace::recording().then(std::time::Instant::now);
+            (_, Some(lookup)) => lookup,
+            (_, None) => {
+                let timer = crate::trace::StoreTimer::start();
                 let lookup = self.load(&keyed.key, keyed.lookup_method(), headers).await;
-                if let Some(started) = started {
-                    crate::trace::store_latency(started.elapsed());
-                }
+                timer.stop();
                 lookup
             }
         };

@@ -38,29 +38,46 @@ impl Engine {
     /// failures, corrupt entries and entries stored for another request
     /// count as misses: the cache steps aside rather than failing the request.
     pub(super) async fn load(&self, key: &CacheKey, method: &Method, request_headers: &HeaderMap) -> Lookup {
-        let Some(entry) = self.load_one(key, method).await else {
-            return Lookup {
+        let entry = self.load_one(key, method).await;
+        match self.first_read(entry, key, request_headers) {
+            Ok(lookup) => lookup,
+            Err(variant_key) => self.variant_read(self.load_one(&variant_key, method).await, request_headers),
+        }
+    }
+
+    /// What the entry read for a key says: the lookup, or (`Err`) the key
+    /// of the `Vary` variant to read for these request headers.
+    fn first_read(
+        &self,
+        entry: Option<Arc<StoredResponse>>,
+        key: &CacheKey,
+        request_headers: &HeaderMap,
+    ) -> Result<Lookup, CacheKey> {
+        let Some(entry) = entry else {
+            return Ok(Lookup {
                 entry: None,
                 vary_miss: false,
-            };
+            });
         };
         if entry.vary_names.is_empty() {
-            return Lookup {
+            return Ok(Lookup {
                 entry: Some(entry),
                 vary_miss: false,
-            };
+            });
         }
         let digest = KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret());
         if digest == entry.vary_digest {
-            return Lookup {
+            return Ok(Lookup {
                 entry: Some(entry),
                 vary_miss: false,
-            };
+            });
         }
-        let variant = self
-            .load_one(&key.variant(&digest), method)
-            .await
-            .filter(|variant| self.matches_vary(variant, request_headers));
+        Err(key.variant(&digest))
+    }
+
+    /// The lookup, once the `Vary` variant was read.
+    fn variant_read(&self, variant: Option<Arc<StoredResponse>>, request_headers: &HeaderMap) -> Lookup {
+        let variant = variant.filter(|variant| self.matches_vary(variant, request_headers));
         Lookup {
             vary_miss: variant.is_none(),
             entry: variant,
@@ -90,23 +107,9 @@ impl Engine {
             Some(value) => self.accepted(&value, key, method).ok().map(Some),
             None => Some(None),
         };
-        let Some(entry) = load_one(key)? else {
-            return Some(Lookup {
-                entry: None,
-                vary_miss: false,
-            });
-        };
-        if self.matches_vary(&entry, request_headers) {
-            return Some(Lookup {
-                entry: Some(entry),
-                vary_miss: false,
-            });
-        }
-        let digest = KeyRules::vary_digest(&entry.vary_names, request_headers, self.known_secret());
-        let variant = load_one(&key.variant(&digest))?.filter(|variant| self.matches_vary(variant, request_headers));
-        Some(Lookup {
-            vary_miss: variant.is_none(),
-            entry: variant,
+        Some(match self.first_read(load_one(key)?, key, request_headers) {
+            Ok(lookup) => lookup,
+            Err(variant_key) => self.variant_read(load_one(&variant_key)?, request_headers),
         })
     }
 

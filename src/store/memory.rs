@@ -26,6 +26,59 @@ const DECODED_PER_METADATA_BYTE: usize = 4;
 /// A rough entry size, to size the table up front.
 const TYPICAL_ENTRY: u64 = 4096;
 
+/// Keys up to this long (digest keys are 32 hex digits) are held inline.
+const INLINE_KEY: usize = 38;
+
+/// A key as the table holds it: short keys inline in the table's own slot,
+/// so the comparison that ends a lookup touches no other memory.
+#[derive(Clone)]
+enum TableKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<str>),
+}
+
+impl TableKey {
+    fn new(key: &str) -> Self {
+        let mut bytes = [0; INLINE_KEY];
+        match (bytes.get_mut(..key.len()), u8::try_from(key.len())) {
+            (Some(slot), Ok(len)) => {
+                slot.copy_from_slice(key.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(key.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so always UTF-8.
+            Self::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Self::Heap(key) => key,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for TableKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+// Equality and hashing are the text's, as `Borrow<str>` requires.
+impl PartialEq for TableKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for TableKey {}
+
+impl std::hash::Hash for TableKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 /// Shared behind an `Arc`: a lookup clones one pointer, not each field.
 struct MemoryEntry {
     value: StoredValue,
@@ -71,11 +124,11 @@ fn unindex(indexes: &SharedIndexes, entry: &MemoryEntry, key: &str) {
 #[derive(Clone)]
 struct EntryBytes;
 
-impl Weighter<String, Arc<MemoryEntry>> for EntryBytes {
-    fn weight(&self, key: &String, entry: &Arc<MemoryEntry>) -> u64 {
+impl Weighter<TableKey, Arc<MemoryEntry>> for EntryBytes {
+    fn weight(&self, key: &TableKey, entry: &Arc<MemoryEntry>) -> u64 {
         let encoded = entry.value.bytes();
         // Key and URL are held twice: by the entry and by the URL index.
-        let held = 2 * (key.len() + entry.url.len()) + encoded.len() + ENTRY_OVERHEAD;
+        let held = 2 * (key.as_str().len() + entry.url.len()) + encoded.len() + ENTRY_OVERHEAD;
         let decoded = DECODED_OVERHEAD + DECODED_PER_METADATA_BYTE * metadata_len(encoded);
         let tags: usize = entry.tags.iter().map(|tag| 2 * tag.len() + 64).sum();
         held.saturating_add(decoded).saturating_add(tags) as u64
@@ -86,12 +139,12 @@ impl Weighter<String, Arc<MemoryEntry>> for EntryBytes {
 #[derive(Clone)]
 struct Unindex(SharedIndexes);
 
-impl Lifecycle<String, Arc<MemoryEntry>> for Unindex {
+impl Lifecycle<TableKey, Arc<MemoryEntry>> for Unindex {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), key: String, entry: Arc<MemoryEntry>) {
+    fn on_evict(&self, _: &mut (), key: TableKey, entry: Arc<MemoryEntry>) {
         metrics::counter!(crate::metrics::EVICTIONS, "store" => "memory").increment(1);
-        unindex(&self.0, &entry, &key);
+        unindex(&self.0, &entry, key.as_str());
     }
 }
 
@@ -110,7 +163,7 @@ impl Lifecycle<String, Arc<MemoryEntry>> for Unindex {
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    entries: Arc<Cache<String, Arc<MemoryEntry>, EntryBytes, foldhash::fast::RandomState, Unindex>>,
+    entries: Arc<Cache<TableKey, Arc<MemoryEntry>, EntryBytes, foldhash::fast::RandomState, Unindex>>,
     indexes: SharedIndexes,
     time_to_live: Option<Duration>,
 }
@@ -190,7 +243,7 @@ impl MemoryStore {
                 .time_to_live
                 .and_then(|time_to_live| Instant::now().checked_add(time_to_live)),
         };
-        self.entries.insert(key.clone(), Arc::new(stored));
+        self.entries.insert(TableKey::new(&key), Arc::new(stored));
         // Indexed after inserting: replacing a value unindexes the old one.
         // An index entry left behind by a race is harmless, as deleting by URL
         // or tag goes through the cache itself.
@@ -210,7 +263,7 @@ impl MemoryStore {
     pub(crate) fn remove_key(&self, key: &str) -> bool {
         match self.entries.remove(key) {
             Some((key, entry)) => {
-                unindex(&self.indexes, &entry, &key);
+                unindex(&self.indexes, &entry, key.as_str());
                 true
             }
             None => false,
@@ -222,7 +275,7 @@ impl MemoryStore {
             .entries
             .iter()
             .filter(|(_, entry)| remove(entry))
-            .map(|(key, _)| key)
+            .map(|(key, _)| key.as_str().to_owned())
             .collect();
         doomed.iter().map(|key| u64::from(self.remove_key(key))).sum()
     }
@@ -295,7 +348,7 @@ impl Store for MemoryStore {
             .entries
             .iter()
             .map(|(key, entry)| EntryInfo {
-                key,
+                key: key.as_str().to_owned(),
                 url: entry.url.to_string(),
                 created_at: entry.created_at,
                 expires: entry.expires,
@@ -311,5 +364,41 @@ impl Store for MemoryStore {
             stats.bytes += entry.value.bytes().len() as u64;
         }
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str) -> StoreEntry {
+        StoreEntry {
+            key: key.to_owned(),
+            url: format!("https://example.com/{key}"),
+            created_at: SystemTime::now(),
+            expires: None,
+            tags: Vec::new(),
+            value: StoredValue::new(bytes::Bytes::copy_from_slice(key.as_bytes())),
+        }
+    }
+
+    /// Keys held inline and keys too long for that are found, told apart
+    /// and removed alike, whatever their length.
+    #[test]
+    fn keys_of_every_length_are_found_and_removed() {
+        let store = MemoryStore::new(1 << 20);
+        let keys: Vec<String> = (0..=INLINE_KEY + 2).map(|len| "k".repeat(len)).collect();
+        for key in &keys {
+            store.insert(entry(key));
+        }
+        for key in &keys {
+            let value = store.lookup(key).map(|value| value.bytes().to_vec());
+            assert_eq!(value.as_deref(), Some(key.as_bytes()), "key of {} bytes", key.len());
+        }
+        assert!(store.lookup(&"k".repeat(INLINE_KEY + 3)).is_none());
+        for key in &keys {
+            assert!(store.remove_key(key), "key of {} bytes", key.len());
+            assert!(store.lookup(key).is_none());
+        }
     }
 }

@@ -312,32 +312,26 @@ impl Purges {
             })
             .collect();
         let (lost, lost_signal) = watch::channel(false);
+        let ledger = Ledger {
+            index: self.index.clone(),
+            lease: self.lease.clone(),
+            id: id.clone(),
+            lost,
+        };
         let recorder = {
-            let (index, lease, id, lost) = (self.index.clone(), self.lease.clone(), id.clone(), lost.clone());
+            let ledger = ledger.clone();
             move |records: Vec<Settled>| -> futures_util::future::BoxFuture<'static, ()> {
-                let (index, lease, id, lost) = (index.clone(), lease.clone(), id.clone(), lost.clone());
+                let ledger = ledger.clone();
                 Box::pin(async move {
                     let lines = records.into_iter().map(settled_line).collect();
-                    match index.settle_purge(&id, &lease, lines).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            lost.send_replace(true);
-                        }
-                        Err(error) => tracing::warn!(%error, purge = %id, "could not record a settled purge line"),
-                    }
+                    ledger.write(lines, "could not record a settled purge line").await;
                 })
             }
         };
         let intents = {
-            let (index, lease, id, lost) = (self.index.clone(), self.lease.clone(), id.clone(), lost.clone());
+            let ledger = ledger.clone();
             move |target: &str, objects: Vec<String>| -> futures_util::future::BoxFuture<'static, bool> {
-                let (index, lease, id, lost, target) = (
-                    index.clone(),
-                    lease.clone(),
-                    id.clone(),
-                    lost.clone(),
-                    target.to_owned(),
-                );
+                let (ledger, target) = (ledger.clone(), target.to_owned());
                 Box::pin(async move {
                     let lines = objects
                         .into_iter()
@@ -350,34 +344,25 @@ impl Purges {
                         })
                         .collect();
                     // Unrecorded, the call must not go: a replica taking
-                    // over could not tell it went. Losing the lease stops the run.
-                    match index.settle_purge(&id, &lease, lines).await {
-                        Ok(true) => true,
-                        Ok(false) => {
-                            lost.send_replace(true);
-                            false
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, purge = %id, "could not record a call before sending it; not sending it");
-                            false
-                        }
-                    }
+                    // over could not tell it went.
+                    ledger
+                        .write(lines, "could not record a call before sending it; not sending it")
+                        .await
                 })
             }
         };
         // The lease is renewed while the purge runs; losing it stops the run.
-        let renewer = {
-            let (index, lease, id, lost) = (self.index.clone(), self.lease.clone(), id.clone(), lost.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease.ttl / 3).await;
-                    if let Ok(false) = index.settle_purge(&id, &lease, Vec::new()).await {
-                        lost.send_replace(true);
-                        return;
-                    }
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ledger.lease.ttl / 3).await;
+                ledger
+                    .write(Vec::new(), "could not renew a running purge's lease")
+                    .await;
+                if *ledger.lost.borrow() {
+                    return;
                 }
-            })
-        };
+            }
+        });
         let mut stop_signal = lost_signal.clone();
         let purger = {
             let mut builder = Purger::builder()
@@ -430,6 +415,34 @@ impl Purges {
             .await
         {
             tracing::error!(%error, purge = %id, "could not record the end of a purge");
+        }
+    }
+}
+
+/// Where a running purge's lines are written, under its lease.
+#[derive(Clone)]
+struct Ledger {
+    index: Arc<dyn Index>,
+    lease: Lease,
+    id: String,
+    /// Set once the lease is lost: another replica runs the purge now.
+    lost: watch::Sender<bool>,
+}
+
+impl Ledger {
+    /// Writes `lines` (none: renews the lease); whether they were written.
+    /// `failure` is what the log says when the index fails.
+    async fn write(&self, lines: Vec<PurgeLine>, failure: &'static str) -> bool {
+        match self.index.settle_purge(&self.id, &self.lease, lines).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.lost.send_replace(true);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, purge = %self.id, "{failure}");
+                false
+            }
         }
     }
 }
