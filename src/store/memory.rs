@@ -51,8 +51,11 @@ impl TableKey {
 
     fn as_str(&self) -> &str {
         match self {
-            // Copied from a `&str` whole, so always UTF-8.
-            Self::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            // Copied from a `&str` whole, so always UTF-8 and in bounds.
+            Self::Inline { len, bytes } => bytes
+                .get(..usize::from(*len))
+                .and_then(|key| std::str::from_utf8(key).ok())
+                .unwrap_or_default(),
             Self::Heap(key) => key,
         }
     }
