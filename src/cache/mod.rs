@@ -148,6 +148,6 @@ impl Engine {
 
     /// The key a request is filed under.
     pub(crate) async fn key(&self, head: &RequestHead<'_>) -> CacheKey {
-        self.keys.key_and_url(head, self.secret().await).0
+        self.keys.key(head, self.secret().await)
     }
 }

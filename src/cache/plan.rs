@@ -126,8 +126,6 @@ pub(super) struct Planned<'r> {
     mode: CacheMode,
     /// A `HEAD` answered from, and refreshing, the stored `GET`.
     head: bool,
-    /// The normalized URL, for fences and invalidation.
-    normalized: String,
 }
 
 /// A request the cache takes part in, keyed, before its lookup.
@@ -149,13 +147,10 @@ impl Keyed<'_> {
 
     /// What was learned, without the borrowed request.
     fn into_early(self, lookup: Option<Lookup>) -> Box<Early> {
-        let Planned {
-            mode, head, normalized, ..
-        } = self.planned;
+        let Planned { mode, head, .. } = self.planned;
         Box::new(Early {
             mode,
             head,
-            normalized,
             directives: self.directives,
             key: self.key,
             lookup,
@@ -169,7 +164,6 @@ impl Keyed<'_> {
 pub(crate) struct Early {
     mode: CacheMode,
     head: bool,
-    normalized: String,
     directives: RequestDirectives,
     key: CacheKey,
     /// The store's answer, when it gave one at once.
@@ -188,7 +182,6 @@ impl Early {
         let Early {
             mode,
             head,
-            normalized,
             directives,
             key,
             lookup,
@@ -200,7 +193,6 @@ impl Early {
             extensions,
             mode,
             head,
-            normalized,
         };
         (
             Keyed {
@@ -295,7 +287,7 @@ impl Engine {
             headers,
             body,
         };
-        let (key, normalized) = self.keys.key_and_url(&head_of_request, secret);
+        let key = self.keys.key(&head_of_request, secret);
         Ok(Keyed {
             planned: Planned {
                 method,
@@ -304,7 +296,6 @@ impl Engine {
                 extensions,
                 mode,
                 head,
-                normalized,
             },
             directives,
             key,
@@ -548,7 +539,6 @@ impl Engine {
             headers,
             extensions,
             head,
-            normalized,
             ..
         } = planned;
         // A HEAD is sent as it came; the stored GET is refreshed from it.
@@ -564,6 +554,8 @@ impl Engine {
         let configured = self
             .rules
             .configured_expiry(extensions.get::<ExpireAfter>().copied(), url);
+        // Only a fetch needs the normalized URL: a hit never builds it.
+        let normalized = self.keys.normalize_url(url);
         let fence = self.fences.enter(&normalized);
         let tags = extensions
             .get::<CacheTags>()

@@ -157,23 +157,26 @@ impl Unavailable {
 /// most once: a store that hands out clones of the values it holds (like
 /// [`MemoryStore`]) saves the decoding on every later hit.
 #[derive(Clone)]
-pub struct StoredValue {
+pub struct StoredValue(Arc<Value>);
+
+/// One allocation: a hit clones one pointer, touching one cache line.
+struct Value {
     bytes: Bytes,
-    decoded: Arc<OnceLock<Arc<StoredResponse>>>,
+    decoded: OnceLock<Arc<StoredResponse>>,
 }
 
 impl StoredValue {
     /// Wraps encoded bytes read from a store.
     pub fn new(bytes: Bytes) -> Self {
-        Self {
+        Self(Arc::new(Value {
             bytes,
-            decoded: Arc::default(),
-        }
+            decoded: OnceLock::new(),
+        }))
     }
 
     /// The encoded bytes.
     pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+        &self.0.bytes
     }
 
     /// The decoded entry, decoding (and checking) with `decode` only the
@@ -182,18 +185,18 @@ impl StoredValue {
         &self,
         decode: impl FnOnce(&Bytes) -> Result<StoredResponse, E>,
     ) -> Result<Arc<StoredResponse>, E> {
-        if let Some(decoded) = self.decoded.get() {
+        if let Some(decoded) = self.0.decoded.get() {
             return Ok(Arc::clone(decoded));
         }
-        let decoded = Arc::new(decode(&self.bytes)?);
-        Ok(Arc::clone(self.decoded.get_or_init(|| decoded)))
+        let decoded = Arc::new(decode(&self.0.bytes)?);
+        Ok(Arc::clone(self.0.decoded.get_or_init(|| decoded)))
     }
 }
 
 impl fmt::Debug for StoredValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredValue")
-            .field("len", &self.bytes.len())
+            .field("len", &self.0.bytes.len())
             .finish_non_exhaustive()
     }
 }

@@ -25,6 +25,39 @@ async fn age_on_hits_grows_from_age_and_date_rfc9111_4_2_3() {
     assert!((100..110).contains(&age), "apparent age from Date: {age}");
 }
 
+/// Each hit carries its own `Age` and `Cache-Status` `ttl`: a second later
+/// both have moved, and `Age` plus the `ttl` left stays the response's
+/// freshness lifetime (RFC 9111 §4.2.3, RFC 9211 §2.7).
+#[tokio::test]
+async fn hits_a_second_apart_carry_their_own_age_and_ttl() {
+    let origin = Origin::start().await;
+    let client = shared();
+    let url = origin.url("/marks", 200, &["Cache-Control: max-age=3600", "Age: 30"]);
+    fetch(&client, &url, &[]).await;
+    let marks = async || {
+        let (x_cache, _, headers, _) = fetch(&client, &url, &[]).await;
+        assert_eq!(x_cache, "HIT");
+        let age: i64 = headers["age"].to_str().expect("ascii").parse().expect("number");
+        let cache_status = headers["cache-status"].to_str().expect("ascii").to_owned();
+        let ttl: i64 = cache_status
+            .split("; ")
+            .find_map(|part| part.strip_prefix("ttl="))
+            .and_then(|ttl| ttl.parse().ok())
+            .unwrap_or_else(|| panic!("no ttl in {cache_status:?}"));
+        assert!(
+            (3599..=3600).contains(&(age + ttl)),
+            "Age {age} and ttl {ttl} add up to the lifetime"
+        );
+        (age, ttl)
+    };
+    let (first_age, first_ttl) = marks().await;
+    marks().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (later_age, later_ttl) = marks().await;
+    assert!(later_age > first_age, "Age {later_age} after {first_age}");
+    assert!(later_ttl < first_ttl, "ttl {later_ttl} after {first_ttl}");
+}
+
 /// RFC 9111 §5.2: directive names are case-insensitive; §5.1: of a list
 /// `Age`, the first value counts; §5.3: an `Expires` that doesn't parse is
 /// already expired.

@@ -17,6 +17,7 @@
 //!   default credential.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -48,6 +49,14 @@ pub const DEFAULT_CREDENTIAL_PARAMETERS: &[&str] = &[
     "api_key",
     "apikey",
 ];
+
+thread_local! {
+    /// The buffer [`KeyRules::key`] normalizes URLs into, reused.
+    static NORMALIZED: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// The largest buffer kept for the next key: a huge URL's is let go.
+const KEPT_BUFFER: usize = 4096;
 
 /// What logs and errors show in place of a secret.
 pub const REDACTED: &str = "REDACTED";
@@ -245,18 +254,20 @@ impl KeyRules {
     /// parameters sorted by name then value (duplicates kept) and
     /// form-encoded canonically, credential and ignored parameters removed.
     pub fn normalize_url(&self, url: &Url) -> String {
-        self.normalize(url, |_, _| {})
+        let mut normalized = String::with_capacity(url.as_str().len() + 8);
+        self.normalize_into(url, &mut normalized, |_, _| {});
+        normalized
     }
 
-    /// Normalizes `url` and hands each credential pair to `credential`.
-    fn normalize(&self, url: &Url, mut credential: impl FnMut(&[u8], &[u8])) -> String {
+    /// Appends `url` normalized to `normalized`, and hands each credential
+    /// pair to `credential`.
+    fn normalize_into(&self, url: &Url, normalized: &mut String, mut credential: impl FnMut(&[u8], &[u8])) {
         // `Url` already lower-cases scheme and host, drops default ports and
         // turns an empty path into `/`; userinfo is left out here, and the
         // query is canonicalized below.
-        let mut normalized = String::with_capacity(url.as_str().len() + 8);
         normalized.push_str(&url[..url::Position::BeforeUsername]);
         normalized.push_str(&url[url::Position::BeforeHost..url::Position::AfterPath]);
-        let Some(query) = url.query() else { return normalized };
+        let Some(query) = url.query() else { return };
         // Most queries have a few parameters: sort them on the stack.
         let mut pairs: SmallVec<[(FormPart<'_>, FormPart<'_>); 16]> = SmallVec::new();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -279,11 +290,10 @@ impl KeyRules {
         });
         for (index, (name, value)) in pairs.iter().enumerate() {
             normalized.push(if index == 0 { '?' } else { '&' });
-            name.encode_into(&mut normalized);
+            name.encode_into(normalized);
             normalized.push('=');
-            value.encode_into(&mut normalized);
+            value.encode_into(normalized);
         }
-        normalized
     }
 
     /// The URL as logs and errors show it: no userinfo, and the values of
@@ -311,11 +321,11 @@ impl KeyRules {
         redacted
     }
 
-    /// Computes the key of a request, and its normalized URL (computed on
-    /// the way); `secret` keys the digest of its credentials.
-    pub fn key_and_url(&self, head: &RequestHead<'_>, secret: &KeySecret) -> (CacheKey, String) {
+    /// Computes the key of a request; `secret` keys the digest of its
+    /// credentials.
+    pub fn key(&self, head: &RequestHead<'_>, secret: &KeySecret) -> CacheKey {
         if let Some(key_fn) = &self.key_fn {
-            return (CacheKey::new(key_fn(head)), self.normalize_url(head.url));
+            return CacheKey::new(key_fn(head));
         }
         let mut credentials = Credentials::new(secret);
         let mut hasher = Sha256::new();
@@ -326,8 +336,17 @@ impl KeyRules {
             hasher.update(method);
         }
         hasher.update([0]);
-        let normalized = self.normalize(head.url, |name, value| credentials.add(b'q', name, value));
+        // The normalized URL is only hashed: it goes through a buffer this
+        // thread keeps, so keying a request allocates nothing for it.
+        let mut normalized = NORMALIZED.take();
+        normalized.clear();
+        self.normalize_into(head.url, &mut normalized, |name, value| {
+            credentials.add(b'q', name, value)
+        });
         hasher.update(&normalized);
+        if normalized.capacity() <= KEPT_BUFFER {
+            NORMALIZED.set(normalized);
+        }
         hasher.update([0]);
         self.hash_headers(head.headers, &mut hasher);
         hasher.update([0]);
@@ -355,7 +374,7 @@ impl KeyRules {
         if let Some(body) = body {
             hasher.update(&*body);
         }
-        (CacheKey::from_digest(hasher.finalize().into()), normalized)
+        CacheKey::from_digest(hasher.finalize().into())
     }
 
     fn hash_headers(&self, headers: &HeaderMap, hasher: &mut Sha256) {

@@ -177,5 +177,5 @@ pub(super) fn resource_key(state: &AppState, resource: &Resource, headers: &http
         headers: &headers,
         body: &body,
     };
-    Ok(state.keys.key_and_url(&head, &state.key_secret).0.to_string())
+    Ok(state.keys.key(&head, &state.key_secret).to_string())
 }
