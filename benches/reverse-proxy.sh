@@ -15,8 +15,8 @@
 # - misses: every GET a new path, so every request goes to the origin (an
 #   axum server on the same core that answers at once) and is stored;
 # - memory: resident size after MEMORY_ENTRIES entries of 1 KiB, on fresh
-#   servers. nginx keeps its cache in files: they are on tmpfs here, counted
-#   beside its resident size.
+#   servers, with how many entries each holds then. nginx keeps its cache in
+#   files: they are on tmpfs here, counted beside its resident size.
 # Rates are the median of ROUNDS runs; the rounds visit the servers in turn
 # so a slow moment of the machine touches all of them.
 set -euo pipefail
@@ -77,9 +77,13 @@ on_server_core() { taskset -c "$SERVER_CPU" "$@"; }
 
 start_servers() {
     origin=$(free_port) floor=$(free_port) edgecache=$(free_port) nginx=$(free_port) varnish=$(free_port)
-    on_server_core "$proxy_bin" origin "127.0.0.1:$origin" & pids+=($!)
-    on_server_core "$proxy_bin" floor "127.0.0.1:$floor" & pids+=($!)
-    on_server_core "$proxy_bin" edgecache "127.0.0.1:$edgecache" "127.0.0.1:$origin" & pids+=($!)
+    edgecache_stats=$(free_port)
+    # Started directly, not through a function, so that `$!` is the server
+    # itself and stopping it does not leave it running.
+    taskset -c "$SERVER_CPU" "$proxy_bin" origin "127.0.0.1:$origin" & pids+=($!)
+    taskset -c "$SERVER_CPU" "$proxy_bin" floor "127.0.0.1:$floor" & pids+=($!)
+    taskset -c "$SERVER_CPU" "$proxy_bin" edgecache "127.0.0.1:$edgecache" "127.0.0.1:$origin" \
+        "127.0.0.1:$edgecache_stats" & pids+=($!)
 
     rm -rf "$work/nginx-cache" "$work/varnish"
     mkdir -p "$work/nginx-cache" "$work/nginx-temp"
@@ -184,14 +188,20 @@ before[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
 before[nginx]=$(rss_kib "nginx.*$work")
 before[varnish]=$(rss_kib "varnishd.*$work")
 for name in edgecache nginx varnish; do
-    # Enough time to request every path at least once, even at 20k req/s.
-    load "$(port_of "$name")" hits.lua $((MEMORY_ENTRIES / 20000 + 2)) /memory/ "$MEMORY_ENTRIES" >/dev/null
+    # Enough time to request every path at least once, even at 4k misses/s
+    # (Varnish stores about 7k a second here); later rounds are hits.
+    load "$(port_of "$name")" hits.lua $((MEMORY_ENTRIES / 4000 + 2)) /memory/ "$MEMORY_ENTRIES" >/dev/null
 done
 after[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
 after[nginx]=$(rss_kib "nginx.*$work")
 after[varnish]=$(rss_kib "varnishd.*$work")
 nginx_files=$(du -sk "$work/nginx-cache" | cut -f1)
-stored=$(find "$work/nginx-cache" -type f | wc -l)
+# Each figure says how many entries it holds, so a server that stored
+# fewer is seen at once.
+declare -A entries
+entries[edgecache]=$(curl -s "http://127.0.0.1:$edgecache_stats/entries")
+entries[nginx]=$(find "$work/nginx-cache" -type f | wc -l)
+entries[varnish]=$(varnishstat -n "$work/varnish" -1 -f MAIN.n_object | awk '{ print $2 }')
 stop_servers
 
 floor_hits=$(echo "${hits[floor]}" | tr ' ' '\n' | grep . | median)
@@ -212,7 +222,8 @@ for name in "${names[@]}"; do
     esac
     if [ "$name" != floor ]; then
         memory="$(((${after[$name]} - ${before[$name]}) / 1024)) MiB resident growth"
-        [ "$name" = nginx ] && memory="$memory + $((nginx_files / 1024)) MiB of files ($stored entries)"
+        [ "$name" = nginx ] && memory="$memory + $((nginx_files / 1024)) MiB of files"
+        memory="$memory (${entries[$name]:-?} entries)"
         miss_cell=$m
         miss_ratio=$(awk -v a="$m" -v b="$nginx_misses" 'BEGIN { printf "%.2f", a / b }')
     else

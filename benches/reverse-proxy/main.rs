@@ -4,7 +4,9 @@
 //! ```text
 //! reverse-proxy origin ADDRESS             # 1 KiB bodies, `max-age=3600`, on any path
 //! reverse-proxy floor ADDRESS              # the same answers from memory: the floor
-//! reverse-proxy edgecache ADDRESS ORIGIN   # axum + CacheLayer (shared, MemoryStore) in front of ORIGIN
+//! reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]
+//!                                          # axum + CacheLayer (shared, MemoryStore) in front of ORIGIN;
+//!                                          # STATS_ADDRESS answers `GET /entries` with the entry count
 //! ```
 //!
 //! `origin` and `floor` are one server: the floor is what serving the bytes
@@ -44,8 +46,9 @@ fn from_memory() -> Router {
     })
 }
 
-/// Forwards every request to `origin`, through a shared cache.
-fn cached_proxy(origin: SocketAddr) -> Result<Router, BoxError> {
+/// Forwards every request to `origin`, through a shared cache; the cache is
+/// returned too, for its statistics.
+fn cached_proxy(origin: SocketAddr) -> Result<(Router, CacheMiddleware), BoxError> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Body>();
     let forward = tower::service_fn(move |mut request: Request<Body>| {
         let client = client.clone();
@@ -64,9 +67,26 @@ fn cached_proxy(origin: SocketAddr) -> Result<Router, BoxError> {
         .layer(HandleErrorLayer::new(|error: BoxError| async move {
             (StatusCode::BAD_GATEWAY, error.to_string())
         }))
-        .layer(cache)
+        .layer(cache.clone())
         .service(forward);
-    Ok(Router::new().fallback_service(service))
+    Ok((Router::new().fallback_service(service), cache))
+}
+
+/// `GET /entries`: how many entries the cache holds, on a listener of its
+/// own so the proxy's routing stays what is measured.
+fn stats(cache: CacheMiddleware) -> Router {
+    Router::new().route(
+        "/entries",
+        axum::routing::get(move || {
+            let cache = cache.clone();
+            async move {
+                match cache.entries().await {
+                    Ok(entries) => (StatusCode::OK, entries.len().to_string()),
+                    Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                }
+            }
+        }),
+    )
 }
 
 async fn serve(address: SocketAddr, app: Router) -> Result<(), BoxError> {
@@ -80,17 +100,33 @@ async fn serve(address: SocketAddr, app: Router) -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: reverse-proxy origin|floor ADDRESS | reverse-proxy edgecache ADDRESS ORIGIN";
+    let usage = "usage: reverse-proxy origin|floor ADDRESS | reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]";
     let (role, address) = match arguments.as_slice() {
         [role, address, ..] => (role.as_str(), address.parse::<SocketAddr>()?),
         _ => return Err(usage.into()),
     };
-    let app = match (role, arguments.get(2)) {
-        ("origin" | "floor", None) => from_memory(),
-        ("edgecache", Some(origin)) => cached_proxy(origin.parse()?)?,
+    let (app, stats_app) = match (role, arguments.get(2), arguments.get(3)) {
+        ("origin" | "floor", None, None) => (from_memory(), None),
+        ("edgecache", Some(origin), stats_address) => {
+            let (app, cache) = cached_proxy(origin.parse()?)?;
+            let stats_app = match stats_address {
+                Some(stats_address) => Some((stats_address.parse::<SocketAddr>()?, stats(cache))),
+                None => None,
+            };
+            (app, stats_app)
+        }
         _ => return Err(usage.into()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(address, app))?;
+    runtime.block_on(async move {
+        if let Some((stats_address, stats_app)) = stats_app {
+            tokio::spawn(async move {
+                if let Err(error) = serve(stats_address, stats_app).await {
+                    eprintln!("stats listener on {stats_address}: {error}");
+                }
+            });
+        }
+        serve(address, app).await
+    })?;
     Ok(())
 }
