@@ -80,8 +80,8 @@ fn stats(cache: CacheMiddleware) -> Router {
         axum::routing::get(move || {
             let cache = cache.clone();
             async move {
-                match cache.entries().await {
-                    Ok(entries) => (StatusCode::OK, entries.len().to_string()),
+                match cache.stats().await {
+                    Ok(stats) => (StatusCode::OK, stats.entries.to_string()),
                     Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                 }
             }
