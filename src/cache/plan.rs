@@ -108,6 +108,38 @@ impl Fetch {
 /// requests go through untouched.
 pub(super) const PRECONDITIONS: &[HeaderName] = &[header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
 
+/// Which of the headers the cache's rules read a request carries, found in
+/// one pass: most requests carry none of them, and a pass over a few
+/// headers costs less than a lookup per name.
+#[derive(Clone, Copy, Default)]
+struct Present {
+    cache_control: bool,
+    pragma: bool,
+    /// One of [`PRECONDITIONS`].
+    precondition: bool,
+    /// `If-None-Match` or `If-Modified-Since`: the client validates its own
+    /// copy (RFC 9111 §4.3.2).
+    validating: bool,
+}
+
+impl Present {
+    fn in_request(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            if name == header::CACHE_CONTROL {
+                present.cache_control = true;
+            } else if name == header::PRAGMA {
+                present.pragma = true;
+            } else if name == header::IF_NONE_MATCH || name == header::IF_MODIFIED_SINCE {
+                present.validating = true;
+            } else if PRECONDITIONS.contains(name) {
+                present.precondition = true;
+            }
+        }
+        present
+    }
+}
+
 /// Whether the cache takes part in a request.
 pub(super) enum Considered<'b> {
     /// It does, in this mode, keying this body.
@@ -126,6 +158,8 @@ pub(super) struct Planned<'r> {
     mode: CacheMode,
     /// A `HEAD` answered from, and refreshing, the stored `GET`.
     head: bool,
+    /// The client validates its own copy.
+    validating: bool,
 }
 
 /// A request the cache takes part in, keyed, before its lookup.
@@ -147,10 +181,13 @@ impl Keyed<'_> {
 
     /// What was learned, without the borrowed request.
     fn into_early(self, lookup: Option<Lookup>) -> Box<Early> {
-        let Planned { mode, head, .. } = self.planned;
+        let Planned {
+            mode, head, validating, ..
+        } = self.planned;
         Box::new(Early {
             mode,
             head,
+            validating,
             directives: self.directives,
             key: self.key,
             lookup,
@@ -164,6 +201,7 @@ impl Keyed<'_> {
 pub(crate) struct Early {
     mode: CacheMode,
     head: bool,
+    validating: bool,
     directives: RequestDirectives,
     key: CacheKey,
     /// The store's answer, when it gave one at once.
@@ -182,6 +220,7 @@ impl Early {
         let Early {
             mode,
             head,
+            validating,
             directives,
             key,
             lookup,
@@ -193,6 +232,7 @@ impl Early {
             extensions,
             mode,
             head,
+            validating,
         };
         (
             Keyed {
@@ -265,16 +305,18 @@ impl Engine {
         extensions: &'r http::Extensions,
         secret: &KeySecret,
     ) -> Result<Keyed<'r>, Box<Pass>> {
-        let (mode, body) = match self.considered(method, url, headers, body, extensions) {
+        let present = Present::in_request(headers);
+        let (mode, body) = match self.considered(method, url, headers, present, body, extensions) {
             Considered::Cacheable(mode, body) => (mode, body),
             Considered::LetThrough(pass) => return Err(Box::new(pass)),
         };
-        let directives = if headers.contains_key(header::CACHE_CONTROL) {
+        let directives = if present.cache_control {
             RequestDirectives::parse(headers)
         } else {
             RequestDirectives::default()
         };
-        let mode = if mode == CacheMode::Default && has_no_cache(headers) {
+        let no_cache = (present.cache_control || present.pragma) && has_no_cache(headers);
+        let mode = if mode == CacheMode::Default && no_cache {
             CacheMode::Refresh
         } else {
             mode
@@ -296,6 +338,7 @@ impl Engine {
                 extensions,
                 mode,
                 head,
+                validating: present.validating,
             },
             directives,
             key,
@@ -411,6 +454,7 @@ impl Engine {
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
+        present: Present,
         body: Option<&'b [u8]>,
         extensions: &http::Extensions,
     ) -> Considered<'b> {
@@ -427,7 +471,7 @@ impl Engine {
         let Some(body) = body else {
             return Considered::LetThrough(Pass::new(Forward::Bypass));
         };
-        if PRECONDITIONS.iter().any(|name| headers.contains_key(name)) || has_directive(headers, "no-store") {
+        if present.precondition || (present.cache_control && has_directive(headers, "no-store")) {
             return Considered::LetThrough(Pass::new(Forward::Request));
         }
         Considered::Cacheable(mode, body)
@@ -445,9 +489,7 @@ impl Engine {
         now: SystemTime,
     ) -> Option<Plan> {
         let mode = planned.mode;
-        // The client validating its own copy (RFC 9111 §4.3.2).
-        let validating = planned.headers.contains_key(header::IF_NONE_MATCH)
-            || planned.headers.contains_key(header::IF_MODIFIED_SINCE);
+        let validating = planned.validating;
         if let Some(entry) = entry {
             // `OnlyIfCached` takes whatever is stored; otherwise the request's
             // directives decide between fresh, acceptably stale, or the origin.
@@ -647,5 +689,44 @@ impl Engine {
                 &self.rules.directives_of(&entry.headers),
                 directive,
             )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NAMES: &[&str] = &[
+        "cache-control",
+        "pragma",
+        "if-none-match",
+        "if-modified-since",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "host",
+        "accept",
+        "x-cache-control",
+    ];
+
+    proptest! {
+        /// One pass over the headers finds what a lookup per name finds.
+        #[test]
+        fn one_pass_finds_what_lookups_find(names in proptest::collection::vec(proptest::sample::select(NAMES), 0..8)) {
+            let mut headers = HeaderMap::new();
+            for name in names {
+                headers.append(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            }
+            let present = Present::in_request(&headers);
+            prop_assert_eq!(present.cache_control, headers.contains_key(header::CACHE_CONTROL));
+            prop_assert_eq!(present.pragma, headers.contains_key(header::PRAGMA));
+            prop_assert_eq!(
+                present.validating,
+                headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE)
+            );
+            prop_assert_eq!(present.precondition, PRECONDITIONS.iter().any(|name| headers.contains_key(name)));
+        }
     }
 }

@@ -7,6 +7,60 @@ pub(super) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
+/// Ages below this many seconds are answered from [`AGE_TEXT`].
+const TEXT_AGES: u64 = 10_000;
+
+/// `0`, `1`, ... `9999`, written one after another: the `Age` of a hit is a
+/// slice of this text, neither formatted nor allocated on each answer.
+static AGE_TEXT: &str = {
+    const LEN: usize = 10 + 90 * 2 + 900 * 3 + 9000 * 4;
+    static DIGITS: [u8; LEN] = {
+        let mut text = [0u8; LEN];
+        let (mut at, mut age) = (0, 0u64);
+        while age < TEXT_AGES {
+            let width = age_width(age);
+            let (mut digit, mut rest) = (width, age);
+            while digit > 0 {
+                digit -= 1;
+                text[at + digit] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            at += width;
+            age += 1;
+        }
+        text
+    };
+    match std::str::from_utf8(&DIGITS) {
+        Ok(text) => text,
+        Err(_) => panic!("decimal digits are ASCII"),
+    }
+};
+
+const fn age_width(age: u64) -> usize {
+    match age {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => 4,
+    }
+}
+
+/// The `Age` header for an age in seconds.
+fn age_value(seconds: u64) -> HeaderValue {
+    // Where the number starts in `AGE_TEXT`: after all shorter numbers.
+    let start = match seconds {
+        0..=9 => seconds,
+        10..=99 => 10 + (seconds - 10) * 2,
+        100..=999 => 190 + (seconds - 100) * 3,
+        1000..TEXT_AGES => 2890 + (seconds - 1000) * 4,
+        _ => return HeaderValue::from(seconds),
+    };
+    let text = usize::try_from(start)
+        .ok()
+        .and_then(|start| AGE_TEXT.get(start..start + age_width(seconds)));
+    text.map_or_else(|| HeaderValue::from(seconds), HeaderValue::from_static)
+}
+
 /// Whether a stored response satisfies the request's `If-None-Match` (weak
 /// comparison), or, without one, its `If-Modified-Since`.
 pub(super) fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
@@ -120,7 +174,7 @@ impl Engine {
         for (name, value) in &entry.headers {
             headers.append(name, value.clone());
         }
-        headers.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
+        headers.insert(header::AGE, age_value(entry.age(now).as_secs()));
         if not_modified {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             for name in [
@@ -177,5 +231,17 @@ impl Engine {
     pub(super) fn annotate(&self, headers: &mut HeaderMap, extensions: &mut http::Extensions, info: CacheInfo) {
         self.mark(headers, &info);
         extensions.insert(info);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_age_reads_as_its_decimal_number() {
+        for seconds in (0..TEXT_AGES + 20).chain([u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(age_value(seconds).to_str().ok(), Some(seconds.to_string().as_str()));
+        }
     }
 }
