@@ -18,7 +18,10 @@
 #   servers, with how many entries each holds then. nginx keeps its cache in
 #   files: they are on tmpfs here, counted beside its resident size.
 # Rates are the median of ROUNDS runs; the rounds visit the servers in turn
-# so a slow moment of the machine touches all of them.
+# so a slow moment of the machine touches all of them. Beside each hit rate,
+# how busy wrk's core was: near 100%, the rate is as many requests as one wrk
+# thread can make, and the server may have more to give (the floor usually
+# does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -156,6 +159,9 @@ rss_kib() {
     echo "$total"
 }
 
+# Busy and total time of one CPU so far, in ticks.
+cpu_ticks() { awk -v cpu="cpu$1" '$1 == cpu { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
+
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 names=(floor edgecache nginx varnish)
@@ -166,11 +172,15 @@ start_servers
 for name in "${names[@]}"; do
     load "$(port_of "$name")" hits.lua 2 /hit/ "$URLS" >/dev/null # store every URL
 done
-declare -A hits misses
+declare -A hits misses load_busy
 for round in $(seq "$ROUNDS"); do
     for name in "${names[@]}"; do
+        read -r busy_before total_before < <(cpu_ticks "$LOAD_CPU")
         rate=$(load "$(port_of "$name")" hits.lua "$SECONDS_PER_RUN" /hit/ "$URLS")
+        read -r busy_after total_after < <(cpu_ticks "$LOAD_CPU")
         hits[$name]+="$rate "
+        ticks=$((total_after - total_before))
+        load_busy[$name]+="$((100 * (busy_after - busy_before) / (ticks > 0 ? ticks : 1))) "
         rate="(no cache)"
         if [ "$name" != floor ]; then
             rate=$(load "$(port_of "$name")" misses.lua "$SECONDS_PER_RUN" "/miss/$round/")
@@ -209,10 +219,11 @@ nginx_hits=$(echo "${hits[nginx]}" | tr ' ' '\n' | grep . | median)
 nginx_misses=$(echo "${misses[nginx]}" | tr ' ' '\n' | grep . | median)
 echo
 echo "== from this run (median of $ROUNDS)"
-printf '| %-45s | %10s | %8s | %8s | %12s | %8s | %s\n' "" "hits req/s" "x floor" "x nginx" "misses req/s" "x nginx" "memory after $MEMORY_ENTRIES x 1 KiB"
-printf '| %-45s | %10s | %8s | %8s | %12s | %8s | %s\n' --- --- --- --- --- --- ---
+printf '| %-45s | %10s | %8s | %8s | %8s | %12s | %8s | %s\n' "" "hits req/s" "wrk busy" "x floor" "x nginx" "misses req/s" "x nginx" "memory after $MEMORY_ENTRIES x 1 KiB"
+printf '| %-45s | %10s | %8s | %8s | %8s | %12s | %8s | %s\n' --- --- --- --- --- --- --- ---
 for name in "${names[@]}"; do
     h=$(echo "${hits[$name]}" | tr ' ' '\n' | grep . | median)
+    busy="$(echo "${load_busy[$name]}" | tr ' ' '\n' | grep . | median)%"
     m=$(echo "${misses[$name]:-}" | tr ' ' '\n' | grep . | median || true)
     case $name in
     floor) label="floor: axum answering from memory, no cache" memory="" ;;
@@ -229,7 +240,7 @@ for name in "${names[@]}"; do
     else
         miss_cell="(no cache)" miss_ratio=""
     fi
-    printf '| %-45s | %10.0f | %8s | %8s | %12s | %8s | %s\n' "$label" "$h" \
+    printf '| %-45s | %10.0f | %8s | %8s | %8s | %12s | %8s | %s\n' "$label" "$h" "$busy" \
         "$(awk -v a="$h" -v b="$floor_hits" 'BEGIN { printf "%.2f", a / b }')" \
         "$(awk -v a="$h" -v b="$nginx_hits" 'BEGIN { printf "%.2f", a / b }')" \
         "$miss_cell" "$miss_ratio" "$memory"

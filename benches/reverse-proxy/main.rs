@@ -7,12 +7,16 @@
 //! reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]
 //!                                          # axum + CacheLayer (shared, MemoryStore) in front of ORIGIN;
 //!                                          # STATS_ADDRESS answers `GET /entries` with the entry count
+//! reverse-proxy stack ADDRESS              # the proxy's stack without a cache, answering from memory
+//! reverse-proxy stack-cached ADDRESS       # the same with the cache: edgecache without the forwarding
 //! ```
 //!
 //! `origin` and `floor` are one server: the floor is what serving the bytes
-//! from memory costs with no cache at all. Each runs on a current-thread
-//! runtime, as a one-core server should.
+//! from memory costs with no cache at all. `stack` and `stack-cached` take
+//! the proxy apart (`docs/performance.md`); the script does not run them.
+//! Each runs on a current-thread runtime, as a one-core server should.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -24,7 +28,7 @@ use edgecache::store::MemoryStore;
 use http::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -58,18 +62,45 @@ fn cached_proxy(origin: SocketAddr) -> Result<(Router, CacheMiddleware), BoxErro
             Ok::<_, BoxError>(client.request(request).await?)
         }
     });
+    let cache = shared_cache()?;
+    Ok((stack(Some(&cache), forward), cache))
+}
+
+fn shared_cache() -> Result<CacheMiddleware, BoxError> {
     // 1 GiB: the memory run stores 100,000 entries and evicts none.
     let cache = CacheMiddleware::builder()
         .shared(true)
         .store(MemoryStore::new(1 << 30))
         .build()?;
-    let service = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|error: BoxError| async move {
-            (StatusCode::BAD_GATEWAY, error.to_string())
-        }))
-        .layer(cache.clone())
-        .service(forward);
-    Ok((Router::new().fallback_service(service), cache))
+    Ok(cache)
+}
+
+/// The proxy's stack: axum's error handling, the cache if there is one,
+/// and `inner`.
+fn stack<S, B>(cache: Option<&CacheMiddleware>, inner: S) -> Router
+where
+    S: Service<Request<Body>, Response = http::Response<B>, Error = BoxError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let errors = HandleErrorLayer::new(|error: BoxError| async move { (StatusCode::BAD_GATEWAY, error.to_string()) });
+    match cache {
+        Some(cache) => {
+            Router::new().fallback_service(ServiceBuilder::new().layer(errors).layer(cache.clone()).service(inner))
+        }
+        None => Router::new().fallback_service(ServiceBuilder::new().layer(errors).service(inner)),
+    }
+}
+
+/// [`from_memory`] with the proxy's error type, for [`stack`].
+fn from_memory_service()
+-> impl Service<Request<Body>, Response = http::Response<Body>, Error = BoxError, Future = impl Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    ServiceExt::<Request<Body>>::map_err(from_memory(), |never: Infallible| -> BoxError { match never {} })
 }
 
 /// `GET /entries`: how many entries the cache holds, on a listener of its
@@ -100,13 +131,15 @@ async fn serve(address: SocketAddr, app: Router) -> Result<(), BoxError> {
 
 fn main() -> Result<(), BoxError> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: reverse-proxy origin|floor ADDRESS | reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]";
+    let usage = "usage: reverse-proxy origin|floor|stack|stack-cached ADDRESS | reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]";
     let (role, address) = match arguments.as_slice() {
         [role, address, ..] => (role.as_str(), address.parse::<SocketAddr>()?),
         _ => return Err(usage.into()),
     };
     let (app, stats_app) = match (role, arguments.get(2), arguments.get(3)) {
         ("origin" | "floor", None, None) => (from_memory(), None),
+        ("stack", None, None) => (stack(None, from_memory_service()), None),
+        ("stack-cached", None, None) => (stack(Some(&shared_cache()?), from_memory_service()), None),
         ("edgecache", Some(origin), stats_address) => {
             let (app, cache) = cached_proxy(origin.parse()?)?;
             let stats_app = match stats_address {
