@@ -68,11 +68,10 @@ fn cached_proxy(origin: SocketAddr) -> Result<(Router, CacheMiddleware), BoxErro
 
 fn shared_cache() -> Result<CacheMiddleware, BoxError> {
     // 1 GiB: the memory run stores 100,000 entries and evicts none.
-    let cache = CacheMiddleware::builder()
+    Ok(CacheMiddleware::builder()
         .shared(true)
         .store(MemoryStore::new(1 << 30))
-        .build()?;
-    Ok(cache)
+        .build()?)
 }
 
 /// The proxy's stack: axum's error handling, the cache if there is one,
