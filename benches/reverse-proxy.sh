@@ -7,14 +7,17 @@
 #   bash benches/reverse-proxy.sh --install   # installs them first (Debian, as root)
 #
 # Settings (environment): ROUNDS (3), SECONDS_PER_RUN (8), CONNECTIONS (64),
-# URLS (1000), MEMORY_ENTRIES (100000), SERVER_CPU (0), LOAD_CPU (1).
+# URLS (1000), BODY_BYTES (1024), MEMORY_ENTRIES (100000; 0 skips the memory
+# run), SERVER_CPU (0), LOAD_CPU (1). Each cache may hold 4 GiB.
+#
+#   BODY_BYTES=262144 MEMORY_ENTRIES=0 bash benches/reverse-proxy.sh   # large bodies
 #
 # Measured, per server:
-# - hits: GETs cycling over URLS paths of 1 KiB `max-age=3600` responses,
-#   all stored beforehand;
+# - hits: GETs cycling over URLS paths of BODY_BYTES `max-age=3600`
+#   responses, all stored beforehand;
 # - misses: every GET a new path, so every request goes to the origin (an
 #   axum server on the same core that answers at once) and is stored;
-# - memory: resident size after MEMORY_ENTRIES entries of 1 KiB, on fresh
+# - memory: resident size after MEMORY_ENTRIES entries of BODY_BYTES, on fresh
 #   servers, with how many entries each holds then. nginx keeps its cache in
 #   files: they are on tmpfs here, counted beside its resident size.
 # Rates are the median of ROUNDS runs; the rounds visit the servers in turn
@@ -30,6 +33,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 CONNECTIONS=${CONNECTIONS:-64}
 URLS=${URLS:-1000}
 MEMORY_ENTRIES=${MEMORY_ENTRIES:-100000}
+# The servers read it too.
+export BODY_BYTES=${BODY_BYTES:-1024}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
@@ -98,9 +103,12 @@ error_log $work/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # As Debian's nginx.conf has them: hits are sent from the cache files.
+    sendfile on;
+    tcp_nopush on;
     client_body_temp_path $work/nginx-temp;
     proxy_temp_path $work/nginx-temp;
-    proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=bench:128m max_size=1g inactive=1h use_temp_path=off;
+    proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=bench:128m max_size=4g inactive=1h use_temp_path=off;
     upstream origin { server 127.0.0.1:$origin; keepalive 64; }
     server {
         listen 127.0.0.1:$nginx backlog=4096;
@@ -116,7 +124,7 @@ http {
 EOF
     on_server_core nginx -c "$work/nginx.conf"
     on_server_core varnishd -j none -n "$work/varnish" -a "127.0.0.1:$varnish" -b "127.0.0.1:$origin" \
-        -s malloc,1G -p thread_pools=1 >/dev/null
+        -s malloc,4G -p thread_pools=1 >/dev/null
     for port in $origin $floor $edgecache $nginx $varnish; do wait_for "$port"; done
 }
 
@@ -191,35 +199,36 @@ for round in $(seq "$ROUNDS"); do
 done
 stop_servers
 
-echo "== memory: $MEMORY_ENTRIES entries of 1 KiB, fresh servers"
-start_servers
-declare -A before after
-before[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
-before[nginx]=$(rss_kib "nginx.*$work")
-before[varnish]=$(rss_kib "varnishd.*$work")
-for name in edgecache nginx varnish; do
-    # Enough time to request every path at least once, even at 4k misses/s
-    # (Varnish stores about 7k a second here); later rounds are hits.
-    load "$(port_of "$name")" hits.lua $((MEMORY_ENTRIES / 4000 + 2)) /memory/ "$MEMORY_ENTRIES" >/dev/null
-done
-after[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
-after[nginx]=$(rss_kib "nginx.*$work")
-after[varnish]=$(rss_kib "varnishd.*$work")
-nginx_files=$(du -sk "$work/nginx-cache" | cut -f1)
-# Each figure says how many entries it holds, so a server that stored
-# fewer is seen at once.
-declare -A entries
-entries[edgecache]=$(curl -s "http://127.0.0.1:$edgecache_stats/entries")
-entries[nginx]=$(find "$work/nginx-cache" -type f | wc -l)
-entries[varnish]=$(varnishstat -n "$work/varnish" -1 -f MAIN.n_object | awk '{ print $2 }')
-stop_servers
+declare -A before after entries
+if [ "$MEMORY_ENTRIES" -gt 0 ]; then
+    echo "== memory: $MEMORY_ENTRIES entries of $BODY_BYTES bytes, fresh servers"
+    start_servers
+    before[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
+    before[nginx]=$(rss_kib "nginx.*$work")
+    before[varnish]=$(rss_kib "varnishd.*$work")
+    for name in edgecache nginx varnish; do
+        # Enough time to request every path at least once, even at 4k misses/s
+        # (Varnish stores about 7k a second here); later rounds are hits.
+        load "$(port_of "$name")" hits.lua $((MEMORY_ENTRIES / 4000 + 2)) /memory/ "$MEMORY_ENTRIES" >/dev/null
+    done
+    after[edgecache]=$(rss_kib "reverse-proxy edgecache 127.0.0.1:$edgecache")
+    after[nginx]=$(rss_kib "nginx.*$work")
+    after[varnish]=$(rss_kib "varnishd.*$work")
+    nginx_files=$(du -sk "$work/nginx-cache" | cut -f1)
+    # Each figure says how many entries it holds, so a server that stored
+    # fewer is seen at once.
+    entries[edgecache]=$(curl -s "http://127.0.0.1:$edgecache_stats/entries")
+    entries[nginx]=$(find "$work/nginx-cache" -type f | wc -l)
+    entries[varnish]=$(varnishstat -n "$work/varnish" -1 -f MAIN.n_object | awk '{ print $2 }')
+    stop_servers
+fi
 
 floor_hits=$(echo "${hits[floor]}" | tr ' ' '\n' | grep . | median)
 nginx_hits=$(echo "${hits[nginx]}" | tr ' ' '\n' | grep . | median)
 nginx_misses=$(echo "${misses[nginx]}" | tr ' ' '\n' | grep . | median)
 echo
-echo "== from this run (median of $ROUNDS)"
-printf '| %-45s | %10s | %8s | %8s | %8s | %12s | %8s | %s\n' "" "hits req/s" "wrk busy" "x floor" "x nginx" "misses req/s" "x nginx" "memory after $MEMORY_ENTRIES x 1 KiB"
+echo "== from this run (median of $ROUNDS, answers of $BODY_BYTES bytes)"
+printf '| %-45s | %10s | %8s | %8s | %8s | %12s | %8s | %s\n' "" "hits req/s" "wrk busy" "x floor" "x nginx" "misses req/s" "x nginx" "memory after $MEMORY_ENTRIES x $BODY_BYTES bytes"
 printf '| %-45s | %10s | %8s | %8s | %8s | %12s | %8s | %s\n' --- --- --- --- --- --- --- ---
 for name in "${names[@]}"; do
     h=$(echo "${hits[$name]}" | tr ' ' '\n' | grep . | median)
@@ -232,9 +241,12 @@ for name in "${names[@]}"; do
     varnish) label="Varnish -s malloc" ;;
     esac
     if [ "$name" != floor ]; then
-        memory="$(((${after[$name]} - ${before[$name]}) / 1024)) MiB resident growth"
-        [ "$name" = nginx ] && memory="$memory + $((nginx_files / 1024)) MiB of files"
-        memory="$memory (${entries[$name]:-?} entries)"
+        memory="(not measured)"
+        if [ "$MEMORY_ENTRIES" -gt 0 ]; then
+            memory="$(((${after[$name]} - ${before[$name]}) / 1024)) MiB resident growth"
+            [ "$name" = nginx ] && memory="$memory + $((nginx_files / 1024)) MiB of files"
+            memory="$memory (${entries[$name]:-?} entries)"
+        fi
         miss_cell=$m
         miss_ratio=$(awk -v a="$m" -v b="$nginx_misses" 'BEGIN { printf "%.2f", a / b }')
     else

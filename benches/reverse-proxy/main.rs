@@ -2,7 +2,7 @@
 //! pinned to a core:
 //!
 //! ```text
-//! reverse-proxy origin ADDRESS             # 1 KiB bodies, `max-age=3600`, on any path
+//! reverse-proxy origin ADDRESS             # `max-age=3600` answers of BODY_BYTES, on any path
 //! reverse-proxy floor ADDRESS              # the same answers from memory: the floor
 //! reverse-proxy edgecache ADDRESS ORIGIN [STATS_ADDRESS]
 //!                                          # axum + CacheLayer (shared, MemoryStore) in front of ORIGIN;
@@ -15,6 +15,8 @@
 //! from memory costs with no cache at all. `stack` and `stack-cached` take
 //! the proxy apart (`docs/performance.md`); the script does not run them.
 //! Each runs on a current-thread runtime, as a one-core server should.
+//! `BODY_BYTES` in the environment sets the size of every answer (1024 by
+//! default).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,13 +34,18 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The bytes every path answers with.
-fn body() -> Bytes {
-    Bytes::from(vec![b'x'; 1024])
+/// The bytes every path answers with: `BODY_BYTES` of them, 1024 by default.
+fn body() -> Result<Bytes, BoxError> {
+    let size = match std::env::var("BODY_BYTES") {
+        Ok(size) => size
+            .parse::<usize>()
+            .map_err(|error| format!("BODY_BYTES={size:?} is not a number of bytes: {error}"))?,
+        Err(_) => 1024,
+    };
+    Ok(Bytes::from(vec![b'x'; size]))
 }
 
-fn from_memory() -> Router {
-    let body = body();
+fn from_memory(body: Bytes) -> Router {
     Router::new().fallback(move || {
         let body = body.clone();
         async move {
@@ -67,10 +74,11 @@ fn cached_proxy(origin: SocketAddr) -> Result<(Router, CacheMiddleware), BoxErro
 }
 
 fn shared_cache() -> Result<CacheMiddleware, BoxError> {
-    // 1 GiB: the memory run stores 100,000 entries and evicts none.
+    // 4 GiB, as nginx's and Varnish's caches in the script: the memory run
+    // stores 100,000 entries and the large-body runs 1,000, evicting none.
     Ok(CacheMiddleware::builder()
         .shared(true)
-        .store(MemoryStore::new(1 << 30))
+        .store(MemoryStore::new(4 << 30))
         .build()?)
 }
 
@@ -93,13 +101,14 @@ where
 }
 
 /// [`from_memory`] with the proxy's error type, for [`stack`].
-fn from_memory_service()
--> impl Service<Request<Body>, Response = http::Response<Body>, Error = BoxError, Future = impl Send>
+fn from_memory_service(
+    body: Bytes,
+) -> impl Service<Request<Body>, Response = http::Response<Body>, Error = BoxError, Future = impl Send>
 + Clone
 + Send
 + Sync
 + 'static {
-    ServiceExt::<Request<Body>>::map_err(from_memory(), |never: Infallible| -> BoxError { match never {} })
+    ServiceExt::<Request<Body>>::map_err(from_memory(body), |never: Infallible| -> BoxError { match never {} })
 }
 
 /// `GET /entries`: how many entries the cache holds, on a listener of its
@@ -136,9 +145,9 @@ fn main() -> Result<(), BoxError> {
         _ => return Err(usage.into()),
     };
     let (app, stats_app) = match (role, arguments.get(2), arguments.get(3)) {
-        ("origin" | "floor", None, None) => (from_memory(), None),
-        ("stack", None, None) => (stack(None, from_memory_service()), None),
-        ("stack-cached", None, None) => (stack(Some(&shared_cache()?), from_memory_service()), None),
+        ("origin" | "floor", None, None) => (from_memory(body()?), None),
+        ("stack", None, None) => (stack(None, from_memory_service(body()?)), None),
+        ("stack-cached", None, None) => (stack(Some(&shared_cache()?), from_memory_service(body()?)), None),
         ("edgecache", Some(origin), stats_address) => {
             let (app, cache) = cached_proxy(origin.parse()?)?;
             let stats_app = match stats_address {

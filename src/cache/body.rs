@@ -31,36 +31,80 @@ pin_project! {
 /// over when the body ends: `Some` with the whole body, or `None` once it
 /// outgrew the limit. A body dropped before its end hands over nothing.
 pub(crate) struct Recorder {
-    copy: BytesMut,
+    copy: Pieces,
     limit: usize,
     done: Box<dyn FnOnce(Option<Bytes>) + Send + Sync>,
 }
 
 impl Recorder {
-    /// A recorder that already holds `read`, the part of the body read so far.
-    pub(crate) fn new(read: &Bytes, limit: usize, done: impl FnOnce(Option<Bytes>) + Send + Sync + 'static) -> Self {
-        Self {
-            copy: BytesMut::from(&read[..]),
+    /// A recorder that already holds `read`, the part of the body read so
+    /// far; `None`, having handed over nothing, when that is over the limit.
+    pub(crate) fn new(
+        read: Bytes,
+        limit: usize,
+        done: impl FnOnce(Option<Bytes>) + Send + Sync + 'static,
+    ) -> Option<Self> {
+        if read.len() > limit {
+            done(None);
+            return None;
+        }
+        Some(Self {
+            copy: Pieces::new(read),
             limit,
             done: Box::new(done),
-        }
+        })
     }
 
     fn record(recorder: &mut Option<Recorder>, data: &Bytes) {
         let Some(recording) = recorder else { return };
-        if recording.copy.len().saturating_add(data.len()) > recording.limit {
+        if recording.copy.len.saturating_add(data.len()) > recording.limit {
             if let Some(recording) = recorder.take() {
                 (recording.done)(None);
             }
         } else {
-            recording.copy.extend_from_slice(data);
+            recording.copy.push(data.clone());
         }
     }
 
     fn finish(recorder: &mut Option<Recorder>) {
         if let Some(recording) = recorder.take() {
-            (recording.done)(Some(recording.copy.freeze()));
+            (recording.done)(Some(recording.copy.join()));
         }
+    }
+}
+
+/// The pieces of a body as they came, joined once at the end into a buffer
+/// of the right size: a body that came in one piece is not copied at all,
+/// and a large one is copied once instead of on every growth of a buffer.
+#[derive(Default)]
+struct Pieces {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pieces {
+    fn new(first: Bytes) -> Self {
+        let mut pieces = Self::default();
+        pieces.push(first);
+        pieces
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.len = self.len.saturating_add(piece.len());
+            self.pieces.push(piece);
+        }
+    }
+
+    fn join(mut self) -> Bytes {
+        if self.pieces.len() <= 1 {
+            return self.pieces.pop().unwrap_or_default();
+        }
+        let mut joined = BytesMut::with_capacity(self.len);
+        for piece in &self.pieces {
+            joined.extend_from_slice(piece);
+        }
+        joined.freeze()
     }
 }
 
@@ -86,12 +130,12 @@ impl<B> CacheBody<B> {
 
     /// `prefix` then `inner`, passed on as they come, with `recorder`
     /// keeping a copy (it already holds `prefix`).
-    pub(crate) fn recording(prefix: Bytes, inner: B, recorder: Recorder) -> Self {
+    pub(crate) fn recording(prefix: Bytes, inner: B, recorder: Option<Recorder>) -> Self {
         Self {
             kind: Kind::Streaming {
                 prefix: (!prefix.is_empty()).then_some(prefix),
                 inner,
-                recorder: Some(recorder),
+                recorder,
             },
         }
     }
@@ -185,16 +229,84 @@ pub(crate) async fn collect_limited<B>(mut body: B, limit: usize) -> Result<Coll
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let mut buffer = BytesMut::new();
+    let mut read = Pieces::default();
     while let Some(frame) = body.frame().await {
         // Trailers are not kept: a cached response has none.
         if let Ok(data) = frame?.into_data() {
-            if buffer.len() + data.len() > limit {
-                buffer.extend_from_slice(&data);
-                return Ok(Collected::TooLarge(buffer.freeze(), body));
+            let outgrown = read.len.saturating_add(data.len()) > limit;
+            read.push(data);
+            if outgrown {
+                return Ok(Collected::TooLarge(read.join(), body));
             }
-            buffer.extend_from_slice(&data);
         }
     }
-    Ok(Collected::Complete(buffer.freeze()))
+    Ok(Collected::Complete(read.join()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::StreamBody;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body that comes in `pieces`, as an origin's does, one frame each.
+    fn body_in(pieces: &[Vec<u8>]) -> impl Body<Data = Bytes, Error = Infallible> + Unpin + use<> {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = pieces
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from(piece.clone()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    proptest! {
+        /// Whatever pieces a body comes in: read whole within the limit,
+        /// else passed on whole, and recorded whole unless it outgrows the
+        /// recorder's limit.
+        #[test]
+        fn a_body_in_any_pieces_is_read_passed_on_and_recorded_whole(
+            pieces in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..10),
+            read_limit in 0usize..200,
+            record_limit in 0usize..400,
+        ) {
+            let whole: Vec<u8> = pieces.concat();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            runtime.block_on(async {
+                match collect_limited(body_in(&pieces), read_limit).await {
+                    Ok(Collected::Complete(read)) => {
+                        prop_assert!(whole.len() <= read_limit);
+                        prop_assert_eq!(&read[..], &whole[..]);
+                    }
+                    Ok(Collected::TooLarge(read, rest)) => {
+                        prop_assert!(read.len() > read_limit);
+                        prop_assert!(whole.starts_with(&read));
+                        let recorded = Arc::new(Mutex::new(None));
+                        let handed_over = Arc::clone(&recorded);
+                        let recorder = Recorder::new(read.clone(), record_limit, move |copy| {
+                            *handed_over.lock().expect("lock") = Some(copy);
+                        });
+                        let passed_on = CacheBody::recording(read, rest, recorder)
+                            .collect()
+                            .await
+                            .expect("body")
+                            .to_bytes();
+                        prop_assert_eq!(&passed_on[..], &whole[..]);
+                        let recorded = recorded.lock().expect("lock").take().expect("handed over at the end");
+                        match recorded {
+                            Some(copy) => {
+                                prop_assert!(whole.len() <= record_limit);
+                                prop_assert_eq!(&copy[..], &whole[..]);
+                            }
+                            None => prop_assert!(whole.len() > record_limit),
+                        }
+                    }
+                    Err(never) => match never {},
+                }
+                Ok(())
+            })?;
+        }
+    }
 }

@@ -253,7 +253,7 @@ impl Engine {
         let (status, headers) = (parts.status, parts.headers.clone());
         self.annotate_not_stored(&mut parts, info_key, forward);
         let engine = Arc::clone(self);
-        let recorder = Recorder::new(&read, max_body_size, move |copy| match copy {
+        let recorder = Recorder::new(read.clone(), max_body_size, move |copy| match copy {
             // The body ends inside someone's poll: store from a task, if
             // there is a runtime to run one (never a panic without).
             Some(body) => match tokio::runtime::Handle::try_current() {
